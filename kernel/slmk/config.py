@@ -1,0 +1,233 @@
+"""slmk.toml: one file of settings, with command line > environment > file > defaults.
+
+Keys are dotted (``quantization.block_size``); the environment variable of a key is
+``SLMK_`` + the key in upper case with ``.`` as ``__`` (``SLMK_QUANTIZATION__BLOCK_SIZE``).
+Unknown keys and bad values are errors that name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10
+    import tomli as tomllib
+
+CONFIG_FILE = "slmk.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], bool] | None = None
+    check_help: str = ""
+
+    @property
+    def env(self) -> str:
+        return "SLMK_" + self.key.upper().replace(".", "__")
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("model", str, None, "the Hugging Face model folder to deploy"),
+    Setting("precision", str, "int4", "target precision", choices=("int4", "int8", "fp16", "bf16", "fp32")),
+    Setting("execution_provider", str, "cpu", "hardware to build and run for (`slmk plugins` lists them)"),
+    Setting("converter", str, "auto", "converter plugin to use, or auto to let the planner choose"),
+    Setting("output", str, None, "folder the build is written to"),
+    Setting("name", str, None, "name the model is installed under"),
+    Setting("installer", str, "foundry", "installer plugin"),
+    Setting("runtime", str, "ortgenai", "runtime plugin for run, bench and validate"),
+    Setting("cache_dir", str, None, "slmk's step cache (default: $XDG_CACHE_HOME/slmk)"),
+    Setting("trust_remote_code", bool, False, "allow model code from the model folder to run"),
+    Setting("install.cache_dir", str, None, "the Foundry Local cache to install into"),
+    Setting("quantization.algorithm", str, "default", "weight quantization algorithm",
+            choices=("default", "rtn", "k_quant", "gptq", "awq", "hqq")),
+    Setting("quantization.block_size", int, 32, "int4 block size", choices=(16, 32, 64, 128, 256)),
+    Setting("quantization.accuracy_level", int, 4, "int4 MatMul accuracy level", choices=(0, 1, 2, 3, 4)),
+    Setting("quantization.is_symmetric", bool, True, "symmetric int4 quantization"),
+    Setting("quantization.calibration", str, None, "JSONL or text file for calibrated quantization"),
+    Setting("generation.max_length", int, None, "prompt + answer tokens at most", check=_positive, check_help="> 0"),
+    Setting("generation.do_sample", bool, None, "sample (true) or greedy (false)"),
+    Setting("generation.temperature", float, None, "sampling temperature", check=lambda v: v >= 0, check_help=">= 0"),
+    Setting("generation.top_p", float, None, "nucleus sampling mass", check=lambda v: 0 < v <= 1, check_help="in (0, 1]"),
+    Setting("generation.top_k", int, None, "sample from the k most likely tokens", check=lambda v: v >= 0, check_help=">= 0"),
+    Setting("generation.repetition_penalty", float, None, "penalty for repeated tokens", check=_positive, check_help="> 0"),
+)
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+GENERATION_KEYS = tuple(s.key.split(".", 1)[1] for s in SETTINGS if s.key.startswith("generation."))
+
+
+def _coerce(setting: Setting, value: Any, origin: str) -> Any:
+    """Turn a raw value (TOML value or environment string) into the setting's type."""
+    if value is None:
+        return None
+    try:
+        if setting.type is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = lowered in ("1", "true", "yes", "on")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif setting.type is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif setting.type is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        else:
+            if not isinstance(value, str):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{setting.key} = {value!r} from {origin} is not a valid {setting.type.__name__}",
+            hint=f"{setting.key}: {setting.help}",
+        ) from None
+    if setting.choices is not None and value not in setting.choices:
+        allowed = ", ".join(str(c) for c in setting.choices)
+        raise ConfigError(f"{setting.key} = {value!r} from {origin} is not allowed", hint=f"allowed: {allowed}")
+    if setting.check is not None and not setting.check(value):
+        raise ConfigError(f"{setting.key} = {value!r} from {origin} is out of range", hint=f"must be {setting.check_help}")
+    return value
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _close_matches(key: str) -> str:
+    import difflib
+
+    matches = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=3)
+    return f"did you mean {', '.join(matches)}?" if matches else "`slmk config keys` lists the known keys"
+
+
+class Settings:
+    """Resolved settings; ``source(key)`` says where each value came from."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str], path: Path | None):
+        self._values = values
+        self._sources = sources
+        self.path = path
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._values.get(key)
+        return default if value is None else value
+
+    def source(self, key: str) -> str:
+        return self._sources.get(key, "default")
+
+    def generation(self) -> dict[str, Any]:
+        """The generation settings that are set, without the ``generation.`` prefix."""
+        return {k: self._values[f"generation.{k}"] for k in GENERATION_KEYS if self._values.get(f"generation.{k}") is not None}
+
+    def quantization(self) -> dict[str, Any]:
+        return {
+            s.key.split(".", 1)[1]: self._values[s.key]
+            for s in SETTINGS
+            if s.key.startswith("quantization.") and self._values.get(s.key) is not None
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found", hint="pass an existing slmk.toml or drop --config")
+        return path
+    env = os.environ.get("SLMK_CONFIG")
+    if env:
+        return find_config_file(env)
+    local = Path.cwd() / CONFIG_FILE
+    return local if local.is_file() else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the line it names") from None
+    flat = _flatten(data)
+    for key in flat:
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"unknown key {key!r} in {path}", hint=_close_matches(key))
+    return flat
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting: command line > environment > file > defaults."""
+    environ = os.environ if environ is None else environ
+    path = find_config_file(config_path)
+    file_values = read_config_file(path) if path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        value, origin = setting.default, "default"
+        if setting.key in file_values:
+            value, origin = file_values[setting.key], str(path)
+        if setting.env in environ:
+            value, origin = environ[setting.env], f"${setting.env}"
+        if cli and cli.get(setting.key) is not None:
+            value, origin = cli[setting.key], "command line"
+        values[setting.key] = _coerce(setting, value, origin)
+        sources[setting.key] = origin
+    return Settings(values, sources, path)
+
+
+def write_config(path: Path, values: Mapping[str, Any], comments: Mapping[str, str] | None = None) -> None:
+    """Write a slmk.toml of the given dotted keys (validated first) atomically."""
+    import tomli_w
+
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"unknown key {key!r}", hint=_close_matches(key))
+        if value is None:
+            continue
+        _coerce(SETTINGS_BY_KEY[key], value, "slmk init")
+        target = nested
+        *tables, leaf = key.split(".")
+        for table in tables:
+            target = target.setdefault(table, {})
+        target[leaf] = value
+    header = "".join(f"# {line}\n" for line in (comments or {}).get("header", "").splitlines())
+    text = header + tomli_w.dumps(nested)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,54 @@
+"""Errors the CLI turns into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class SlmkError(Exception):
+    """A failure the user can act on: what went wrong, and how to fix it.
+
+    ``message`` says what and why; ``hint`` says how to fix it. The CLI prints
+    ``error: <message> (<hint>)`` and exits with ``exit_code``; the traceback is
+    only shown with ``--debug``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+    def one_line(self) -> str:
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" ({' '.join(self.hint.split())})"
+        return text
+
+
+class UsageError(SlmkError):
+    """Bad input on the command line or in slmk.toml."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """An unknown key or a bad value in the configuration."""
+
+
+class PluginError(SlmkError):
+    """A plugin failed to load, conflicted with another, or raised inside a hook."""
+
+    def __init__(self, plugin: str, hook: str | None, error: BaseException | str, hint: str | None = None):
+        where = f"plugin {plugin!r}" + (f" in hook {hook}" if hook else "")
+        detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"{where} failed: {detail}", hint)
+        self.plugin = plugin
+        self.hook = hook
+        self.error = error
+
+
+class StepFailed(SlmkError):
+    """A pipeline step (convert, quantize, install ...) failed."""

@@ -1,0 +1,140 @@
+"""What slmk knows about a model folder, read from JSON alone (no torch)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .records import FORMAT_HF, FORMAT_ORTGENAI
+
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I8": "int8", "U8": "uint8"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}", hint="the file must be valid JSON") from exc
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > 100_000_000:
+            raise ValueError("implausible safetensors header")
+        return json.loads(handle.read(length))
+
+
+def _count_parameters(folder: Path) -> tuple[int | None, str | None]:
+    """Parameters and dominant dtype from the safetensors headers (fast, no weights read)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None, None
+    total = 0
+    by_dtype: dict[str, int] = {}
+    for file in files:
+        try:
+            header = _safetensors_header(file)
+        except (OSError, ValueError, struct.error):
+            return None, None
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in tensor["shape"]:
+                count *= dim
+            total += count
+            by_dtype[tensor["dtype"]] = by_dtype.get(tensor["dtype"], 0) + count
+    dominant = max(by_dtype, key=by_dtype.get) if by_dtype else None
+    return total, _DTYPE_NAMES.get(dominant, dominant)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model folder as slmk sees it: a Hugging Face folder or an ORT GenAI build."""
+
+    path: Path
+    format: str
+    config: dict[str, Any]
+    model_type: str
+    architectures: tuple[str, ...]
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None
+    num_parameters: int | None = None
+    dtype: str | None = None
+    genai_config: dict[str, Any] = field(default_factory=dict)
+    build_info: dict[str, Any] = field(default_factory=dict)  # slmk_build.json of a build
+
+    @property
+    def architecture(self) -> str:
+        return self.architectures[0] if self.architectures else ""
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.config.get("vocab_size") or self.genai_config.get("model", {}).get("vocab_size")
+
+    @property
+    def context_length(self) -> int | None:
+        return (
+            self.config.get("max_position_embeddings")
+            or self.genai_config.get("model", {}).get("context_length")
+        )
+
+    def special_token(self, key: str) -> str | None:
+        """bos_token / eos_token as a string (tokenizer_config stores str or AddedToken dicts)."""
+        value = self.tokenizer_config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return value if isinstance(value, str) else None
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelInfo:
+        folder = Path(path).expanduser()
+        if not folder.exists():
+            raise UsageError(f"model folder {folder} does not exist", hint="pass the folder that holds config.json")
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder", hint="pass the model folder, not a file in it")
+        genai_config = _read_json(folder / "genai_config.json")
+        config = _read_json(folder / "config.json")
+        if not config and not genai_config:
+            raise UsageError(
+                f"{folder} has no config.json",
+                hint="pass a Hugging Face model folder (config.json, weights, tokenizer files) or an slmk build",
+            )
+        fmt = FORMAT_ORTGENAI if genai_config else FORMAT_HF
+        tokenizer_config = _read_json(folder / "tokenizer_config.json")
+        chat_template = tokenizer_config.get("chat_template")
+        if isinstance(chat_template, list):  # named templates: [{"name": "default", "template": ...}]
+            named = {t.get("name"): t.get("template") for t in chat_template if isinstance(t, dict)}
+            chat_template = named.get("default") or next(iter(named.values()), None)
+        jinja_file = folder / "chat_template.jinja"
+        if not chat_template and jinja_file.is_file():
+            chat_template = jinja_file.read_text(encoding="utf-8")
+        if not chat_template and (folder / "chat_template.json").is_file():
+            chat_template = _read_json(folder / "chat_template.json").get("chat_template")
+        model_type = config.get("model_type") or genai_config.get("model", {}).get("type", "")
+        architectures = tuple(config.get("architectures") or ())
+        num_parameters, dtype = _count_parameters(folder) if fmt == FORMAT_HF else (None, None)
+        dtype = dtype or config.get("torch_dtype") or config.get("dtype")
+        return cls(
+            path=folder,
+            format=fmt,
+            config=config,
+            model_type=model_type,
+            architectures=architectures,
+            tokenizer_config=tokenizer_config,
+            generation_config=_read_json(folder / "generation_config.json"),
+            chat_template=chat_template or None,
+            num_parameters=num_parameters,
+            dtype=dtype,
+            genai_config=genai_config,
+            build_info=_read_json(folder / "slmk_build.json"),
+        )

@@ -1,0 +1,212 @@
+"""Run a plan: each step cached by a hash of its inputs, options and tool versions.
+
+A step writes into a temporary folder in the cache and is renamed into place when it
+finishes, so a completed step is reused by any later run with the same inputs (an
+identical rerun does no work) and an interrupted run resumes at the first step that
+had not finished. The final output is assembled beside its destination and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import SlmkError, StepFailed
+from .fsutil import atomic_dir, cache_root, clean_stale_tmp, dir_size, file_lock, fingerprint_tree, hash_json, link_or_copy_tree
+from .modelinfo import ModelInfo
+from .planner import Plan, PlannedStep
+from .plugins import Registry
+from .progress import Progress
+from .records import ExecutionProvider, StepRequest
+
+STEP_MARKER = "step.json"
+BUILD_INFO = "slmk_build.json"
+
+
+@dataclass
+class StepRun:
+    kind: str
+    tool: str
+    precision: str
+    status: str  # "ran" or "cached"
+    seconds: float
+    key: str
+    path: str
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    plan: Plan
+    steps: list[StepRun] = field(default_factory=list)
+    files: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(self.files.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "plan": self.plan.as_dict(),
+            "steps": [asdict(step) for step in self.steps],
+            "files": self.files,
+            "size_bytes": self.size_bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _tool_versions(registry: Registry, step: PlannedStep) -> dict[str, str]:
+    hook = "slmk_converters" if step.kind == "convert" else "slmk_quantizers"
+    record = registry.records(hook)[step.tool]
+    try:
+        return dict(record.tool_versions())
+    except Exception as exc:  # a broken version probe must not break the build
+        return {"error": str(exc)}
+
+
+def step_key(registry: Registry, step: PlannedStep, input_fingerprint: str, ep: ExecutionProvider,
+             calibration_fingerprint: str | None) -> str:
+    return hash_json({
+        "slmk": __version__,
+        "kind": step.kind,
+        "tool": step.tool,
+        "versions": _tool_versions(registry, step),
+        "precision": step.precision,
+        "ep": ep.builder_ep,
+        "options": step.options,
+        "input": input_fingerprint,
+        "calibration": calibration_fingerprint,
+    })[:24]
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return hash_json({"name": path.name, "size": stat.st_size, "mtime": stat.st_mtime_ns})
+
+
+def apply_search_options(build_dir: Path, search: dict[str, Any]) -> None:
+    """Write generation defaults into genai_config.json ``search``, where runtimes read them."""
+    if not search:
+        return
+    config_path = build_dir / "genai_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.setdefault("search", {}).update(search)
+    context = config.get("model", {}).get("context_length")
+    if context and config["search"].get("max_length", 0) > context:
+        config["search"]["max_length"] = context
+    write_json_atomic(config_path, config)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    # Write a new file and rename it: outputs share hard links with the step cache,
+    # so editing a file in place would change the cached copy too.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_plan(
+    registry: Registry,
+    info: ModelInfo,
+    plan: Plan,
+    ep: ExecutionProvider,
+    output: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    calibration: Path | None = None,
+    trust_remote_code: bool = False,
+    search: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+) -> BuildResult:
+    progress = progress or Progress(quiet=True)
+    output = Path(output).expanduser().resolve()
+    if output.exists() and not force:
+        from .errors import UsageError
+
+        raise UsageError(f"output {output} already exists", hint="choose another -o folder or pass --force to replace it")
+    root = Path(cache_dir) if cache_dir else cache_root()
+    steps_dir = root / "steps"
+    steps_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(steps_dir)
+    clean_stale_tmp(output.parent)
+    start = time.perf_counter()
+    result = BuildResult(output=output, plan=plan)
+    source = info.path.resolve()
+    fingerprint = fingerprint_tree(source)
+    calibration_fp = _file_fingerprint(calibration) if calibration else None
+    progress.total_steps = len(plan.steps) + 1
+    for step in plan.steps:
+        key = step_key(registry, step, fingerprint, ep, calibration_fp)
+        step_dir = steps_dir / f"{key}-{step.kind}-{step.tool}"
+        title = step.describe()
+        with progress.step(title), file_lock(root / "locks" / f"{key}.lock", what=f"step {step.tool}"):
+            step_start = time.perf_counter()
+            if (step_dir / STEP_MARKER).is_file():
+                progress.log(f"cached: {step_dir}")
+                status = "cached"
+            else:
+                shutil.rmtree(step_dir, ignore_errors=True)  # an unmarked folder is an old half-step
+                _run_step(registry, step, source, step_dir, ep, root, progress, calibration, trust_remote_code, key)
+                status = "ran"
+        result.steps.append(StepRun(step.kind, step.tool, step.precision, status,
+                                    round(time.perf_counter() - step_start, 3), key, str(step_dir)))
+        source = step_dir / "model"
+        fingerprint = key
+    with progress.step(f"write {output}"), atomic_dir(output, force=force) as tmp:
+        link_or_copy_tree(source, tmp)
+        apply_search_options(tmp, search or {})
+        write_json_atomic(tmp / BUILD_INFO, {
+            "slmk_version": __version__,
+            "source": str(info.path.resolve()),
+            "model_type": info.model_type,
+            "architectures": list(info.architectures),
+            "precision": plan.precision,
+            "execution_provider": ep.name,
+            "plan": plan.as_dict(),
+            "steps": [asdict(s) for s in result.steps],
+        })
+    result.files = {p.relative_to(output).as_posix(): p.stat().st_size for p in sorted(output.rglob("*")) if p.is_file()}
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_step(registry: Registry, step: PlannedStep, source: Path, step_dir: Path, ep: ExecutionProvider,
+              root: Path, progress: Progress, calibration: Path | None, trust_remote_code: bool, key: str) -> None:
+    work_dir = root / "work" / key
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_dir(step_dir) as tmp:
+            model_dir = tmp / "model"
+            model_dir.mkdir()
+            request = StepRequest(
+                source=source, output=model_dir, precision=step.precision, execution_provider=ep,
+                options=step.options, work_dir=work_dir, progress=progress,
+                calibration=calibration, trust_remote_code=trust_remote_code,
+            )
+            if step.kind == "convert":
+                registry.converters[step.tool].convert(request)
+            else:
+                registry.quantizers[step.tool].quantize(request)
+            if not any(model_dir.iterdir()):
+                raise StepFailed(f"{step.tool} finished but wrote nothing", hint="a plugin bug: report it to its author")
+            (tmp / STEP_MARKER).write_text(json.dumps({"step": asdict(step), "size": dir_size(model_dir)}, indent=2))
+    except SlmkError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise StepFailed(
+            f"{step.kind} with {step.tool} failed: {type(exc).__name__}: {exc}",
+            hint="rerun with --debug for the traceback",
+        ) from exc
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,293 @@
+"""The records plugins return from their hooks.
+
+Each record is a frozen dataclass: a name, what it supports, and the callables that
+do the work. Records are declarative so the kernel can list, validate and plan with
+them without running anything (the style of conda's plugin records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .modelinfo import ModelInfo
+    from .progress import Progress
+
+#: Every precision slmk knows, smallest first. Plugins declare which they reach.
+PRECISIONS: tuple[str, ...] = ("int4", "int8", "fp16", "bf16", "fp32")
+
+#: Model formats a step reads or writes.
+FORMAT_HF = "hf"  # a Hugging Face folder (config.json + weights)
+FORMAT_ORTGENAI = "ortgenai"  # an ONNX Runtime GenAI folder (genai_config.json + model.onnx)
+
+
+# --------------------------------------------------------------------------- probes
+@dataclass(frozen=True)
+class ProbeResult:
+    """One finding of a probe. ``status`` is ``ok``, ``warn`` or ``fail``."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "warn", "fail"):
+            raise ValueError(f"ProbeResult.status must be ok, warn or fail, not {self.status!r}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A check of the environment. ``check()`` never raises; it returns findings."""
+
+    name: str
+    description: str
+    check: Callable[[], Iterable[ProbeResult]]
+
+
+# ------------------------------------------------------------- execution providers
+@dataclass(frozen=True)
+class Usability:
+    """Whether an execution provider can run here, and why (not)."""
+
+    usable: bool
+    reason: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutionProvider:
+    """A hardware provider and the name each tool uses for it.
+
+    ``probe()`` must be cheap, never raise, and import nothing heavy at module level.
+    """
+
+    name: str  # slmk's name: "cpu", "cuda", "dml", "webgpu"
+    description: str
+    ort_provider: str  # onnxruntime: "CPUExecutionProvider"
+    genai_provider: str | None  # og.Config.append_provider name; None = the default CPU provider
+    builder_ep: str  # model builder `-e` value
+    olive_device: str  # Olive system accelerator device: "cpu", "gpu"
+    foundry_suffix: str  # Foundry Local variant suffix: "generic-cpu", "cuda-gpu"
+    build_precisions: tuple[str, ...]  # what the model builder can produce for it
+    run_precisions: tuple[str, ...]  # what loads and runs on it
+    probe: Callable[[], Usability]
+    aliases: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------ model families
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The four pieces Foundry Local's legacy ``inference_model.json`` carries.
+
+    Each piece holds ``{Content}`` where the message text goes. A conversation is
+    rendered by concatenating ``system`` (if any), then ``user``/``assistant`` for
+    the earlier turns, then ``prompt`` for the last user message.
+    """
+
+    system: str
+    user: str
+    assistant: str
+    prompt: str
+    source: str = ""  # where it came from: "family:qwen2", "chat_template", "file:..."
+
+    def render(self, messages: Iterable[Mapping[str, str]]) -> str:
+        messages = list(messages)
+        if not messages or messages[-1].get("role") != "user":
+            raise ValueError("a prompt is rendered for a conversation that ends with a user message")
+        pieces = {"system": self.system, "user": self.user, "assistant": self.assistant}
+        out = []
+        for message in messages[:-1]:
+            role = message["role"]
+            if role not in pieces:
+                raise ValueError(f"unknown role {role!r}")
+            out.append(pieces[role].replace("{Content}", message["content"]))
+        out.append(self.prompt.replace("{Content}", messages[-1]["content"]))
+        return "".join(out)
+
+    def to_foundry(self) -> dict[str, str]:
+        return {"system": self.system, "user": self.user, "assistant": self.assistant, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family: how to recognise it and how to prompt it.
+
+    ``match(info)`` returns a score (0: not this family; higher wins; a family that
+    knows the exact architecture should return more than one that guesses from the
+    chat template). ``prompt_template(info)`` returns the PromptTemplate for that model.
+    """
+
+    name: str
+    description: str
+    match: Callable[[ModelInfo], int]
+    prompt_template: Callable[[ModelInfo], PromptTemplate]
+    stop_tokens: tuple[str, ...] = ()
+    generation_defaults: Mapping[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None  # the family's published Jinja chat template
+    converter_hints: Mapping[str, Any] = field(default_factory=dict)
+
+
+# -------------------------------------------------------- converters and quantizers
+@dataclass(frozen=True)
+class StepRequest:
+    """What a converter or quantizer is asked to do.
+
+    ``output`` is an empty folder owned by the kernel: write everything there. The
+    kernel renames it into place only when the call returns without raising.
+    """
+
+    source: Path
+    output: Path
+    precision: str
+    execution_provider: ExecutionProvider
+    options: Mapping[str, Any]
+    work_dir: Path  # scratch and tool caches for this step
+    progress: Progress
+    calibration: Path | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Converter:
+    """Turns a Hugging Face folder into an ONNX Runtime GenAI folder."""
+
+    name: str
+    description: str
+    precisions: tuple[str, ...]  # reached natively by this converter
+    execution_providers: tuple[str, ...]  # slmk EP names it builds for
+    convert: Callable[[StepRequest], None]
+    input_format: str = FORMAT_HF
+    output_format: str = FORMAT_ORTGENAI
+    supports: Callable[[ModelInfo], str | None] | None = None  # None, or why not
+    tool_versions: Callable[[], Mapping[str, str]] = dict  # part of the step cache key
+    accepts_quantized_input: bool = False  # converts HF weights another tool quantized
+    options: Mapping[str, str] = field(default_factory=dict)  # option name -> help
+    priority: int = 0  # the planner prefers higher when several can do the job
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """Lowers the precision of a model, on HF weights (``stage="hf"``) or on ONNX."""
+
+    name: str
+    description: str
+    stage: str  # FORMAT_HF or FORMAT_ORTGENAI
+    precisions: tuple[str, ...]
+    quantize: Callable[[StepRequest], None]
+    algorithms: tuple[str, ...] = ()
+    uses_calibration: bool = False
+    tool_versions: Callable[[], Mapping[str, str]] = dict
+    options: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 0
+
+
+# ------------------------------------------------------------------------ installers
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model an installer has put in place."""
+
+    name: str
+    version: str
+    path: Path
+    installer: str
+    precision: str | None = None
+    execution_provider: str | None = None
+    size_bytes: int = 0
+    runtimes: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    build_dir: Path
+    name: str
+    execution_provider: ExecutionProvider
+    template: PromptTemplate | None
+    progress: Progress
+    cache_dir: Path | None = None
+    force: bool = False
+    chat_template: str | None = None  # replaces the tokenizer's chat template when given
+
+
+@dataclass(frozen=True)
+class Installer:
+    """Puts a built model where a runtime finds it, lists and removes it."""
+
+    name: str
+    description: str
+    install: Callable[[InstallRequest], InstalledModel]
+    list: Callable[[Path | None], list[InstalledModel]]
+    remove: Callable[[str, str | None, Path | None], InstalledModel]
+    locate: Callable[[Path | None], Path]  # the cache folder it would use
+
+
+# -------------------------------------------------------------------------- runtimes
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    generated_tokens: int
+    time_to_first_token_s: float
+    total_s: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decode_time = self.total_s - self.time_to_first_token_s
+        return (self.generated_tokens - 1) / decode_time if self.generated_tokens > 1 and decode_time > 0 else 0.0
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.time_to_first_token_s if self.time_to_first_token_s > 0 else 0.0
+
+
+@runtime_checkable
+class ChatSession(Protocol):
+    """A loaded model. ``generate`` streams text pieces (one per token where the
+    runtime allows) and sets ``last_stats`` when the stream ends."""
+
+    last_stats: GenerationStats | None
+
+    def generate(self, messages: list[Mapping[str, str]], **search: Any) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    path: Path  # a built or installed model folder
+    execution_provider: ExecutionProvider
+    installed: InstalledModel | None = None
+    cache_dir: Path | None = None  # the installer's cache, for runtimes that need it
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Loads a model folder and generates."""
+
+    name: str
+    description: str
+    load: Callable[[LoadRequest], ChatSession]
+    can_load: Callable[[Path], str | None] | None = None  # None, or why not
+
+
+#: The hook name for each record type, used to validate what plugins return.
+RECORD_TYPES: dict[str, type] = {
+    "slmk_probes": Probe,
+    "slmk_execution_providers": ExecutionProvider,
+    "slmk_model_families": ModelFamily,
+    "slmk_converters": Converter,
+    "slmk_quantizers": Quantizer,
+    "slmk_installers": Installer,
+    "slmk_runtimes": Runtime,
+}
+# slmk_cli_commands returns click.Command objects; plugins.py adds that type lazily
+# so this module stays importable without click.

@@ -1,0 +1,64 @@
+"""Helpers for testing slmk plugins against the real kernel.
+
+    from slmk.testing import make_registry
+
+    def test_my_family_is_found():
+        import slmk_my_family
+        registry = make_registry(slmk_my_family)
+        assert "my-family" in registry.model_families
+
+``make_registry`` gives a fresh registry holding only the plugins you name (modules,
+objects, or entry-point names to load from the installed distributions); it never
+touches the process-wide registry the CLI uses.
+
+The pytest fixture ``slmk_registry_factory`` is available to any test session that
+has slmk installed (registered through the ``pytest11`` entry point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from importlib_metadata import entry_points
+
+from . import PROJECT
+from .plugins import Registry, get_registry, reset_registry
+
+
+def make_registry(*plugins: object | str) -> Registry:
+    """A registry with exactly these plugins: modules/objects, or entry-point names."""
+    registry = Registry()
+    by_name = {ep.name: ep for ep in entry_points(group=PROJECT)}
+    for plugin in plugins:
+        if isinstance(plugin, str):
+            if plugin not in by_name:
+                raise LookupError(f"no slmk entry point named {plugin!r}; installed: {', '.join(sorted(by_name))}")
+            ep = by_name[plugin]
+            registry.register(ep.load(), ep.name, distribution=ep.dist.name if ep.dist else "",
+                              version=ep.dist.version if ep.dist else "")
+        else:
+            registry.register(plugin)
+    return registry
+
+
+@contextmanager
+def isolated_default_registry() -> Iterator[Registry]:
+    """Reload the process-wide registry for the duration (after env vars changed)."""
+    reset_registry()
+    try:
+        yield get_registry()
+    finally:
+        reset_registry()
+
+
+try:  # the fixture exists only where pytest is installed
+    import pytest
+
+    @pytest.fixture
+    def slmk_registry_factory():
+        """Call with plugins (modules or entry-point names) to get a fresh Registry."""
+        return make_registry
+
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated environment and session-cached builds of the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = REPO / "examples" / "tiny-chat" / "model"
+TINY_DATA = REPO / "examples" / "tiny-chat" / "data"
+
+# Set before any tool is imported: the tools read these at import time.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="slmk-tests-"))
+os.environ.update({
+    "ORT_DISABLE_TELEMETRY": "1",
+    "OLIVE_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HOME": str(_SESSION_TMP / "hf-home"),
+    "SLMK_CACHE_DIR": str(_SESSION_TMP / "slmk-cache"),
+    "SLMK_FOUNDRY_CACHE": str(_SESSION_TMP / "foundry-cache"),
+})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    assert (TINY_MODEL / "config.json").is_file(), "examples/tiny-chat/model is missing"
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_eval() -> list[dict]:
+    return [json.loads(line) for line in (TINY_DATA / "eval.jsonl").read_text().splitlines() if line.strip()]
+
+
+_BUILDS: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tiny_model_dir):
+    """tiny_build("int4") -> a session-cached slmk build of the tiny model (cpu)."""
+
+    def build(precision: str = "int4", execution_provider: str = "cpu") -> Path:
+        key = (precision, execution_provider)
+        if key not in _BUILDS:
+            from slmk.app import convert
+
+            out = _SESSION_TMP / "builds" / f"tiny-{precision}-{execution_provider}"
+            convert(tiny_model_dir, out, precision=precision, execution_provider=execution_provider)
+            _BUILDS[key] = out
+        return _BUILDS[key]
+
+    return build
+
+
+@pytest.fixture
+def run_slmk(tmp_path):
+    """Run the real `slmk` console entry point in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900, input: str | None = None):
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "slmk", *args], cwd=cwd or tmp_path, env=full_env,
+            capture_output=True, text=True, timeout=timeout, input=input,
+        )
+
+    return run
