@@ -604,6 +604,14 @@ def template_show(target, template_file, as_json) -> None:
         click.echo(f"note: {note}")
 
 
+# Command groups that live in their own modules (measurement, plugin authoring).
+from .cli_measure import register as _register_measure  # noqa: E402
+from .cli_plugin import register as _register_plugin  # noqa: E402
+
+_register_measure(cli)
+_register_plugin(cli)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for every error."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -614,8 +622,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # one line, like every other error; the command's --help has the details
+        command = exc.ctx.command_path if exc.ctx else "slmk"
+        click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except SlmkError as exc:
         if debug:
