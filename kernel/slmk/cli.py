@@ -619,8 +619,8 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="slmk", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("interrupted: nothing half-written was left under a final name", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         # one line, like every other error; the command's --help has the details
@@ -637,9 +637,6 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted: nothing half-written was left under a final name", err=True)
-        sys.exit(130)
     except Exception as exc:  # a bug: still one line, the traceback with --debug
         if debug:
             raise
