@@ -165,7 +165,8 @@ def install(
     ep = resolve_ep(registry, info.build_info.get("execution_provider") or "cpu")
     inst = registry.get("slmk_installers", installer, "installer")
     chat_template = None
-    if template_file and Path(template_file).suffix == ".jinja":
+    # the resolver reads any file that is not JSON as a Jinja chat template; so does install
+    if template_file and Path(template_file).suffix != ".json":
         chat_template = Path(template_file).read_text(encoding="utf-8")
     return inst.install(InstallRequest(
         build_dir=info.path, name=name, execution_provider=ep, template=resolved.template,

@@ -1,0 +1,377 @@
+"""slmk.templates: rendering as transformers does, the generic derivation, the round-trip check,
+and resolving a model's template (no family plugin registered here: the generic path)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slmk.errors import SlmkError, UsageError
+from slmk.modelinfo import ModelInfo
+from slmk.records import PromptTemplate
+from slmk.templates import (
+    ChatTemplateError,
+    TemplateMismatch,
+    analyse_chat_template,
+    as_special_tokens,
+    check_round_trip,
+    derive_prompt_template,
+    render_chat_template,
+    resolve_template,
+)
+from slmk.testing import make_registry
+
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
+
+#: The special tokens each published template is rendered with (its tokenizer_config.json).
+SPECIAL_TOKENS: dict[str, dict[str, str]] = {
+    "qwen2": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    "qwen2.5": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    "qwen3": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"},
+    "phi-3.5-mini": {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"},
+    "phi-4-mini": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    "llama-3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+    "llama-3.1": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+    "llama-3.2": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+    "mistral-v0.1": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+    "mistral-v0.3": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+    "gemma-2": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    "gemma-3": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    "deepseek-r1-distill": {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>"},
+    "zephyr": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+}
+NAMES = sorted(SPECIAL_TOKENS)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Tell me a joke."}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "<think>\nThey greet me.\n</think>\n\nBonjour !"},
+     {"role": "user", "content": "  Une blague ?  "}],
+]
+
+QWEN25 = {"system": "<|im_start|>system\n{Content}<|im_end|>\n", "user": "<|im_start|>user\n{Content}<|im_end|>\n",
+          "assistant": "<|im_start|>assistant\n{Content}<|im_end|>\n",
+          "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n"}
+PHI3 = PromptTemplate(system="<|system|>\n{Content}<|end|>\n", user="<|user|>\n{Content}<|end|>\n",
+                      assistant="<|assistant|>\n{Content}<|end|>\n", prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n")
+
+
+def chat_template(name: str) -> str:
+    return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def hf_tokenizer(name: str):
+    """A real transformers fast tokenizer holding this family's special tokens and chat template."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = SPECIAL_TOKENS[name]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(["[UNK]", *tokens.values()]))}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+                                        **tokens)
+    tokenizer.chat_template = chat_template(name)
+    return tokenizer
+
+
+def hf_render(tokenizer, messages, add_generation_prompt=True, **kwargs) -> str:
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **kwargs)
+    except TemplateError as exc:
+        return f"raised: {exc}"
+
+
+def slmk_render(template, messages, tokens, add_generation_prompt=True, **kwargs) -> str:
+    try:
+        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
+                                    special_tokens=tokens, **kwargs)
+    except ChatTemplateError as exc:
+        return f"raised: {exc.__cause__}"
+
+
+def write_model(folder: Path, *, config: dict | None = None, tokenizer_config: dict | None = None,
+                genai_config: dict | None = None, build_info: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config),
+                       ("genai_config.json", genai_config), ("slmk_build.json", build_info)):
+        if data is not None:
+            (folder / name).write_text(json.dumps(data), encoding="utf-8")
+    return folder
+
+
+# ------------------------------------------------------------------ rendering = transformers
+@pytest.mark.parametrize("name", NAMES)
+def test_render_equals_transformers_for_every_family_template(name):
+    tokenizer = hf_tokenizer(name)
+    tokens = tokenizer.special_tokens_map
+    for messages in CONVERSATIONS:
+        for add_generation_prompt in (True, False):
+            expected = hf_render(tokenizer, messages, add_generation_prompt)
+            assert slmk_render(chat_template(name), messages, tokens, add_generation_prompt) == expected, (
+                name, messages, add_generation_prompt)
+
+
+def test_render_equals_transformers_on_the_tiny_model(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    info = ModelInfo.load(tiny_model_dir)
+    assert info.chat_template, "the tiny model ships a chat template"
+    for messages in CONVERSATIONS:
+        for add_generation_prompt in (True, False):
+            assert slmk_render(info.chat_template, messages, tokenizer.special_tokens_map,
+                               add_generation_prompt) == hf_render(tokenizer, messages, add_generation_prompt)
+    # the tiny model's own template round-trips through the generic derivation
+    derive_prompt_template(info.chat_template, tokenizer.special_tokens_map)
+
+
+def test_render_environment_matches_transformers_extras():
+    """tojson (unescaped, indent), the {% generation %} tag, loop controls, dict(), namespace,
+    strftime_now and extra template variables behave as in transformers."""
+    template = (
+        "{%- set ns = namespace(count=0) -%}"
+        "{%- for m in messages -%}{%- if loop.index > 2 %}{% break %}{% endif -%}"
+        "{%- set ns.count = ns.count + 1 -%}"
+        "{{ m.role }}:{% generation %}{{ m.content }}{% endgeneration %}|"
+        "{%- endfor -%}"
+        "{{ ns.count }}{{ {'é': '<b>', 'n': [1, 2]} | tojson }}{{ dict(a=1) | tojson(indent=2) }}"
+        "{{ strftime_now('%Y') }}{{ greeting | default('none') }}{{ bos_token }}"
+    )
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    tokenizer = hf_tokenizer("llama-3")
+    tokenizer.chat_template = template
+    for extra in ({}, {"greeting": "hello"}):
+        expected = hf_render(tokenizer, messages, **extra)
+        assert slmk_render(template, messages, tokenizer.special_tokens_map, **extra) == expected
+    assert expected.startswith('user:a|assistant:b|2{"é": "<b>"')
+
+
+def test_render_errors_are_one_line_slmk_errors():
+    with pytest.raises(ChatTemplateError, match="does not parse") as parse_error:
+        render_chat_template("{% for m in messages %}", [{"role": "user", "content": "x"}])
+    assert parse_error.value.hint and "\n" not in parse_error.value.one_line()
+    with pytest.raises(ChatTemplateError, match="system, user: System role not supported"):
+        render_chat_template(chat_template("gemma-2"), CONVERSATIONS[1], special_tokens=SPECIAL_TOKENS["gemma-2"])
+
+
+def test_the_kernel_module_imports_nothing_heavy():
+    code = ("import sys, slmk.templates; "
+            "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the generic derivation
+@pytest.mark.parametrize("name", NAMES)
+def test_generic_derivation_round_trips_for_every_family_template(name):
+    template = derive_prompt_template(chat_template(name), SPECIAL_TOKENS[name])
+    for key, piece in template.to_foundry().items():
+        assert piece.count("{Content}") == 1, (name, key)
+    report = check_round_trip(chat_template(name), template, SPECIAL_TOKENS[name])
+    assert {"one-turn", "two-turn"} <= set(report.checked)
+    assert report.ok
+
+
+def test_chatml_with_a_default_system_message_is_cut_for_conversations_with_a_system_message():
+    analysis = analyse_chat_template(chat_template("qwen2.5"), SPECIAL_TOKENS["qwen2.5"])
+    assert analysis.template.to_foundry() == QWEN25
+    assert analysis.system_support == "default"
+    assert analysis.default_system == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    report = check_round_trip(chat_template("qwen2.5"), analysis.template, SPECIAL_TOKENS["qwen2.5"])
+    assert report.checked == ("one-turn", "with-system", "two-turn", "system-two-turn")
+    assert any("default system message" in note for note in report.notes)
+    # the honest limit: without a system message the pieces leave the default out
+    one_turn = [{"role": "user", "content": "Hi"}]
+    rendered = render_chat_template(chat_template("qwen2.5"), one_turn, special_tokens=SPECIAL_TOKENS["qwen2.5"])
+    assert analysis.template.render(one_turn) != rendered
+    with_default = [{"role": "system", "content": analysis.default_system}, *one_turn]
+    assert analysis.template.render(with_default) == rendered
+
+
+def test_qwen3_pieces_are_plain_chatml_with_a_note_on_reasoning():
+    analysis = analyse_chat_template(chat_template("qwen3"), SPECIAL_TOKENS["qwen3"])
+    assert analysis.template.to_foundry() == QWEN25
+    assert analysis.system_support == "native" and analysis.default_system is None
+    assert any("<think>" in note for note in analysis.notes)
+
+
+def test_a_leading_bos_goes_into_the_system_piece():
+    tokens = SPECIAL_TOKENS["llama-3"]
+    analysis = analyse_chat_template(chat_template("llama-3"), tokens)
+    assert analysis.leading_bos == "<|begin_of_text|>"
+    pieces = analysis.template.to_foundry()
+    assert pieces["system"].startswith("<|begin_of_text|><|start_header_id|>system")
+    assert not any(pieces[key].startswith("<|begin_of_text|>") for key in ("user", "assistant", "prompt"))
+    report = check_round_trip(chat_template("llama-3"), analysis.template, tokens)
+    assert report.checked == ("one-turn", "with-system", "two-turn", "system-two-turn")
+    assert any("without a system message gets no BOS" in note for note in report.notes)
+    # a BOS written into every user turn shows up in the middle of a conversation
+    doubled = PromptTemplate(**{**pieces, "user": "<|begin_of_text|>" + pieces["user"],
+                                "prompt": "<|begin_of_text|>" + pieces["prompt"]})
+    with pytest.raises(TemplateMismatch) as mismatch:
+        check_round_trip(chat_template("llama-3"), doubled, tokens)
+    assert mismatch.value.conversation == "with-system"
+    # pieces that leave the BOS out altogether lose it even with a system message
+    without = PromptTemplate(**{**pieces, "system": pieces["system"].removeprefix("<|begin_of_text|>")})
+    with pytest.raises(TemplateMismatch) as mismatch:
+        check_round_trip(chat_template("llama-3"), without, tokens)
+    assert mismatch.value.conversation == "with-system" and mismatch.value.expected.startswith("begin_of_text|>")
+
+
+def test_a_bos_equal_to_the_turn_marker_stays_in_the_pieces():
+    # SmolLM2's BOS is <|im_start|>: the template never writes {{ bos_token }}, its turns start with it
+    analysis = analyse_chat_template(chat_template("smollm2"), SPECIAL_TOKENS["smollm2"])
+    assert analysis.leading_bos is None
+    assert analysis.template.system == "<|im_start|>system\n{Content}<|im_end|>\n"
+
+
+@pytest.mark.parametrize("name, support", [("gemma-2", "raises"), ("gemma-3", "folded"),
+                                           ("mistral-v0.1", "raises"), ("mistral-v0.3", "folded")])
+def test_templates_without_a_system_turn_send_it_as_a_user_turn_and_skip_that_check(name, support):
+    analysis = analyse_chat_template(chat_template(name), SPECIAL_TOKENS[name])
+    assert analysis.system_support == support
+    assert analysis.template.system == (analysis.leading_bos or "") + analysis.template.user
+    assert analysis.leading_bos == SPECIAL_TOKENS[name]["bos_token"]
+    report = check_round_trip(chat_template(name), analysis.template, SPECIAL_TOKENS[name])
+    assert report.checked == ("one-turn", "two-turn")
+    assert report.skipped == ("with-system", "system-two-turn")
+    assert any("not checked: with-system" in note for note in report.notes)
+
+
+def test_phi_markers_are_cut_at_token_boundaries():
+    # <|end|>\n<|assistant|> and <|end|>\n<|endoftext|> share "<|end|>\n<|": the turn ends at "\n"
+    template = derive_prompt_template(chat_template("phi-3.5-mini"), SPECIAL_TOKENS["phi-3.5-mini"])
+    assert template.to_foundry() == PHI3.to_foundry()
+
+
+def test_llama_31_system_block_is_always_there():
+    analysis = analyse_chat_template(chat_template("llama-3.1"), SPECIAL_TOKENS["llama-3.1"])
+    assert analysis.system_support == "default" and analysis.default_system == ""
+    assert analysis.template.system.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge")
+    # a system message, even an empty one, gives the template's exact prompt, BOS included
+    one_turn = [{"role": "user", "content": "Hi"}]
+    expected = render_chat_template(chat_template("llama-3.1"), one_turn, special_tokens=SPECIAL_TOKENS["llama-3.1"])
+    assert analysis.template.render([{"role": "system", "content": ""}, *one_turn]) == expected
+    assert analysis.template.user == "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>"
+
+
+def test_an_underivable_template_is_a_clear_error():
+    # the first user turn is framed differently from later ones: no single "user" piece exists
+    odd = ("{% for m in messages %}{% if loop.first %}FIRST:{% else %}{{ m.role }}:{% endif %}"
+           "{{ m.content }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+    with pytest.raises(SlmkError, match="cannot derive a prompt template") as error:
+        derive_prompt_template(odd)
+    assert "--template FILE" in error.value.hint
+
+
+# ------------------------------------------------------------------ mismatch detection
+def test_a_phi3_template_on_a_chatml_model_is_a_mismatch_naming_offset_and_characters():
+    with pytest.raises(TemplateMismatch) as mismatch:
+        check_round_trip(chat_template("qwen2.5"), PHI3, SPECIAL_TOKENS["qwen2.5"])
+    error = mismatch.value
+    assert error.conversation == "one-turn"
+    assert error.offset == 2  # both start with "<|"
+    assert error.expected.startswith("im_start|>system") and error.got.startswith("system|>")
+    line = error.one_line()
+    assert "one-turn conversation (user)" in line and "offset 2" in line
+    assert "'im_start|>system" in line and "got 'system|>" in line
+    assert "slmk template show" in error.hint
+
+
+def test_a_mismatch_in_a_later_turn_names_that_conversation():
+    wrong_assistant = PromptTemplate(**{**QWEN25, "assistant": "<|im_start|>assistant\n{Content}\n"})
+    with pytest.raises(TemplateMismatch) as mismatch:
+        check_round_trip(chat_template("qwen3"), wrong_assistant, SPECIAL_TOKENS["qwen3"])
+    assert mismatch.value.conversation == "two-turn"
+    assert mismatch.value.expected.startswith("<|im_end|>") and mismatch.value.got.startswith("\n<|im_start|>user")
+
+
+def test_special_tokens_as_the_installer_lists_them():
+    listed = ["<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<|end_of_text|>"]
+    assert as_special_tokens(listed) == {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    template = derive_prompt_template(chat_template("llama-3"), SPECIAL_TOKENS["llama-3"])
+    assert check_round_trip(chat_template("llama-3"), template, listed).ok
+    assert as_special_tokens({"bos_token": {"content": "<s>", "special": True}, "x": None}) == {"bos_token": "<s>"}
+
+
+# ------------------------------------------------------------------ resolving
+def test_resolve_without_family_plugins_derives_from_the_chat_template(tmp_path):
+    model = write_model(tmp_path / "m", config={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+                        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["qwen2.5"]})
+    resolved = resolve_template(make_registry(), ModelInfo.load(model))
+    assert resolved.family is None and resolved.source == "chat_template"
+    assert resolved.template.to_foundry() == QWEN25
+    assert any("default system message" in note for note in resolved.notes)
+
+
+def test_resolve_with_no_family_and_no_chat_template_names_the_ways_out(tmp_path):
+    model = write_model(tmp_path / "m", config={"model_type": "mystery", "architectures": ["MysteryForCausalLM"]},
+                        tokenizer_config={"eos_token": "</s>"})
+    with pytest.raises(SlmkError) as error:
+        resolve_template(make_registry(), ModelInfo.load(model))
+    line = error.value.one_line()
+    assert "no family plugin claims model_type 'mystery' and the model has no chat template" in line
+    for way_out in ("family plugin", "--template FILE", "chat_template to tokenizer_config.json"):
+        assert way_out in error.value.hint
+    assert "\n" not in line
+
+
+def test_template_file_json_wins_and_is_checked(tmp_path):
+    model = write_model(tmp_path / "m", config={"model_type": "qwen2"},
+                        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["qwen2.5"]})
+    good = tmp_path / "chatml.json"
+    good.write_text(json.dumps(QWEN25))
+    resolved = resolve_template(make_registry(), ModelInfo.load(model), good)
+    assert resolved.source == f"file:{good}" and resolved.template.to_foundry() == QWEN25
+    assert not any(note.startswith("does not round-trip") for note in resolved.notes)
+    # an inference_model.json is accepted too; a wrong one resolves, with the mismatch in the notes
+    wrong = tmp_path / "inference_model.json"
+    wrong.write_text(json.dumps({"Name": "x", "PromptTemplate": PHI3.to_foundry()}))
+    notes = resolve_template(make_registry(), ModelInfo.load(model), wrong).notes
+    assert any(note.startswith("does not round-trip") and "offset 2" in note for note in notes)
+
+
+def test_template_file_jinja_is_derived(tmp_path):
+    model = write_model(tmp_path / "m", config={"model_type": "llama"},
+                        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["llama-3"]})
+    jinja = tmp_path / "llama.jinja"
+    jinja.write_text(chat_template("llama-3"))
+    resolved = resolve_template(make_registry(), ModelInfo.load(model), jinja)
+    assert resolved.source == f"file:{jinja}"
+    assert resolved.template.user == "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>"
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"system": "{Content}", "user": "{Content}"}, "lacks assistant, prompt"),
+    ({"system": "x", "user": "{Content}", "assistant": "{Content}", "prompt": "{Content}{Content}"}, "'system' holds"),
+])
+def test_bad_template_files_are_usage_errors(tmp_path, content, message):
+    model = write_model(tmp_path / "m", config={"model_type": "qwen2"},
+                        tokenizer_config={"chat_template": chat_template("qwen2.5")})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(content))
+    with pytest.raises(UsageError, match=message):
+        resolve_template(make_registry(), ModelInfo.load(model), bad)
+    with pytest.raises(UsageError, match="not found"):
+        resolve_template(make_registry(), ModelInfo.load(model), tmp_path / "missing.json")
+
+
+def test_resolve_works_on_a_build_folder_without_config_json(tmp_path):
+    build = write_model(tmp_path / "build", genai_config={"model": {"type": "qwen2", "vocab_size": 100}},
+                        build_info={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+                        tokenizer_config={"chat_template": chat_template("qwen3"), **SPECIAL_TOKENS["qwen3"]})
+    info = ModelInfo.load(build)
+    assert info.format == "ortgenai" and not info.config
+    resolved = resolve_template(make_registry(), info)
+    assert resolved.template.to_foundry() == QWEN25
