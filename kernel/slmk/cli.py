@@ -292,7 +292,7 @@ def _quantization_cli(algorithm, block_size, accuracy_level, symmetric) -> dict[
 
 def quantization_options(f):
     f = click.option("--algorithm", type=click.Choice(["default", "rtn", "k_quant", "gptq", "awq", "hqq"]),
-                     help="Weight quantization algorithm (gptq/awq/hqq come from Olive).")(f)
+                     help="Weight quantization algorithm: rtn/k_quant (builder), gptq (Olive, CPU), awq (Olive, GPU only), hqq (ONNX).")(f)
     f = click.option("--block-size", type=int, help="int4 block size (16, 32, 64, 128, 256).")(f)
     f = click.option("--accuracy-level", type=int, help="int4 MatMul accuracy level 0-4 (4: int8 compute).")(f)
     f = click.option("--symmetric/--asymmetric", default=None, help="Symmetric int4 quantization.")(f)
@@ -334,7 +334,14 @@ def convert(state: State, model_dir, precision, execution_provider, output, via,
     via = settings["converter"]
     model = settings["model"]
     if olive_config:
-        via, extra = "olive-workflow", {"olive_config": str(Path(olive_config).resolve())}
+        import hashlib
+
+        config_file = Path(olive_config).resolve()
+        if not config_file.is_file():
+            raise UsageError(f"Olive config {config_file} not found", hint="pass the path of your workflow .json file")
+        # the content hash is part of the step-cache key: an edited workflow file rebuilds
+        via, extra = "olive-workflow", {"olive_config": str(config_file),
+                                        "olive_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
         model = model or app.olive_config_input_model(olive_config)
     if not model:
         raise UsageError("no model folder given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)")

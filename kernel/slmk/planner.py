@@ -64,6 +64,15 @@ def check_precision(ep: ExecutionProvider, precision: str) -> None:
         )
 
 
+#: Options that only shape quantization; an fp32 conversion ignores them, so they stay out
+#: of its cache key (changing the block size must not rebuild the fp32 step).
+QUANTIZATION_OPTIONS = ("algorithm", "algo_config", "block_size", "accuracy_level", "is_symmetric")
+
+
+def _without_quantization(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in QUANTIZATION_OPTIONS}
+
+
 def _matches(via: str | None, registry: Registry, hook: str, record_name: str) -> bool:
     return via is None or via in (record_name, registry.owner(hook, record_name))
 
@@ -108,6 +117,8 @@ def make_plan(
                 continue
             if quantized_input and not conv.accepts_quantized_input:
                 continue
+            if conv.explicit_only and via != name:
+                continue
             blocker = _converter_blocker(conv, info)
             if blocker:
                 blockers.append(f"{name}: {blocker}")
@@ -151,7 +162,7 @@ def make_plan(
                 if _matches(via, registry, "slmk_quantizers", qname) or _matches(via, registry, "slmk_converters", cname):
                     plans.append(Plan(precision, ep.name, "convert-quantize", (
                         PlannedStep("convert", cname, registry.owner("slmk_converters", cname), "fp32",
-                                    FORMAT_HF, FORMAT_ORTGENAI, dict(converter_options)),
+                                    FORMAT_HF, FORMAT_ORTGENAI, _without_quantization(converter_options)),
                         PlannedStep("quantize", qname, registry.owner("slmk_quantizers", qname), precision,
                                     FORMAT_ORTGENAI, FORMAT_ORTGENAI, dict(quantizer_options)),
                     ), f"{cname} builds fp32, {qname} quantizes the ONNX model to {precision}"))

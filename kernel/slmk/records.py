@@ -168,6 +168,7 @@ class Converter:
     accepts_quantized_input: bool = False  # converts HF weights another tool quantized
     options: Mapping[str, str] = field(default_factory=dict)  # option name -> help
     priority: int = 0  # the planner prefers higher when several can do the job
+    explicit_only: bool = False  # planned only when named itself (--via NAME), e.g. it needs an option
 
 
 @dataclass(frozen=True)
