@@ -1,0 +1,429 @@
+"""Install, list and remove slmk builds in a Foundry Local cache.
+
+An install is staged in a temporary folder inside slmk's publisher folder, with
+Foundry's ``download.tmp`` marker in it from the first moment (both Foundry
+generations skip such folders), checked, renamed into place, and committed by
+deleting the marker: one unlink, so a crash or SIGKILL at any earlier point leaves
+every scanner (slmk's, the legacy CLI's, the v2 SDK's) seeing the cache as it was.
+The v2 SDK registration follows the commit; the next slmk install or remove
+repairs a registration an interruption left behind (``sdk.reconcile``).
+
+Versions: a name installed again gets the next version (``my-model:2``); with
+``force`` the newest version is replaced, keeping its number. Where the platform
+swaps two folders atomically (Linux ``renameat2``) a forced replace is that one
+swap; elsewhere the new copy is committed beside the old one, which is hidden and
+deleted after (``scan`` shows only the newer of two copies meanwhile).
+
+Removing marks the folder (the commit point), renames it away, drops the SDK
+registration and deletes it. Installs and removals of one cache take a lock on
+``<cache>/slmk/.slmk-install.lock``; the first thing each does under it is to
+finish what an interrupted one left (``recover``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime as _dt
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from importlib import util
+from pathlib import Path
+from typing import Any
+
+from slmk import __version__ as slmk_version
+from slmk.errors import SlmkError, StepFailed, UsageError
+from slmk.fsutil import TMP_PREFIX, clean_stale_tmp, dir_size, file_lock, link_or_copy_tree
+from slmk.modelinfo import ModelInfo
+from slmk.progress import Progress
+from slmk.records import InstalledModel, InstallRequest, PromptTemplate
+
+from . import sdk
+from .layout import (INFERENCE_MODEL, INSTALL_RECORD, LOCK_NAME, MARKER, TEMPLATE_KEYS, Entry, duplicates,
+                     foundry_id, leaf_of, leaves_with_marker, locate, model_dir_name, publisher_dir, read_entry,
+                     read_json, scan, validate_name, write_json, write_text)
+
+INSTALLER_NAME = "foundry"
+
+#: Test hook (documented in docs and tests/test_foundry_kill.py): with
+#: SLMK_TEST_PAUSE_AT=<point>[,<point>...] an install announces
+#: ``SLMK_TEST_PAUSED <point>`` on stderr and sleeps SLMK_TEST_PAUSE_S seconds there,
+#: so a test can SIGKILL it at a known step. Points: copied (files staged),
+#: checked (staged install verified), renamed (in place, not committed),
+#: committed (visible, not yet registered with the v2 SDK); removed (remove: folder
+#: set aside, registration not yet dropped).
+PAUSE_ENV = "SLMK_TEST_PAUSE_AT"
+PAUSE_POINTS = ("copied", "checked", "renamed", "committed", "removed")
+
+
+def _pause(point: str) -> None:
+    wanted = os.environ.get(PAUSE_ENV)
+    if wanted and point in wanted.split(","):
+        print(f"SLMK_TEST_PAUSED {point}", file=sys.stderr, flush=True)
+        time.sleep(float(os.environ.get("SLMK_TEST_PAUSE_S", "60")))
+
+
+# ------------------------------------------------------------------ list
+def runtimes_here() -> tuple[str, ...]:
+    """Runtimes that can load an installed model on this machine (checked without importing)."""
+    found = []
+    for runtime, module in (("foundry", "foundry_local_sdk"), ("ortgenai", "onnxruntime_genai")):
+        try:
+            if util.find_spec(module) is not None:
+                found.append(runtime)
+        except (ImportError, ValueError):
+            continue
+    return tuple(found)
+
+
+def installed_model(entry: Entry, cache: Path, runtimes: tuple[str, ...] | None = None) -> InstalledModel:
+    record = entry.record
+    extra = {
+        "foundry_id": entry.foundry_id,
+        "legacy_name": record.get("legacy_name", entry.name),
+        "cache": str(cache),
+        "installed_at": record.get("installed_at", ""),
+        "source_build": record.get("source_build", ""),
+    }
+    return InstalledModel(
+        name=entry.name, version=str(entry.version), path=entry.leaf, installer=INSTALLER_NAME,
+        precision=record.get("precision"), execution_provider=record.get("execution_provider"),
+        size_bytes=dir_size(entry.leaf), runtimes=runtimes_here() if runtimes is None else runtimes,
+        extra=extra,
+    )
+
+
+def list_installed(cache_dir: Path | None = None) -> list[InstalledModel]:
+    """slmk's installs in the Foundry cache (read-only: takes no lock, repairs nothing)."""
+    cache = locate(cache_dir)
+    runtimes = runtimes_here()
+    return [installed_model(e, cache, runtimes) for e in scan(cache)]
+
+
+# ------------------------------------------------------------------ checks
+def _check_build(build: Path) -> dict[str, Any]:
+    if not build.is_dir():
+        raise UsageError(f"build folder {build} does not exist", hint="pass the output folder of `slmk convert`")
+    config = read_json(build / "genai_config.json")
+    if config is None:
+        if (build / "config.json").is_file():
+            raise UsageError(f"{build} is a Hugging Face folder, not a build",
+                             hint=f"build it first: slmk convert {build} -o OUT")
+        raise UsageError(f"{build} has no readable genai_config.json", hint="pass the output folder of `slmk convert`")
+    problems = _missing_model_files(build, config)
+    if problems:
+        raise UsageError(f"{build} is not a complete build: {'; '.join(problems)}",
+                         hint="rebuild it with `slmk convert --force`")
+    return config
+
+
+def _missing_model_files(folder: Path, config: dict[str, Any]) -> list[str]:
+    problems = []
+    decoder = config.get("model", {}).get("decoder", {}).get("filename")
+    if decoder and not (folder / decoder).is_file():
+        problems.append(f"{decoder} (named in genai_config.json) is missing")
+    if not any(folder.glob("*.onnx")):
+        problems.append("no .onnx file")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        problems.append("no tokenizer.json")
+    return problems
+
+
+def _check_template(template: PromptTemplate | None) -> dict[str, str]:
+    if template is None:
+        raise UsageError("no prompt template for the legacy inference_model.json",
+                         hint="pass --template FILE (JSON with system/user/assistant/prompt, or a Jinja chat template)")
+    pieces = template.to_foundry()
+    for key in TEMPLATE_KEYS:
+        count = pieces[key].count("{Content}")
+        if count != 1:
+            raise UsageError(f"the prompt template's {key!r} holds {{Content}} {count} times, not once",
+                             hint="each of system, user, assistant and prompt carries the message text once")
+    return pieces
+
+
+def _round_trip(leaf: Path, template: PromptTemplate, progress: Progress) -> None:
+    """The legacy PromptTemplate must render conversations exactly as the chat template
+    that Foundry Local v2 and onnxruntime-genai apply: two generations, one prompt."""
+    from slmk.templates import check_round_trip, special_tokens_for
+
+    info = ModelInfo.load(leaf)
+    if not info.chat_template:
+        raise UsageError(f"{leaf.name} has no chat template (Foundry Local v2 builds its prompts from it)",
+                         hint="pass --template FILE.jinja, or rebuild from a model whose tokenizer has one")
+    try:
+        report = check_round_trip(info.chat_template, template, special_tokens_for(info))
+    except SlmkError as exc:
+        raise StepFailed(f"the prompt template does not match the model's chat template: {exc.message}",
+                         hint=exc.hint or "see it with `slmk template BUILD`; pass --template FILE to override") from exc
+    for note in report.notes:
+        progress.log(f"template: {note}")
+
+
+def _check_staged(leaf: Path, build: Path, name: str, template: PromptTemplate, progress: Progress) -> None:
+    problems = []
+    for source in build.rglob("*"):
+        if source.is_file():
+            copy = leaf / source.relative_to(build)
+            if not copy.is_file():
+                problems.append(f"{copy.name} was not copied")
+            elif copy.stat().st_size != source.stat().st_size and copy.name not in _REWRITTEN:
+                problems.append(f"{copy.name} is {copy.stat().st_size} bytes, the build's is {source.stat().st_size}")
+    config = read_json(leaf / "genai_config.json")
+    if config is None:
+        problems.append("genai_config.json does not parse")
+    else:
+        problems += _missing_model_files(leaf, config)
+    inference = read_json(leaf / INFERENCE_MODEL) or {}
+    if inference.get("Name") != name:
+        problems.append(f"{INFERENCE_MODEL} names {inference.get('Name')!r}, not {name!r}")
+    if problems:
+        raise StepFailed(f"the staged install of {name} is incomplete: {'; '.join(problems)}",
+                         hint="check free disk space in the Foundry cache and retry")
+    _round_trip(leaf, template, progress)
+
+
+#: Files an install may rewrite (chat template replaced), so their size may differ from the build's.
+_REWRITTEN = {"tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, INSTALL_RECORD}
+
+
+def _replace_chat_template(leaf: Path, chat_template: str) -> None:
+    """Put ``chat_template`` wherever the build keeps one (the runtimes read either)."""
+    tokenizer_config = leaf / "tokenizer_config.json"
+    jinja = leaf / "chat_template.jinja"
+    data = read_json(tokenizer_config)
+    wrote = False
+    if data is not None and ("chat_template" in data or not jinja.exists()):
+        data["chat_template"] = chat_template
+        write_json(tokenizer_config, data)
+        wrote = True
+    if jinja.exists() or not wrote:
+        write_text(jinja, chat_template)
+
+
+# ------------------------------------------------------------------ folder swaps
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (38, 22, 95):  # ENOSYS, EINVAL (flag or filesystem), EOPNOTSUPP
+        return False
+    raise OSError(errno, os.strerror(errno), str(a))
+
+
+def _aside_name(root: Path, kind: str, folder_name: str) -> Path:
+    return root / f"{TMP_PREFIX}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}-{folder_name}"
+
+
+def _mark(folder: Path) -> None:
+    """Hide a model folder from every scanner (Foundry's unfinished-download marker)."""
+    for leaf in folder.glob("v*"):
+        if leaf.is_dir():
+            (leaf / MARKER).write_text("slmk: being removed\n")
+
+
+def _commit(stage: Path, final: Path, version: int, replaced: Entry | None) -> tuple[Path, Path | None]:
+    """Put the staged folder in place and make it visible.
+
+    Returns the folder it now lives in and the replaced model's folder, set aside
+    (hidden, to delete once the registration is done), if any. A replaced model is
+    hidden only after the new one is committed: killed before that, the cache still
+    shows the old one; killed after, a stale duplicate at most (``scan`` shows the
+    newest, the next run deletes the other).
+    """
+    root = final.parent
+    staged_marker = leaf_of(stage, version) / MARKER
+    if replaced is not None and replaced.model_dir == final:
+        staged_marker.unlink()
+        if exchange(stage, final):
+            _mark(stage)  # the old model now sits at the staging name until it is deleted
+            _pause("renamed")
+            _pause("committed")
+            return final, stage
+        staged_marker.write_text("slmk install in progress\n")
+        final = _free_name(final)  # no atomic swap here: commit beside the old copy, then drop it
+    elif final.exists():
+        raise UsageError(f"{final} is in the way (not an slmk install slmk can read)",
+                         hint="move or delete that folder, then install again")
+    os.replace(stage, final)
+    _pause("renamed")
+    (leaf_of(final, version) / MARKER).unlink()
+    _pause("committed")
+    aside = None
+    if replaced is not None:
+        _mark(replaced.model_dir)
+        aside = _aside_name(root, "old", replaced.model_dir.name)
+        os.replace(replaced.model_dir, aside)
+    return final, aside
+
+
+def _free_name(folder: Path) -> Path:
+    for number in range(2, 1000):
+        candidate = folder.with_name(f"{folder.name}.{number}")
+        if not candidate.exists():
+            return candidate
+    raise StepFailed(f"no free folder name next to {folder}", hint="remove old installs of this model")
+
+
+def _undo_commit(final: Path, aside: Path | None, replaced: Entry | None) -> None:
+    """Take a committed install back out (its registration failed), restoring what it replaced."""
+    trash = _aside_name(final.parent, "rm", final.name)
+    os.replace(final, trash)
+    if aside is not None and replaced is not None:
+        os.replace(aside, replaced.model_dir)
+        for leaf in replaced.model_dir.glob("v*"):
+            (leaf / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ recovery
+def recover(cache: Path, progress: Progress) -> None:
+    """Finish what an interrupted install or remove left (call with the cache lock held).
+
+    Marked folders under a final name never committed (or were being removed), and
+    staging folders of dead processes are garbage; of two copies of one version (a
+    forced replace killed before it dropped the old copy) the newer stays.
+    """
+    root = publisher_dir(cache)
+    if not root.is_dir():
+        return
+    for model_dir in leaves_with_marker(cache):
+        progress.log(f"removing {model_dir.name}: left by an interrupted install or remove")
+        shutil.rmtree(model_dir, ignore_errors=True)
+    clean_stale_tmp(root)
+    for stale in duplicates(cache):
+        progress.log(f"removing {stale.model_dir.name}: an older copy of {stale.name}:{stale.version}")
+        _mark(stale.model_dir)
+        trash = _aside_name(root, "rm", stale.model_dir.name)
+        os.replace(stale.model_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sync_registrations(cache: Path, progress: Progress, refresh: Iterable[str] = ()) -> None:
+    if not sdk.available():
+        progress.log("foundry-local-sdk is not installed: the model is in the cache for the legacy foundry CLI only "
+                     "(pip install 'slmk[foundry]' to register it with Foundry Local v2)")
+        return
+    for change in sdk.reconcile(cache, scan(cache), refresh=refresh):
+        progress.log(change)
+
+
+def _lock(cache: Path):
+    return file_lock(publisher_dir(cache) / LOCK_NAME, what=f"the Foundry Local cache {cache}")
+
+
+# ------------------------------------------------------------------ install
+def install(request: InstallRequest) -> InstalledModel:
+    name = validate_name(request.name)
+    build = Path(request.build_dir).expanduser().absolute()
+    _check_build(build)
+    pieces = _check_template(request.template)
+    ep = request.execution_provider
+    progress = request.progress
+    build_info = read_json(build / "slmk_build.json") or {}
+    cache = locate(request.cache_dir)
+    root = publisher_dir(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(cache):
+        recover(cache, progress)
+        same_name = [e for e in scan(cache) if e.name.casefold() == name.casefold()]
+        replaced = max(same_name, key=lambda e: e.version) if request.force and same_name else None
+        version = replaced.version if replaced else max((e.version for e in same_name), default=0) + 1
+        model_id = foundry_id(name, ep.foundry_suffix, version)
+        final = root / model_dir_name(name, ep.foundry_suffix, version)
+        stage = _aside_name(root, "new", final.name)
+        leaf = leaf_of(stage, version)
+        record = {
+            "name": name, "version": version, "foundry_id": model_id, "legacy_name": name,
+            "precision": build_info.get("precision"), "execution_provider": ep.name,
+            "foundry_suffix": ep.foundry_suffix, "source_build": str(build),
+            "source_model": build_info.get("source"),
+            "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+            "slmk_version": slmk_version,
+        }
+        progress.log(f"installing {build} as {name}:{version} ({model_id}) in {cache}"
+                     + (f", replacing {replaced.name}:{replaced.version}" if replaced else ""))
+        aside = None
+        try:
+            leaf.mkdir(parents=True)
+            (leaf / MARKER).write_text("slmk install in progress\n")
+            link_or_copy_tree(build, leaf)
+            _pause("copied")
+            if request.chat_template:
+                _replace_chat_template(leaf, request.chat_template)
+            write_json(leaf / INFERENCE_MODEL, {"Name": name, "PromptTemplate": pieces})
+            write_json(leaf / INSTALL_RECORD, record)
+            _check_staged(leaf, build, name, request.template, progress)
+            _pause("checked")
+            final, aside = _commit(stage, final, version, replaced)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        try:
+            _sync_registrations(cache, progress, refresh=[model_id] if replaced else [])
+        except BaseException:
+            _undo_commit(final, aside, replaced)
+            with contextlib.suppress(Exception):
+                _sync_registrations(cache, Progress(quiet=True))
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        entry = read_entry(leaf_of(final, version))
+        if entry is None:  # pragma: no cover - the folder was checked and committed under the lock
+            raise StepFailed(f"{final} vanished after it was installed", hint="check the Foundry cache folder")
+        return installed_model(entry, cache)
+
+
+# ------------------------------------------------------------------ remove
+def remove(name: str, version: str | None = None, cache_dir: Path | None = None,
+           progress: Progress | None = None) -> InstalledModel:
+    """Remove ``name:version`` (the newest version when None) from the folder layout and the SDK catalog."""
+    progress = progress or Progress(quiet=True)
+    cache = locate(cache_dir)
+    if version is not None and not str(version).isdigit():
+        raise UsageError(f"version {version!r} is not a number", hint="use NAME or NAME:VERSION, e.g. my-model:2")
+    root = publisher_dir(cache)
+    if not root.is_dir():
+        raise _unknown(name, version, cache, [])
+    with _lock(cache):
+        recover(cache, progress)
+        entries = scan(cache)
+        matches = [e for e in entries if e.name == name and (version is None or e.version == int(version))]
+        if not matches:
+            raise _unknown(name, version, cache, entries)
+        entry = max(matches, key=lambda e: e.version)
+        removed = installed_model(entry, cache)
+        _mark(entry.model_dir)  # the commit point: from here every scanner skips it
+        trash = _aside_name(root, "rm", entry.model_dir.name)
+        os.replace(entry.model_dir, trash)
+        _pause("removed")
+        if sdk.available():
+            sdk.reconcile(cache, scan(cache))
+        shutil.rmtree(trash, ignore_errors=True)
+        progress.log(f"removed {removed.ref} ({removed.extra['foundry_id']})")
+        return removed
+
+
+def _unknown(name: str, version: str | None, cache: Path, entries: list[Entry]) -> UsageError:
+    ref = f"{name}:{version}" if version else name
+    installed = ", ".join(f"{e.name}:{e.version}" for e in entries) or "none"
+    return UsageError(f"no installed model {ref!r} in {cache}",
+                      hint=f"installed: {installed}; `slmk list` shows them")
