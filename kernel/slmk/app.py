@@ -62,9 +62,11 @@ def convert(
     if calibration_path and not calibration_path.is_file():
         raise UsageError(f"calibration file {calibration_path} not found", hint="pass a .jsonl or .txt file")
     options = {**quantization, **(extra_options or {})}
+    # the builder itself runs rtn / k_quant, so the converter needs the algorithm too
+    converter_options = {**options, "algorithm": algorithm} if algorithm != "default" else options
     plan = make_plan(registry, info, precision, ep, via=via, algorithm=algorithm,
                      calibration=calibration_path is not None,
-                     converter_options=options, quantizer_options={"algorithm": algorithm, **options})
+                     converter_options=converter_options, quantizer_options={"algorithm": algorithm, **options})
     if plan_only:
         return plan
     return run_plan(registry, info, plan, ep, Path(output), force=force, progress=progress,

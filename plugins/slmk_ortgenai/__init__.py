@@ -1,0 +1,42 @@
+"""ONNX Runtime GenAI: the model builder as a converter, and the in-process runtime.
+
+Module level stays light: onnxruntime_genai, torch and transformers are imported
+inside the functions that convert or load.
+"""
+
+from __future__ import annotations
+
+from slmk import hookimpl
+from slmk.records import PRECISIONS, Converter, Runtime
+
+from . import builder, runtime
+from .genai_config import context_length, missing_search_defaults, read_genai_config, read_search, search_defaults
+
+__all__ = ["context_length", "missing_search_defaults", "read_genai_config", "read_search", "search_defaults"]
+
+
+@hookimpl
+def slmk_converters():
+    yield Converter(
+        name="ortgenai-builder",
+        description="onnxruntime-genai model builder, in-process: HF folder -> ONNX (int4, int8, fp16, bf16, fp32)",
+        precisions=PRECISIONS,
+        execution_providers=("cpu", "cuda", "dml", "webgpu"),
+        convert=builder.convert,
+        supports=builder.supports,
+        tool_versions=builder.tool_versions,
+        # Olive's RTN/GPTQ output (HF folders with quantized weights) converts with the 0.18 builder.
+        accepts_quantized_input=True,
+        options=builder.OPTIONS,
+        priority=10,
+    )
+
+
+@hookimpl
+def slmk_runtimes():
+    yield Runtime(
+        name="ortgenai",
+        description="onnxruntime-genai in-process: streams tokens, applies the model's chat template",
+        load=runtime.load,
+        can_load=runtime.can_load,
+    )

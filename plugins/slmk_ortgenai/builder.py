@@ -1,0 +1,331 @@
+"""The ONNX Runtime GenAI model builder, called in-process.
+
+The builder (``onnxruntime_genai.models.builder``) prints hundreds of lines and
+configures the root logger on import; both are sent to a log file in the step's
+work folder, and its last lines are quoted when the build fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from slmk.errors import SlmkError, StepFailed, UsageError
+from slmk.fsutil import dir_size
+from slmk.modelinfo import ModelInfo
+from slmk.pipeline import apply_search_options, write_json_atomic
+from slmk.records import StepRequest
+
+from .errors import first_line
+from .genai_config import missing_search_defaults
+
+#: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
+GENAI_DISTRIBUTIONS = (
+    "onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
+    "onnxruntime-genai-winml", "onnxruntime-genai-core",
+)
+
+#: ``architectures[0]`` values the 0.18 builder dispatches on; used only when its
+#: source cannot be read (the installed builder is the authority).
+BUILDER_ARCHITECTURES_0_18 = (
+    "ChatGLMForConditionalGeneration", "ChatGLMModel", "Ernie4_5ForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration",
+    "Gemma4ForConditionalGeneration", "Gemma4UnifiedForConditionalGeneration", "GptOssForCausalLM",
+    "GraniteForCausalLM", "GraniteMoeHybridForCausalLM", "HunYuanDenseV1ForCausalLM",
+    "InternLM2ForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM", "Lfm2VlForConditionalGeneration",
+    "Lfm2AudioForConditionalGeneration", "LlamaForCausalLM", "MistralForCausalLM",
+    "Mistral3ForConditionalGeneration", "NemotronForCausalLM", "OlmoForCausalLM", "PhiForCausalLM",
+    "Phi3ForCausalLM", "PhiMoEForCausalLM", "Phi3SmallForCausalLM", "Phi3VForCausalLM",
+    "Phi4MMForCausalLM", "Qwen2ForCausalLM", "Qwen2_5_VLForConditionalGeneration", "Qwen3ForCausalLM",
+    "Qwen3VLForConditionalGeneration", "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration", "SmolLM3ForCausalLM", "VideoChatFlashQwenForCausalLM",
+    "WhisperForConditionalGeneration",
+)
+
+#: Options this converter takes (slmk name -> help). ``algorithm`` is the builder's
+#: ``algo_config``; the others keep the builder's current names (the old ``int4_*``
+#: spellings are not passed on).
+OPTIONS: dict[str, str] = {
+    "block_size": "int4/int8 weight block size: 16, 32 (default), 64, 128 or 256",
+    "accuracy_level": "int4/int8 MatMul compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4 on cpu)",
+    "is_symmetric": "symmetric int4/int8 weights (default true); false stores uint4/uint8 with zero points",
+    "algorithm": "int4/int8 method: default, rtn or k_quant (gptq, awq, hqq come from a quantizer step)",
+    "matmul_mixed_precision": "MatMul groups kept at another type, e.g. last_matmul:int8,mixed_layers:int8",
+    "shared_embeddings": "share the embedding and lm_head weights (only for models that tie them)",
+    "op_types_to_quantize": "op types to quantize, '/'-separated: MatMul or MatMul/Gather",
+    "nodes_to_exclude": "comma-separated node names kept in float, e.g. /lm_head/MatMul",
+    "enable_cuda_graph": "capture a CUDA graph at inference (cuda only)",
+}
+
+BUILDER_ALGORITHMS = ("default", "rtn", "k_quant")
+#: Algorithms that belong to an HF-stage quantizer: its weights arrive already quantized.
+QUANTIZER_ALGORITHMS = ("gptq", "awq", "hqq", "quarot", "spinquant")
+_BOOLEAN_OPTIONS = ("is_symmetric", "shared_embeddings", "enable_cuda_graph")
+_CHOICES: dict[str, tuple[str, ...]] = {"block_size": ("16", "32", "64", "128", "256"), "accuracy_level": ("0", "1", "2", "3", "4")}
+
+#: The pip requirement for a module the builder imports.
+_PIP_NAMES = {
+    "onnxruntime_genai": "onnxruntime-genai==0.18.0", "onnx_ir": "onnx-ir", "onnx": "onnx",
+    "onnxruntime": "onnxruntime==1.31.0", "torch": "torch", "transformers": "transformers",
+}
+_TAIL_LINES = 5
+
+
+# ------------------------------------------------------------------ model support
+def _builder_source() -> Path | None:
+    # find_spec on a top-level package locates it without importing it.
+    try:
+        spec = importlib.util.find_spec("onnxruntime_genai")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "models" / "builder.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def supported_architectures() -> tuple[str, ...]:
+    """The ``architectures[0]`` values the installed builder dispatches on, read from its source."""
+    source = _builder_source()
+    if source is not None:
+        try:
+            found = re.findall(r'architectures\[0\]\s*==\s*"([A-Za-z0-9_]+)"', source.read_text(encoding="utf-8"))
+        except OSError:
+            found = []
+        if found:
+            return tuple(dict.fromkeys(found))
+    return BUILDER_ARCHITECTURES_0_18
+
+
+def supports(info: ModelInfo) -> str | None:
+    """Why the builder cannot convert this model, or None. Reads JSON only (no torch)."""
+    if not info.architectures:
+        return "config.json names no architectures, and the model builder dispatches on architectures[0]"
+    if info.architecture not in supported_architectures():
+        return (f"the onnxruntime-genai model builder does not support {info.architecture} "
+                f"(it builds {_family_summary()})")
+    return None
+
+
+def _family_summary() -> str:
+    names = sorted({re.sub(r"(ForCausalLM|ForConditionalGeneration|Model)$", "", a) for a in supported_architectures()})
+    return ", ".join(names)
+
+
+# ------------------------------------------------------------------ versions
+def _version(*distributions: str) -> str | None:
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions that change what the builder writes: part of the step cache key."""
+    found = {
+        "onnxruntime-genai": _version(*GENAI_DISTRIBUTIONS),
+        "onnx-ir": _version("onnx-ir"),
+        "transformers": _version("transformers"),
+        "torch": _version("torch"),
+    }
+    return {name: version or "absent" for name, version in found.items()}
+
+
+# ------------------------------------------------------------------ options
+def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> tuple[list[str], list[str]]:
+    """slmk options -> the builder's ``KEY=VALUE`` list, plus notes on what was ignored.
+
+    Raises UsageError for unknown names and bad values, before any heavy import.
+    """
+    pairs: list[str] = []
+    notes: list[str] = []
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise UsageError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the model builder",
+            hint=f"the ortgenai-builder converter takes {', '.join(OPTIONS)}",
+        )
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "algorithm":
+            algorithm = str(value).lower()
+            if algorithm in QUANTIZER_ALGORITHMS:
+                notes.append(f"algorithm {algorithm} was applied by the quantizer step; the builder keeps those weights")
+                continue
+            if algorithm not in BUILDER_ALGORITHMS:
+                raise UsageError(f"unknown algorithm {value!r} for the model builder",
+                                 hint=f"use one of {', '.join(BUILDER_ALGORITHMS)}, or {', '.join(QUANTIZER_ALGORITHMS)} through a quantizer plugin")
+            if algorithm != "default":
+                pairs.append(f"algo_config={algorithm}")
+            continue
+        if key in _BOOLEAN_OPTIONS:
+            text = _boolean(key, value)
+        else:
+            text = str(value).strip()
+            if key in _CHOICES and text not in _CHOICES[key]:
+                raise UsageError(f"{key}={value!r} is not allowed", hint=f"{key} is one of {', '.join(_CHOICES[key])}")
+        pairs.append(f"{key}={text}")
+    # Never ask the hub for a token, and run no repository code unless the user said so.
+    pairs += ["hf_token=false", f"hf_remote={'true' if trust_remote_code else 'false'}"]
+    return pairs, notes
+
+
+def _boolean(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return "true"
+    if text in ("0", "false", "no", "off"):
+        return "false"
+    raise UsageError(f"{key}={value!r} is not a boolean", hint=f"use {key}=true or {key}=false")
+
+
+# ------------------------------------------------------------------ quiet builder
+@contextlib.contextmanager
+def _output_to(log_path: Path) -> Iterator[None]:
+    """Send everything the builder writes (print, tqdm, logging, C++ stderr) to ``log_path``.
+
+    File descriptors 1 and 2 point at the log, so native libraries' output lands
+    there too. ``sys.stdout``/``sys.stderr`` are swapped as well, because test runners
+    and click replace them with objects that have no descriptor; they are swapped for
+    the interpreter's own ``sys.__stdout__``/``sys.__stderr__``, never for the log file,
+    since libraries keep the stream they find (transformers creates its logging
+    handler on first use) and the log file is closed afterwards.
+    """
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    originals = {1: sys.__stdout__, 2: sys.__stderr__}
+    for stream in (sys.stdout, sys.stderr, *originals.values()):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    log = open(log_path, "a", encoding="utf-8", errors="replace", buffering=1)
+    saved_fds: dict[int, int] = {}
+    try:
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):  # no such descriptor in a detached process
+                saved = os.dup(fd)
+                os.dup2(log.fileno(), fd)
+                saved_fds[fd] = saved
+        # The onnxruntime quantizer calls logging.basicConfig(INFO) when imported; a handler
+        # already on the root logger makes that a no-op, so slmk's own logging stays untouched.
+        root.handlers = [logging.StreamHandler(log)]
+        root.setLevel(logging.INFO)
+        targets = {fd: originals[fd] if fd in saved_fds and originals[fd] is not None else log for fd in (1, 2)}
+        with contextlib.redirect_stdout(targets[1]), contextlib.redirect_stderr(targets[2]):
+            yield
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+        for stream in (*originals.values(), log):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, saved in saved_fds.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        log.close()
+
+
+def _tail(log_path: Path, lines: int = _TAIL_LINES) -> list[str]:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            # tqdm redraws with carriage returns: keep only the last state of each line.
+            kept = deque((line.rstrip("\n").split("\r")[-1].strip() for line in handle), maxlen=200)
+    except OSError:
+        return []
+    return [line if len(line) <= 200 else line[:197] + "..." for line in kept if line][-lines:]
+
+
+def _import_builder():
+    try:
+        from onnxruntime_genai.models.builder import create_model, parse_extra_options
+    except ImportError as exc:
+        module = (getattr(exc, "name", None) or "onnxruntime_genai").split(".")[0]
+        requirement = _PIP_NAMES.get(module, module)
+        raise StepFailed(f"the onnxruntime-genai model builder cannot be imported: {first_line(exc)}",
+                         hint=f"pip install '{requirement}' (or pip install 'slmk[ortgenai,convert]')") from exc
+    return parse_extra_options, create_model
+
+
+# ------------------------------------------------------------------ convert
+def convert(request: StepRequest) -> None:
+    """Build ``request.source`` into ``request.output`` with the model builder."""
+    ep = request.execution_provider
+    pairs, notes = builder_options(request.options, trust_remote_code=request.trust_remote_code)
+    info = ModelInfo.load(request.source)
+    reason = supports(info)
+    if reason:
+        raise UsageError(reason, hint="`slmk inspect MODEL` shows which converters fit this model")
+    work = Path(request.work_dir)
+    cache_dir, staging, log_path = work / "builder-cache", work / "builder-output", work / "builder.log"
+    shutil.rmtree(staging, ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    shown = [p for p in pairs if not p.startswith(("hf_token=", "hf_remote="))]
+    request.progress.log(f"model builder (onnxruntime-genai {tool_versions()['onnxruntime-genai']}): "
+                         f"{info.architecture} -> {request.precision} for {ep.builder_ep}"
+                         + (f" with {' '.join(shown)}" if shown else ""))
+    for note in notes:
+        request.progress.log(note)
+    start = time.perf_counter()
+    try:
+        with _output_to(log_path):
+            # Imported inside: importing it configures the root logger and prints.
+            parse_extra_options, create_model = _import_builder()
+            extra = parse_extra_options(None, str(request.source), str(staging), request.precision,
+                                        ep.builder_ep, str(cache_dir), pairs)
+            create_model(None, str(request.source), str(staging), request.precision, ep.builder_ep,
+                         str(cache_dir), **extra)
+    except (KeyboardInterrupt, SystemExit, SlmkError):
+        raise
+    except Exception as exc:
+        tail = _tail(log_path)
+        raise StepFailed(
+            f"the model builder failed on {info.path.name} ({info.architecture}, {request.precision}, "
+            f"{ep.builder_ep}): {first_line(exc)}",
+            hint=("last builder output: " + " | ".join(tail)) if tail else "rerun with --debug for the traceback",
+        ) from exc
+    finally:
+        gc.collect()  # the builder holds the whole model in memory until collected
+    request.progress.log(f"builder wrote {dir_size(staging) / 1e6:.1f} MB in {time.perf_counter() - start:.1f}s")
+    _complete_output(staging, info, request)
+    for item in staging.iterdir():
+        shutil.move(str(item), str(Path(request.output) / item.name))
+
+
+def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> None:
+    """What runtimes need that the builder may leave out: generation defaults, chat template."""
+    if not (build / "genai_config.json").is_file():
+        raise StepFailed("the model builder finished but wrote no genai_config.json",
+                         hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; slmk is tested with 0.18.0")
+    missing = missing_search_defaults(build, source.generation_config)
+    if missing:
+        apply_search_options(build, missing)
+        request.progress.log("genai_config.json search from generation_config.json: "
+                             + ", ".join(f"{k}={v}" for k, v in sorted(missing.items())))
+    if source.chat_template and not ModelInfo.load(build).chat_template:
+        tokenizer_config = build / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+            data["chat_template"] = source.chat_template
+            write_json_atomic(tokenizer_config, data)
+        else:
+            (build / "chat_template.jinja").write_text(source.chat_template, encoding="utf-8")
+        request.progress.log("copied the chat template from the source model (the builder dropped it)")

@@ -1,0 +1,270 @@
+"""The ONNX Runtime GenAI runtime: load a build in-process, chat, encode and score."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from slmk.errors import SlmkError, UsageError
+from slmk.records import ExecutionProvider, GenerationStats, LoadRequest
+
+from .errors import first_line
+from .genai_config import GENAI_CONFIG, read_genai_config
+
+#: Search options ``generate`` takes; ``max_new_tokens`` and ``truncate`` are slmk's own.
+SEARCH_OPTIONS = ("max_length", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+                  "repetition_penalty", "min_length", "random_seed", "truncate")
+#: With truncate=True and no max_new_tokens, room left for the answer (at most half the context).
+TRUNCATE_RESERVE = 256
+#: Tokens fed per model call when scoring: bounds the logits held in memory (chunk x vocab).
+SCORE_CHUNK = 128
+
+
+def can_load(path: Path) -> str | None:
+    """Why this folder cannot be loaded by onnxruntime-genai, or None."""
+    folder = Path(path)
+    if not (folder / GENAI_CONFIG).is_file():
+        return f"no {GENAI_CONFIG} (not an ONNX Runtime GenAI folder)"
+    config = read_genai_config(folder)
+    if not config:
+        return f"{GENAI_CONFIG} is not valid JSON"
+    filename = config.get("model", {}).get("decoder", {}).get("filename")
+    if filename and not (folder / filename).is_file():
+        return f"{filename}, named in {GENAI_CONFIG}, is missing"
+    if not any(folder.glob("*.onnx")):
+        return "no .onnx model file"
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        return "no tokenizer.json"
+    return None
+
+
+def load(request: LoadRequest) -> OrtGenAISession:
+    reason = can_load(request.path)
+    if reason:
+        raise UsageError(f"cannot load {request.path}: {reason}",
+                         hint="pass the output folder of `slmk convert`")
+    return OrtGenAISession(request.path, request.execution_provider, request.options)
+
+
+class OrtGenAISession:
+    """A loaded build. ``generate`` streams text; ``encode`` and ``score`` serve benchmarks."""
+
+    def __init__(self, path: Path, execution_provider: ExecutionProvider, options: Mapping[str, Any] | None = None):
+        import onnxruntime_genai as og
+
+        self.path = Path(path)
+        self.execution_provider = execution_provider
+        self.last_stats: GenerationStats | None = None
+        self.last_token_ids: list[int] = []  # the tokens the last generate() produced, eos included
+        options = dict(options or {})
+        self.truncate = bool(options.pop("truncate", False))
+        if options:
+            raise UsageError(f"unknown runtime option(s) {', '.join(sorted(options))} for ortgenai",
+                             hint="ortgenai takes truncate")
+        self._og = og
+        precision = _build_precision(self.path)
+        if precision and precision not in execution_provider.run_precisions:
+            # onnxruntime loads e.g. an fp16 build on CPU and then fails at the first token.
+            raise SlmkError(f"{self.path} is a {precision} build, which does not run on {execution_provider.name}",
+                            hint=self._load_hint())
+        config = read_genai_config(self.path)
+        self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
+        self.default_search: dict[str, Any] = dict(config.get("search") or {})
+        try:
+            og_config = og.Config(str(self.path))
+            og_config.clear_providers()
+            if execution_provider.genai_provider:
+                og_config.append_provider(execution_provider.genai_provider)
+            self._model = og.Model(og_config)
+            self._tokenizer = og.Tokenizer(self._model)
+        except Exception as exc:
+            raise SlmkError(f"onnxruntime-genai cannot load {self.path} on {execution_provider.name}: {first_line(exc)}",
+                            hint=self._load_hint()) from exc
+        self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
+
+    def _load_hint(self) -> str:
+        precision = _build_precision(self.path)
+        ep = self.execution_provider
+        if precision and precision not in ep.run_precisions:
+            return (f"this is a {precision} build and {ep.name} runs {', '.join(ep.run_precisions)}: "
+                    f"rebuild with `slmk convert MODEL -p {ep.run_precisions[0]} -e {ep.name}`")
+        return (f"`slmk doctor` checks the {ep.name} execution provider; "
+                "rebuild with `slmk convert --force` if the files are damaged")
+
+    # ------------------------------------------------------------ text
+    def _require_open(self) -> None:
+        if self._model is None:
+            raise SlmkError("this session is closed", hint="load the model again")
+
+    def encode(self, text: str) -> list[int]:
+        self._require_open()
+        return [int(t) for t in self._tokenizer.encode(text)]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        self._require_open()
+        return self._tokenizer.decode(list(token_ids))
+
+    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt text the model's own chat template makes of ``messages``."""
+        self._require_open()
+        _check_messages(messages)
+        try:
+            return self._tokenizer.apply_chat_template(json.dumps(list(map(dict, messages))), add_generation_prompt=True)
+        except Exception as exc:
+            raise SlmkError(f"the chat template of {self.path} failed: {first_line(exc)}",
+                            hint="check chat_template in tokenizer_config.json or chat_template.jinja") from exc
+
+    # ------------------------------------------------------------ generate
+    def generate(self, messages: list[Mapping[str, str]], **search: Any) -> Iterator[str]:
+        """Stream the answer to ``messages``; bad options or an overlong prompt raise here, not mid-stream."""
+        unknown = sorted(set(search) - set(SEARCH_OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
+        prompt_ids = self.encode(self.render_prompt(messages))
+        return self._stream(*self._plan(prompt_ids, search))
+
+    def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        search = {k: v for k, v in search.items() if v is not None}
+        truncate = bool(search.pop("truncate", self.truncate))
+        new_tokens = search.pop("max_new_tokens", None)
+        context = self.context_length or len(prompt_ids) + int(new_tokens or TRUNCATE_RESERVE)
+        if len(prompt_ids) >= context:
+            if not truncate:
+                raise SlmkError(
+                    f"the prompt has {len(prompt_ids)} tokens and the model's context holds {context}",
+                    hint="shorten the conversation, or pass truncate=True to drop its oldest tokens")
+            reserve = min(int(new_tokens or TRUNCATE_RESERVE), context // 2)
+            prompt_ids = prompt_ids[len(prompt_ids) - (context - reserve):]
+        if new_tokens is not None:
+            if int(new_tokens) < 1:
+                raise UsageError(f"max_new_tokens must be at least 1, not {new_tokens}")
+            search["max_length"] = min(len(prompt_ids) + int(new_tokens), context)
+        max_length = int(search.get("max_length") or self.default_search.get("max_length") or context)
+        if max_length <= len(prompt_ids):
+            raise UsageError(f"max_length {max_length} leaves no room to answer a prompt of {len(prompt_ids)} tokens",
+                             hint="raise max_length or use max_new_tokens")
+        search["max_length"] = min(max_length, context)
+        if search.get("temperature") == 0:  # the usual spelling of greedy decoding
+            search.pop("temperature")
+            search["do_sample"] = False
+        return prompt_ids, search
+
+    def _stream(self, prompt_ids: list[int], search: dict[str, Any]) -> Iterator[str]:
+        og = self._og
+        start = time.perf_counter()
+        first_token_at = None
+        produced: list[int] = []
+        self.last_stats = None
+        self.last_token_ids = produced
+        try:
+            params = og.GeneratorParams(self._model)
+            params.set_search_options(**search)
+            generator = og.Generator(self._model, params)
+            generator.append_tokens(prompt_ids)
+            stream = self._tokenizer.create_stream()
+            while not generator.is_done():
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                produced.append(token)
+                if token in self.eos_token_ids:
+                    continue  # the end-of-turn marker is not part of the answer
+                piece = stream.decode(token)
+                if piece:
+                    yield piece
+        except (SlmkError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise SlmkError(f"generation failed: {first_line(exc)}", hint=self._load_hint()) from exc
+        finally:
+            end = time.perf_counter()
+            self.last_stats = GenerationStats(
+                prompt_tokens=len(prompt_ids), generated_tokens=len(produced),
+                time_to_first_token_s=(first_token_at or end) - start, total_s=end - start,
+            )
+
+    # ------------------------------------------------------------ score
+    def score(self, text: str, *, window: int | None = None, stride: int | None = None) -> tuple[float, int]:
+        """Teacher-forced negative log-likelihood of ``text``: (sum of NLL in nats, tokens scored).
+
+        Texts longer than ``window`` (default: the context) are scored in windows that
+        overlap by ``window - stride`` tokens, so every scored token sees at least that
+        much history; each token is scored once.
+        """
+        import numpy as np
+
+        self._require_open()
+        ids = self.encode(text)
+        if len(ids) < 2:
+            return 0.0, 0
+        window = min(window or self.context_length or len(ids), self.context_length or len(ids))
+        if window < 2:
+            raise UsageError(f"window must be at least 2 tokens, not {window}")
+        stride = stride or max(1, window // 2)
+        if not 0 < stride <= window:
+            raise UsageError(f"stride must be between 1 and the window ({window}), not {stride}")
+        og = self._og
+        total, count, scored_until = 0.0, 0, 1  # token 0 has no history: it is never scored
+        begin = 0
+        while scored_until < len(ids):
+            end = min(begin + window, len(ids))
+            params = og.GeneratorParams(self._model)
+            params.set_search_options(max_length=end - begin)
+            generator = og.Generator(self._model, params)
+            for chunk_start in range(begin, end, SCORE_CHUNK):
+                chunk_end = min(chunk_start + SCORE_CHUNK, end)
+                generator.append_tokens(ids[chunk_start:chunk_end])
+                # Row r predicts token chunk_start + r + 1; score those not yet scored.
+                first = max(chunk_start + 1, scored_until)
+                last = min(chunk_end + 1, end)
+                if first >= last:
+                    continue
+                logits = generator.get_output("logits")[0]  # fp16 builds give fp16 logits
+                rows = np.asarray(logits[first - 1 - chunk_start: last - 1 - chunk_start], dtype=np.float64)
+                peak = rows.max(axis=-1, keepdims=True)
+                log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
+                targets = np.asarray(ids[first:last])
+                total += float((log_norm - rows[np.arange(len(targets)), targets]).sum())
+                count += len(targets)
+                scored_until = last
+            del generator
+            if end == len(ids):
+                break
+            begin += stride
+        return total, count
+
+    def perplexity(self, text: str, **kwargs: Any) -> float:
+        nll, count = self.score(text, **kwargs)
+        return math.exp(nll / count) if count else float("nan")
+
+    # ------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        self._tokenizer = None
+        self._model = None
+
+    def __enter__(self) -> OrtGenAISession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _check_messages(messages: Sequence[Mapping[str, str]]) -> None:
+    if not messages:
+        raise UsageError("no messages to answer", hint="pass at least one user message")
+    for message in messages:
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise UsageError(f"a message must have string role and content, not {message!r}")
+
+
+def _build_precision(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "slmk_build.json").read_text(encoding="utf-8")).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
