@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from slmk.messages import check_messages
 from slmk.errors import SlmkError, UsageError
 from slmk.fsutil import cache_root
 from slmk.records import ExecutionProvider, GenerationStats, LoadRequest
@@ -31,7 +32,6 @@ from .layout import PUBLISHER, locate, read_entry, read_json
 #: Request options the SDK takes per request (repetition_penalty and min_length are
 #: not among them: Foundry applies the build's genai_config.json ``search`` values).
 _FIXED_IN_CONFIG = ("repetition_penalty", "min_length")
-_ROLES = ("system", "user", "assistant")
 
 
 def can_load(path: Path) -> str | None:
@@ -114,7 +114,7 @@ class FoundrySession:
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
-        _check_messages(messages)
+        check_messages(messages)
         fl = self._fl
         session = fl.ChatSession(self._model)
         request = fl.Request()
@@ -212,12 +212,3 @@ class FoundrySession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_messages(messages: Sequence[Mapping[str, str]]) -> None:
-    if not messages:
-        raise UsageError("no messages to answer", hint="pass at least one user message")
-    for message in messages:
-        if not isinstance(message, Mapping) or message.get("role") not in _ROLES \
-                or not isinstance(message.get("content"), str):
-            raise UsageError(f"a message needs a role ({', '.join(_ROLES)}) and string content, not {message!r}")

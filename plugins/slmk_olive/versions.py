@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-from importlib import metadata
+
+from slmk.messages import installed_version as installed
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
 GENAI_DISTRIBUTIONS = (
     "onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
     "onnxruntime-genai-winml", "onnxruntime-genai-core",
 )
-
-
-def installed(*distributions: str) -> str | None:
-    """The version of the first of ``distributions`` that is installed, or None."""
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def version_tuple(text: str | None) -> tuple[int, ...]:

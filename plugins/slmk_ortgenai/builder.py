@@ -20,10 +20,10 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from slmk.messages import installed_version
 from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.fsutil import dir_size
 from slmk.modelinfo import ModelInfo
@@ -129,22 +129,13 @@ def _family_summary() -> str:
 
 
 # ------------------------------------------------------------------ versions
-def _version(*distributions: str) -> str | None:
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def tool_versions() -> dict[str, str]:
     """Versions that change what the builder writes: part of the step cache key."""
     found = {
-        "onnxruntime-genai": _version(*GENAI_DISTRIBUTIONS),
-        "onnx-ir": _version("onnx-ir"),
-        "transformers": _version("transformers"),
-        "torch": _version("torch"),
+        "onnxruntime-genai": installed_version(*GENAI_DISTRIBUTIONS),
+        "onnx-ir": installed_version("onnx-ir"),
+        "transformers": installed_version("transformers"),
+        "torch": installed_version("torch"),
     }
     return {name: version or "absent" for name, version in found.items()}
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slmk.messages import check_messages
 from slmk.errors import SlmkError, UsageError
 from slmk.records import ExecutionProvider, GenerationStats, LoadRequest
 
@@ -111,7 +112,7 @@ class OrtGenAISession:
     def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The prompt text the model's own chat template makes of ``messages``."""
         self._require_open()
-        _check_messages(messages)
+        check_messages(messages)
         try:
             return self._tokenizer.apply_chat_template(json.dumps(list(map(dict, messages))), add_generation_prompt=True)
         except Exception as exc:
@@ -252,15 +253,6 @@ class OrtGenAISession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_messages(messages: Sequence[Mapping[str, str]]) -> None:
-    if not messages:
-        raise UsageError("no messages to answer", hint="pass at least one user message")
-    for message in messages:
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
-            raise UsageError(f"a message must have string role and content, not {message!r}")
 
 
 def _build_precision(folder: Path) -> str | None:
