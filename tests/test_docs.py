@@ -1,0 +1,130 @@
+"""The hook reference: every hookspec is documented with an example that runs, and
+docs/hooks.md is what `python -m slmk.docgen` renders from them."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from slmk import docgen
+from slmk.modelinfo import ModelInfo
+from slmk.plugins import RECORD_TYPES
+from slmk.progress import Progress
+from slmk.records import (FORMAT_HF, ExecutionProvider, InstalledModel, LoadRequest, ProbeResult, PromptTemplate,
+                          StepRequest, Usability)
+from slmk.testing import make_registry
+
+REPO = Path(__file__).resolve().parent.parent
+HOOKS_MD = REPO / "docs" / "hooks.md"
+HOOKS = docgen.hookspec_functions()
+CPU = ExecutionProvider(name="cpu", description="test", ort_provider="CPUExecutionProvider", genai_provider=None,
+                        builder_ep="cpu", olive_device="cpu", foundry_suffix="generic-cpu",
+                        build_precisions=("fp32",), run_precisions=("fp32",), probe=lambda: Usability(True, "test"))
+
+
+def test_every_hook_has_a_spec_and_a_record_type():
+    names = [name for name, _ in HOOKS]
+    assert names and set(names) == set(RECORD_TYPES)
+
+
+@pytest.mark.parametrize(("hook_name", "function"), HOOKS, ids=[name for name, _ in HOOKS])
+def test_every_hookspec_is_documented_with_an_example(hook_name, function):
+    doc = inspect.getdoc(function) or ""
+    prose, example = docgen.split_docstring(doc)
+    assert prose.split("\n")[0].strip(), f"{hook_name} has no summary line"
+    assert docgen.EXAMPLE_MARKER in doc and example, f"{hook_name}'s docstring has no Example:: block"
+    assert "@hookimpl" in example and f"def {hook_name}(" in example, f"{hook_name}'s example implements no hook"
+
+
+def test_hooks_md_is_up_to_date():
+    assert HOOKS_MD.read_text(encoding="utf-8") == docgen.render(), (
+        f"docs/hooks.md is out of date with the hookspecs: run `{docgen.COMMAND}`")
+
+
+def test_the_generator_runs_as_documented_and_imports_nothing_heavy():
+    code = ("import runpy, sys, io, contextlib; out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out): runpy.run_module('slmk.docgen', run_name='__main__')\n"
+            "heavy = ('torch', 'transformers', 'onnxruntime', 'onnxruntime_genai', 'olive')\n"
+            "heavy = [m for m in heavy if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "sys.stdout.write(out.getvalue())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout == docgen.render()
+
+
+def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
+    """Use what each example returns the way the kernel does."""
+    info = ModelInfo(path=tmp_path, format=FORMAT_HF, config={}, model_type="example", architectures=())
+    for record in records.values():
+        if hook_name == "slmk_probes":
+            assert all(isinstance(result, ProbeResult) for result in record.check())
+        elif hook_name == "slmk_execution_providers":
+            assert isinstance(record.probe(), Usability)
+        elif hook_name == "slmk_model_families":
+            assert isinstance(record.match(info), int)
+            template = record.prompt_template(info)
+            assert isinstance(template, PromptTemplate)
+            assert all(piece.count("{Content}") == 1 for piece in template.to_foundry().values())
+        elif hook_name in ("slmk_converters", "slmk_quantizers"):
+            source, output = tmp_path / "source", tmp_path / f"out-{record.name}"
+            source.mkdir(exist_ok=True)
+            (source / "genai_config.json").write_text("{}")
+            output.mkdir()
+            request = StepRequest(source=source, output=output, precision=record.precisions[0],
+                                  execution_provider=CPU, options={}, work_dir=tmp_path / "work",
+                                  progress=Progress(quiet=True))
+            (record.convert if hook_name == "slmk_converters" else record.quantize)(request)
+        elif hook_name == "slmk_installers":
+            assert isinstance(record.list(tmp_path), list)
+            record.locate(tmp_path)
+        elif hook_name == "slmk_runtimes":
+            session = record.load(LoadRequest(path=tmp_path, execution_provider=CPU))
+            try:
+                assert all(isinstance(piece, str) for piece in session.generate([{"role": "user", "content": "hi"}]))
+            finally:
+                session.close()
+        elif hook_name == "slmk_cli_commands":
+            result = CliRunner().invoke(record, [])
+            assert result.exit_code == 0, result.output
+        else:  # a new hook: teach this test how to use its records
+            raise AssertionError(f"no check for the records of {hook_name}")
+
+
+@pytest.mark.parametrize(("hook_name", "function"), HOOKS, ids=[name for name, _ in HOOKS])
+def test_every_example_runs_and_yields_valid_records(hook_name, function, tmp_path):
+    _, example = docgen.split_docstring(inspect.getdoc(function) or "")
+    module = types.ModuleType(f"example_{hook_name}")
+    exec(compile(example, f"<{hook_name} example>", "exec"), module.__dict__)
+    registry = make_registry(module)
+    records = registry.records(hook_name)
+    assert records, f"the {hook_name} example yields no records"
+    assert not [error for info in registry.plugin_infos() for error in info.errors]
+    assert all(isinstance(record, RECORD_TYPES[hook_name]) for record in records.values())
+    _check_records(hook_name, records, tmp_path)
+
+
+def test_a_missing_example_is_caught():
+    prose, example = docgen.split_docstring("Summary.\n\nNo example here.")
+    assert prose == "Summary.\n\nNo example here." and example is None
+    _, code = docgen.split_docstring("Summary.\n\nExample::\n\n    x = 1\n    y = 2\n\nAfter.")
+    assert code == "x = 1\ny = 2"
+
+
+def test_record_fields_and_their_comments_are_in_the_reference():
+    text = docgen.render()
+    assert "- `builder_ep`: `str` — model builder `-e` value" in text
+    assert "- `explicit_only`: `bool` = `False` — planned only when named itself" in text
+    for hook_name, _ in HOOKS:
+        record = RECORD_TYPES[hook_name]
+        assert f"## {hook_name}" in text
+        if record is not click.Command:
+            assert f"### {record.__name__}" in text
+    assert isinstance(InstalledModel.ref, property)  # documented as a property
+    assert "- `ref` (property): `str`" in text
