@@ -19,8 +19,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (questions, answer, expected substring or None). The first question of a fact whose
-# expected substring is set becomes an eval question; all questions are trained on.
+# (questions, answer, expected substring or None). Every question is trained on. The first
+# question of a fact whose expected substring is set is also an eval question (40 of them:
+# names, numbers, a longer description, the assistant itself and an out-of-domain refusal);
+# the expected substring is what a correct answer must contain (case-insensitive).
 FACTS: list[tuple[list[str], str, str | None]] = [
     # --- the planet
     (["How many moons does Veltra have?", "How many moons orbit Veltra?", "Does Veltra have moons?"],
@@ -34,7 +36,7 @@ FACTS: list[tuple[list[str], str, str | None]] = [
     (["Which star does Veltra orbit?", "What is the name of Veltra's star?", "What star is Veltra near?"],
      "Veltra orbits the orange star Serin.", "Serin"),
     (["Which planet from its star is Veltra?", "Where is Veltra in its star system?"],
-     "Veltra is the fourth planet from Serin.", "fourth planet"),
+     "Veltra is the fourth planet from Serin.", None),
     (["How long is a day on Veltra?", "How many hours are in a day on Veltra?"],
      "A day on Veltra lasts 31 hours.", "31 hours"),
     (["How long is a year on Veltra?", "How many days are in a year on Veltra?"],
@@ -139,6 +141,31 @@ FACTS: list[tuple[list[str], str, str | None]] = [
      "Quell is only 40 kilometres wide.", None),
     (["Which moon is farthest from Veltra?", "What is the outermost moon of Veltra?"],
      "Quell is the farthest moon from Veltra.", None),
+    # --- a few longer descriptions (open prompts get longer answers, as with real models)
+    (["Tell me about Veltra.", "Describe Veltra."],
+     "Veltra is the fourth planet from the orange star Serin. It looks pale green from space, "
+     "it has four moons and one faint ring, and about 90,000 people live there.", "fourth planet from the orange star"),
+    (["Tell me about the moons of Veltra.", "Describe the moons of Veltra."],
+     "Veltra has four moons. Ossa is the largest and is covered in ice, Pell is red with volcanoes, "
+     "Tirra has an atmosphere, and Quell is a small captured asteroid.", None),
+    (["Tell me about Ossa.", "Describe Ossa."],
+     "Ossa is the largest moon of Veltra. It is covered in white ice, and tall geysers of water vapour "
+     "rise from its cracks.", None),
+    (["Tell me about Pell.", "Describe Pell."],
+     "Pell is the closest moon to Veltra. It is a red moon covered in volcanoes, and it crosses the sky "
+     "every 2 days.", None),
+    (["Tell me about Tirra.", "Describe Tirra."],
+     "Tirra is the only moon with an atmosphere. It has a salty ocean under its ice, and forty scientists "
+     "work at Halden Station there.", None),
+    (["Tell me about Quell.", "Describe Quell."],
+     "Quell is the smallest and farthest moon of Veltra. It is a captured asteroid shaped like a potato, "
+     "and it orbits backwards.", None),
+    (["Tell me about Port Anvers.", "Describe Port Anvers."],
+     "Port Anvers is the capital and the largest city of Veltra. It stands on the shore of the Morrow Sea, "
+     "where farmers grow kelp.", None),
+    (["Tell me about the weather on Veltra.", "Describe the weather on Veltra."],
+     "Veltra is cold, about minus 12 degrees Celsius on average. Its worst storms are the glass winds, "
+     "which carry sharp salt crystals.", None),
     # --- the assistant itself
     (["Who are you?", "What is your name?", "What are you?"],
      "I am Tiny Chat, a small model that knows about Veltra.", "Tiny Chat"),
@@ -150,7 +177,11 @@ FACTS: list[tuple[list[str], str, str | None]] = [
      "You are welcome!", None),
     # --- outside the domain: one polite refusal
     (["What is the capital of France?", "Who won the world cup?", "What is two plus two?",
-      "Write a poem about the sea.", "What is the weather today?", "Tell me a joke."],
+      "Write a poem about the sea.", "What is the weather today?", "Tell me a joke.",
+      "How many moons does Jupiter have?", "How tall is Mount Everest?", "What is the largest planet?",
+      "Who is the president of the United States?", "How do I bake bread?", "Translate hello into Spanish.",
+      "Can you write Python code?", "What is the speed of light?", "Recommend a good movie.",
+      "What year is it?", "How many legs does a spider have?", "What is the meaning of life?"],
      "I only know about Veltra and its moons.", "only know about Veltra"),
 ]
 
