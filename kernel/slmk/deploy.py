@@ -1,0 +1,271 @@
+"""`slmk deploy`: doctor -> template -> convert (and quantize) -> quality gate ->
+validate -> install -> a first answer from the installed model, in one command.
+
+With a quality gate, the smallest precision the execution provider runs is tried
+first (int4, then int8, then the full precision); each is built, measured and checked
+against the gate, and the first that passes is installed. Relative terms (``ppl<=+5%``)
+and agreement are measured against the reference: the most precise precision the
+provider runs (fp32 on CPU), built too. When no precision passes, nothing is
+installed and the command fails with the table of what was tried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import app
+from .errors import SlmkError, UsageError
+from .measure.compare import build, builds_root, measure_build
+from .measure.display import nested
+from .measure.evalset import EvalItem, default_file, load_eval
+from .measure.gate import Gate, parse_gate
+from .measure.quality import Measurement
+from .measure.validate import run_validate
+from .modelinfo import ModelInfo
+from .plugins import Registry, get_registry
+from .progress import Progress
+from .records import FORMAT_HF, PRECISIONS, ExecutionProvider
+
+#: The precision deployed when no quality gate is given.
+DEFAULT_PRECISION = "int4"
+
+
+@dataclass
+class Attempt:
+    precision: str
+    ok: bool
+    reasons: list[str]
+    measurement: Measurement
+    reference: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "ok": self.ok, "reasons": self.reasons, "reference": self.reference,
+                **{k: v for k, v in self.measurement.as_dict().items() if k != "precision"}}
+
+
+@dataclass
+class DeployResult:
+    model: str
+    name: str
+    execution_provider: str
+    gate: str | None
+    reference: str | None = None
+    tried: list[Attempt] = field(default_factory=list)
+    chosen: str | None = None
+    build: str | None = None
+    template: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+    installed: dict[str, Any] | None = None
+    first_answer: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.installed is not None, "model": self.model, "name": self.name,
+                "execution_provider": self.execution_provider, "gate": self.gate, "reference": self.reference,
+                "tried": [a.as_dict() for a in self.tried], "chosen": self.chosen, "build": self.build,
+                "template": self.template, "validation": self.validation, "installed": self.installed,
+                "first_answer": self.first_answer}
+
+
+class NoPrecisionPasses(SlmkError):
+    """Every precision was tried and none met the quality gate; ``result`` holds the table."""
+
+    def __init__(self, message: str, hint: str, result: DeployResult):
+        super().__init__(message, hint)
+        self.result = result
+
+
+def required_checks(registry: Registry, ep: ExecutionProvider) -> list[str]:
+    """The failed required checks of `slmk doctor` (warnings do not stop a deploy)."""
+    failures = []
+    for name, probe in sorted(registry.probes.items()):
+        try:
+            findings = list(probe.check())
+        except Exception as exc:  # a broken probe is reported, as doctor does
+            failures.append(f"{name}: the probe raised {type(exc).__name__}: {exc}")
+            continue
+        failures += [f"{f.name}: {f.detail}" + (f" (fix: {f.fix})" if f.fix else "") for f in findings if f.status == "fail"]
+    usability = ep.probe()
+    if not usability.usable:
+        failures.append(f"ep:{ep.name}: {usability.reason}" + (f" (fix: {usability.fix})" if usability.fix else ""))
+    return failures
+
+
+def candidate_precisions(ep: ExecutionProvider) -> list[str]:
+    """What the provider both builds and runs, smallest first."""
+    return [p for p in PRECISIONS if p in ep.run_precisions and p in ep.build_precisions]
+
+
+def deploy(
+    model: str | Path,
+    name: str,
+    *,
+    gate: str | None = None,
+    precision: str | None = None,
+    execution_provider: str = "cpu",
+    runtime: str = "ortgenai",
+    installer: str = "foundry",
+    install_cache: Path | None = None,
+    steps_cache: Path | None = None,
+    force: bool = False,
+    eval_file: str | Path | None = None,
+    heldout_file: str | Path | None = None,
+    validate_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+) -> DeployResult:
+    registry = registry or get_registry()
+    progress = progress or Progress(quiet=True)
+    inner = nested(progress)
+    parsed: Gate | None = parse_gate(gate) if gate else None
+    if parsed and precision:
+        raise UsageError("--precision and --quality-gate both choose the precision", hint="pass one of them")
+    info = ModelInfo.load(model)
+    if info.format != FORMAT_HF:
+        raise UsageError(f"{info.path} is not a Hugging Face model folder", hint="deploy takes the fine-tuned model folder")
+    model_dir = info.path.resolve()
+    ep = app.resolve_ep(registry, execution_provider)
+    inst = registry.get("slmk_installers", installer, "installer")
+    result = DeployResult(model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None)
+
+    items, heldout = _data(model_dir, eval_file, heldout_file, parsed)
+    candidates = candidate_precisions(ep)
+    if parsed is None:
+        wanted = precision or DEFAULT_PRECISION
+        if wanted not in candidates:
+            raise UsageError(f"{wanted} does not build and run on {ep.name}", hint=f"{ep.name}: {', '.join(candidates)}")
+        candidates = [wanted]
+    reference_name = max(candidates, key=PRECISIONS.index) if parsed and parsed.needs_reference else None
+    result.reference = reference_name
+    progress.total_steps = 2 + (reference_name not in (None, candidates[0])) + len(candidates) + 3
+
+    def open_build(folder: Path):
+        return app.open_session(folder, runtime=runtime, execution_provider=ep.name, registry=registry)
+
+    with progress.step("doctor: required checks"):
+        failures = required_checks(registry, ep)
+        if failures:
+            raise SlmkError(f"this machine is not ready to deploy: {failures[0]}",
+                            hint="`slmk doctor` lists every check with its fix")
+    with progress.step("template"):
+        from .templates import resolve_template
+
+        resolved = resolve_template(registry, info)
+        result.template = {"source": resolved.source, "family": resolved.family, "notes": list(resolved.notes)}
+        inner.log(f"{resolved.source}" + (f" (family {resolved.family})" if resolved.family else ""))
+        mismatch = next((n for n in resolved.notes if n.startswith("does not round-trip")), None)
+        if mismatch:  # the install would refuse it: say so before building anything
+            raise SlmkError(f"the prompt template for {model_dir.name} {mismatch}",
+                            hint=f"`slmk template show {model_dir}` explains; install step by step with --template FILE")
+
+    need = (parsed.metrics | {"answers"} if "agreement" in parsed.metrics else parsed.metrics) if parsed else set()
+    measured: dict[str, Measurement] = {}
+
+    def build_and_measure(candidate: str, is_reference: bool = False) -> Measurement:
+        folder = build(model_dir, candidate, ep.name, cache_dir=steps_cache, progress=inner)
+        if not need:
+            return Measurement(precision=candidate, path=str(folder))
+        found = measure_build(folder, candidate, open_build, need=need, items=items, heldout=heldout,
+                              reference=None if is_reference else measured.get(reference_name),
+                              progress=inner)
+        if "ppl" in need and found.ppl is None:
+            raise UsageError(f"perplexity could not be measured: {'; '.join(found.notes) or 'no score'}",
+                             hint="drop the ppl term or measure with --runtime ortgenai")
+        return found
+
+    if reference_name and reference_name != candidates[0]:
+        with progress.step(f"reference {reference_name}: build and measure"):
+            measured[reference_name] = build_and_measure(reference_name, is_reference=True)
+    chosen = None
+    for index, candidate in enumerate(candidates):
+        with progress.step(f"try {candidate}: build" + (" and measure" if need else "")):
+            if candidate not in measured:
+                measured[candidate] = build_and_measure(candidate, is_reference=candidate == reference_name)
+            row = measured[candidate]
+            ok, reasons = parsed.check(row, measured.get(reference_name)) if parsed else (True, ["no quality gate"])
+            result.tried.append(Attempt(candidate, ok, reasons, row, reference=candidate == reference_name))
+            inner.log(f"{candidate}: {'passes' if ok else 'fails'} ({'; '.join(reasons)})")
+        if ok:
+            chosen = candidate
+            progress.total_steps = progress.total_steps - (len(candidates) - index - 1)
+            break
+    if chosen is None:
+        failed = "; ".join(f"{a.precision}: {', '.join(r.removeprefix('FAIL: ') for r in a.reasons if r.startswith('FAIL'))}"
+                           for a in result.tried)
+        raise NoPrecisionPasses(f"no precision passes the quality gate {parsed}, nothing was installed: {failed}",
+                                hint="relax the gate, or improve the model", result=result)
+    result.chosen = chosen
+    folder = Path(measured[chosen].path)
+    result.build = str(folder)
+
+    with progress.step(f"validate the {chosen} build"):
+        options = {"leak_runs": 200, **(validate_options or {})}
+        report = run_validate(lambda: open_build(folder), folder, items=items,
+                              eval_note="" if items else "no eval file (pass --eval FILE.jsonl)", progress=inner, **options)
+        result.validation = report
+        if not report["ok"]:
+            failed = [c for c in report["checks"] if c["status"] == "fail"]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise SlmkError(f"validation of the {chosen} build failed, nothing was installed: "
+                            f"{failed[0]['title']}: {failed[0]['evidence']}{more}",
+                            hint=f"`slmk validate {folder}` shows every check")
+    with progress.step(f"install {name}"):
+        installed = app.install(folder, name, installer=installer, cache_dir=install_cache, force=force,
+                                progress=inner, registry=registry)
+        result.installed = {"ref": installed.ref, "name": installed.name, "version": installed.version,
+                            "path": str(installed.path), "precision": installed.precision,
+                            "execution_provider": installed.execution_provider, "size_bytes": installed.size_bytes}
+    with progress.step(f"first answer from {installed.ref} ({runtime})"):
+        result.first_answer = _first_answer(installed, runtime, ep, install_cache, items, registry, inst, progress=inner)
+    return result
+
+
+def _data(model_dir: Path, eval_file, heldout_file, gate: Gate | None) -> tuple[list[EvalItem], str | None]:
+    """The eval items and held-out text: given, else the model's ../data files."""
+    eval_path = Path(eval_file) if eval_file else default_file(model_dir, "eval.jsonl")
+    heldout_path = Path(heldout_file) if heldout_file else default_file(model_dir, "heldout.txt")
+    items = load_eval(eval_path) if eval_path else []
+    heldout = None
+    if heldout_path:
+        if not heldout_path.is_file():
+            raise UsageError(f"held-out text {heldout_path} not found", hint="pass a plain-text file with --heldout")
+        heldout = heldout_path.read_text(encoding="utf-8")
+    if gate:
+        if "accuracy" in gate.metrics and not any(i.has_answer for i in items):
+            raise UsageError("the quality gate has an accuracy term and there is no eval file with answers",
+                             hint=f"pass --eval FILE.jsonl (none at {model_dir.parent / 'data' / 'eval.jsonl'})")
+        if "ppl" in gate.metrics and not heldout:
+            raise UsageError("the quality gate has a ppl term and there is no held-out text",
+                             hint=f"pass --heldout FILE.txt (none at {model_dir.parent / 'data' / 'heldout.txt'})")
+        if "agreement" in gate.metrics and not items and not heldout:
+            raise UsageError("the quality gate has an agreement term and there are no prompts to compare",
+                             hint="pass --eval FILE.jsonl or --heldout FILE.txt")
+    return items, heldout
+
+
+def _first_answer(installed, runtime: str, ep: ExecutionProvider, install_cache, items, registry, inst,
+                  progress: Progress) -> dict[str, Any]:
+    """Load the installed model as a user would and ask it one question; undo the install if that fails."""
+    from .measure.driver import Driver, user
+
+    question = list(items[0].messages) if items else user("Hello! Who are you?")
+    try:
+        session = app.open_session(installed.path, runtime=runtime, execution_provider=ep.name,
+                                   installed=installed, cache_dir=install_cache, registry=registry)
+        try:
+            answer, _ = Driver(session, installed.path).ask(question, max_new_tokens=64)
+        finally:
+            session.close()
+        if not answer.strip():
+            raise SlmkError(f"the installed {installed.ref} gave an empty answer")
+    except SlmkError as exc:
+        inst.remove(installed.name, installed.version, install_cache)
+        raise SlmkError(f"the installed {installed.ref} does not answer through {runtime}: {exc.message}; "
+                        "it was removed again", hint=exc.hint) from exc
+    progress.log(f"{question[-1]['content']} -> {answer.strip()}")
+    return {"question": question[-1]["content"], "answer": answer,
+            "correct": items[0].answer_ok(answer) if items and items[0].has_answer else None}
+
+
+__all__ = ["DeployResult", "NoPrecisionPasses", "builds_root", "deploy"]

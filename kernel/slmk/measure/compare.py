@@ -1,0 +1,129 @@
+"""`slmk compare`: build a model at several precisions and put them side by side:
+size on disk, decode speed, perplexity on held-out text, greedy agreement with the
+reference precision, domain accuracy; then recommend the smallest that is good enough."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..progress import Progress
+from ..records import PRECISIONS, ExecutionProvider
+from .driver import Driver
+from .evalset import EvalItem
+from .gate import Gate, parse_gate
+from .quality import Measurement, agreement_prompts, measure
+
+#: The quality a smaller precision must keep to be recommended, unless told otherwise.
+DEFAULT_TOLERANCE = "ppl<=+5%,accuracy>=-5%"
+ALL_METRICS = {"ppl", "accuracy", "agreement", "answers", "decode_tps"}
+
+
+def reference_precision(precisions: Sequence[str]) -> str:
+    """The most precise of ``precisions`` (fp32 where present): what the others are compared with."""
+    return max(precisions, key=PRECISIONS.index)
+
+
+def check_precisions(precisions: Sequence[str], ep: ExecutionProvider) -> list[str]:
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise UsageError(f"unknown precision {unknown[0]!r}", hint=f"precisions: {', '.join(PRECISIONS)}")
+    for precision in precisions:
+        if precision not in ep.run_precisions:
+            raise UsageError(f"{precision} builds do not run on {ep.name}",
+                             hint=f"{ep.name} runs {', '.join(ep.run_precisions)}")
+    if not precisions:
+        raise UsageError("no precisions given", hint="e.g. --precisions fp32,int8,int4")
+    return list(dict.fromkeys(precisions))
+
+
+def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Path:
+    """Where compare and deploy keep their builds of ``model`` (hard links into the step cache)."""
+    from ..fsutil import cache_root, hash_json
+
+    root = Path(cache_dir) if cache_dir else cache_root()
+    key = hash_json({"model": str(Path(model).resolve())})[:10]
+    return root / "measure-builds" / f"{Path(model).resolve().name}-{key}-{ep_name}"
+
+
+def build(model: Path, precision: str, ep_name: str, *, cache_dir: Path | None = None,
+          progress: Progress | None = None) -> Path:
+    """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
+    from .. import app
+
+    out = builds_root(model, ep_name, cache_dir) / precision
+    # convert numbers its own steps: a fresh Progress on the same stream for each build
+    steps = Progress(quiet=progress.quiet, stream=progress.stream) if progress else Progress(quiet=True)
+    app.convert(model, out, precision=precision, execution_provider=ep_name, force=True, progress=steps,
+                cache_dir=cache_dir)
+    return out
+
+
+def measure_build(folder: Path, precision: str, open_session: Callable[[Path], Any], *, need: set[str],
+                  items: Sequence[EvalItem] = (), heldout: str | None = None, reference: Measurement | None = None,
+                  progress: Progress | None = None) -> Measurement:
+    session = open_session(folder)
+    try:
+        driver = Driver(session, folder)
+        prompts = agreement_prompts(items, heldout) if need & {"agreement", "answers"} else None
+        return measure(driver, precision, folder, need=need, items=items, heldout=heldout, reference=reference,
+                       prompts=prompts, progress=progress)
+    finally:
+        session.close()
+
+
+def relative_figures(row: Measurement, reference: Measurement) -> dict[str, Any]:
+    def ratio(a, b):
+        return round(a / b, 4) if a is not None and b else None
+
+    return {
+        "size_ratio": ratio(row.size_bytes, reference.size_bytes),
+        "decode_ratio": ratio(row.decode_tps, reference.decode_tps),
+        "ppl_change_pct": round(100 * (row.ppl / reference.ppl - 1), 3) if row.ppl and reference.ppl else None,
+    }
+
+
+def recommend(rows: dict[str, Measurement], reference: Measurement, gate: Gate) -> dict[str, Any]:
+    """The smallest precision that meets ``gate`` (reference terms measured against ``reference``)."""
+    verdicts = {}
+    for precision in sorted(rows, key=PRECISIONS.index):
+        verdicts[precision] = gate.check(rows[precision], reference)
+    chosen = next((p for p, (ok, _) in verdicts.items() if ok), None)
+    if chosen is None:
+        why = "no precision meets the tolerance " + str(gate)
+    else:
+        smaller = [p for p in verdicts if PRECISIONS.index(p) < PRECISIONS.index(chosen)]
+        why = f"{chosen} is the smallest precision within {gate}"
+        if smaller:
+            why += "; " + "; ".join(f"{p}: {', '.join(r for r in verdicts[p][1] if r.startswith('FAIL'))}"
+                                    for p in smaller)
+    return {"precision": chosen, "tolerance": str(gate), "why": why,
+            "verdicts": {p: {"ok": ok, "reasons": reasons} for p, (ok, reasons) in verdicts.items()}}
+
+
+def run_compare(model: Path, precisions: Sequence[str], ep: ExecutionProvider, open_session: Callable[[Path], Any], *,
+                items: Sequence[EvalItem] = (), heldout: str | None = None, tolerance: str | None = None,
+                cache_dir: Path | None = None, progress: Progress | None = None,
+                sub_progress: Progress | None = None) -> dict[str, Any]:
+    progress = progress or Progress(quiet=True)
+    gate = parse_gate(tolerance or DEFAULT_TOLERANCE)
+    precisions = check_precisions(precisions, ep)
+    reference_name = reference_precision(precisions)
+    order = [reference_name] + [p for p in precisions if p != reference_name]
+    progress.total_steps = 2 * len(order)
+    rows: dict[str, Measurement] = {}
+    for precision in order:
+        with progress.step(f"build {precision}"):
+            folder = build(model, precision, ep.name, cache_dir=cache_dir, progress=sub_progress)
+        with progress.step(f"measure {precision}"):
+            rows[precision] = measure_build(folder, precision, open_session, need=ALL_METRICS, items=items,
+                                            heldout=heldout, reference=rows.get(reference_name), progress=sub_progress)
+    reference = rows[reference_name]
+    table = []
+    for precision in sorted(rows, key=PRECISIONS.index, reverse=True):
+        row = rows[precision]
+        table.append({**row.as_dict(), **relative_figures(row, reference)})
+    return {"model": str(model), "execution_provider": ep.name, "reference": reference_name,
+            "precisions": table, "recommendation": recommend(rows, reference, gate)}
