@@ -83,3 +83,15 @@ def run_slmk(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's matrices gain nothing from threads, and on a busy two-core runner
+    OpenMP's spinning threads make each torch op up to 100x slower (GPTQ, HQQ)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,21 +23,9 @@ import pytest
 from slmk import app
 from slmk.errors import SlmkError, StepFailed, UsageError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 DATA = Path(__file__).resolve().parent / "data" / "olive"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's matrices gain nothing from threads, and on a busy two-core runner
-    OpenMP's spinning threads make each torch op up to 100x slower (GPTQ, HQQ)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _generate(build: Path, question: str = "Hello!") -> int:
