@@ -208,8 +208,6 @@ def inspect_model(model: str | Path, registry: Registry | None = None) -> dict[s
                 note = ""
             except SlmkError as exc:
                 buildable, note = False, exc.message
-            if precision in ep.build_precisions and info.format == FORMAT_HF and not note:
-                pass
             runnable = buildable and usable.usable and precision in ep.run_precisions
             if buildable and not usable.usable:
                 note = f"builds; runs only where {ep.name} is usable ({usable.reason})"
