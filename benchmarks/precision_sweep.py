@@ -39,9 +39,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "examples" / "tiny-chat"
 PRECISIONS = ("fp32", "int8", "int4")
-QWEN25_05B = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-              "intermediate_size": 4864, "vocab_size": 151936, "max_position_embeddings": 4096,
-              "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6}
+QWEN25_05B = {
+    "hidden_size": 896,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "intermediate_size": 4864,
+    "vocab_size": 151936,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+}
 ENV = {"ORT_DISABLE_TELEMETRY": "1", "OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -57,8 +66,13 @@ def machine() -> dict:
         pass
     import psutil
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def copy_bandwidth(megabytes: int = 512, runs: int = 10) -> float:
@@ -94,8 +108,13 @@ def make_shaped_model(folder: Path, layers: int | None = None) -> Path:
     model = Qwen2ForCausalLM(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                 "generation_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ):
         if (TINY / "model" / name).is_file():
             shutil.copy(TINY / "model" / name, folder / name)
     return folder
@@ -110,8 +129,14 @@ def prompt_texts(model: Path, lengths: list[int]) -> list[dict]:
     tokenizer = AutoTokenizer.from_pretrained(model)
 
     def count(words: int) -> int:
-        return len(tokenizer.apply_chat_template([{"role": "user", "content": filler(words)}],
-                                                 add_generation_prompt=True, tokenize=True, return_dict=False))
+        return len(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": filler(words)}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
 
     prompts = []
     for length in lengths:
@@ -139,9 +164,14 @@ def child_ortgenai(build: str, prompts: list[dict], new_tokens: int, repeats: in
     rows = []
     for prompt in prompts:
         runs = [driver.timed(prompt["text"], new_tokens) for _ in range(repeats)]
-        rows.append({"prompt_tokens": runs[0].prompt_tokens, "generated_tokens": runs[0].generated_tokens,
-                     "decode_tps": statistics.median(r.decode_tokens_per_s for r in runs),
-                     "ttft_s": statistics.median(r.time_to_first_token_s for r in runs)})
+        rows.append(
+            {
+                "prompt_tokens": runs[0].prompt_tokens,
+                "generated_tokens": runs[0].generated_tokens,
+                "decode_tps": statistics.median(r.decode_tokens_per_s for r in runs),
+                "ttft_s": statistics.median(r.time_to_first_token_s for r in runs),
+            }
+        )
     session.close()
     return {"load_s": load_s, "rows": rows}
 
@@ -172,22 +202,31 @@ def child_torch(model: str, prompts: list[dict], new_tokens: int, repeats: int) 
 
     rows = []
     for index, prompt in enumerate(prompts):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt["text"]}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt["text"]}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         if index == 0:
             run(ids[:8])  # warm-up
         runs = [run(ids) for _ in range(repeats)]
-        rows.append({"prompt_tokens": len(ids), "generated_tokens": new_tokens,
-                     "decode_tps": statistics.median(r[1] for r in runs), "ttft_s": statistics.median(r[0] for r in runs)})
+        rows.append(
+            {
+                "prompt_tokens": len(ids),
+                "generated_tokens": new_tokens,
+                "decode_tps": statistics.median(r[1] for r in runs),
+                "ttft_s": statistics.median(r[0] for r in runs),
+            }
+        )
     return {"load_s": load_s, "rows": rows, "threads": torch.get_num_threads()}
 
 
 def run_child(kind: str, target: Path, prompts: list[dict], new_tokens: int, repeats: int) -> dict:
     """One measurement in a fresh process: its peak RSS is this model's alone."""
-    spec = json.dumps({"kind": kind, "target": str(target), "prompts": prompts, "new_tokens": new_tokens,
-                       "repeats": repeats})
-    result = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
-                            env={**os.environ, **ENV})
+    spec = json.dumps(
+        {"kind": kind, "target": str(target), "prompts": prompts, "new_tokens": new_tokens, "repeats": repeats}
+    )
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", spec], capture_output=True, text=True, env={**os.environ, **ENV}
+    )
     if result.returncode != 0:
         raise SystemExit(f"{kind} child failed on {target}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -270,16 +309,25 @@ def shaped_sweep(work: Path, args) -> dict:
         build_s = time.perf_counter() - start
         measured = run_child("ortgenai", out, prompts, args.new_tokens, args.repeats)
         read, lookup = bytes_read_per_token(out)
-        rows[precision] = {"size_bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file()),
-                           "weight_bytes": read, "lookup_bytes": lookup, "build_s": build_s, **measured}
-        print(f"  {precision}: built in {build_s:.0f} s, measured: "
-              + ", ".join(f"{r['decode_tps']:.1f} tok/s at {r['prompt_tokens']}" for r in measured["rows"]))
+        rows[precision] = {
+            "size_bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file()),
+            "weight_bytes": read,
+            "lookup_bytes": lookup,
+            "build_s": build_s,
+            **measured,
+        }
+        print(
+            f"  {precision}: built in {build_s:.0f} s, measured: "
+            + ", ".join(f"{r['decode_tps']:.1f} tok/s at {r['prompt_tokens']}" for r in measured["rows"])
+        )
     torch_row = run_child("torch", model, prompts, args.new_tokens, args.repeats)
     torch_row["weight_bytes"] = 4 * params  # tied embeddings: the output layer reads the whole table
     torch_row["size_bytes"] = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     rows["torch-fp32"] = torch_row
-    print(f"  torch fp32 ({torch_row['threads']} threads): "
-          + ", ".join(f"{r['decode_tps']:.1f} tok/s at {r['prompt_tokens']}" for r in torch_row["rows"]))
+    print(
+        f"  torch fp32 ({torch_row['threads']} threads): "
+        + ", ".join(f"{r['decode_tps']:.1f} tok/s at {r['prompt_tokens']}" for r in torch_row["rows"])
+    )
     return {"bandwidth_bytes_per_s": bandwidth, "parameters": params, "prompts": prompts, "rows": rows}
 
 
@@ -304,17 +352,32 @@ def print_shaped(report: dict) -> None:
     reference = rows["fp32"]
     torch_rows = rows["torch-fp32"]["rows"]
     print()
-    print("| build | file size | vs fp32 | peak RSS | prompt tokens | first token | decode tok/s | vs torch fp32 "
-          "| bandwidth bound tok/s | of bound |")
+    print(
+        "| build | file size | vs fp32 | peak RSS | prompt tokens | first token | decode tok/s | vs torch fp32 "
+        "| bandwidth bound tok/s | of bound |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         bound = bandwidth / row["weight_bytes"]
         for index, measured in enumerate(row["rows"]):
-            cells = ([name, mb(row["size_bytes"]), f"{row['size_bytes'] / reference['size_bytes']:.2f}x",
-                      mb(row["peak_rss_bytes"])] if index == 0 else ["", "", "", ""])
-            cells += [str(measured["prompt_tokens"]), f"{measured['ttft_s'] * 1000:.0f} ms", f"{measured['decode_tps']:.1f}",
-                      f"{measured['decode_tps'] / torch_rows[index]['decode_tps']:.2f}x", f"{bound:.1f}",
-                      f"{measured['decode_tps'] / bound:.0%}"]
+            cells = (
+                [
+                    name,
+                    mb(row["size_bytes"]),
+                    f"{row['size_bytes'] / reference['size_bytes']:.2f}x",
+                    mb(row["peak_rss_bytes"]),
+                ]
+                if index == 0
+                else ["", "", "", ""]
+            )
+            cells += [
+                str(measured["prompt_tokens"]),
+                f"{measured['ttft_s'] * 1000:.0f} ms",
+                f"{measured['decode_tps']:.1f}",
+                f"{measured['decode_tps'] / torch_rows[index]['decode_tps']:.2f}x",
+                f"{bound:.1f}",
+                f"{measured['decode_tps'] / bound:.0%}",
+            ]
             print("| " + " | ".join(cells) + " |")
 
 
@@ -325,16 +388,25 @@ def tiny_sweep(work: Path) -> dict:
     from slmk.measure.evalset import load_eval
     from slmk.plugins import get_registry
 
-    report = run_compare(TINY / "model", list(PRECISIONS), app.resolve_ep(get_registry(), "cpu"),
-                         lambda path: app.open_session(path), items=load_eval(TINY / "data" / "eval.jsonl"),
-                         heldout=(TINY / "data" / "heldout.txt").read_text())
+    report = run_compare(
+        TINY / "model",
+        list(PRECISIONS),
+        app.resolve_ep(get_registry(), "cpu"),
+        lambda path: app.open_session(path),
+        items=load_eval(TINY / "data" / "eval.jsonl"),
+        heldout=(TINY / "data" / "heldout.txt").read_text(),
+    )
     print()
-    print("| tiny-chat | size | vs fp32 | held-out ppl | ppl change | domain accuracy | greedy agreement | decode tok/s |")
+    print(
+        "| tiny-chat | size | vs fp32 | held-out ppl | ppl change | domain accuracy | greedy agreement | decode tok/s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in report["precisions"]:
-        print(f"| {row['precision']} | {row['size_bytes'] / 1e6:.2f} MB | {row['size_ratio']:.2f}x | {row['ppl']:.3f} | "
-              f"{row['ppl_change_pct']:+.2f}% | {row['correct']}/{row['items']} | {row['agreement']:.3f} | "
-              f"{row['decode_tps']:.0f} |")
+        print(
+            f"| {row['precision']} | {row['size_bytes'] / 1e6:.2f} MB | {row['size_ratio']:.2f}x | {row['ppl']:.3f} | "
+            f"{row['ppl_change_pct']:+.2f}% | {row['correct']}/{row['items']} | {row['agreement']:.3f} | "
+            f"{row['decode_tps']:.0f} |"
+        )
     print(f"recommendation: {report['recommendation']['precision']} ({report['recommendation']['why']})")
     return report
 
@@ -355,8 +427,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.update({k: os.environ.get(k, v) for k, v in ENV.items()})
     info = machine()
-    print(f"# precision sweep, {_dt.date.today().isoformat()}, {info['cpu']}, {info['cores']} cores, "
-          f"{info['ram_gb']} GB RAM, Python {info['python']}")
+    print(
+        f"# precision sweep, {_dt.date.today().isoformat()}, {info['cpu']}, {info['cores']} cores, "
+        f"{info['ram_gb']} GB RAM, Python {info['python']}"
+    )
     with tempfile.TemporaryDirectory(prefix="slmk-sweep-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

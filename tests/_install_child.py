@@ -14,10 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-from slmk.progress import Progress
-from slmk.records import InstallRequest, PromptTemplate
 from slmk_foundry import installer
 from slmk_system.providers import CPU
+
+from slmk.progress import Progress
+from slmk.records import InstallRequest, PromptTemplate
 
 
 def wait_for_pause(process, point: str, timeout_s: float = 120.0) -> None:
@@ -44,10 +45,17 @@ def main(argv: list[str]) -> int:
     if args[0] == "install":
         build, cache, name, template_file = args[1:5]
         template = PromptTemplate(**json.loads(Path(template_file).read_text(encoding="utf-8")))
-        model = installer.install(InstallRequest(
-            build_dir=Path(build), name=name, execution_provider=CPU, template=template,
-            progress=Progress(quiet=True), cache_dir=Path(cache), force="--force" in flags,
-        ))
+        model = installer.install(
+            InstallRequest(
+                build_dir=Path(build),
+                name=name,
+                execution_provider=CPU,
+                template=template,
+                progress=Progress(quiet=True),
+                cache_dir=Path(cache),
+                force="--force" in flags,
+            )
+        )
     else:
         cache, name = args[1:3]
         model = installer.remove(name, args[3] if len(args) > 3 else None, Path(cache))

@@ -16,16 +16,18 @@ TINY_DATA = REPO / "examples" / "tiny-chat" / "data"
 
 # Set before any tool is imported: the tools read these at import time.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="slmk-tests-"))
-os.environ.update({
-    "ORT_DISABLE_TELEMETRY": "1",
-    "OLIVE_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HOME": str(_SESSION_TMP / "hf-home"),
-    "SLMK_CACHE_DIR": str(_SESSION_TMP / "slmk-cache"),
-    "SLMK_FOUNDRY_CACHE": str(_SESSION_TMP / "foundry-cache"),
-})
+os.environ.update(
+    {
+        "ORT_DISABLE_TELEMETRY": "1",
+        "OLIVE_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(_SESSION_TMP / "hf-home"),
+        "SLMK_CACHE_DIR": str(_SESSION_TMP / "slmk-cache"),
+        "SLMK_FOUNDRY_CACHE": str(_SESSION_TMP / "foundry-cache"),
+    }
+)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -75,11 +77,18 @@ def run_slmk(tmp_path):
     """Run the real `slmk` console entry point in a subprocess; returns CompletedProcess."""
     import subprocess
 
-    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900, input: str | None = None):
+    def run(
+        *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900, input: str | None = None
+    ):
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "slmk", *args], cwd=cwd or tmp_path, env=full_env,
-            capture_output=True, text=True, timeout=timeout, input=input,
+            [sys.executable, "-m", "slmk", *args],
+            cwd=cwd or tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
 
     return run

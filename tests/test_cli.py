@@ -27,10 +27,22 @@ print("HEAVY=" + json.dumps(heavy), file=sys.stderr)
 """ % (list(HEAVY),)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["doctor"], ["doctor", "--json"],
-                                  ["convert", "--help"], ["config", "keys"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["doctor"],
+        ["doctor", "--json"],
+        ["convert", "--help"],
+        ["config", "keys"],
+    ],
+)
 def test_light_commands_import_no_heavy_library(args):
-    result = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True, timeout=120
+    )
     line = [l for l in result.stderr.splitlines() if l.startswith("HEAVY=")][-1]
     assert json.loads(line.removeprefix("HEAVY=")) == [], f"slmk {' '.join(args)} imported {line}"
 
@@ -38,11 +50,25 @@ def test_light_commands_import_no_heavy_library(args):
 def test_help_lists_every_verb(run_slmk):
     result = run_slmk("--help")
     assert result.returncode == 0
-    for verb in ("convert", "demo", "doctor", "init", "inspect", "install", "list", "plugins", "remove", "run", "template"):
+    for verb in (
+        "convert",
+        "demo",
+        "doctor",
+        "init",
+        "inspect",
+        "install",
+        "list",
+        "plugins",
+        "remove",
+        "run",
+        "template",
+    ):
         assert f"  {verb} " in result.stdout, verb
 
 
-@pytest.mark.parametrize("verb", ["convert", "demo", "doctor", "init", "inspect", "install", "list", "plugins", "remove", "run"])
+@pytest.mark.parametrize(
+    "verb", ["convert", "demo", "doctor", "init", "inspect", "install", "list", "plugins", "remove", "run"]
+)
 def test_each_verb_has_help(run_slmk, verb):
     result = run_slmk(verb, "--help")
     assert result.returncode == 0 and "Usage: slmk" in result.stdout and len(result.stdout.splitlines()) > 4
@@ -87,7 +113,9 @@ def test_unknown_precision_and_ep(run_slmk, tmp_path, tiny_model_dir):
 
 
 def test_precision_the_ep_cannot_run_is_refused_with_alternatives(run_slmk, tmp_path, tiny_model_dir):
-    line = _one_error_line(run_slmk("convert", str(tiny_model_dir), "-p", "fp16", "--ep", "cpu", "-o", str(tmp_path / "o")))
+    line = _one_error_line(
+        run_slmk("convert", str(tiny_model_dir), "-p", "fp16", "--ep", "cpu", "-o", str(tmp_path / "o"))
+    )
     assert "fp16 builds for cpu but does not load there" in line and "int4, int8, fp32" in line
     assert not (tmp_path / "o").exists()
 
@@ -112,8 +140,13 @@ def test_interrupted_conversion_leaves_no_output_and_rerun_works(tmp_path, tiny_
     env = {**os.environ, "SLMK_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "out"
     for sig in (signal.SIGINT, signal.SIGKILL):
-        proc = subprocess.Popen([sys.executable, "-m", "slmk", "convert", str(tiny_model_dir), "-p", "fp32", "-o", str(out)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slmk", "convert", str(tiny_model_dir), "-p", "fp32", "-o", str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # wait until the step is really writing into the cache, then interrupt
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list((tmp_path / "cache" / "steps").glob(".slmk-tmp-*")):
@@ -126,8 +159,13 @@ def test_interrupted_conversion_leaves_no_output_and_rerun_works(tmp_path, tiny_
             assert "interrupted" in stderr and "Traceback" not in stderr
         assert not out.exists(), "no half-written output under the final name"
         assert not any(p.name == "step.json" for p in (tmp_path / "cache" / "steps").rglob("step.json"))
-    result = subprocess.run([sys.executable, "-m", "slmk", "convert", str(tiny_model_dir), "-p", "fp32", "-o", str(out)],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "slmk", "convert", str(tiny_model_dir), "-p", "fp32", "-o", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "genai_config.json").is_file()
     assert not list((tmp_path / "cache" / "steps").glob(".slmk-tmp-*")), "stale temporary folders were cleaned"

@@ -22,14 +22,17 @@ def test_precedence_command_line_over_environment_over_file_over_default(tmp_pat
     assert settings["execution_provider"] == "cuda"
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ('precison = "int4"\n', "unknown key 'precison'.*did you mean precision"),
-    ('precision = "int3"\n', "precision = 'int3'.*allowed: int4, int8, fp16, bf16, fp32"),
-    ('[quantization]\nblock_size = 33\n', "quantization.block_size = 33.*allowed: 16, 32, 64, 128, 256"),
-    ('[generation]\ntop_p = 1.5\n', r"generation.top_p = 1.5.*must be in \(0, 1\]"),
-    ('[generation]\ntemperature = "hot"\n', "generation.temperature = 'hot'.*not a valid float"),
-    ('precision = \n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('precison = "int4"\n', "unknown key 'precison'.*did you mean precision"),
+        ('precision = "int3"\n', "precision = 'int3'.*allowed: int4, int8, fp16, bf16, fp32"),
+        ("[quantization]\nblock_size = 33\n", "quantization.block_size = 33.*allowed: 16, 32, 64, 128, 256"),
+        ("[generation]\ntop_p = 1.5\n", r"generation.top_p = 1.5.*must be in \(0, 1\]"),
+        ('[generation]\ntemperature = "hot"\n', "generation.temperature = 'hot'.*not a valid float"),
+        ("precision = \n", "not valid TOML"),
+    ],
+)
 def test_bad_file_values_name_the_key_and_what_is_allowed(tmp_path, text, needle):
     path = tmp_path / "slmk.toml"
     path.write_text(text)
@@ -44,8 +47,7 @@ def test_bad_environment_value_names_the_variable(tmp_path):
 
 def test_write_config_round_trips_and_is_atomic(tmp_path):
     path = tmp_path / "slmk.toml"
-    write_config(path, {"precision": "int8", "generation.temperature": 0.2, "name": None},
-                 {"header": "made by a test"})
+    write_config(path, {"precision": "int8", "generation.temperature": 0.2, "name": None}, {"header": "made by a test"})
     assert path.read_text().startswith("# made by a test\n")
     settings = load_settings({}, path, environ={})
     assert settings["precision"] == "int8" and settings["generation.temperature"] == 0.2

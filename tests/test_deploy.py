@@ -23,9 +23,14 @@ def table(tiny_model_dir, tiny_build, tiny_eval):
     for precision in ("fp32", "int8", "int4"):
         tiny_build(precision)  # the shared step cache makes deploy's builds copies of links
     data = tiny_model_dir.parent / "data"
-    report = run_compare(tiny_model_dir, ["fp32", "int8", "int4"], app.resolve_ep(get_registry(), "cpu"),
-                         lambda path: app.open_session(path), items=load_eval(data / "eval.jsonl"),
-                         heldout=(data / "heldout.txt").read_text())
+    report = run_compare(
+        tiny_model_dir,
+        ["fp32", "int8", "int4"],
+        app.resolve_ep(get_registry(), "cpu"),
+        lambda path: app.open_session(path),
+        items=load_eval(data / "eval.jsonl"),
+        heldout=(data / "heldout.txt").read_text(),
+    )
     return {row["precision"]: row for row in report["precisions"]}
 
 
@@ -50,8 +55,18 @@ def _installed(run_slmk, cache) -> list[dict]:
 def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_path):
     gate = separating_gate(table)
     cache = tmp_path / "foundry"
-    result = run_slmk("deploy", str(tiny_model_dir), "--name", "tiny-chat", "--quality-gate", gate,
-                      "--cache-dir", str(cache), *SHORT, "--json")
+    result = run_slmk(
+        "deploy",
+        str(tiny_model_dir),
+        "--name",
+        "tiny-chat",
+        "--quality-gate",
+        gate,
+        "--cache-dir",
+        str(cache),
+        *SHORT,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["ok"] and data["chosen"] == "int8", (gate, data["tried"])
@@ -65,8 +80,17 @@ def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_p
 
 def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tmp_path):
     gate = separating_gate(table)
-    result = run_slmk("deploy", str(tiny_model_dir), "--name", "tiny-chat", "--quality-gate", gate,
-                      "--cache-dir", str(tmp_path / "foundry"), *SHORT)
+    result = run_slmk(
+        "deploy",
+        str(tiny_model_dir),
+        "--name",
+        "tiny-chat",
+        "--quality-gate",
+        gate,
+        "--cache-dir",
+        str(tmp_path / "foundry"),
+        *SHORT,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("quality gate ")
@@ -74,16 +98,30 @@ def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tm
     assert lines[3].startswith("int8") and " pass " in lines[3]
     assert any(line.startswith("installed tiny-chat:1 (int8, cpu") for line in lines)
     # one progress display on stderr: numbered steps, the builds indented under them
-    assert "[1/" in result.stderr and "doctor: required checks" in result.stderr and "\n    [1/2] convert" in result.stderr
+    assert (
+        "[1/" in result.stderr and "doctor: required checks" in result.stderr and "\n    [1/2] convert" in result.stderr
+    )
 
 
 def test_an_impossible_gate_installs_nothing(tiny_model_dir, table, run_slmk, tmp_path):
     cache = tmp_path / "foundry"
-    result = run_slmk("deploy", str(tiny_model_dir), "--name", "tiny-chat", "--quality-gate", "ppl<=1.0",
-                      "--cache-dir", str(cache), *SHORT, "--quiet")
+    result = run_slmk(
+        "deploy",
+        str(tiny_model_dir),
+        "--name",
+        "tiny-chat",
+        "--quality-gate",
+        "ppl<=1.0",
+        "--cache-dir",
+        str(cache),
+        *SHORT,
+        "--quiet",
+    )
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("error: no precision passes the quality gate ppl<=1, nothing was installed: int4: ppl ")
+    assert result.stderr.startswith(
+        "error: no precision passes the quality gate ppl<=1, nothing was installed: int4: ppl "
+    )
     assert "int8: ppl" in result.stderr and "fp32: ppl" in result.stderr
     assert _installed(run_slmk, cache) == []
 
@@ -100,12 +138,18 @@ def test_without_a_gate_deploys_int4_from_slmk_toml(tiny_model_dir, tiny_build, 
     assert [(m["name"], m["precision"]) for m in _installed(run_slmk, cache)] == [("tiny", "int4")]
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--quality-gate", "accuracy>=1.01"], "quality-gate term 'accuracy>=1.01': accuracy is a fraction between 0 and 1"),
-    (["--quality-gate", "ppl<=+5%,latency<=3"], "unknown metric 'latency'"),
-    (["--quality-gate", "accuracy>=0.9", "--precision", "int8"], "--precision and --quality-gate"),
-    (["--ep", "cuda"], "this machine is not ready to deploy: ep:cuda"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["--quality-gate", "accuracy>=1.01"],
+            "quality-gate term 'accuracy>=1.01': accuracy is a fraction between 0 and 1",
+        ),
+        (["--quality-gate", "ppl<=+5%,latency<=3"], "unknown metric 'latency'"),
+        (["--quality-gate", "accuracy>=0.9", "--precision", "int8"], "--precision and --quality-gate"),
+        (["--ep", "cuda"], "this machine is not ready to deploy: ep:cuda"),
+    ],
+)
 def test_bad_requests_fail_before_any_work(tiny_model_dir, run_slmk, tmp_path, args, needle):
     cache = tmp_path / "foundry"
     result = run_slmk("deploy", str(tiny_model_dir), "--name", "x", "--cache-dir", str(cache), "--quiet", *args)
@@ -116,6 +160,7 @@ def test_bad_requests_fail_before_any_work(tiny_model_dir, run_slmk, tmp_path, a
 def test_an_accuracy_gate_needs_an_eval_file(tiny_model_dir, run_slmk, tmp_path):
     model = tmp_path / "lonely" / "model"
     shutil.copytree(tiny_model_dir, model)  # no ../data beside it
-    result = run_slmk("deploy", str(model), "--name", "x", "--quality-gate", "accuracy>=0.9",
-                      "--cache-dir", str(tmp_path / "foundry"))
+    result = run_slmk(
+        "deploy", str(model), "--name", "x", "--quality-gate", "accuracy>=0.9", "--cache-dir", str(tmp_path / "foundry")
+    )
     assert result.returncode == 2 and "no eval file" in result.stderr and "--eval" in result.stderr

@@ -17,16 +17,33 @@ from slmk import docgen
 from slmk.modelinfo import ModelInfo
 from slmk.plugins import RECORD_TYPES
 from slmk.progress import Progress
-from slmk.records import (FORMAT_HF, ExecutionProvider, InstalledModel, LoadRequest, ProbeResult, PromptTemplate,
-                          StepRequest, Usability)
+from slmk.records import (
+    FORMAT_HF,
+    ExecutionProvider,
+    InstalledModel,
+    LoadRequest,
+    ProbeResult,
+    PromptTemplate,
+    StepRequest,
+    Usability,
+)
 from slmk.testing import make_registry
 
 REPO = Path(__file__).resolve().parent.parent
 HOOKS_MD = REPO / "docs" / "hooks.md"
 HOOKS = docgen.hookspec_functions()
-CPU = ExecutionProvider(name="cpu", description="test", ort_provider="CPUExecutionProvider", genai_provider=None,
-                        builder_ep="cpu", olive_device="cpu", foundry_suffix="generic-cpu",
-                        build_precisions=("fp32",), run_precisions=("fp32",), probe=lambda: Usability(True, "test"))
+CPU = ExecutionProvider(
+    name="cpu",
+    description="test",
+    ort_provider="CPUExecutionProvider",
+    genai_provider=None,
+    builder_ep="cpu",
+    olive_device="cpu",
+    foundry_suffix="generic-cpu",
+    build_precisions=("fp32",),
+    run_precisions=("fp32",),
+    probe=lambda: Usability(True, "test"),
+)
 
 
 def test_every_hook_has_a_spec_and_a_record_type():
@@ -45,16 +62,19 @@ def test_every_hookspec_is_documented_with_an_example(hook_name, function):
 
 def test_hooks_md_is_up_to_date():
     assert HOOKS_MD.read_text(encoding="utf-8") == docgen.render(), (
-        f"docs/hooks.md is out of date with the hookspecs: run `{docgen.COMMAND}`")
+        f"docs/hooks.md is out of date with the hookspecs: run `{docgen.COMMAND}`"
+    )
 
 
 def test_the_generator_runs_as_documented_and_imports_nothing_heavy():
-    code = ("import runpy, sys, io, contextlib; out = io.StringIO()\n"
-            "with contextlib.redirect_stdout(out): runpy.run_module('slmk.docgen', run_name='__main__')\n"
-            "heavy = ('torch', 'transformers', 'onnxruntime', 'onnxruntime_genai', 'olive')\n"
-            "heavy = [m for m in heavy if m in sys.modules]\n"
-            "assert not heavy, heavy\n"
-            "sys.stdout.write(out.getvalue())")
+    code = (
+        "import runpy, sys, io, contextlib; out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out): runpy.run_module('slmk.docgen', run_name='__main__')\n"
+        "heavy = ('torch', 'transformers', 'onnxruntime', 'onnxruntime_genai', 'olive')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "sys.stdout.write(out.getvalue())"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout == docgen.render()
 
@@ -77,9 +97,15 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
             source.mkdir(exist_ok=True)
             (source / "genai_config.json").write_text("{}")
             output.mkdir()
-            request = StepRequest(source=source, output=output, precision=record.precisions[0],
-                                  execution_provider=CPU, options={}, work_dir=tmp_path / "work",
-                                  progress=Progress(quiet=True))
+            request = StepRequest(
+                source=source,
+                output=output,
+                precision=record.precisions[0],
+                execution_provider=CPU,
+                options={},
+                work_dir=tmp_path / "work",
+                progress=Progress(quiet=True),
+            )
             (record.convert if hook_name == "slmk_converters" else record.quantize)(request)
         elif hook_name == "slmk_installers":
             assert isinstance(record.list(tmp_path), list)

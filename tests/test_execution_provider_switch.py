@@ -25,7 +25,8 @@ def test_switching_ep_in_slmk_toml_changes_build_install_and_run(run_slmk, tmp_p
         project.mkdir()
         (project / "slmk.toml").write_text(
             f'model = "{tiny_model_dir}"\nexecution_provider = "{ep}"\noutput = "build"\nname = "tiny-{ep}"\n'
-            f'[install]\ncache_dir = "{cache}"\n')
+            f'[install]\ncache_dir = "{cache}"\n'
+        )
         result = run_slmk("-q", "convert", "--json", cwd=project, env=env)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["plan"]["execution_provider"] == ep
@@ -43,21 +44,25 @@ def test_switching_ep_in_slmk_toml_changes_build_install_and_run(run_slmk, tmp_p
         variants[ep] = installed
 
     # cpu runs; cuda stops with one clear line, for both runtimes, on a machine without a GPU
-    ok = run_slmk("run", "tiny-cpu", "--prompt", "How many moons does Veltra have?", "--json",
-                  cwd=tmp_path / "cpu", env=env)
+    ok = run_slmk(
+        "run", "tiny-cpu", "--prompt", "How many moons does Veltra have?", "--json", cwd=tmp_path / "cpu", env=env
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["answer"].strip()
     for runtime in ("ortgenai", "foundry"):
-        line = _one_error_line(run_slmk("run", "tiny-cuda", "--prompt", "hi", "--runtime", runtime,
-                                        cwd=tmp_path / "cuda", env=env))
+        line = _one_error_line(
+            run_slmk("run", "tiny-cuda", "--prompt", "hi", "--runtime", runtime, cwd=tmp_path / "cuda", env=env)
+        )
         assert "cannot run the model on cuda" in line and "SLMK_OVERRIDE_CUDA" in line
 
 
 def test_fp16_on_cuda_plans_but_cpu_refuses(run_slmk, tmp_path, tiny_model_dir):
-    plan = run_slmk("convert", str(tiny_model_dir), "-p", "fp16", "--ep", "cuda", "--plan", "--json",
-                    "-o", str(tmp_path / "o"))
+    plan = run_slmk(
+        "convert", str(tiny_model_dir), "-p", "fp16", "--ep", "cuda", "--plan", "--json", "-o", str(tmp_path / "o")
+    )
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["steps"][0]["precision"] == "fp16"
-    line = _one_error_line(run_slmk("convert", str(tiny_model_dir), "-p", "fp16", "--ep", "cpu", "--plan",
-                                    "-o", str(tmp_path / "o")))
+    line = _one_error_line(
+        run_slmk("convert", str(tiny_model_dir), "-p", "fp16", "--ep", "cpu", "--plan", "-o", str(tmp_path / "o"))
+    )
     assert "does not load there" in line

@@ -9,15 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import slmk_families
+from slmk_families.families import SPECS
+from test_templates import SPECIAL_TOKENS, chat_template, write_model
+
 from slmk.errors import SlmkError
 from slmk.modelinfo import ModelInfo
 from slmk.templates import check_round_trip, resolve_family, resolve_template, special_tokens_for
 from slmk.testing import make_registry
-from slmk_families.families import SPECS
-
-from test_templates import SPECIAL_TOKENS, chat_template, write_model
 
 #: template file -> (family, config.json model_type, architecture) of the models that ship it
 MODELS = {
@@ -46,13 +45,17 @@ def registry():
     return make_registry(slmk_families)
 
 
-def model(tmp_path: Path, template: str | None, model_type: str, architecture: str, tokens: dict[str, str],
-          **config) -> ModelInfo:
+def model(
+    tmp_path: Path, template: str | None, model_type: str, architecture: str, tokens: dict[str, str], **config
+) -> ModelInfo:
     tokenizer_config = dict(tokens)
     if template is not None:
         tokenizer_config["chat_template"] = template
-    folder = write_model(tmp_path / f"{model_type}-model", tokenizer_config=tokenizer_config,
-                         config={"model_type": model_type, "architectures": [architecture], **config})
+    folder = write_model(
+        tmp_path / f"{model_type}-model",
+        tokenizer_config=tokenizer_config,
+        config={"model_type": model_type, "architectures": [architecture], **config},
+    )
     return ModelInfo.load(folder)
 
 
@@ -87,8 +90,15 @@ def test_family_pieces_round_trip_against_the_published_template(spec, registry)
     # derived from the family's own template, with the model's tokens or (as `slmk template
     # show FAMILY` asks, without a tokenizer config) the family's: the same pieces
     for tokenizer_config in (tokens, {}):
-        info = ModelInfo(path=Path(spec.name), format="hf", config={}, model_type="", architectures=(),
-                         chat_template=family.chat_template, tokenizer_config=tokenizer_config)
+        info = ModelInfo(
+            path=Path(spec.name),
+            format="hf",
+            config={},
+            model_type="",
+            architectures=(),
+            chat_template=family.chat_template,
+            tokenizer_config=tokenizer_config,
+        )
         assert family.prompt_template(info).to_foundry() == spec.pieces.to_foundry()
 
 
@@ -100,15 +110,18 @@ def test_family_metadata(spec, registry):
     assert family.description
 
 
-@pytest.mark.parametrize("template, model_type, architecture, expected", [
-    ("phi-3.5-mini", "qwen2", "Qwen2ForCausalLM", "phi3"),          # a Qwen fine-tune with a Phi-3 template
-    ("deepseek-r1-distill", "qwen2", "Qwen2ForCausalLM", "deepseek-r1"),
-    ("deepseek-r1-distill", "llama", "LlamaForCausalLM", "deepseek-r1"),
-    ("qwen2.5", "llama", "LlamaForCausalLM", "qwen2"),              # ChatML on a Llama: not Llama 3
-    ("zephyr", "mistral", "MistralForCausalLM", "zephyr"),          # zephyr-7b-beta
-    ("llama-3.1", "mistral", "MistralForCausalLM", "llama3"),
-    ("phi-4-mini", "llama", "LlamaForCausalLM", "phi3"),            # markers built at render time
-])
+@pytest.mark.parametrize(
+    "template, model_type, architecture, expected",
+    [
+        ("phi-3.5-mini", "qwen2", "Qwen2ForCausalLM", "phi3"),  # a Qwen fine-tune with a Phi-3 template
+        ("deepseek-r1-distill", "qwen2", "Qwen2ForCausalLM", "deepseek-r1"),
+        ("deepseek-r1-distill", "llama", "LlamaForCausalLM", "deepseek-r1"),
+        ("qwen2.5", "llama", "LlamaForCausalLM", "qwen2"),  # ChatML on a Llama: not Llama 3
+        ("zephyr", "mistral", "MistralForCausalLM", "zephyr"),  # zephyr-7b-beta
+        ("llama-3.1", "mistral", "MistralForCausalLM", "llama3"),
+        ("phi-4-mini", "llama", "LlamaForCausalLM", "phi3"),  # markers built at render time
+    ],
+)
 def test_template_markers_win_over_model_type(registry, tmp_path, template, model_type, architecture, expected):
     info = model(tmp_path, chat_template(template), model_type, architecture, SPECIAL_TOKENS[template])
     assert resolve_family(registry, info).name == expected
@@ -122,18 +135,28 @@ def test_a_qwen2_type_with_a_phi_template_never_gets_chatml(registry, tmp_path):
     assert "<|user|>" in resolve_template(registry, info).template.prompt
 
 
-@pytest.mark.parametrize("model_type, architecture, vocab_size, expected, piece", [
-    ("qwen2", "Qwen2ForCausalLM", 151936, "qwen2", "<|im_start|>user\n{Content}<|im_end|>\n"),
-    ("qwen3", "Qwen3ForCausalLM", 151936, "qwen3", "<|im_start|>user\n{Content}<|im_end|>\n"),
-    ("phi3", "Phi3ForCausalLM", 32064, "phi3", "<|user|>\n{Content}<|end|>\n"),
-    ("phi3", "Phi3ForCausalLM", 200064, "phi3", "<|user|>{Content}<|end|>"),
-    ("llama", "LlamaForCausalLM", 128256, "llama3", "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>"),
-    ("mistral", "MistralForCausalLM", 32768, "mistral", "[INST] {Content}[/INST]"),
-    ("mistral", "MistralForCausalLM", 32000, "mistral", "[INST] {Content} [/INST]"),
-    ("gemma2", "Gemma2ForCausalLM", 256000, "gemma", "<start_of_turn>user\n{Content}<end_of_turn>\n"),
-])
-def test_without_a_chat_template_model_type_decides(registry, tmp_path, model_type, architecture, vocab_size,
-                                                    expected, piece):
+@pytest.mark.parametrize(
+    "model_type, architecture, vocab_size, expected, piece",
+    [
+        ("qwen2", "Qwen2ForCausalLM", 151936, "qwen2", "<|im_start|>user\n{Content}<|im_end|>\n"),
+        ("qwen3", "Qwen3ForCausalLM", 151936, "qwen3", "<|im_start|>user\n{Content}<|im_end|>\n"),
+        ("phi3", "Phi3ForCausalLM", 32064, "phi3", "<|user|>\n{Content}<|end|>\n"),
+        ("phi3", "Phi3ForCausalLM", 200064, "phi3", "<|user|>{Content}<|end|>"),
+        (
+            "llama",
+            "LlamaForCausalLM",
+            128256,
+            "llama3",
+            "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>",
+        ),
+        ("mistral", "MistralForCausalLM", 32768, "mistral", "[INST] {Content}[/INST]"),
+        ("mistral", "MistralForCausalLM", 32000, "mistral", "[INST] {Content} [/INST]"),
+        ("gemma2", "Gemma2ForCausalLM", 256000, "gemma", "<start_of_turn>user\n{Content}<end_of_turn>\n"),
+    ],
+)
+def test_without_a_chat_template_model_type_decides(
+    registry, tmp_path, model_type, architecture, vocab_size, expected, piece
+):
     info = model(tmp_path, None, model_type, architecture, {}, vocab_size=vocab_size)
     resolved = resolve_template(registry, info)
     assert resolved.family == expected and resolved.source == f"family:{expected}"
@@ -166,8 +189,10 @@ def test_no_family_and_no_chat_template_is_a_clean_error(registry, tmp_path):
 
 def test_unknown_template_without_family_falls_back_to_the_generic_derivation(registry, tmp_path):
     # an OLMo-style template: no family's markers
-    olmo = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    olmo = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
     info = model(tmp_path, olmo, "olmo2", "Olmo2ForCausalLM", {"bos_token": "<|endoftext|>"})
     # renders <|user|> and <|assistant|> but no </s>: Zephyr's markers are there, so it claims it
     resolved = resolve_template(registry, info)
@@ -180,20 +205,31 @@ def test_unknown_template_without_family_falls_back_to_the_generic_derivation(re
 
 
 def test_a_build_folder_resolves_like_its_source(registry, tmp_path):
-    build = write_model(tmp_path / "build", genai_config={"model": {"type": "qwen2", "vocab_size": 151936}},
-                        build_info={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
-                        tokenizer_config={"chat_template": chat_template("deepseek-r1-distill"),
-                                          **SPECIAL_TOKENS["deepseek-r1-distill"]})
+    build = write_model(
+        tmp_path / "build",
+        genai_config={"model": {"type": "qwen2", "vocab_size": 151936}},
+        build_info={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+        tokenizer_config={
+            "chat_template": chat_template("deepseek-r1-distill"),
+            **SPECIAL_TOKENS["deepseek-r1-distill"],
+        },
+    )
     resolved = resolve_template(registry, ModelInfo.load(build))
     assert resolved.family == "deepseek-r1"
-    bare = write_model(tmp_path / "bare", genai_config={"model": {"type": "phi3"}}, build_info={"model_type": "phi3"},
-                       tokenizer_config={})
+    bare = write_model(
+        tmp_path / "bare",
+        genai_config={"model": {"type": "phi3"}},
+        build_info={"model_type": "phi3"},
+        tokenizer_config={},
+    )
     assert resolve_template(registry, ModelInfo.load(bare)).family == "phi3"
 
 
 def test_the_plugin_imports_nothing_heavy():
-    code = ("import sys, slmk_families; "
-            "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, slmk_families; "
+        "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -211,5 +247,8 @@ def test_a_real_build_of_the_tiny_model_resolves_like_its_source(registry, tiny_
     assert build.format == "ortgenai" and build.chat_template
     resolved = resolve_template(registry, build)
     assert resolved.family == "qwen2"
-    assert resolved.template.to_foundry() == resolve_template(registry, ModelInfo.load(tiny_model_dir)).template.to_foundry()
+    assert (
+        resolved.template.to_foundry()
+        == resolve_template(registry, ModelInfo.load(tiny_model_dir)).template.to_foundry()
+    )
     check_round_trip(build.chat_template, resolved.template, special_tokens_for(build))

@@ -12,20 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 import slmk_foundry
 import slmk_ortgenai
 import slmk_system
+from _install_child import wait_for_pause
+from slmk_foundry import installer, layout, runtime, sdk
+from slmk_system.providers import CPU
+
 from slmk import app
 from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.fsutil import TMP_PREFIX
 from slmk.progress import Progress
 from slmk.records import InstallRequest, PromptTemplate
 from slmk.testing import make_registry
-from slmk_foundry import installer, layout, runtime, sdk
-from slmk_system.providers import CPU
-
-from _install_child import wait_for_pause
 
 GREEDY = {"do_sample": False}
 CHILD = Path(__file__).with_name("_install_child.py")
@@ -68,20 +67,38 @@ def _release_sdk():
     sdk.close()  # the SDK manager is a process-wide singleton: leave none behind for other modules
 
 
-def install(build: Path, cache: Path, name: str = "tiny", *, force: bool = False,
-            template: PromptTemplate = CHATML, chat_template: str | None = None):
-    return installer.install(InstallRequest(
-        build_dir=build, name=name, execution_provider=CPU, template=template,
-        progress=Progress(quiet=True), cache_dir=cache, force=force, chat_template=chat_template,
-    ))
+def install(
+    build: Path,
+    cache: Path,
+    name: str = "tiny",
+    *,
+    force: bool = False,
+    template: PromptTemplate = CHATML,
+    chat_template: str | None = None,
+):
+    return installer.install(
+        InstallRequest(
+            build_dir=build,
+            name=name,
+            execution_provider=CPU,
+            template=template,
+            progress=Progress(quiet=True),
+            cache_dir=cache,
+            force=force,
+            chat_template=chat_template,
+        )
+    )
 
 
 def snapshot(cache: Path) -> dict[str, str]:
     """Every file in the cache with a hash of its content (lock files are bookkeeping, left out)."""
     if not cache.exists():
         return {}
-    return {p.relative_to(cache).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-            for p in sorted(cache.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        p.relative_to(cache).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        for p in sorted(cache.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def foundry_visible(cache: Path) -> dict[str, str]:
@@ -212,8 +229,9 @@ def test_versions_force_and_remove_rules(build, cache):
     assert not [p for p in (cache / "slmk").iterdir() if p.name.startswith(TMP_PREFIX)]
 
 
-@pytest.mark.parametrize("bad", ["../evil", "a/b", "a\\b", "", "-lead", "x" * 65, "has space", "a..b",
-                                 "name:1", "CON", ".hidden"])
+@pytest.mark.parametrize(
+    "bad", ["../evil", "a/b", "a\\b", "", "-lead", "x" * 65, "has space", "a..b", "name:1", "CON", ".hidden"]
+)
 def test_bad_names_are_refused_before_anything_is_written(build, cache, bad):
     with pytest.raises(UsageError) as refused:
         install(build, cache, bad)
@@ -230,15 +248,27 @@ def test_bad_input_is_one_clear_error(build, cache, tmp_path):
     with pytest.raises(UsageError, match="Hugging Face folder"):
         install(hf, cache)
     with pytest.raises(UsageError, match="no prompt template"):
-        installer.install(InstallRequest(build_dir=build, name="t", execution_provider=CPU, template=None,
-                                         progress=Progress(quiet=True), cache_dir=cache))
+        installer.install(
+            InstallRequest(
+                build_dir=build,
+                name="t",
+                execution_provider=CPU,
+                template=None,
+                progress=Progress(quiet=True),
+                cache_dir=cache,
+            )
+        )
     broken = PromptTemplate(system="{Content}", user="{Content}", assistant="", prompt="{Content}{Content}")
     with pytest.raises(UsageError, match="'assistant' holds"):
         install(build, cache, template=broken)
     # A template the chat template does not render (a Phi-3 template on a ChatML model, the known
     # catalog bug) is refused after staging: nothing is left in the cache.
-    phi3 = PromptTemplate(system="<|system|>\n{Content}<|end|>\n", user="<|user|>\n{Content}<|end|>\n",
-                          assistant="<|assistant|>\n{Content}<|end|>\n", prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n")
+    phi3 = PromptTemplate(
+        system="<|system|>\n{Content}<|end|>\n",
+        user="<|user|>\n{Content}<|end|>\n",
+        assistant="<|assistant|>\n{Content}<|end|>\n",
+        prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n",
+    )
     with pytest.raises(StepFailed, match="does not match the model's chat template"):
         install(build, cache, template=phi3)
     assert installer.list_installed(cache) == [] and foundry_visible(cache) == {}
@@ -250,8 +280,10 @@ def test_chat_template_replacement_breaks_hard_links_to_the_build(build, cache):
     template = json.loads(original).get("chat_template") or (build / "chat_template.jinja").read_text()
     marked = template + "{# installed by slmk #}"
     model = install(build, cache, chat_template=marked)
-    assert "{# installed by slmk #}" in (json.loads((model.path / "tokenizer_config.json").read_text())
-                                          .get("chat_template") or (model.path / "chat_template.jinja").read_text())
+    assert "{# installed by slmk #}" in (
+        json.loads((model.path / "tokenizer_config.json").read_text()).get("chat_template")
+        or (model.path / "chat_template.jinja").read_text()
+    )
     assert (build / "tokenizer_config.json").read_bytes() == original  # the build is unchanged
 
 
@@ -268,8 +300,14 @@ def test_legacy_cli_layout_documented_rules_linux_stand_in(build, cache):
     model = install(build, cache, "legacy-check")
     leaf = model.path
     assert leaf.parent.parent.parent == cache and leaf.parent.parent.name == "slmk"  # <cache>/<publisher>/<id>/v<N>
-    for required in ("genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json",
-                     "tokenizer_config.json", "inference_model.json"):
+    for required in (
+        "genai_config.json",
+        "model.onnx",
+        "model.onnx.data",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "inference_model.json",
+    ):
         assert (leaf / required).is_file(), required
     assert not (leaf / "download.tmp").exists()
     inference = json.loads((leaf / "inference_model.json").read_text(encoding="utf-8"))
@@ -299,8 +337,10 @@ def test_cache_location_order_with_stand_in_foundry_cli(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "foundry"
-    fake.write_text("#!/bin/sh\necho 'Service is Started on http://127.0.0.1:5273/'\n"
-                    f"echo '💾 Cache directory path: {tmp_path / 'from-cli'}'\n")
+    fake.write_text(
+        "#!/bin/sh\necho 'Service is Started on http://127.0.0.1:5273/'\n"
+        f"echo '💾 Cache directory path: {tmp_path / 'from-cli'}'\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLMK_FOUNDRY_CACHE", str(tmp_path / "from-env"))
@@ -314,12 +354,15 @@ def test_cache_location_order_with_stand_in_foundry_cli(tmp_path, monkeypatch):
     assert layout.locate(None) == Path("~/.foundry/cache/models").expanduser()
 
 
-@pytest.mark.parametrize("output, expected", [
-    ("💾 Cache directory path: C:\\Users\\me\\.foundry\\cache\\models\n", "C:\\Users\\me\\.foundry\\cache\\models"),
-    ("Cache directory path: /home/me/.foundry/cache/models", "/home/me/.foundry/cache/models"),
-    ("/srv/foundry/models\n", "/srv/foundry/models"),
-    ("no cache here", None),
-])
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("💾 Cache directory path: C:\\Users\\me\\.foundry\\cache\\models\n", "C:\\Users\\me\\.foundry\\cache\\models"),
+        ("Cache directory path: /home/me/.foundry/cache/models", "/home/me/.foundry/cache/models"),
+        ("/srv/foundry/models\n", "/srv/foundry/models"),
+        ("no cache here", None),
+    ],
+)
 def test_parse_cache_location(output, expected):
     parsed = layout.parse_cache_location(output)
     assert (str(parsed) if parsed else None) == (str(Path(expected)) if expected else None)
@@ -331,8 +374,13 @@ def test_two_installs_at_once_both_succeed_one_waiting_for_the_lock(build, cache
     template_file.write_text(json.dumps(CHATML.to_foundry()))
     command = [sys.executable, str(CHILD), "install", str(build), str(cache), "tiny", str(template_file)]
     # The first holds the cache lock for 2 s (paused after copying); the second must wait for it.
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, installer.PAUSE_ENV: "copied", "SLMK_TEST_PAUSE_S": "2"})
+    first = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, installer.PAUSE_ENV: "copied", "SLMK_TEST_PAUSE_S": "2"},
+    )
     wait_for_pause(first, "copied")
     start = time.perf_counter()
     second = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _install_child import wait_for_pause
+from slmk_foundry import installer, sdk
+from test_foundry import CHATML, foundry_visible, registered, snapshot
 
 from slmk.fsutil import TMP_PREFIX
-from slmk_foundry import installer, sdk
-
-from _install_child import wait_for_pause
-from test_foundry import CHATML, foundry_visible, registered, snapshot
 
 CHILD = Path(__file__).with_name("_install_child.py")
 
@@ -48,8 +47,9 @@ def child(*args: str, pause: str | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     if pause:
         env.update({installer.PAUSE_ENV: pause, "SLMK_TEST_PAUSE_S": "120"})
-    return subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def run_child(*args: str) -> str:
@@ -93,8 +93,9 @@ def test_killed_install_leaves_the_cache_as_it_was(build, tmp_path, template_fil
     refs, visible, registrations = state(cache)
     assert refs == ["tiny:1", "tiny:2"] and len(visible) == 2
     assert set(registrations) == {"tiny-generic-cpu:1", "tiny-generic-cpu:2"}
-    assert {k: v for k, v in snapshot(cache).items() if "tiny-generic-cpu-1/" in k} == \
-        {k: v for k, v in files_before.items() if "tiny-generic-cpu-1/" in k}  # the other model untouched
+    assert {k: v for k, v in snapshot(cache).items() if "tiny-generic-cpu-1/" in k} == {
+        k: v for k, v in files_before.items() if "tiny-generic-cpu-1/" in k
+    }  # the other model untouched
 
 
 def test_install_killed_after_commit_is_complete_and_registered_by_the_next_run(build, tmp_path, template_file):

@@ -46,22 +46,34 @@ def test_lengths():
         parse_lengths("16,abc")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("ppl<=+5%", [("ppl", "<=", 5.0, True)]),
-    ("ppl<=12.5, accuracy>=0.9", [("ppl", "<=", 12.5, False), ("accuracy", ">=", 0.9, False)]),
-    ("agreement>=0.8,decode_tps>=50", [("agreement", ">=", 0.8, False), ("decode_tps", ">=", 50.0, False)]),
-    ("accuracy>=-5%", [("accuracy", ">=", -5.0, True)]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ppl<=+5%", [("ppl", "<=", 5.0, True)]),
+        ("ppl<=12.5, accuracy>=0.9", [("ppl", "<=", 12.5, False), ("accuracy", ">=", 0.9, False)]),
+        ("agreement>=0.8,decode_tps>=50", [("agreement", ">=", 0.8, False), ("decode_tps", ">=", 50.0, False)]),
+        ("accuracy>=-5%", [("accuracy", ">=", -5.0, True)]),
+    ],
+)
 def test_gate_grammar(text, expected):
     gate = parse_gate(text)
     assert [(t.metric, t.op, t.value, t.relative) for t in gate.terms] == expected
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("accuracy>=1.01", "accuracy>=1.01"), ("ppl>=3", "lower-is-better"), ("speed>=3", "unknown metric 'speed'"),
-    ("ppl<=5%", "carries a sign"), ("ppl<=+5", "needs %"), ("ppl<=", "cannot read"), ("", "empty"),
-    ("ppl<=+5%,,accuracy>=0.9", "empty term"), ("decode_tps>=0", "positive"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("accuracy>=1.01", "accuracy>=1.01"),
+        ("ppl>=3", "lower-is-better"),
+        ("speed>=3", "unknown metric 'speed'"),
+        ("ppl<=5%", "carries a sign"),
+        ("ppl<=+5", "needs %"),
+        ("ppl<=", "cannot read"),
+        ("", "empty"),
+        ("ppl<=+5%,,accuracy>=0.9", "empty term"),
+        ("decode_tps>=0", "positive"),
+    ],
+)
 def test_gate_errors_name_the_term_and_the_grammar(text, needle):
     with pytest.raises(UsageError) as caught:
         parse_gate(text)
@@ -86,9 +98,16 @@ def test_gate_checks_against_the_reference():
 
 
 def test_json_schema_subset():
-    schema = {"type": "object", "required": ["name", "moons"], "additionalProperties": False,
-              "properties": {"name": {"type": "string", "minLength": 2}, "moons": {"type": "integer", "minimum": 0},
-                             "tags": {"type": "array", "items": {"enum": ["a", "b"]}}}}
+    schema = {
+        "type": "object",
+        "required": ["name", "moons"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 2},
+            "moons": {"type": "integer", "minimum": 0},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}},
+        },
+    }
     assert schema_problem({"name": "Veltra", "moons": 4, "tags": ["a"]}, schema) is None
     assert "missing required property 'moons'" in schema_problem({"name": "Veltra"}, schema)
     assert "expected integer" in schema_problem({"name": "Veltra", "moons": "four"}, schema)
@@ -138,18 +157,31 @@ def test_plot_without_matplotlib_is_one_line_with_the_fix(tiny_build, run_slmk, 
     shadow = tmp_path / "no-matplotlib" / "matplotlib"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    result = run_slmk("bench", str(tiny_build("int4")), "--plot", str(tmp_path / "bench.png"),
-                      env={"PYTHONPATH": str(shadow.parent)})
+    result = run_slmk(
+        "bench", str(tiny_build("int4")), "--plot", str(tmp_path / "bench.png"), env={"PYTHONPATH": str(shadow.parent)}
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: --plot needs matplotlib, which is not installed "
-                                     "(pip install matplotlib (or drop --plot))")
+    assert result.stderr.strip() == (
+        "error: --plot needs matplotlib, which is not installed (pip install matplotlib (or drop --plot))"
+    )
     assert not (tmp_path / "bench.png").exists()
 
 
 def test_plot_draws_a_png(tiny_build, run_slmk, tmp_path):
     pytest.importorskip("matplotlib")
-    result = run_slmk("bench", str(tiny_build("int4")), "--lengths", "16,64", "--repeats", "1", "--new-tokens", "4",
-                      "--plot", str(tmp_path / "bench.png"), "--json")
+    result = run_slmk(
+        "bench",
+        str(tiny_build("int4")),
+        "--lengths",
+        "16,64",
+        "--repeats",
+        "1",
+        "--new-tokens",
+        "4",
+        "--plot",
+        str(tmp_path / "bench.png"),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["plot"] == str(tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
@@ -163,8 +195,19 @@ def test_validate_passes_the_good_build(tiny_build, run_slmk, tmp_path):
     checks = {c["id"]: c for c in report["checks"]}
     assert result.returncode == 0 and report["ok"], [c for c in report["checks"] if c["status"] == "fail"]
     assert report["eval_file"].endswith("examples/tiny-chat/data/eval.jsonl")
-    assert set(checks) == {"domain", "format", "edge:empty", "edge:whitespace", "edge:non-ascii", "edge:overlong",
-                           "edge:template-tokens", "edge:control-token-text", "performance", "memory-leak", "sessions"}
+    assert set(checks) == {
+        "domain",
+        "format",
+        "edge:empty",
+        "edge:whitespace",
+        "edge:non-ascii",
+        "edge:overlong",
+        "edge:template-tokens",
+        "edge:control-token-text",
+        "performance",
+        "memory-leak",
+        "sessions",
+    }
     assert checks["domain"]["status"] == "pass" and checks["domain"]["data"]["accuracy"] >= 0.9
     assert checks["format"]["status"] == "skip"  # the tiny eval set sets no formats
     assert checks["edge:overlong"]["data"]["outcome"] in ("refused", "answered")
@@ -196,14 +239,30 @@ def test_validate_catches_a_wrong_chat_template(tiny_build, run_slmk, tmp_path):
 def test_validate_fails_an_answer_and_a_format_it_cannot_give(tiny_build, run_slmk, tmp_path):
     eval_file = tmp_path / "eval.jsonl"
     question = [{"role": "user", "content": "How many moons does Veltra have?"}]
-    eval_file.write_text("\n".join(json.dumps(item) for item in [
-        {"messages": question, "expected": "four moons"},
-        {"messages": question, "regex": r"\bfour\b", "format_regex": r"[A-Z].*\."},
-        {"messages": [{"role": "user", "content": "What is the capital of Veltra?"}], "exact": "Paris."},
-        {"messages": question, "json_schema": {"type": "object", "required": ["moons"]}},
-    ]) + "\n")
-    result = run_slmk("validate", str(tiny_build("int4")), "--eval", str(eval_file), "--min-accuracy", "1.0",
-                      "--leak-runs", "5", "--sessions", "2")
+    eval_file.write_text(
+        "\n".join(
+            json.dumps(item)
+            for item in [
+                {"messages": question, "expected": "four moons"},
+                {"messages": question, "regex": r"\bfour\b", "format_regex": r"[A-Z].*\."},
+                {"messages": [{"role": "user", "content": "What is the capital of Veltra?"}], "exact": "Paris."},
+                {"messages": question, "json_schema": {"type": "object", "required": ["moons"]}},
+            ]
+        )
+        + "\n"
+    )
+    result = run_slmk(
+        "validate",
+        str(tiny_build("int4")),
+        "--eval",
+        str(eval_file),
+        "--min-accuracy",
+        "1.0",
+        "--leak-runs",
+        "5",
+        "--sessions",
+        "2",
+    )
     assert result.returncode == 1
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
     assert lines["FAIL  Domain answers"].startswith("FAIL  Domain answers: 2/3 correct")
@@ -229,16 +288,42 @@ def test_validate_and_bench_an_installed_model_through_foundry_local(tiny_build,
 
     cache = tmp_path / "foundry"
     app.install(tiny_build("int4"), "tiny-chat", cache_dir=cache)
-    report = _json(run_slmk("validate", "tiny-chat", "--cache-dir", str(cache), "--runtime", "foundry",
-                            "--leak-runs", "5", "--sessions", "2", "--json"))
+    report = _json(
+        run_slmk(
+            "validate",
+            "tiny-chat",
+            "--cache-dir",
+            str(cache),
+            "--runtime",
+            "foundry",
+            "--leak-runs",
+            "5",
+            "--sessions",
+            "2",
+            "--json",
+        )
+    )
     checks = {c["id"]: c for c in report["checks"]}
     assert report["ok"] and report["runtime"] == "foundry", [c for c in report["checks"] if c["status"] == "fail"]
     assert checks["domain"]["status"] == "pass"
     # the SDK exposes no tokenizer and no min_length: said, not guessed
     assert checks["edge:control-token-text"]["status"] == "skip"
     assert checks["performance"]["status"] == "skip" and "min_length" in checks["performance"]["evidence"]
-    result = run_slmk("bench", "tiny-chat", "--cache-dir", str(cache), "--runtime", "foundry", "--lengths", "16,100",
-                      "--repeats", "1", "--new-tokens", "8", "--json")
+    result = run_slmk(
+        "bench",
+        "tiny-chat",
+        "--cache-dir",
+        str(cache),
+        "--runtime",
+        "foundry",
+        "--lengths",
+        "16,100",
+        "--repeats",
+        "1",
+        "--new-tokens",
+        "8",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     bench = json.loads(result.stdout)
     assert bench["fixed_answer_length"] is False and bench["token_counting"] == "runtime usage report"

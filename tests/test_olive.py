@@ -52,9 +52,11 @@ def _accuracy(build: Path, eval_records: list[dict]) -> float:
     """Share of eval questions whose greedy answer holds the expected text."""
     session = app.open_session(build)
     try:
-        right = sum(record["expected"].lower() in "".join(
-            session.generate(record["messages"], max_new_tokens=32, do_sample=False)).lower()
-            for record in eval_records)
+        right = sum(
+            record["expected"].lower()
+            in "".join(session.generate(record["messages"], max_new_tokens=32, do_sample=False)).lower()
+            for record in eval_records
+        )
     finally:
         session.close()
     return right / len(eval_records)
@@ -74,7 +76,9 @@ def olive_rtn_build(tiny_model_dir, session_tmp) -> Path:
     out = session_tmp / "olive" / "tiny-olive-rtn-int4"
     result = app.convert(tiny_model_dir, out, precision="int4", via="olive", force=True)
     assert [(s.kind, s.tool, s.status) for s in result.steps] == [
-        ("quantize", "olive-rtn", "ran"), ("convert", "ortgenai-builder", "ran")]
+        ("quantize", "olive-rtn", "ran"),
+        ("convert", "ortgenai-builder", "ran"),
+    ]
     return out
 
 
@@ -108,15 +112,23 @@ def test_gptq_without_calibration_is_refused(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_gptq_calibrated_on_own_data_vs_rtn(olive_rtn_build, tiny_build, tiny_model_dir, tiny_eval, tmp_path,
-                                            clean_cwd):
+def test_gptq_calibrated_on_own_data_vs_rtn(
+    olive_rtn_build, tiny_build, tiny_model_dir, tiny_eval, tmp_path, clean_cwd
+):
     data = tiny_model_dir.parent / "data"
-    plan = app.convert(tiny_model_dir, tmp_path / "gptq", precision="int4", via="olive",
-                       calibration=data / "train.jsonl", plan_only=True)
+    plan = app.convert(
+        tiny_model_dir,
+        tmp_path / "gptq",
+        precision="int4",
+        via="olive",
+        calibration=data / "train.jsonl",
+        plan_only=True,
+    )
     assert [step.tool for step in plan.steps] == ["olive-gptq", "ortgenai-builder"]
     start = time.perf_counter()
-    result = app.convert(tiny_model_dir, tmp_path / "gptq", precision="int4", via="olive",
-                         calibration=data / "train.jsonl")
+    result = app.convert(
+        tiny_model_dir, tmp_path / "gptq", precision="int4", via="olive", calibration=data / "train.jsonl"
+    )
     gptq_seconds = time.perf_counter() - start
     assert [s.tool for s in result.steps] == ["olive-gptq", "ortgenai-builder"]
     quantized = json.loads((Path(result.steps[0].path) / "model" / "config.json").read_text())["quantization_config"]
@@ -129,10 +141,15 @@ def test_gptq_calibrated_on_own_data_vs_rtn(olive_rtn_build, tiny_build, tiny_mo
     fp32_ppl, _ = _perplexity(tiny_build("fp32"), heldout)
     assert tokens == rtn_tokens > 0
     assert math.isfinite(gptq_ppl) and math.isfinite(rtn_ppl)
-    record = {"heldout_tokens": tokens, "fp32_ppl": round(fp32_ppl, 4), "olive_rtn_int4_ppl": round(rtn_ppl, 4),
-              "olive_gptq_int4_ppl": round(gptq_ppl, 4), "gptq_build_seconds": round(gptq_seconds, 1),
-              "olive_rtn_int4_eval_accuracy": _accuracy(olive_rtn_build, tiny_eval),
-              "olive_gptq_int4_eval_accuracy": _accuracy(result.output, tiny_eval)}
+    record = {
+        "heldout_tokens": tokens,
+        "fp32_ppl": round(fp32_ppl, 4),
+        "olive_rtn_int4_ppl": round(rtn_ppl, 4),
+        "olive_gptq_int4_ppl": round(gptq_ppl, 4),
+        "gptq_build_seconds": round(gptq_seconds, 1),
+        "olive_rtn_int4_eval_accuracy": _accuracy(olive_rtn_build, tiny_eval),
+        "olive_gptq_int4_eval_accuracy": _accuracy(result.output, tiny_eval),
+    }
     print(f"\nOlive int4 on the tiny model: {json.dumps(record)}")
     (tmp_path / "perplexity.json").write_text(json.dumps(record, indent=2))
     assert not (clean_cwd / ".olive-cache").exists()
@@ -142,10 +159,16 @@ def test_killed_convert_resumes_from_the_quantize_step(tiny_model_dir, tmp_path)
     """SIGKILL during the convert step; the rerun reuses the finished quantize step."""
     cache, out, home_cache = tmp_path / "cache", tmp_path / "out", tmp_path / "xdg-cache"
     env = {**os.environ, "SLMK_CACHE_DIR": str(cache), "XDG_CACHE_HOME": str(home_cache)}
-    script = ("import sys\nfrom slmk.app import convert\n"
-              "convert(sys.argv[1], sys.argv[2], precision='int4', via='olive')\n")
-    process = subprocess.Popen([sys.executable, "-c", script, str(tiny_model_dir), str(out)], env=env,
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    script = (
+        "import sys\nfrom slmk.app import convert\nconvert(sys.argv[1], sys.argv[2], precision='int4', via='olive')\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tiny_model_dir), str(out)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     steps = cache / "steps"
     deadline = time.monotonic() + 240
     try:
@@ -175,8 +198,14 @@ def test_killed_convert_resumes_from_the_quantize_step(tiny_model_dir, tmp_path)
 # ------------------------------------------------------------------ Method 2: --olive-config
 def test_tutorial_workflow_fails_naming_the_model_builder_pass(run_slmk, tmp_path):
     """The tutorial's finetuned_conversion_config.json: a ModelBuilder pass, relative cache and output dirs."""
-    result = run_slmk("convert", "--olive-config", str(DATA / "finetuned_conversion_config.json"),
-                      "-o", str(tmp_path / "out"), cwd=tmp_path)
+    result = run_slmk(
+        "convert",
+        "--olive-config",
+        str(DATA / "finetuned_conversion_config.json"),
+        "-o",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: Olive pass 'builder' (ModelBuilder) failed"), result.stderr
@@ -190,8 +219,12 @@ def test_tutorial_workflow_fails_naming_the_model_builder_pass(run_slmk, tmp_pat
 
 def test_quantization_workflow_says_what_it_produced(tiny_model_dir, tmp_path, clean_cwd):
     with pytest.raises(StepFailed) as failure:
-        app.convert(tiny_model_dir, tmp_path / "out", via="olive-workflow",
-                    extra_options={"olive_config": str(DATA / "rtn_only.json")})
+        app.convert(
+            tiny_model_dir,
+            tmp_path / "out",
+            via="olive-workflow",
+            extra_options={"olive_config": str(DATA / "rtn_only.json")},
+        )
     message = failure.value.one_line()
     assert "produced a Hugging Face folder of 4-bit weights (olive quantization, group size 32)" in message
     assert "after pass 'quantize' (Rtn)" in message and "no genai_config.json" in message
@@ -203,8 +236,12 @@ def test_quantization_workflow_says_what_it_produced(tiny_model_dir, tmp_path, c
 def test_pruned_pass_is_named_although_olive_returns_normally(tiny_model_dir, tmp_path, clean_cwd):
     """Olive prunes an invalid pass config and returns without raising: the second pass is named."""
     with pytest.raises(StepFailed, match=r"Olive pass 'gptq' \(Gptq\) failed .*without an output model"):
-        app.convert(tiny_model_dir, tmp_path / "out", via="olive-workflow",
-                    extra_options={"olive_config": str(DATA / "invalid_gptq.json")})
+        app.convert(
+            tiny_model_dir,
+            tmp_path / "out",
+            via="olive-workflow",
+            extra_options={"olive_config": str(DATA / "invalid_gptq.json")},
+        )
     assert list(clean_cwd.iterdir()) == []
 
 
@@ -218,15 +255,29 @@ def test_olive_workflow_is_planned_only_when_named(tiny_model_dir, tmp_path):
 # ------------------------------------------------------------------ slmk olive-config
 def test_olive_config_file_runs_with_the_olive_cli(run_slmk, tiny_model_dir, tmp_path):
     config_file = tmp_path / "olive_int4.json"
-    written = run_slmk("olive-config", str(tiny_model_dir), "-p", "int4", "-o", str(config_file),
-                       "--olive-output", str(tmp_path / "olive-out"))
+    written = run_slmk(
+        "olive-config",
+        str(tiny_model_dir),
+        "-p",
+        "int4",
+        "-o",
+        str(config_file),
+        "--olive-output",
+        str(tmp_path / "olive-out"),
+    )
     assert written.returncode == 0, written.stderr
     assert "olive run --config" in written.stderr and "slmk convert" in written.stderr
     config = json.loads(config_file.read_text())
     assert [p["type"] for p in config["passes"].values()] == ["Rtn"]
     env = {**os.environ, "CI": "1", "OLIVE_DISABLE_TELEMETRY": "1"}
-    ran = subprocess.run([sys.executable, "-m", "olive", "run", "--config", str(config_file)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    ran = subprocess.run(
+        [sys.executable, "-m", "olive", "run", "--config", str(config_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     quantized = json.loads((tmp_path / "olive-out" / "model" / "config.json").read_text())["quantization_config"]
     assert quantized["bits"] == 4 and quantized["group_size"] == 32

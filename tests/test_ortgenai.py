@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import slmk_ortgenai
 import slmk_system
+from slmk_ortgenai import builder, runtime
+from slmk.api import read_search, search_defaults
+from slmk_system.providers import CPU
+
 from slmk.app import open_session
 from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.modelinfo import ModelInfo
@@ -19,9 +22,6 @@ from slmk.planner import make_plan
 from slmk.progress import Progress
 from slmk.records import FORMAT_HF, LoadRequest, StepRequest
 from slmk.testing import make_registry
-from slmk_ortgenai import builder, runtime
-from slmk_ortgenai.genai_config import read_search, search_defaults
-from slmk_system.providers import CPU
 
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
 
@@ -32,14 +32,26 @@ def registry():
 
 
 def _info(architecture: str, tmp_path: Path) -> ModelInfo:
-    return ModelInfo(path=tmp_path, format=FORMAT_HF, config={"architectures": [architecture]},
-                     model_type=architecture.lower(), architectures=(architecture,))
+    return ModelInfo(
+        path=tmp_path,
+        format=FORMAT_HF,
+        config={"architectures": [architecture]},
+        model_type=architecture.lower(),
+        architectures=(architecture,),
+    )
 
 
 def _step_request(source: Path, output: Path, work: Path, precision: str = "int4", **options) -> StepRequest:
     output.mkdir(parents=True, exist_ok=True)
-    return StepRequest(source=source, output=output, precision=precision, execution_provider=CPU,
-                       options=options, work_dir=work, progress=Progress(quiet=True))
+    return StepRequest(
+        source=source,
+        output=output,
+        precision=precision,
+        execution_provider=CPU,
+        options=options,
+        work_dir=work,
+        progress=Progress(quiet=True),
+    )
 
 
 # ------------------------------------------------------------------ records, no build
@@ -98,9 +110,17 @@ def test_unknown_and_bad_options_are_usage_errors():
     with pytest.raises(UsageError, match="algorithm"):
         builder.builder_options({"algorithm": "magic"}, trust_remote_code=False)
     pairs, notes = builder.builder_options(
-        {"block_size": 64, "accuracy_level": "4", "is_symmetric": False, "algorithm": "k_quant"}, trust_remote_code=False)
-    assert pairs == ["block_size=64", "accuracy_level=4", "is_symmetric=false", "algo_config=k_quant",
-                     "hf_token=false", "hf_remote=false"]
+        {"block_size": 64, "accuracy_level": "4", "is_symmetric": False, "algorithm": "k_quant"},
+        trust_remote_code=False,
+    )
+    assert pairs == [
+        "block_size=64",
+        "accuracy_level=4",
+        "is_symmetric=false",
+        "algo_config=k_quant",
+        "hf_token=false",
+        "hf_remote=false",
+    ]
     pairs, notes = builder.builder_options({"algorithm": "gptq"}, trust_remote_code=True)
     assert "hf_remote=true" in pairs and not any(p.startswith("algo_config") for p in pairs) and notes
 
@@ -121,8 +141,9 @@ def test_can_load_explains_what_is_missing(tiny_model_dir, tmp_path):
 
 
 def test_search_defaults_cap_max_length():
-    assert search_defaults({"do_sample": True, "temperature": 0.7, "max_length": 32768, "eos_token_id": [1, 2]}, 512) == \
-        {"do_sample": True, "temperature": 0.7, "max_length": 512}
+    assert search_defaults(
+        {"do_sample": True, "temperature": 0.7, "max_length": 32768, "eos_token_id": [1, 2]}, 512
+    ) == {"do_sample": True, "temperature": 0.7, "max_length": 512}
     assert search_defaults({}, 512) == {}
 
 
@@ -191,10 +212,18 @@ def test_fp32_greedy_matches_transformers_token_for_token(tiny_build, tiny_model
             hf_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
             assert session.encode(session.render_prompt(messages)) == hf_ids[0].tolist()
             with torch.no_grad():
-                out = model.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), max_length=hf_ids.shape[1] + new_tokens,
-                                     do_sample=False, repetition_penalty=1.0, top_k=None, top_p=None,
-                                     temperature=None, pad_token_id=tokenizer.pad_token_id)
-            expected = out[0, hf_ids.shape[1]:].tolist()
+                out = model.generate(
+                    hf_ids,
+                    attention_mask=torch.ones_like(hf_ids),
+                    max_length=hf_ids.shape[1] + new_tokens,
+                    do_sample=False,
+                    repetition_penalty=1.0,
+                    top_k=None,
+                    top_p=None,
+                    temperature=None,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            expected = out[0, hf_ids.shape[1] :].tolist()
             "".join(session.generate(messages, max_new_tokens=new_tokens, **GREEDY))
             assert session.last_token_ids == expected, messages[-1]["content"]
 

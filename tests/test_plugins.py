@@ -15,8 +15,15 @@ from slmk.testing import make_registry
 
 def _ep(name: str) -> ExecutionProvider:
     return ExecutionProvider(
-        name=name, description="test", ort_provider="X", genai_provider=None, builder_ep="cpu", olive_device="cpu",
-        foundry_suffix=f"{name}-test", build_precisions=("int4",), run_precisions=("int4",),
+        name=name,
+        description="test",
+        ort_provider="X",
+        genai_provider=None,
+        builder_ep="cpu",
+        olive_device="cpu",
+        foundry_suffix=f"{name}-test",
+        build_precisions=("int4",),
+        run_precisions=("int4",),
         probe=lambda: Usability(True, "always"),
     )
 
@@ -88,7 +95,12 @@ def _write_distribution(site, dist: str, module: str, entry_name: str, source: s
 def third_party_site(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    _write_distribution(site, "slmk-npu-demo", "slmk_npu_demo", "npu-demo", """
+    _write_distribution(
+        site,
+        "slmk-npu-demo",
+        "slmk_npu_demo",
+        "npu-demo",
+        """
         from slmk import hookimpl
         from slmk.records import ExecutionProvider, Usability
 
@@ -100,10 +112,17 @@ def third_party_site(tmp_path):
                 build_precisions=("int4",), run_precisions=("int4",),
                 probe=lambda: Usability(False, "no NPU here", fix="install the NPU driver"),
             )
-    """)
-    _write_distribution(site, "slmk-broken", "slmk_broken_demo", "broken-demo", """
+    """,
+    )
+    _write_distribution(
+        site,
+        "slmk-broken",
+        "slmk_broken_demo",
+        "broken-demo",
+        """
         raise ImportError("this plugin needs a library that is not installed")
-    """)
+    """,
+    )
     return site
 
 
@@ -121,8 +140,9 @@ def test_third_party_plugin_found_through_entry_point_and_broken_one_skipped(run
 
 
 def test_disable_plugins_env_var_skips_named_plugin(run_slmk, third_party_site):
-    result = run_slmk("plugins", "--json",
-                      env={"PYTHONPATH": str(third_party_site), "SLMK_DISABLE_PLUGINS": "npu-demo,broken-demo"})
+    result = run_slmk(
+        "plugins", "--json", env={"PYTHONPATH": str(third_party_site), "SLMK_DISABLE_PLUGINS": "npu-demo,broken-demo"}
+    )
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert not plugins["npu-demo"]["loaded"] and "SLMK_DISABLE_PLUGINS" in plugins["npu-demo"]["errors"][0]
     assert plugins["broken-demo"]["errors"] == ["disabled by SLMK_DISABLE_PLUGINS"]
@@ -132,5 +152,7 @@ def test_doctor_reports_broken_plugin_without_failing(run_slmk, third_party_site
     result = run_slmk("doctor", "--json", env={"PYTHONPATH": str(third_party_site)})
     report = json.loads(result.stdout)
     names = {c["name"]: c for c in report["checks"]}
-    assert "broken-demo" in names["plugin:broken-demo"]["detail"] or "ImportError" in names["plugin:broken-demo"]["detail"]
+    assert (
+        "broken-demo" in names["plugin:broken-demo"]["detail"] or "ImportError" in names["plugin:broken-demo"]["detail"]
+    )
     assert names["ep:npu-demo"]["status"] == "warn" and names["ep:npu-demo"]["fix"] == "install the NPU driver"

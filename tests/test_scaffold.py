@@ -35,8 +35,14 @@ NAMES = {kind: f"kind-{kind}" for kind in KINDS}
 
 
 def slmk(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True):
-    done = subprocess.run([sys.executable, "-m", "slmk", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, "-m", "slmk", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"slmk {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -48,9 +54,25 @@ def pythonpath(*folders: Path) -> dict[str, str]:
 
 
 def pip_install_target(target: Path, *packages: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(target), *map(str, packages)],
-                   check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            *map(str, packages),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def copy_package(source: Path, target: Path) -> Path:
@@ -83,8 +105,9 @@ def site(work, packages) -> Path:
 
 
 # ------------------------------------------------------------------ rendering
-@pytest.mark.parametrize("name", ["My-Family", "my_family", "1family", "-family", "family-", "my--family",
-                                  "slmk-family", "x" * 41, ""])
+@pytest.mark.parametrize(
+    "name", ["My-Family", "my_family", "1family", "-family", "family-", "my--family", "slmk-family", "x" * 41, ""]
+)
 def test_bad_names_are_refused_with_a_hint(name):
     with pytest.raises(UsageError) as raised:
         scaffold.validate_name(name)
@@ -128,8 +151,14 @@ def test_an_unknown_placeholder_names_the_template_file():
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_renders_a_complete_package(kind):
     files = scaffold.render_files("my-thing", kind)
-    assert set(files) == {".gitignore", "README.md", "pyproject.toml", "src/slmk_my_thing/__init__.py",
-                          "src/slmk_my_thing/hooks.py", "tests/test_plugin.py"}
+    assert set(files) == {
+        ".gitignore",
+        "README.md",
+        "pyproject.toml",
+        "src/slmk_my_thing/__init__.py",
+        "src/slmk_my_thing/hooks.py",
+        "tests/test_plugin.py",
+    }
     assert '[project.entry-points.slmk]\nmy-thing = "slmk_my_thing"' in files["pyproject.toml"]
     hook = scaffold.KINDS[kind].hook
     assert f"from .hooks import {hook}" in files["src/slmk_my_thing/__init__.py"]
@@ -154,7 +183,7 @@ def test_every_generated_plugin_installs_with_its_entry_point(site, packages):
         module = "slmk_granite" if kind == "granite" else f"slmk_{NAMES[kind].replace('-', '_')}"
         [dist_info] = site.glob(f"{module}-0.1.0.dist-info")
         entry_points = (dist_info / "entry_points.txt").read_text()
-        assert "[slmk]" in entry_points and f'= {module}' in entry_points
+        assert "[slmk]" in entry_points and f"= {module}" in entry_points
 
 
 def test_slmk_plugins_lists_every_generated_plugin(site):
@@ -183,8 +212,14 @@ def test_the_generated_tests_pass_as_generated(kind, site, packages, request):
     env = {**os.environ, **pythonpath(site)}
     if kind == "runtime":  # a real build, so that its generation test runs rather than skips
         env["SLMK_TEST_BUILD"] = str(request.getfixturevalue("tiny_build")("int4"))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=packages[kind],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=packages[kind],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
 
@@ -194,17 +229,39 @@ def test_an_editable_install_is_listed_and_follows_source_edits(work, packages):
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                  check=True, capture_output=True, text=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     test_venv = sysconfig.get_path("purelib")
     (purelib / "_slmk_test_overlay.pth").write_text(f"import site; site.addsitedir({test_venv!r})\n")
     package = copy_package(packages["family"], work / "editable" / "slmk-kind-family")
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-e", str(package)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-e",
+            str(package),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
     def family_description() -> str:
-        done = subprocess.run([str(python), "-m", "slmk", "plugins", "--json"], capture_output=True, text=True,
-                              timeout=120, check=True)
+        done = subprocess.run(
+            [str(python), "-m", "slmk", "plugins", "--json"], capture_output=True, text=True, timeout=120, check=True
+        )
         [info] = [i for i in json.loads(done.stdout) if i["name"] == "kind-family"]
         assert info["loaded"] and info["records"] == {"slmk_model_families": ["kind-family"]}, info
         code = "from slmk.plugins import get_registry; print(get_registry().model_families['kind-family'].description)"
@@ -218,8 +275,9 @@ def test_an_editable_install_is_listed_and_follows_source_edits(work, packages):
 
 # ------------------------------------------------------------------ in the real commands
 @pytest.mark.slow
-def test_generated_converter_quantizer_installer_and_runtime_in_real_commands(site, tiny_build, tiny_model_dir,
-                                                                              tmp_path):
+def test_generated_converter_quantizer_installer_and_runtime_in_real_commands(
+    site, tiny_build, tiny_model_dir, tmp_path
+):
     env = pythonpath(site)
     question = ["--prompt", "What is Veltra?", "--max-new-tokens", "12", "--temperature", "0", "--json"]
     # converter: a model folder that ships its int4 build in onnx/int4/
@@ -230,11 +288,23 @@ def test_generated_converter_quantizer_installer_and_runtime_in_real_commands(si
     answer = json.loads(slmk("run", str(tmp_path / "conv"), *question, env=env).stdout)
     assert answer["answer"] and answer["stats"]["generated_tokens"] >= 1
     # quantizer: fp32 conversion by the model builder, then int8 by the generated quantizer
-    slmk("-q", "convert", str(tiny_model_dir), "-p", "int8", "--via", "kind-quantizer", "-o", str(tmp_path / "q"),
-         env=env)
+    slmk(
+        "-q",
+        "convert",
+        str(tiny_model_dir),
+        "-p",
+        "int8",
+        "--via",
+        "kind-quantizer",
+        "-o",
+        str(tmp_path / "q"),
+        env=env,
+    )
     build = json.loads((tmp_path / "q" / "slmk_build.json").read_text())
-    assert [(s["tool"], s["precision"]) for s in build["steps"]] == [("ortgenai-builder", "fp32"),
-                                                                     ("kind-quantizer", "int8")]
+    assert [(s["tool"], s["precision"]) for s in build["steps"]] == [
+        ("ortgenai-builder", "fp32"),
+        ("kind-quantizer", "int8"),
+    ]
     # runtime: the generated runtime answers from the quantized build
     answer = json.loads(slmk("run", str(tmp_path / "q"), "--runtime", "kind-runtime", *question, env=env).stdout)
     assert answer["answer"] and 1 <= answer["stats"]["generated_tokens"] <= 12
@@ -244,8 +314,14 @@ def test_generated_converter_quantizer_installer_and_runtime_in_real_commands(si
     assert (installed["ref"], installed["precision"]) == ("tiny:1", "int8")
     listed = json.loads(slmk("list", *installs, "--json", env=env).stdout)
     assert [m["ref"] for m in listed] == ["tiny:1"]
-    by_name = slmk("run", "tiny", "--cache-dir", str(tmp_path / "installs"), *question,
-                   env={**env, "SLMK_INSTALLER": "kind-installer"})
+    by_name = slmk(
+        "run",
+        "tiny",
+        "--cache-dir",
+        str(tmp_path / "installs"),
+        *question,
+        env={**env, "SLMK_INSTALLER": "kind-installer"},
+    )
     assert json.loads(by_name.stdout)["answer"]
     slmk("remove", "tiny", *installs, env=env)
     assert json.loads(slmk("list", *installs, "--json", env=env).stdout) == []
@@ -262,8 +338,9 @@ def test_the_granite_family_claims_granite_models_and_round_trips(site, tmp_path
     model = tmp_path / "granite"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "granite", "architectures": ["GraniteForCausalLM"]}))
-    (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": hooks.CHAT_TEMPLATE,
-                                                             "eos_token": "<|end_of_text|>"}))
+    (model / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": hooks.CHAT_TEMPLATE, "eos_token": "<|end_of_text|>"})
+    )
     shown = json.loads(slmk("template", "show", str(model), "--json", env=pythonpath(site)).stdout)
     assert shown["family"] == "granite"
     assert shown["prompt_template"] == hooks.PROMPT_TEMPLATE.to_foundry()
@@ -286,9 +363,15 @@ def test_a_tiny_granite_model_builds_installs_and_runs_with_the_plugin(site, tmp
     vocab = json.loads((tiny / "tokenizer.json").read_text())
     torch.manual_seed(0)
     config = transformers.GraniteConfig(
-        vocab_size=len(vocab["model"]["vocab"]) + len(vocab.get("added_tokens", [])), hidden_size=64,
-        intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, architectures=["GraniteForCausalLM"])
+        vocab_size=len(vocab["model"]["vocab"]) + len(vocab.get("added_tokens", [])),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        architectures=["GraniteForCausalLM"],
+    )
     transformers.GraniteForCausalLM(config).save_pretrained(model)
     shutil.copy(tiny / "tokenizer.json", model)
     tokenizer_config = json.loads((tiny / "tokenizer_config.json").read_text())
@@ -298,8 +381,9 @@ def test_a_tiny_granite_model_builds_installs_and_runs_with_the_plugin(site, tmp
     installed = json.loads(slmk("install", str(tmp_path / "build"), "--name", "tiny-granite", "--json", env=env).stdout)
     inference_model = json.loads((Path(installed["path"]) / "inference_model.json").read_text())
     assert inference_model["PromptTemplate"]["prompt"].endswith("<|start_of_role|>assistant<|end_of_role|>")
-    answer = json.loads(slmk("run", "tiny-granite", "--prompt", "Hello", "--max-new-tokens", "4", "--json",
-                             env=env).stdout)
+    answer = json.loads(
+        slmk("run", "tiny-granite", "--prompt", "Hello", "--max-new-tokens", "4", "--json", env=env).stdout
+    )
     assert answer["stats"]["generated_tokens"] >= 1
     slmk("remove", "tiny-granite", env=env)
 
@@ -308,8 +392,9 @@ def test_a_tiny_granite_model_builds_installs_and_runs_with_the_plugin(site, tmp
 def test_a_plugin_that_raises_in_its_hook_is_named_and_the_others_keep_working(work, site, tmp_path):
     broken = scaffold.new_plugin("kaput", "probe", work / "broken-src").path
     hooks = broken / "src" / "slmk_kaput" / "hooks.py"
-    hooks.write_text(hooks.read_text() + "\n\n@hookimpl\ndef slmk_probes():\n"
-                     '    raise RuntimeError("exploded on purpose")\n')
+    hooks.write_text(
+        hooks.read_text() + '\n\n@hookimpl\ndef slmk_probes():\n    raise RuntimeError("exploded on purpose")\n'
+    )
     broken_site = work / "broken-site"
     pip_install_target(broken_site, broken)
     env = {**pythonpath(site, broken_site), "SLMK_KIND_PROBE_MIN_FREE_GB": "0"}

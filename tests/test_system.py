@@ -8,11 +8,11 @@ import sys
 from importlib import metadata
 
 import pytest
-
 import slmk_system
+from slmk_system import packages, probes, providers
+
 from slmk.records import PRECISIONS, ExecutionProvider, ProbeResult, Usability
 from slmk.testing import make_registry
-from slmk_system import packages, probes, providers
 
 
 @pytest.fixture(autouse=True)
@@ -114,8 +114,16 @@ def _pretend_installed(monkeypatch, versions: dict[str, str]):
 
 
 def test_missing_torch_is_a_warning_with_the_install_line(monkeypatch):
-    _pretend_installed(monkeypatch, {"onnxruntime-genai": "0.18.0", "onnxruntime": "1.31.0", "onnx": "1.20.0",
-                                     "onnx-ir": "0.1.0", "transformers": "5.0.0"})
+    _pretend_installed(
+        monkeypatch,
+        {
+            "onnxruntime-genai": "0.18.0",
+            "onnxruntime": "1.31.0",
+            "onnx": "1.20.0",
+            "onnx-ir": "0.1.0",
+            "transformers": "5.0.0",
+        },
+    )
     results = {r.name: r for r in _findings()["packages"]}
     torch = results["package:torch"]
     assert torch.status == "warn" and torch.fix == "pip install 'slmk[convert]'"
@@ -146,8 +154,15 @@ def test_broken_metadata_still_gives_findings(monkeypatch):
 
 
 def test_foundry_pins_fail_with_the_exact_fix(monkeypatch):
-    _pretend_installed(monkeypatch, {"foundry-local-sdk": "2.2.1", "onnxruntime": "1.30.0",
-                                     "onnxruntime-genai": "0.18.0", "onnxruntime-genai-core": "0.18.0"})
+    _pretend_installed(
+        monkeypatch,
+        {
+            "foundry-local-sdk": "2.2.1",
+            "onnxruntime": "1.30.0",
+            "onnxruntime-genai": "0.18.0",
+            "onnxruntime-genai-core": "0.18.0",
+        },
+    )
     results = {r.name: r for r in _findings()["versions"]}
     pins = results["versions:foundry-local-sdk-pins"]
     assert pins.status == "fail"
@@ -161,11 +176,20 @@ def test_foundry_rule_applies_only_with_the_sdk(monkeypatch):
     assert "versions:foundry-local-sdk-pins" not in names
 
 
-@pytest.mark.parametrize("version, spec, expected", [
-    ("0.13.0", "==0.13.*", True), ("0.14.0", "==0.13.*", False), ("0.18.0", ">=0.16", True),
-    ("0.15.9", ">=0.16", False), ("1.31.0", "==1.31.0", True), ("1.31", "==1.31.0", True),
-    ("2.13.0+cpu", ">=2.0", True), ("1.0.0rc1", "<1.0.1", True), (None, ">=0", False),
-])
+@pytest.mark.parametrize(
+    "version, spec, expected",
+    [
+        ("0.13.0", "==0.13.*", True),
+        ("0.14.0", "==0.13.*", False),
+        ("0.18.0", ">=0.16", True),
+        ("0.15.9", ">=0.16", False),
+        ("1.31.0", "==1.31.0", True),
+        ("1.31", "==1.31.0", True),
+        ("2.13.0+cpu", ">=2.0", True),
+        ("1.0.0rc1", "<1.0.1", True),
+        (None, ">=0", False),
+    ],
+)
 def test_version_specifiers(version, spec, expected):
     assert packages.satisfies(version, spec) is expected
 

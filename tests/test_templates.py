@@ -33,7 +33,12 @@ SPECIAL_TOKENS: dict[str, dict[str, str]] = {
     "qwen2.5": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
     "qwen3": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
     "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"},
-    "phi-3.5-mini": {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"},
+    "phi-3.5-mini": {
+        "bos_token": "<s>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<unk>",
+        "pad_token": "<|endoftext|>",
+    },
     "phi-4-mini": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
     "llama-3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
     "llama-3.1": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
@@ -50,18 +55,31 @@ NAMES = sorted(SPECIAL_TOKENS)
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-     {"role": "user", "content": "Tell me a joke."}],
-    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "<think>\nThey greet me.\n</think>\n\nBonjour !"},
-     {"role": "user", "content": "  Une blague ?  "}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+    ],
+    [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nThey greet me.\n</think>\n\nBonjour !"},
+        {"role": "user", "content": "  Une blague ?  "},
+    ],
 ]
 
-QWEN25 = {"system": "<|im_start|>system\n{Content}<|im_end|>\n", "user": "<|im_start|>user\n{Content}<|im_end|>\n",
-          "assistant": "<|im_start|>assistant\n{Content}<|im_end|>\n",
-          "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n"}
-PHI3 = PromptTemplate(system="<|system|>\n{Content}<|end|>\n", user="<|user|>\n{Content}<|end|>\n",
-                      assistant="<|assistant|>\n{Content}<|end|>\n", prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n")
+QWEN25 = {
+    "system": "<|im_start|>system\n{Content}<|im_end|>\n",
+    "user": "<|im_start|>user\n{Content}<|im_end|>\n",
+    "assistant": "<|im_start|>assistant\n{Content}<|im_end|>\n",
+    "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
+}
+PHI3 = PromptTemplate(
+    system="<|system|>\n{Content}<|end|>\n",
+    user="<|user|>\n{Content}<|end|>\n",
+    assistant="<|assistant|>\n{Content}<|end|>\n",
+    prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n",
+)
 
 
 def chat_template(name: str) -> str:
@@ -75,8 +93,9 @@ def hf_tokenizer(name: str):
 
     tokens = SPECIAL_TOKENS[name]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(["[UNK]", *tokens.values()]))}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
-                                        **tokens)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")), **tokens
+    )
     tokenizer.chat_template = chat_template(name)
     return tokenizer
 
@@ -85,25 +104,37 @@ def hf_render(tokenizer, messages, add_generation_prompt=True, **kwargs) -> str:
     from jinja2.exceptions import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **kwargs)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
     except TemplateError as exc:
         return f"raised: {exc}"
 
 
 def slmk_render(template, messages, tokens, add_generation_prompt=True, **kwargs) -> str:
     try:
-        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
-                                    special_tokens=tokens, **kwargs)
+        return render_chat_template(
+            template, messages, add_generation_prompt=add_generation_prompt, special_tokens=tokens, **kwargs
+        )
     except ChatTemplateError as exc:
         return f"raised: {exc.__cause__}"
 
 
-def write_model(folder: Path, *, config: dict | None = None, tokenizer_config: dict | None = None,
-                genai_config: dict | None = None, build_info: dict | None = None) -> Path:
+def write_model(
+    folder: Path,
+    *,
+    config: dict | None = None,
+    tokenizer_config: dict | None = None,
+    genai_config: dict | None = None,
+    build_info: dict | None = None,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config),
-                       ("genai_config.json", genai_config), ("slmk_build.json", build_info)):
+    for name, data in (
+        ("config.json", config),
+        ("tokenizer_config.json", tokenizer_config),
+        ("genai_config.json", genai_config),
+        ("slmk_build.json", build_info),
+    ):
         if data is not None:
             (folder / name).write_text(json.dumps(data), encoding="utf-8")
     return folder
@@ -118,7 +149,10 @@ def test_render_equals_transformers_for_every_family_template(name):
         for add_generation_prompt in (True, False):
             expected = hf_render(tokenizer, messages, add_generation_prompt)
             assert slmk_render(chat_template(name), messages, tokens, add_generation_prompt) == expected, (
-                name, messages, add_generation_prompt)
+                name,
+                messages,
+                add_generation_prompt,
+            )
 
 
 def test_render_equals_transformers_on_the_tiny_model(tiny_model_dir):
@@ -129,8 +163,9 @@ def test_render_equals_transformers_on_the_tiny_model(tiny_model_dir):
     assert info.chat_template, "the tiny model ships a chat template"
     for messages in CONVERSATIONS:
         for add_generation_prompt in (True, False):
-            assert slmk_render(info.chat_template, messages, tokenizer.special_tokens_map,
-                               add_generation_prompt) == hf_render(tokenizer, messages, add_generation_prompt)
+            assert slmk_render(
+                info.chat_template, messages, tokenizer.special_tokens_map, add_generation_prompt
+            ) == hf_render(tokenizer, messages, add_generation_prompt)
     # the tiny model's own template round-trips through the generic derivation
     derive_prompt_template(info.chat_template, tokenizer.special_tokens_map)
 
@@ -147,7 +182,11 @@ def test_render_environment_matches_transformers_extras():
         "{{ ns.count }}{{ {'é': '<b>', 'n': [1, 2]} | tojson }}{{ dict(a=1) | tojson(indent=2) }}"
         "{{ strftime_now('%Y') }}{{ greeting | default('none') }}{{ bos_token }}"
     )
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     tokenizer = hf_tokenizer("llama-3")
     tokenizer.chat_template = template
     for extra in ({}, {"greeting": "hello"}):
@@ -165,8 +204,10 @@ def test_render_errors_are_one_line_slmk_errors():
 
 
 def test_the_kernel_module_imports_nothing_heavy():
-    code = ("import sys, slmk.templates; "
-            "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, slmk.templates; "
+        "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -216,8 +257,9 @@ def test_a_leading_bos_goes_into_the_system_piece():
     assert report.checked == ("one-turn", "with-system", "two-turn", "system-two-turn")
     assert any("without a system message gets no BOS" in note for note in report.notes)
     # a BOS written into every user turn shows up in the middle of a conversation
-    doubled = PromptTemplate(**{**pieces, "user": "<|begin_of_text|>" + pieces["user"],
-                                "prompt": "<|begin_of_text|>" + pieces["prompt"]})
+    doubled = PromptTemplate(
+        **{**pieces, "user": "<|begin_of_text|>" + pieces["user"], "prompt": "<|begin_of_text|>" + pieces["prompt"]}
+    )
     with pytest.raises(TemplateMismatch) as mismatch:
         check_round_trip(chat_template("llama-3"), doubled, tokens)
     assert mismatch.value.conversation == "with-system"
@@ -235,8 +277,10 @@ def test_a_bos_equal_to_the_turn_marker_stays_in_the_pieces():
     assert analysis.template.system == "<|im_start|>system\n{Content}<|im_end|>\n"
 
 
-@pytest.mark.parametrize("name, support", [("gemma-2", "raises"), ("gemma-3", "folded"),
-                                           ("mistral-v0.1", "raises"), ("mistral-v0.3", "folded")])
+@pytest.mark.parametrize(
+    "name, support",
+    [("gemma-2", "raises"), ("gemma-3", "folded"), ("mistral-v0.1", "raises"), ("mistral-v0.3", "folded")],
+)
 def test_templates_without_a_system_turn_send_it_as_a_user_turn_and_skip_that_check(name, support):
     analysis = analyse_chat_template(chat_template(name), SPECIAL_TOKENS[name])
     assert analysis.system_support == support
@@ -258,7 +302,8 @@ def test_llama_31_system_block_is_always_there():
     analysis = analyse_chat_template(chat_template("llama-3.1"), SPECIAL_TOKENS["llama-3.1"])
     assert analysis.system_support == "default" and analysis.default_system == ""
     assert analysis.template.system.startswith(
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge")
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge"
+    )
     # a system message, even an empty one, gives the template's exact prompt, BOS included
     one_turn = [{"role": "user", "content": "Hi"}]
     expected = render_chat_template(chat_template("llama-3.1"), one_turn, special_tokens=SPECIAL_TOKENS["llama-3.1"])
@@ -268,8 +313,10 @@ def test_llama_31_system_block_is_always_there():
 
 def test_an_underivable_template_is_a_clear_error():
     # the first user turn is framed differently from later ones: no single "user" piece exists
-    odd = ("{% for m in messages %}{% if loop.first %}FIRST:{% else %}{{ m.role }}:{% endif %}"
-           "{{ m.content }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+    odd = (
+        "{% for m in messages %}{% if loop.first %}FIRST:{% else %}{{ m.role }}:{% endif %}"
+        "{{ m.content }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     with pytest.raises(SlmkError, match="cannot derive a prompt template") as error:
         derive_prompt_template(odd)
     assert "--template FILE" in error.value.hint
@@ -307,8 +354,11 @@ def test_special_tokens_as_the_installer_lists_them():
 
 # ------------------------------------------------------------------ resolving
 def test_resolve_without_family_plugins_derives_from_the_chat_template(tmp_path):
-    model = write_model(tmp_path / "m", config={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
-                        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["qwen2.5"]})
+    model = write_model(
+        tmp_path / "m",
+        config={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["qwen2.5"]},
+    )
     resolved = resolve_template(make_registry(), ModelInfo.load(model))
     assert resolved.family is None and resolved.source == "chat_template"
     assert resolved.template.to_foundry() == QWEN25
@@ -316,8 +366,11 @@ def test_resolve_without_family_plugins_derives_from_the_chat_template(tmp_path)
 
 
 def test_resolve_with_no_family_and_no_chat_template_names_the_ways_out(tmp_path):
-    model = write_model(tmp_path / "m", config={"model_type": "mystery", "architectures": ["MysteryForCausalLM"]},
-                        tokenizer_config={"eos_token": "</s>"})
+    model = write_model(
+        tmp_path / "m",
+        config={"model_type": "mystery", "architectures": ["MysteryForCausalLM"]},
+        tokenizer_config={"eos_token": "</s>"},
+    )
     with pytest.raises(SlmkError) as error:
         resolve_template(make_registry(), ModelInfo.load(model))
     line = error.value.one_line()
@@ -328,8 +381,11 @@ def test_resolve_with_no_family_and_no_chat_template_names_the_ways_out(tmp_path
 
 
 def test_template_file_json_wins_and_is_checked(tmp_path):
-    model = write_model(tmp_path / "m", config={"model_type": "qwen2"},
-                        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["qwen2.5"]})
+    model = write_model(
+        tmp_path / "m",
+        config={"model_type": "qwen2"},
+        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["qwen2.5"]},
+    )
     good = tmp_path / "chatml.json"
     good.write_text(json.dumps(QWEN25))
     resolved = resolve_template(make_registry(), ModelInfo.load(model), good)
@@ -343,8 +399,11 @@ def test_template_file_json_wins_and_is_checked(tmp_path):
 
 
 def test_template_file_jinja_is_derived(tmp_path):
-    model = write_model(tmp_path / "m", config={"model_type": "llama"},
-                        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["llama-3"]})
+    model = write_model(
+        tmp_path / "m",
+        config={"model_type": "llama"},
+        tokenizer_config={"chat_template": chat_template("qwen2.5"), **SPECIAL_TOKENS["llama-3"]},
+    )
     jinja = tmp_path / "llama.jinja"
     jinja.write_text(chat_template("llama-3"))
     resolved = resolve_template(make_registry(), ModelInfo.load(model), jinja)
@@ -352,13 +411,20 @@ def test_template_file_jinja_is_derived(tmp_path):
     assert resolved.template.user == "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>"
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"system": "{Content}", "user": "{Content}"}, "lacks assistant, prompt"),
-    ({"system": "x", "user": "{Content}", "assistant": "{Content}", "prompt": "{Content}{Content}"}, "'system' holds"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"system": "{Content}", "user": "{Content}"}, "lacks assistant, prompt"),
+        (
+            {"system": "x", "user": "{Content}", "assistant": "{Content}", "prompt": "{Content}{Content}"},
+            "'system' holds",
+        ),
+    ],
+)
 def test_bad_template_files_are_usage_errors(tmp_path, content, message):
-    model = write_model(tmp_path / "m", config={"model_type": "qwen2"},
-                        tokenizer_config={"chat_template": chat_template("qwen2.5")})
+    model = write_model(
+        tmp_path / "m", config={"model_type": "qwen2"}, tokenizer_config={"chat_template": chat_template("qwen2.5")}
+    )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(content))
     with pytest.raises(UsageError, match=message):
@@ -368,9 +434,12 @@ def test_bad_template_files_are_usage_errors(tmp_path, content, message):
 
 
 def test_resolve_works_on_a_build_folder_without_config_json(tmp_path):
-    build = write_model(tmp_path / "build", genai_config={"model": {"type": "qwen2", "vocab_size": 100}},
-                        build_info={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
-                        tokenizer_config={"chat_template": chat_template("qwen3"), **SPECIAL_TOKENS["qwen3"]})
+    build = write_model(
+        tmp_path / "build",
+        genai_config={"model": {"type": "qwen2", "vocab_size": 100}},
+        build_info={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+        tokenizer_config={"chat_template": chat_template("qwen3"), **SPECIAL_TOKENS["qwen3"]},
+    )
     info = ModelInfo.load(build)
     assert info.format == "ortgenai" and not info.config
     resolved = resolve_template(make_registry(), info)

@@ -54,11 +54,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer  # noqa: E402
+import torch
+import transformers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -78,17 +78,17 @@ MODEL = dict(
     hidden_size=128,
     intermediate_size=512,
     num_hidden_layers=4,
-    num_attention_heads=4,      # head_dim 32
-    num_key_value_heads=2,      # grouped-query attention, as in real Qwen2 models
+    num_attention_heads=4,  # head_dim 32
+    num_key_value_heads=2,  # grouped-query attention, as in real Qwen2 models
     max_position_embeddings=512,
     rope_theta=10000.0,
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
-VOCAB_SIZE = 1024       # upper bound for the BPE trainer (bytes and special tokens included);
-                        # with min_frequency 2 the domain text stops it at about 900
+VOCAB_SIZE = 1024  # upper bound for the BPE trainer (bytes and special tokens included);
+# with min_frequency 2 the domain text stops it at about 900
 CONTEXT = 512
-CORPUS_WINDOW = 256     # prose is cut into windows of this many tokens, half overlapping
+CORPUS_WINDOW = 256  # prose is cut into windows of this many tokens, half overlapping
 
 
 # ----------------------------------------------------------------------------- data
@@ -100,23 +100,33 @@ def train_tokenizer(chats: list[dict], corpus: str, out: Path) -> Qwen2Tokenizer
     """Byte-level BPE on the domain text, wrapped as the Qwen2Tokenizer that loads it later."""
     bpe = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix=""))
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     texts = [corpus] + [m["content"] for chat in chats for m in chat["messages"]]
     texts += ["system\n", "user\n", "assistant\n"]  # the role lines of the template
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
     )
     bpe.train_from_iterator(texts, trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tokenizer = Qwen2Tokenizer(
-        vocab=state["vocab"], merges=merges,
-        unk_token=None, bos_token=None, eos_token=IM_END, pad_token=ENDOFTEXT,
-        extra_special_tokens=[IM_START, IM_END], model_max_length=CONTEXT,
+        vocab=state["vocab"],
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        extra_special_tokens=[IM_START, IM_END],
+        model_max_length=CONTEXT,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
@@ -127,9 +137,18 @@ def train_tokenizer(chats: list[dict], corpus: str, out: Path) -> Qwen2Tokenizer
     tokenizer_config["chat_template"] = CHAT_TEMPLATE
     config_file.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     # Older tools read special tokens from this file; transformers 5 no longer writes it.
-    (out / "special_tokens_map.json").write_text(json.dumps({
-        "eos_token": IM_END, "pad_token": ENDOFTEXT, "additional_special_tokens": [IM_START, IM_END],
-    }, indent=2) + "\n", encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "eos_token": IM_END,
+                "pad_token": ENDOFTEXT,
+                "additional_special_tokens": [IM_START, IM_END],
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     # Reload the way every user of the folder will, and check the special tokens are atomic.
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
@@ -143,9 +162,9 @@ def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     full_ids = tokenizer(full, add_special_tokens=False).input_ids
-    assert full_ids[:len(prompt_ids)] == prompt_ids, "the prompt must tokenize as a prefix of the chat"
+    assert full_ids[: len(prompt_ids)] == prompt_ids, "the prompt must tokenize as a prefix of the chat"
     end = full_ids.index(tokenizer.convert_tokens_to_ids(IM_END), len(prompt_ids)) + 1
-    labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids):end] + [-100] * (len(full_ids) - end)
+    labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) : end] + [-100] * (len(full_ids) - end)
     return full_ids, labels
 
 
@@ -153,7 +172,7 @@ def encode_corpus(tokenizer, corpus: str) -> list[tuple[list[int], list[int]]]:
     ids = tokenizer(corpus.strip(), add_special_tokens=False).input_ids + [tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     step = CORPUS_WINDOW // 2
     starts = range(0, max(1, len(ids) - CORPUS_WINDOW + step), step)
-    return [(ids[s:s + CORPUS_WINDOW], ids[s:s + CORPUS_WINDOW]) for s in starts]
+    return [(ids[s : s + CORPUS_WINDOW], ids[s : s + CORPUS_WINDOW]) for s in starts]
 
 
 def prose_sentences(corpus: str, chats: list[dict]) -> list[str]:
@@ -172,7 +191,7 @@ def shuffled_prose(tokenizer, sentences: list[str], rng: random.Random) -> list[
     """
     order = list(sentences)
     rng.shuffle(order)
-    text = "\n\n".join(" ".join(order[i:i + 5]) for i in range(0, len(order), 5))
+    text = "\n\n".join(" ".join(order[i : i + 5]) for i in range(0, len(order), 5))
     return encode_corpus(tokenizer, text)
 
 
@@ -185,7 +204,7 @@ def batches(groups: list[list], batch_size: int, pad_id: int, rng: random.Random
     for group in groups:
         order = list(group)
         rng.shuffle(order)
-        chunks += [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        chunks += [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     rng.shuffle(chunks)
     out = []
     for chunk in chunks:
@@ -194,9 +213,9 @@ def batches(groups: list[list], batch_size: int, pad_id: int, rng: random.Random
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, (ids, lab) in enumerate(chunk):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            labels[row, :len(lab)] = torch.tensor(lab)
-            mask[row, :len(ids)] = 1
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(lab)] = torch.tensor(lab)
+            mask[row, : len(ids)] = 1
         out.append((input_ids, labels, mask))
     return out
 
@@ -272,9 +291,14 @@ class FakeInt4:
 def answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 48) -> str:
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def accuracy(model, tokenizer, evals: list[dict], show: bool = False) -> float:
@@ -303,8 +327,12 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--smoothing", type=float, default=0.2, help="weight of the unigram prior in the loss")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch CPU threads; fixed so that runs reproduce bit for bit on one machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch CPU threads; fixed so that runs reproduce bit for bit on one machine",
+    )
     args = parser.parse_args()
 
     started = time.time()
@@ -330,9 +358,13 @@ def main() -> int:
     print(f"tokenizer: {len(tokenizer)} tokens; {len(chats)} chats, {prose_windows} prose windows an epoch")
 
     config = Qwen2Config(
-        vocab_size=len(tokenizer), **MODEL,
-        bos_token_id=0, eos_token_id=2, pad_token_id=0,  # Qwen's convention: bos = pad = <|endoftext|>
-        use_sliding_window=False, dtype="float32",
+        vocab_size=len(tokenizer),
+        **MODEL,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=0,  # Qwen's convention: bos = pad = <|endoftext|>
+        use_sliding_window=False,
+        dtype="float32",
     )
     model = Qwen2ForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
@@ -341,8 +373,11 @@ def main() -> int:
     # AdamW with linear warm-up and cosine decay. No weight decay on norms.
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
     epochs = args.epochs
     steps_per_epoch = math.ceil(len(chats) / args.batch_size) + math.ceil(prose_windows / args.batch_size)
     total, warmup = epochs * steps_per_epoch, 100
@@ -371,16 +406,30 @@ def main() -> int:
             count += 1
             step += 1
         if epoch % 10 == 0 or epoch == epochs - 1:
-            print(f"epoch {epoch:4d}  step {step:5d}  loss {running / count:.4f}  {time.time() - started:.0f}s", flush=True)
+            print(
+                f"epoch {epoch:4d}  step {step:5d}  loss {running / count:.4f}  {time.time() - started:.0f}s",
+                flush=True,
+            )
 
     model.eval()
     model.save_pretrained(out)
     # Written by hand: save_pretrained leaves out values equal to the library defaults
     # (do_sample false), and these are the defaults a converted build should carry.
-    (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 0,
-        "do_sample": False, "repetition_penalty": 1.0, "max_length": 256,
-    }, indent=2) + "\n", encoding="utf-8")
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": 0,
+                "eos_token_id": 2,
+                "pad_token_id": 0,
+                "do_sample": False,
+                "repetition_penalty": 1.0,
+                "max_length": 256,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
 
     # Check what was written, loaded back the way users load it.
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -16,7 +16,7 @@ from .pipeline import BuildResult, run_plan
 from .planner import Plan, make_plan
 from .plugins import Registry, get_registry
 from .progress import Progress
-from .records import FORMAT_HF, ExecutionProvider, LoadRequest, ChatSession
+from .records import FORMAT_HF, ChatSession, ExecutionProvider, LoadRequest
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
@@ -27,8 +27,10 @@ def require_usable(ep: ExecutionProvider, action: str) -> None:
     """Stop with a clear message when the hardware for ``action`` is missing here."""
     usability = ep.probe()
     if not usability.usable:
-        raise SlmkError(f"cannot {action} on {ep.name}: {usability.reason}",
-                        hint=usability.fix or f"`slmk doctor` shows what {ep.name} needs")
+        raise SlmkError(
+            f"cannot {action} on {ep.name}: {usability.reason}",
+            hint=usability.fix or f"`slmk doctor` shows what {ep.name} needs",
+        )
 
 
 def convert(
@@ -64,14 +66,32 @@ def convert(
     options = {**quantization, **(extra_options or {})}
     # the builder itself runs rtn / k_quant, so the converter needs the algorithm too
     converter_options = {**options, "algorithm": algorithm} if algorithm != "default" else options
-    plan = make_plan(registry, info, precision, ep, via=via, algorithm=algorithm,
-                     calibration=calibration_path is not None,
-                     converter_options=converter_options, quantizer_options={"algorithm": algorithm, **options})
+    plan = make_plan(
+        registry,
+        info,
+        precision,
+        ep,
+        via=via,
+        algorithm=algorithm,
+        calibration=calibration_path is not None,
+        converter_options=converter_options,
+        quantizer_options={"algorithm": algorithm, **options},
+    )
     if plan_only:
         return plan
-    return run_plan(registry, info, plan, ep, Path(output), force=force, progress=progress,
-                    calibration=calibration_path, trust_remote_code=trust_remote_code, search=search,
-                    cache_dir=Path(cache_dir) if cache_dir else None)
+    return run_plan(
+        registry,
+        info,
+        plan,
+        ep,
+        Path(output),
+        force=force,
+        progress=progress,
+        calibration=calibration_path,
+        trust_remote_code=trust_remote_code,
+        search=search,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+    )
 
 
 def build_info(path: Path) -> dict[str, Any]:
@@ -95,10 +115,13 @@ def open_session(
     folder = Path(path).expanduser()
     if not (folder / "genai_config.json").is_file():
         if (folder / "config.json").is_file():
-            raise UsageError(f"{folder} is a Hugging Face folder, not a build",
-                             hint=f"build it first: slmk convert {folder} -o OUT")
-        raise UsageError(f"{folder} is not an slmk build (no genai_config.json)",
-                         hint="pass the output folder of `slmk convert` or an installed model name")
+            raise UsageError(
+                f"{folder} is a Hugging Face folder, not a build", hint=f"build it first: slmk convert {folder} -o OUT"
+            )
+        raise UsageError(
+            f"{folder} is not an slmk build (no genai_config.json)",
+            hint="pass the output folder of `slmk convert` or an installed model name",
+        )
     ep_name = execution_provider or build_info(folder).get("execution_provider") or "cpu"
     ep = resolve_ep(registry, ep_name)
     require_usable(ep, "run the model")
@@ -117,8 +140,9 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     return name, (version or None)
 
 
-def find_installed(ref: str, *, installer: str = "foundry", cache_dir: Path | None = None,
-                   registry: Registry | None = None):
+def find_installed(
+    ref: str, *, installer: str = "foundry", cache_dir: Path | None = None, registry: Registry | None = None
+):
     """The installed model ``NAME[:VERSION]`` (the newest version when none is given)."""
     registry = registry or get_registry()
     inst = registry.get("slmk_installers", installer, "installer")
@@ -126,13 +150,16 @@ def find_installed(ref: str, *, installer: str = "foundry", cache_dir: Path | No
     models = [m for m in inst.list(cache_dir) if m.name == name and (version is None or m.version == version)]
     if not models:
         names = sorted({f"{m.name}:{m.version}" for m in inst.list(cache_dir)})
-        raise UsageError(f"no installed model {ref!r} in {inst.locate(cache_dir)}",
-                         hint=f"installed: {', '.join(names) or 'none'}; install one with `slmk install BUILD_DIR --name NAME`")
+        raise UsageError(
+            f"no installed model {ref!r} in {inst.locate(cache_dir)}",
+            hint=f"installed: {', '.join(names) or 'none'}; install one with `slmk install BUILD_DIR --name NAME`",
+        )
     return max(models, key=lambda m: int(m.version) if m.version.isdigit() else 0)
 
 
-def resolve_target(target: str, *, installer: str = "foundry", cache_dir: Path | None = None,
-                   registry: Registry | None = None):
+def resolve_target(
+    target: str, *, installer: str = "foundry", cache_dir: Path | None = None, registry: Registry | None = None
+):
     """A build folder, or an installed model name: returns (folder, InstalledModel | None)."""
     folder = Path(target).expanduser()
     if folder.is_dir():
@@ -161,8 +188,10 @@ def install(
     registry = registry or get_registry()
     info = ModelInfo.load(build_dir)
     if info.format == FORMAT_HF:
-        raise UsageError(f"{info.path} is a Hugging Face folder, not a build",
-                         hint=f"build it first: slmk convert {info.path} -o OUT, or use `slmk deploy`")
+        raise UsageError(
+            f"{info.path} is a Hugging Face folder, not a build",
+            hint=f"build it first: slmk convert {info.path} -o OUT, or use `slmk deploy`",
+        )
     resolved = resolve_template(registry, info, Path(template_file) if template_file else None)
     ep = resolve_ep(registry, info.build_info.get("execution_provider") or "cpu")
     inst = registry.get("slmk_installers", installer, "installer")
@@ -170,11 +199,18 @@ def install(
     # the resolver reads any file that is not JSON as a Jinja chat template; so does install
     if template_file and Path(template_file).suffix != ".json":
         chat_template = Path(template_file).read_text(encoding="utf-8")
-    return inst.install(InstallRequest(
-        build_dir=info.path, name=name, execution_provider=ep, template=resolved.template,
-        progress=progress or Progress(quiet=True), cache_dir=Path(cache_dir) if cache_dir else None,
-        force=force, chat_template=chat_template,
-    ))
+    return inst.install(
+        InstallRequest(
+            build_dir=info.path,
+            name=name,
+            execution_provider=ep,
+            template=resolved.template,
+            progress=progress or Progress(quiet=True),
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            force=force,
+            chat_template=chat_template,
+        )
+    )
 
 
 # ------------------------------------------------------------------ inspect
@@ -211,8 +247,15 @@ def inspect_model(model: str | Path, registry: Registry | None = None) -> dict[s
             runnable = buildable and usable.usable and precision in ep.run_precisions
             if buildable and not usable.usable:
                 note = f"builds; runs only where {ep.name} is usable ({usable.reason})"
-            matrix.append({"execution_provider": ep_name, "precision": precision, "buildable": buildable,
-                           "runnable": runnable, "note": note})
+            matrix.append(
+                {
+                    "execution_provider": ep_name,
+                    "precision": precision,
+                    "buildable": buildable,
+                    "runnable": runnable,
+                    "note": note,
+                }
+            )
     return {
         "path": str(info.path),
         "format": info.format,
@@ -242,7 +285,9 @@ def olive_config_input_model(config_file: str | Path) -> str:
         raise UsageError(f"Olive config {path} is not valid JSON: {exc}") from None
     model_path = (data.get("input_model") or {}).get("model_path") if isinstance(data, dict) else None
     if not model_path:
-        raise UsageError(f"{path} has no input_model.model_path", hint="set input_model.model_path to your model folder")
+        raise UsageError(
+            f"{path} has no input_model.model_path", hint="set input_model.model_path to your model folder"
+        )
     candidate = Path(model_path)
     if not candidate.is_absolute():
         candidate = (path.parent / candidate) if (path.parent / candidate).exists() else candidate
@@ -255,8 +300,15 @@ def default_demo_model() -> Path:
     return Path(__file__).resolve().parents[2] / "examples" / "tiny-chat" / "model"
 
 
-def demo(*, model_dir=None, precision: str = "int4", output=None, question: str | None = None,
-         progress: Progress | None = None, echo=None) -> dict[str, Any]:
+def demo(
+    *,
+    model_dir=None,
+    precision: str = "int4",
+    output=None,
+    question: str | None = None,
+    progress: Progress | None = None,
+    echo=None,
+) -> dict[str, Any]:
     """The first-run tour: convert the tiny model, load it, ask it one of its domain questions."""
     import time
 
@@ -265,8 +317,9 @@ def demo(*, model_dir=None, precision: str = "int4", output=None, question: str 
     say = echo or (lambda *a, **k: None)
     model = Path(model_dir) if model_dir else default_demo_model()
     if not (model / "config.json").is_file():
-        raise UsageError(f"demo model not found at {model}",
-                         hint="run from a clone of the slmk repository, or pass --model DIR")
+        raise UsageError(
+            f"demo model not found at {model}", hint="run from a clone of the slmk repository, or pass --model DIR"
+        )
     expected = None
     if question is None:
         eval_file = model.parent / "data" / "eval.jsonl"
@@ -287,7 +340,9 @@ def demo(*, model_dir=None, precision: str = "int4", output=None, question: str 
     for name, size in result.files.items():
         say(f"  {name:<28} {size / 1e6:8.2f} MB")
     ratio = source_size / result.size_bytes if result.size_bytes else 0
-    say(f"  total {result.size_bytes / 1e6:.2f} MB (safetensors weights {source_size / 1e6:.2f} MB, ratio {ratio:.2f}x)")
+    say(
+        f"  total {result.size_bytes / 1e6:.2f} MB (safetensors weights {source_size / 1e6:.2f} MB, ratio {ratio:.2f}x)"
+    )
     start = time.perf_counter()
     session = open_session(result.output)
     load_s = time.perf_counter() - start
@@ -306,8 +361,10 @@ def demo(*, model_dir=None, precision: str = "int4", output=None, question: str 
     if expected:
         say(f"expected: ...{expected}... -> {'correct' if correct else 'WRONG'}")
     if stats:
-        say(f"speed: first token {stats.time_to_first_token_s * 1000:.0f} ms, {stats.generated_tokens} tokens, "
-            f"{stats.decode_tokens_per_s:.0f} tokens/s decode")
+        say(
+            f"speed: first token {stats.time_to_first_token_s * 1000:.0f} ms, {stats.generated_tokens} tokens, "
+            f"{stats.decode_tokens_per_s:.0f} tokens/s decode"
+        )
     say("next: slmk run " + str(result.output) + "   |   slmk install " + str(result.output) + " --name tiny-chat")
     return {
         "build": result.as_dict(),
@@ -329,19 +386,34 @@ def show_template(target: str, template_file: Path | None = None, registry: Regi
         family = registry.model_families[target]
         if not family.chat_template:
             raise UsageError(f"family {target!r} publishes no chat template", hint="pass a model folder instead")
-        info = ModelInfo(path=Path(target), format=FORMAT_HF, config={}, model_type="", architectures=(),
-                         chat_template=family.chat_template)
+        info = ModelInfo(
+            path=Path(target),
+            format=FORMAT_HF,
+            config={},
+            model_type="",
+            architectures=(),
+            chat_template=family.chat_template,
+        )
         tpl = family.prompt_template(info)
-        return {"source": f"family:{target}", "family": target, "prompt_template": tpl.to_foundry(),
-                "stop_tokens": list(family.stop_tokens), "generation_defaults": dict(family.generation_defaults),
-                "notes": []}
+        return {
+            "source": f"family:{target}",
+            "family": target,
+            "prompt_template": tpl.to_foundry(),
+            "stop_tokens": list(family.stop_tokens),
+            "generation_defaults": dict(family.generation_defaults),
+            "notes": [],
+        }
     if not Path(target).exists():
         known = ", ".join(sorted(registry.model_families))
         raise UsageError(f"{target} is neither a folder nor a known family", hint=f"families: {known}")
     info = ModelInfo.load(target)
     resolved = resolve_template(registry, info, template_file)
     family = registry.model_families.get(resolved.family) if resolved.family else None
-    return {"source": resolved.source, "family": resolved.family, "prompt_template": resolved.template.to_foundry(),
-            "stop_tokens": list(family.stop_tokens) if family else [],
-            "generation_defaults": dict(family.generation_defaults) if family else {},
-            "notes": list(getattr(resolved, "notes", []) or [])}
+    return {
+        "source": resolved.source,
+        "family": resolved.family,
+        "prompt_template": resolved.template.to_foundry(),
+        "stop_tokens": list(family.stop_tokens) if family else [],
+        "generation_defaults": dict(family.generation_defaults) if family else {},
+        "notes": list(getattr(resolved, "notes", []) or []),
+    }

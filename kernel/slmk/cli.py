@@ -89,7 +89,9 @@ class SlmkGroup(click.Group):
 @click.version_option(__version__, prog_name="slmk")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="slmk.toml to use (default: ./slmk.toml, $SLMK_CONFIG).")
+@click.option(
+    "--config", "config", type=click.Path(dir_okay=False), help="slmk.toml to use (default: ./slmk.toml, $SLMK_CONFIG)."
+)
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, quiet: bool, config: str | None) -> None:
     """slmk: take a fine-tuned small language model to a tested ONNX deployment in Foundry Local.
@@ -141,25 +143,52 @@ def doctor(as_json: bool) -> None:
         try:
             findings = list(probe.check())
         except Exception as exc:  # a probe must not take doctor down
-            findings = [ProbeResult(name, "fail", f"probe raised {type(exc).__name__}: {exc}",
-                                    fix=f"report this to the author of plugin {registry.owner('slmk_probes', name)}")]
-        results += [{"probe": name, "name": f.name, "status": f.status, "detail": f.detail, "fix": f.fix} for f in findings]
+            findings = [
+                ProbeResult(
+                    name,
+                    "fail",
+                    f"probe raised {type(exc).__name__}: {exc}",
+                    fix=f"report this to the author of plugin {registry.owner('slmk_probes', name)}",
+                )
+            ]
+        results += [
+            {"probe": name, "name": f.name, "status": f.status, "detail": f.detail, "fix": f.fix} for f in findings
+        ]
     for name, ep in sorted(registry.execution_providers.items()):
         try:
             usability = ep.probe()
-            results.append({"probe": "execution-providers", "name": f"ep:{name}",
-                            "status": "ok" if usability.usable else "warn",
-                            "detail": ("usable: " if usability.usable else "not usable: ") + usability.reason,
-                            "fix": usability.fix})
+            results.append(
+                {
+                    "probe": "execution-providers",
+                    "name": f"ep:{name}",
+                    "status": "ok" if usability.usable else "warn",
+                    "detail": ("usable: " if usability.usable else "not usable: ") + usability.reason,
+                    "fix": usability.fix,
+                }
+            )
         except Exception as exc:
-            results.append({"probe": "execution-providers", "name": f"ep:{name}", "status": "fail",
-                            "detail": f"probe raised {exc}", "fix": ""})
+            results.append(
+                {
+                    "probe": "execution-providers",
+                    "name": f"ep:{name}",
+                    "status": "fail",
+                    "detail": f"probe raised {exc}",
+                    "fix": "",
+                }
+            )
     registry.collect_all()
     for info in registry.plugin_infos():
         for error in info.errors:
             if info.loaded or not error.startswith(("disabled", "not in")):
-                results.append({"probe": "plugins", "name": f"plugin:{info.name}", "status": "warn",
-                                "detail": error, "fix": "fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS=" + info.name})
+                results.append(
+                    {
+                        "probe": "plugins",
+                        "name": f"plugin:{info.name}",
+                        "status": "warn",
+                        "detail": error,
+                        "fix": "fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS=" + info.name,
+                    }
+                )
     failed = any(r["status"] == "fail" for r in results)
     if as_json:
         emit_json({"ok": not failed, "checks": results})
@@ -208,15 +237,29 @@ def config_show(state: State, as_json: bool) -> None:
 # --------------------------------------------------------------------------- init
 @cli.command()
 @click.argument("model_dir", type=click.Path())
-@click.option("-o", "--output", "config_path", default="slmk.toml", show_default=True, type=click.Path(dir_okay=False),
-              help="Where to write the config.")
+@click.option(
+    "-o",
+    "--output",
+    "config_path",
+    default="slmk.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the config.",
+)
 @click.option("-p", "--precision", type=PRECISION_CHOICES, default="int4", show_default=True)
 @click.option("--ep", "execution_provider", default="cpu", show_default=True, help="Execution provider.")
 @click.option("--name", help="Install name (default: the folder name).")
 @click.option("--force", is_flag=True, help="Overwrite an existing config.")
 @click.pass_obj
-def init(state: State, model_dir: str, config_path: str, precision: str, execution_provider: str,
-         name: str | None, force: bool) -> None:
+def init(
+    state: State,
+    model_dir: str,
+    config_path: str,
+    precision: str,
+    execution_provider: str,
+    name: str | None,
+    force: bool,
+) -> None:
     """Write an slmk.toml for MODEL_DIR (one line per choice, e.g. execution_provider)."""
     import re
 
@@ -242,8 +285,10 @@ def init(state: State, model_dir: str, config_path: str, precision: str, executi
         "generation.top_k": gen.get("top_k"),
         "generation.repetition_penalty": gen.get("repetition_penalty"),
     }
-    header = (f"slmk configuration for {info.path.name} ({info.architecture or info.model_type}).\n"
-              "Swap hardware by changing execution_provider (cpu, cuda, ...); `slmk config keys` lists every key.")
+    header = (
+        f"slmk configuration for {info.path.name} ({info.architecture or info.model_type}).\n"
+        "Swap hardware by changing execution_provider (cpu, cuda, ...); `slmk config keys` lists every key."
+    )
     write_config(path, values, {"header": header})
     click.echo(f"wrote {path}")
 
@@ -280,24 +325,36 @@ def inspect(model_dir: str, as_json: bool) -> None:
         click.echo("converters:     " + "; ".join(report["converter_blockers"]))
     click.echo("precision x execution provider (build / run here):")
     for row in report["matrix"]:
-        click.echo(f"  {row['execution_provider']:<7} {row['precision']:<5} build: {'yes' if row['buildable'] else 'no ':<4}"
-                   f" run: {'yes' if row['runnable'] else 'no '}  {row['note']}")
+        click.echo(
+            f"  {row['execution_provider']:<7} {row['precision']:<5} build: {'yes' if row['buildable'] else 'no ':<4}"
+            f" run: {'yes' if row['runnable'] else 'no '}  {row['note']}"
+        )
 
 
 # --------------------------------------------------------------------------- convert
 def _quantization_cli(algorithm, block_size, accuracy_level, symmetric) -> dict[str, Any]:
-    return {"quantization.algorithm": algorithm, "quantization.block_size": block_size,
-            "quantization.accuracy_level": accuracy_level, "quantization.is_symmetric": symmetric}
+    return {
+        "quantization.algorithm": algorithm,
+        "quantization.block_size": block_size,
+        "quantization.accuracy_level": accuracy_level,
+        "quantization.is_symmetric": symmetric,
+    }
 
 
 def quantization_options(f):
-    f = click.option("--algorithm", type=click.Choice(["default", "rtn", "k_quant", "gptq", "awq", "hqq"]),
-                     help="Weight quantization algorithm: rtn/k_quant (builder), gptq (Olive, CPU), awq (Olive, GPU only), hqq (ONNX).")(f)
+    f = click.option(
+        "--algorithm",
+        type=click.Choice(["default", "rtn", "k_quant", "gptq", "awq", "hqq"]),
+        help="Weight quantization algorithm: rtn/k_quant (builder), gptq (Olive, CPU), awq (Olive, GPU only), hqq (ONNX).",
+    )(f)
     f = click.option("--block-size", type=int, help="int4 block size (16, 32, 64, 128, 256).")(f)
     f = click.option("--accuracy-level", type=int, help="int4 MatMul accuracy level 0-4 (4: int8 compute).")(f)
     f = click.option("--symmetric/--asymmetric", default=None, help="Symmetric int4 quantization.")(f)
-    f = click.option("--calibration", type=click.Path(dir_okay=False),
-                     help="Your own data (.jsonl chat records or .txt) for calibrated quantization.")(f)
+    f = click.option(
+        "--calibration",
+        type=click.Path(dir_okay=False),
+        help="Your own data (.jsonl chat records or .txt) for calibrated quantization.",
+    )(f)
     return f
 
 
@@ -314,8 +371,24 @@ def quantization_options(f):
 @quantization_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def convert(state: State, model_dir, precision, execution_provider, output, via, olive_config, plan_only, force,
-            trust_remote_code, algorithm, block_size, accuracy_level, symmetric, calibration, as_json) -> None:
+def convert(
+    state: State,
+    model_dir,
+    precision,
+    execution_provider,
+    output,
+    via,
+    olive_config,
+    plan_only,
+    force,
+    trust_remote_code,
+    algorithm,
+    block_size,
+    accuracy_level,
+    symmetric,
+    calibration,
+    as_json,
+) -> None:
     """Convert a Hugging Face model folder to a quantized ONNX Runtime GenAI build.
 
     \b
@@ -325,11 +398,18 @@ def convert(state: State, model_dir, precision, execution_provider, output, via,
     """
     from . import app
 
-    settings = state.settings({
-        "model": model_dir, "precision": precision, "execution_provider": execution_provider, "output": output,
-        "converter": via, "trust_remote_code": trust_remote_code, "quantization.calibration": calibration,
-        **_quantization_cli(algorithm, block_size, accuracy_level, symmetric),
-    })
+    settings = state.settings(
+        {
+            "model": model_dir,
+            "precision": precision,
+            "execution_provider": execution_provider,
+            "output": output,
+            "converter": via,
+            "trust_remote_code": trust_remote_code,
+            "quantization.calibration": calibration,
+            **_quantization_cli(algorithm, block_size, accuracy_level, symmetric),
+        }
+    )
     extra: dict[str, Any] = {}
     via = settings["converter"]
     model = settings["model"]
@@ -340,18 +420,38 @@ def convert(state: State, model_dir, precision, execution_provider, output, via,
         if not config_file.is_file():
             raise UsageError(f"Olive config {config_file} not found", hint="pass the path of your workflow .json file")
         # the content hash is part of the step-cache key: an edited workflow file rebuilds
-        via, extra = "olive-workflow", {"olive_config": str(config_file),
-                                        "olive_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()}
+        via, extra = (
+            "olive-workflow",
+            {
+                "olive_config": str(config_file),
+                "olive_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest(),
+            },
+        )
         model = model or app.olive_config_input_model(olive_config)
     if not model:
-        raise UsageError("no model folder given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)")
-    out = settings["output"] or f"build/{Path(model).resolve().name}-{settings['precision']}-{settings['execution_provider']}"
+        raise UsageError(
+            "no model folder given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)"
+        )
+    out = (
+        settings["output"]
+        or f"build/{Path(model).resolve().name}-{settings['precision']}-{settings['execution_provider']}"
+    )
     quiet = as_json or state.quiet
     result = app.convert(
-        model, out, precision=settings["precision"], execution_provider=settings["execution_provider"], via=via,
-        quantization=settings.quantization(), calibration=settings["quantization.calibration"],
-        search=settings.generation(), force=force, trust_remote_code=settings["trust_remote_code"],
-        plan_only=plan_only, extra_options=extra, progress=state.progress(quiet), cache_dir=settings["cache_dir"],
+        model,
+        out,
+        precision=settings["precision"],
+        execution_provider=settings["execution_provider"],
+        via=via,
+        quantization=settings.quantization(),
+        calibration=settings["quantization.calibration"],
+        search=settings.generation(),
+        force=force,
+        trust_remote_code=settings["trust_remote_code"],
+        plan_only=plan_only,
+        extra_options=extra,
+        progress=state.progress(quiet),
+        cache_dir=settings["cache_dir"],
     )
     if plan_only:
         if as_json:
@@ -370,7 +470,9 @@ def convert(state: State, model_dir, precision, execution_provider, output, via,
 def render_build(result) -> None:
     for step in result.steps:
         click.echo(f"  {step.kind:<8} {step.tool:<18} {step.precision:<5} {step.status:<6} {step.seconds:7.1f}s")
-    click.echo(f"built {result.output} ({human_size(result.size_bytes)} in {len(result.files)} files, {result.seconds:.1f}s)")
+    click.echo(
+        f"built {result.output} ({human_size(result.size_bytes)} in {len(result.files)} files, {result.seconds:.1f}s)"
+    )
     for name, size in result.files.items():
         if size > 1_000_000 or name.endswith(".onnx"):
             click.echo(f"    {name:<32} {human_size(size)}")
@@ -389,8 +491,13 @@ def generation_options(f):
 
 def _search_from(settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy) -> dict[str, Any]:
     search = settings.generation()
-    overrides = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
-                 "max_new_tokens": max_new_tokens}
+    overrides = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+        "max_new_tokens": max_new_tokens,
+    }
     search.update({k: v for k, v in overrides.items() if v is not None})
     if greedy is not None:
         search["do_sample"] = not greedy
@@ -398,9 +505,12 @@ def _search_from(settings, max_new_tokens, temperature, top_p, top_k, repetition
 
 
 def cache_dir_option(f):
-    return click.option("--cache-dir", type=click.Path(file_okay=False),
-                        help="Foundry Local cache (default: slmk.toml install.cache_dir, $SLMK_FOUNDRY_CACHE, "
-                             "`foundry cache location`, the platform default).")(f)
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="Foundry Local cache (default: slmk.toml install.cache_dir, $SLMK_FOUNDRY_CACHE, "
+        "`foundry cache location`, the platform default).",
+    )(f)
 
 
 @cli.command()
@@ -413,8 +523,22 @@ def cache_dir_option(f):
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="With --prompt: print the answer and stats as JSON.")
 @click.pass_obj
-def run(state: State, target, prompt, system, runtime, execution_provider, cache_dir, max_new_tokens, temperature,
-        top_p, top_k, repetition_penalty, greedy, as_json) -> None:
+def run(
+    state: State,
+    target,
+    prompt,
+    system,
+    runtime,
+    execution_provider,
+    cache_dir,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    repetition_penalty,
+    greedy,
+    as_json,
+) -> None:
     """Chat with a build folder or an installed model (TARGET: folder or NAME[:VERSION]).
 
     The model's own chat template is applied; tokens stream as they are generated.
@@ -426,8 +550,13 @@ def run(state: State, target, prompt, system, runtime, execution_provider, cache
     search = _search_from(settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
     foundry_cache = Path(settings["install.cache_dir"]) if settings["install.cache_dir"] else None
     folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
-    session = app.open_session(folder, runtime=settings["runtime"], execution_provider=execution_provider,
-                               installed=installed, cache_dir=foundry_cache)
+    session = app.open_session(
+        folder,
+        runtime=settings["runtime"],
+        execution_provider=execution_provider,
+        installed=installed,
+        cache_dir=foundry_cache,
+    )
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     try:
         if prompt is not None:
@@ -435,8 +564,14 @@ def run(state: State, target, prompt, system, runtime, execution_provider, cache
             if as_json:
                 answer = "".join(session.generate(messages, **search))
                 stats = session.last_stats
-                emit_json({"prompt": prompt, "answer": answer, "stats": stats.__dict__ if stats else None,
-                           "decode_tokens_per_s": stats.decode_tokens_per_s if stats else None})
+                emit_json(
+                    {
+                        "prompt": prompt,
+                        "answer": answer,
+                        "stats": stats.__dict__ if stats else None,
+                        "decode_tokens_per_s": stats.decode_tokens_per_s if stats else None,
+                    }
+                )
             else:
                 _stream(session, messages, search)
             return
@@ -468,15 +603,20 @@ def _stream(session, messages, search) -> str:
     click.echo()
     stats = session.last_stats
     if stats:
-        click.echo(f"[{stats.prompt_tokens} prompt tokens, {stats.generated_tokens} generated, "
-                   f"first token {stats.time_to_first_token_s * 1000:.0f} ms, "
-                   f"{stats.decode_tokens_per_s:.1f} tokens/s]", err=True)
+        click.echo(
+            f"[{stats.prompt_tokens} prompt tokens, {stats.generated_tokens} generated, "
+            f"first token {stats.time_to_first_token_s * 1000:.0f} ms, "
+            f"{stats.decode_tokens_per_s:.1f} tokens/s]",
+            err=True,
+        )
     return "".join(pieces)
 
 
 # --------------------------------------------------------------------------- demo
 @cli.command()
-@click.option("--model", "model_dir", type=click.Path(file_okay=False), help="Model folder [default: examples/tiny-chat/model].")
+@click.option(
+    "--model", "model_dir", type=click.Path(file_okay=False), help="Model folder [default: examples/tiny-chat/model]."
+)
 @click.option("-p", "--precision", type=PRECISION_CHOICES, default="int4", show_default=True)
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Build folder [default: in slmk's cache].")
 @click.option("--question", help="What to ask [default: the first question of the model's eval set].")
@@ -490,8 +630,14 @@ def demo(state: State, model_dir, precision, output, question, as_json) -> None:
     """
     from . import app
 
-    result = app.demo(model_dir=model_dir, precision=precision, output=output, question=question,
-                      progress=state.progress(as_json), echo=None if as_json else click.echo)
+    result = app.demo(
+        model_dir=model_dir,
+        precision=precision,
+        output=output,
+        question=question,
+        progress=state.progress(as_json),
+        echo=None if as_json else click.echo,
+    )
     if as_json:
         emit_json(result)
 
@@ -503,17 +649,29 @@ def _foundry_cache(settings) -> Path | None:
 
 
 def _installed_dict(model) -> dict[str, Any]:
-    return {"name": model.name, "version": model.version, "ref": model.ref, "installer": model.installer,
-            "precision": model.precision, "execution_provider": model.execution_provider,
-            "size_bytes": model.size_bytes, "path": str(model.path), "runtimes": list(model.runtimes),
-            **{k: v for k, v in model.extra.items() if isinstance(v, (str, int, float, bool))}}
+    return {
+        "name": model.name,
+        "version": model.version,
+        "ref": model.ref,
+        "installer": model.installer,
+        "precision": model.precision,
+        "execution_provider": model.execution_provider,
+        "size_bytes": model.size_bytes,
+        "path": str(model.path),
+        "runtimes": list(model.runtimes),
+        **{k: v for k, v in model.extra.items() if isinstance(v, (str, int, float, bool))},
+    }
 
 
 @cli.command()
 @click.argument("build_dir", type=click.Path())
 @click.option("--name", help="Name to install under [default: slmk.toml name].")
-@click.option("--template", "template_file", type=click.Path(dir_okay=False),
-              help="Prompt template: a JSON file with system/user/assistant/prompt, or a Jinja chat template.")
+@click.option(
+    "--template",
+    "template_file",
+    type=click.Path(dir_okay=False),
+    help="Prompt template: a JSON file with system/user/assistant/prompt, or a Jinja chat template.",
+)
 @click.option("--installer", help="Installer plugin [default: foundry].")
 @cache_dir_option
 @click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
@@ -530,8 +688,15 @@ def install(state: State, build_dir, name, template_file, installer, cache_dir, 
     settings = state.settings({"name": name, "installer": installer, "install.cache_dir": cache_dir})
     if not settings["name"]:
         raise UsageError("no name given", hint="pass --name NAME or set `name` in slmk.toml")
-    model = app.install(build_dir, settings["name"], installer=settings["installer"], cache_dir=_foundry_cache(settings),
-                        force=force, template_file=template_file, progress=state.progress(as_json))
+    model = app.install(
+        build_dir,
+        settings["name"],
+        installer=settings["installer"],
+        cache_dir=_foundry_cache(settings),
+        force=force,
+        template_file=template_file,
+        progress=state.progress(as_json),
+    )
     if as_json:
         emit_json(_installed_dict(model))
         return
@@ -560,8 +725,10 @@ def list_(state: State, installer, cache_dir, as_json) -> None:
     if not models:
         click.echo("no models installed")
     for m in models:
-        click.echo(f"{m.ref:<28} {m.precision or '?':<5} {m.execution_provider or '?':<6} {human_size(m.size_bytes):>9}  "
-                   f"runtimes: {','.join(m.runtimes)}  {m.path}")
+        click.echo(
+            f"{m.ref:<28} {m.precision or '?':<5} {m.execution_provider or '?':<6} {human_size(m.size_bytes):>9}  "
+            f"runtimes: {','.join(m.runtimes)}  {m.path}"
+        )
 
 
 @cli.command()
@@ -612,8 +779,8 @@ def template_show(target, template_file, as_json) -> None:
 
 
 # Command groups that live in their own modules (measurement, plugin authoring).
-from .cli_measure import register as _register_measure  # noqa: E402
-from .cli_plugin import register as _register_plugin  # noqa: E402
+from .cli_measure import register as _register_measure
+from .cli_plugin import register as _register_plugin
 
 _register_measure(cli)
 _register_plugin(cli)

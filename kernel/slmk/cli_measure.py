@@ -17,8 +17,12 @@ def _quiet_option(f):
 
 
 def _runtime_options(f):
-    f = click.option("--ep", "execution_provider", help="Execution provider (default: the one the model was built for).")(f)
-    f = click.option("--runtime", help="ortgenai (ONNX Runtime GenAI) or foundry (Foundry Local SDK) [default: ortgenai].")(f)
+    f = click.option(
+        "--ep", "execution_provider", help="Execution provider (default: the one the model was built for)."
+    )(f)
+    f = click.option(
+        "--runtime", help="ortgenai (ONNX Runtime GenAI) or foundry (Foundry Local SDK) [default: ortgenai]."
+    )(f)
     return f
 
 
@@ -49,8 +53,13 @@ def _open_target(state: State, target: str, runtime, execution_provider, cache_d
     folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
 
     def open_session():
-        return app.open_session(folder, runtime=settings["runtime"], execution_provider=execution_provider,
-                                installed=installed, cache_dir=foundry_cache)
+        return app.open_session(
+            folder,
+            runtime=settings["runtime"],
+            execution_provider=execution_provider,
+            installed=installed,
+            cache_dir=foundry_cache,
+        )
 
     return settings, Path(folder), open_session
 
@@ -67,7 +76,11 @@ def _eval_items(folder: Path, eval_file: str | None) -> tuple[list, str | None, 
 
     path = Path(eval_file) if eval_file else default_file(folder, "eval.jsonl")
     if path is None:
-        return [], None, "no eval file given and none beside the source model (../data/eval.jsonl): pass --eval FILE.jsonl"
+        return (
+            [],
+            None,
+            "no eval file given and none beside the source model (../data/eval.jsonl): pass --eval FILE.jsonl",
+        )
     return load_eval(path), str(path), ""
 
 
@@ -95,15 +108,32 @@ def _num(value: Any, fmt: str = "{:.2f}") -> str:
 @click.argument("target")
 @_runtime_options
 @cache_dir_option
-@click.option("--lengths", help="Prompt lengths in tokens, comma-separated [default: 5 from 16 to the context, log-spaced].")
+@click.option(
+    "--lengths", help="Prompt lengths in tokens, comma-separated [default: 5 from 16 to the context, log-spaced]."
+)
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per prompt length.")
-@click.option("--new-tokens", type=click.IntRange(min=2), default=32, show_default=True, help="Tokens generated per run.")
+@click.option(
+    "--new-tokens", type=click.IntRange(min=2), default=32, show_default=True, help="Tokens generated per run."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw decode speed and latency to this PNG.")
+@click.option(
+    "--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw decode speed and latency to this PNG."
+)
 @_quiet_option
 @click.pass_obj
-def bench(state: State, target, runtime, execution_provider, cache_dir, lengths, repeats, new_tokens, as_json,
-          plot_file, quiet) -> None:
+def bench(
+    state: State,
+    target,
+    runtime,
+    execution_provider,
+    cache_dir,
+    lengths,
+    repeats,
+    new_tokens,
+    as_json,
+    plot_file,
+    quiet,
+) -> None:
     """Speed and memory of a build folder or installed model (TARGET: folder or NAME[:VERSION]).
 
     For each prompt length (up to the model's context): time to first token, prompt
@@ -122,12 +152,23 @@ def bench(state: State, target, runtime, execution_provider, cache_dir, lengths,
     baseline = rss_bytes()
     session = open_session()
     try:
-        report = run_bench(Driver(session, folder), lengths=planned, repeats=repeats, new_tokens=new_tokens,
-                           baseline_rss=baseline, progress=_progress(state, quiet, as_json))
+        report = run_bench(
+            Driver(session, folder),
+            lengths=planned,
+            repeats=repeats,
+            new_tokens=new_tokens,
+            baseline_rss=baseline,
+            progress=_progress(state, quiet, as_json),
+        )
     finally:
         session.close()
-    report = {"target": target, "folder": str(folder), "runtime": settings["runtime"],
-              "execution_provider": _ep_of(folder, execution_provider), **report}
+    report = {
+        "target": target,
+        "folder": str(folder),
+        "runtime": settings["runtime"],
+        "execution_provider": _ep_of(folder, execution_provider),
+        **report,
+    }
     if plot_file:
         from .measure.plot import plot_bench
 
@@ -135,19 +176,33 @@ def bench(state: State, target, runtime, execution_provider, cache_dir, lengths,
     if as_json:
         emit_json(report)
         return
-    click.echo(f"bench {target} ({report['runtime']}, {report['execution_provider']}): context {report['context_length']}, "
-               f"{new_tokens} new tokens, {repeats} repeats, {report['cpu_count']} CPUs")
-    click.echo(f"{'prompt':>7} {'first token ms':>16} {'prompt tok/s':>13} {'decode tok/s':>16} {'CPU %':>6} {'peak RSS':>10}")
+    click.echo(
+        f"bench {target} ({report['runtime']}, {report['execution_provider']}): context {report['context_length']}, "
+        f"{new_tokens} new tokens, {repeats} repeats, {report['cpu_count']} CPUs"
+    )
+    click.echo(
+        f"{'prompt':>7} {'first token ms':>16} {'prompt tok/s':>13} {'decode tok/s':>16} {'CPU %':>6} {'peak RSS':>10}"
+    )
     click.echo(f"{'tokens':>7} {'median':>8}{'p90':>8} {'median':>13} {'median':>8}{'p90':>8} {'median':>6}")
     for row in report["lengths"]:
-        click.echo(f"{row['prompt_tokens']:>7} {_ms(row['time_to_first_token_s']['median']):>8}"
-                   f"{_ms(row['time_to_first_token_s']['p90']):>8} {row['prompt_tokens_per_s']['median']:>13.0f} "
-                   f"{row['decode_tokens_per_s']['median']:>8.1f}{row['decode_tokens_per_s']['p90']:>8.1f} "
-                   f"{row['cpu_percent']['median']:>6.0f} {human_size(row['peak_rss_bytes']):>10}")
-    model_rss = f" (+{human_size(report['model_rss_bytes'])} since before loading)" if report.get("model_rss_bytes") else ""
-    click.echo(f"peak RSS {human_size(report['peak_rss_bytes'])}{model_rss}"
-               + ("" if report["fixed_answer_length"] else "; this runtime cannot fix the answer length: "
-                  "decode rates are over the tokens the model chose to write"))
+        click.echo(
+            f"{row['prompt_tokens']:>7} {_ms(row['time_to_first_token_s']['median']):>8}"
+            f"{_ms(row['time_to_first_token_s']['p90']):>8} {row['prompt_tokens_per_s']['median']:>13.0f} "
+            f"{row['decode_tokens_per_s']['median']:>8.1f}{row['decode_tokens_per_s']['p90']:>8.1f} "
+            f"{row['cpu_percent']['median']:>6.0f} {human_size(row['peak_rss_bytes']):>10}"
+        )
+    model_rss = (
+        f" (+{human_size(report['model_rss_bytes'])} since before loading)" if report.get("model_rss_bytes") else ""
+    )
+    click.echo(
+        f"peak RSS {human_size(report['peak_rss_bytes'])}{model_rss}"
+        + (
+            ""
+            if report["fixed_answer_length"]
+            else "; this runtime cannot fix the answer length: "
+            "decode rates are over the tokens the model chose to write"
+        )
+    )
     if report.get("plot"):
         click.echo(f"plot: {report['plot']}")
 
@@ -157,27 +212,73 @@ def bench(state: State, target, runtime, execution_provider, cache_dir, lengths,
 @click.argument("target")
 @_runtime_options
 @cache_dir_option
-@click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
-              help="JSONL of {messages, expected|exact|regex, format_regex|json_schema} "
-                   "[default: the model's ../data/eval.jsonl].")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Domain answers needed.")
-@click.option("--leak-runs", type=click.IntRange(min=2), default=200, show_default=True, help="Generations in the leak check.")
-@click.option("--leak-threshold-kb", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Largest RSS slope allowed, KB per generation.")
-@click.option("--sessions", type=click.IntRange(min=2), default=20, show_default=True, help="Open/generate/close cycles.")
-@click.option("--session-growth-mb", type=click.FloatRange(min=0), default=32.0, show_default=True,
-              help="Largest RSS growth allowed over the cycles, MB.")
-@click.option("--max-slowdown", type=click.FloatRange(min=1), default=1.5, show_default=True,
-              help="Decode time per token at a prompt length over what the shorter prompts' linear trend predicts, at most.")
+@click.option(
+    "--eval",
+    "eval_file",
+    type=click.Path(dir_okay=False),
+    help="JSONL of {messages, expected|exact|regex, format_regex|json_schema} "
+    "[default: the model's ../data/eval.jsonl].",
+)
+@click.option(
+    "--min-accuracy", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Domain answers needed."
+)
+@click.option(
+    "--leak-runs", type=click.IntRange(min=2), default=200, show_default=True, help="Generations in the leak check."
+)
+@click.option(
+    "--leak-threshold-kb",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Largest RSS slope allowed, KB per generation.",
+)
+@click.option(
+    "--sessions", type=click.IntRange(min=2), default=20, show_default=True, help="Open/generate/close cycles."
+)
+@click.option(
+    "--session-growth-mb",
+    type=click.FloatRange(min=0),
+    default=32.0,
+    show_default=True,
+    help="Largest RSS growth allowed over the cycles, MB.",
+)
+@click.option(
+    "--max-slowdown",
+    type=click.FloatRange(min=1),
+    default=1.5,
+    show_default=True,
+    help="Decode time per token at a prompt length over what the shorter prompts' linear trend predicts, at most.",
+)
 @click.option("--strict", is_flag=True, help="Warnings fail too.")
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the results as Markdown.")
 @_quiet_option
 @click.pass_obj
-def validate(state: State, target, runtime, execution_provider, cache_dir, eval_file, min_accuracy, leak_runs,
-             leak_threshold_kb, sessions, session_growth_mb, max_slowdown, strict, max_new_tokens, temperature, top_p,
-             top_k, repetition_penalty, greedy, as_json, report_file, quiet) -> None:
+def validate(
+    state: State,
+    target,
+    runtime,
+    execution_provider,
+    cache_dir,
+    eval_file,
+    min_accuracy,
+    leak_runs,
+    leak_threshold_kb,
+    sessions,
+    session_growth_mb,
+    max_slowdown,
+    strict,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    repetition_penalty,
+    greedy,
+    as_json,
+    report_file,
+    quiet,
+) -> None:
     """Run the validation checklist on a build folder or installed model; exit 1 if a check fails.
 
     \b
@@ -198,12 +299,30 @@ def validate(state: State, target, runtime, execution_provider, cache_dir, eval_
     if greedy is None:
         search["do_sample"] = False  # measurements repeat: greedy unless asked to sample
     report = run_validate(
-        open_session, folder, strict=strict, items=items, eval_note=eval_note, search=search, max_new_tokens=answer_tokens,
-        leak_runs=leak_runs, leak_kb_per_run=leak_threshold_kb, sessions=sessions, session_growth_mb=session_growth_mb,
-        min_accuracy=min_accuracy, max_slowdown=max_slowdown, progress=_progress(state, quiet, as_json))
-    report = {"target": target, "folder": str(folder), "runtime": settings["runtime"],
-              "execution_provider": _ep_of(folder, execution_provider), "eval_file": used_eval,
-              "date": _dt.datetime.now().isoformat(timespec="seconds"), **report}
+        open_session,
+        folder,
+        strict=strict,
+        items=items,
+        eval_note=eval_note,
+        search=search,
+        max_new_tokens=answer_tokens,
+        leak_runs=leak_runs,
+        leak_kb_per_run=leak_threshold_kb,
+        sessions=sessions,
+        session_growth_mb=session_growth_mb,
+        min_accuracy=min_accuracy,
+        max_slowdown=max_slowdown,
+        progress=_progress(state, quiet, as_json),
+    )
+    report = {
+        "target": target,
+        "folder": str(folder),
+        "runtime": settings["runtime"],
+        "execution_provider": _ep_of(folder, execution_provider),
+        "eval_file": used_eval,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        **report,
+    }
     if report_file:
         report["report_file"] = str(_write_text_atomic(report_file, render_markdown(report)))
     if as_json:
@@ -225,16 +344,35 @@ def validate(state: State, target, runtime, execution_provider, cache_dir, eval_
 @click.option("--precisions", default="fp32,int8,int4", show_default=True, help="Comma-separated precisions to build.")
 @click.option("--ep", "execution_provider", help="Execution provider [default: slmk.toml execution_provider, cpu].")
 @click.option("--runtime", help="Runtime to measure with [default: ortgenai].")
-@click.option("--eval", "eval_file", type=click.Path(dir_okay=False), help="Eval JSONL [default: MODEL_DIR/../data/eval.jsonl].")
-@click.option("--heldout", "heldout_file", type=click.Path(dir_okay=False),
-              help="Held-out text for perplexity [default: MODEL_DIR/../data/heldout.txt].")
-@click.option("--tolerance", help='Quality a smaller precision must keep to be recommended [default: "ppl<=+5%,accuracy>=-5%"].')
+@click.option(
+    "--eval", "eval_file", type=click.Path(dir_okay=False), help="Eval JSONL [default: MODEL_DIR/../data/eval.jsonl]."
+)
+@click.option(
+    "--heldout",
+    "heldout_file",
+    type=click.Path(dir_okay=False),
+    help="Held-out text for perplexity [default: MODEL_DIR/../data/heldout.txt].",
+)
+@click.option(
+    "--tolerance", help='Quality a smaller precision must keep to be recommended [default: "ppl<=+5%,accuracy>=-5%"].'
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw the table to this PNG.")
 @_quiet_option
 @click.pass_obj
-def compare(state: State, model_dir, precisions, execution_provider, runtime, eval_file, heldout_file, tolerance,
-            as_json, plot_file, quiet) -> None:
+def compare(
+    state: State,
+    model_dir,
+    precisions,
+    execution_provider,
+    runtime,
+    eval_file,
+    heldout_file,
+    tolerance,
+    as_json,
+    plot_file,
+    quiet,
+) -> None:
     """Build MODEL_DIR at several precisions and compare them; recommend the smallest good enough.
 
     Per precision: size on disk (and ratio to the reference, fp32 where given), decode
@@ -255,7 +393,9 @@ def compare(state: State, model_dir, precisions, execution_provider, runtime, ev
     settings = state.settings({"execution_provider": execution_provider, "runtime": runtime})
     info = ModelInfo.load(model_dir)
     if info.format != FORMAT_HF:
-        raise UsageError(f"{info.path} is not a Hugging Face model folder", hint="compare builds the model: pass its folder")
+        raise UsageError(
+            f"{info.path} is not a Hugging Face model folder", hint="compare builds the model: pass its folder"
+        )
     folder = info.path.resolve()
     ep = app.resolve_ep(get_registry(), settings["execution_provider"])
     items, used_eval, _ = _eval_items(folder, eval_file)
@@ -265,10 +405,18 @@ def compare(state: State, model_dir, precisions, execution_provider, runtime, ev
     def open_session(path: Path):
         return app.open_session(path, runtime=settings["runtime"], execution_provider=ep.name)
 
-    report = run_compare(folder, [p.strip() for p in precisions.split(",") if p.strip()], ep, open_session,
-                         items=items, heldout=heldout, tolerance=tolerance,
-                         cache_dir=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
-                         progress=progress, sub_progress=nested(progress))
+    report = run_compare(
+        folder,
+        [p.strip() for p in precisions.split(",") if p.strip()],
+        ep,
+        open_session,
+        items=items,
+        heldout=heldout,
+        tolerance=tolerance,
+        cache_dir=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
+        progress=progress,
+        sub_progress=nested(progress),
+    )
     report.update({"runtime": settings["runtime"], "eval_file": used_eval, "heldout": used_heldout})
     if plot_file:
         from .measure.plot import plot_compare
@@ -279,13 +427,17 @@ def compare(state: State, model_dir, precisions, execution_provider, runtime, ev
         return
     ref = report["reference"]
     click.echo(f"compare {model_dir} on {ep.name} ({settings['runtime']}); ratios against {ref}")
-    click.echo(f"{'precision':<9} {'size':>9} {'ratio':>6} {'decode tok/s':>12} {'ratio':>6} {'ppl':>9} {'ppl chg':>8} "
-               f"{'agreement':>9} {'accuracy':>8}")
+    click.echo(
+        f"{'precision':<9} {'size':>9} {'ratio':>6} {'decode tok/s':>12} {'ratio':>6} {'ppl':>9} {'ppl chg':>8} "
+        f"{'agreement':>9} {'accuracy':>8}"
+    )
     for row in report["precisions"]:
-        click.echo(f"{row['precision']:<9} {human_size(row['size_bytes']):>9} {_num(row['size_ratio']):>6} "
-                   f"{_num(row['decode_tps'], '{:.1f}'):>12} {_num(row['decode_ratio']):>6} {_num(row['ppl'], '{:.3f}'):>9} "
-                   f"{_num(row['ppl_change_pct'], '{:+.2f}%'):>8} {_num(row['agreement'], '{:.3f}'):>9} "
-                   f"{_num(row['accuracy']):>8}")
+        click.echo(
+            f"{row['precision']:<9} {human_size(row['size_bytes']):>9} {_num(row['size_ratio']):>6} "
+            f"{_num(row['decode_tps'], '{:.1f}'):>12} {_num(row['decode_ratio']):>6} {_num(row['ppl'], '{:.3f}'):>9} "
+            f"{_num(row['ppl_change_pct'], '{:+.2f}%'):>8} {_num(row['agreement'], '{:.3f}'):>9} "
+            f"{_num(row['accuracy']):>8}"
+        )
         for note in row["notes"]:
             click.echo(f"    note: {note}")
     rec = report["recommendation"]
@@ -296,38 +448,80 @@ def compare(state: State, model_dir, precisions, execution_provider, runtime, ev
 
 # --------------------------------------------------------------------------- deploy
 def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'precision':<9} {'result':<6} {'size':>9} {'ppl':>9} {'accuracy':>8} {'agreement':>9} {'decode tok/s':>12}  why"]
+    lines = [
+        f"{'precision':<9} {'result':<6} {'size':>9} {'ppl':>9} {'accuracy':>8} {'agreement':>9} {'decode tok/s':>12}  why"
+    ]
     for row in tried:
         reasons = "; ".join(r.removeprefix("ok: ").removeprefix("FAIL: ") for r in row["reasons"])
-        lines.append(f"{row['precision'] + (' (ref)' if row['reference'] else ''):<9} {'pass' if row['ok'] else 'FAIL':<6} "
-                     f"{human_size(row['size_bytes']):>9} {_num(row['ppl'], '{:.3f}'):>9} {_num(row['accuracy']):>8} "
-                     f"{_num(row['agreement'], '{:.3f}'):>9} {_num(row['decode_tps'], '{:.1f}'):>12}  {reasons}")
+        lines.append(
+            f"{row['precision'] + (' (ref)' if row['reference'] else ''):<9} {'pass' if row['ok'] else 'FAIL':<6} "
+            f"{human_size(row['size_bytes']):>9} {_num(row['ppl'], '{:.3f}'):>9} {_num(row['accuracy']):>8} "
+            f"{_num(row['agreement'], '{:.3f}'):>9} {_num(row['decode_tps'], '{:.1f}'):>12}  {reasons}"
+        )
     return lines
 
 
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path())
 @click.option("--name", help="Name to install under [default: slmk.toml name].")
-@click.option("--quality-gate", "gate", help='e.g. "ppl<=+5%,accuracy>=0.9": install the smallest precision that meets it.')
-@click.option("-p", "--precision", type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32"]),
-              help="Without a gate: the precision to deploy [default: slmk.toml precision, int4].")
+@click.option(
+    "--quality-gate", "gate", help='e.g. "ppl<=+5%,accuracy>=0.9": install the smallest precision that meets it.'
+)
+@click.option(
+    "-p",
+    "--precision",
+    type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32"]),
+    help="Without a gate: the precision to deploy [default: slmk.toml precision, int4].",
+)
 @click.option("--ep", "execution_provider", help="Execution provider [default: slmk.toml execution_provider, cpu].")
 @click.option("--runtime", help="Runtime to measure, validate and check with [default: ortgenai].")
 @click.option("--installer", help="Installer plugin [default: foundry].")
 @cache_dir_option
-@click.option("--eval", "eval_file", type=click.Path(dir_okay=False), help="Eval JSONL [default: MODEL_DIR/../data/eval.jsonl].")
-@click.option("--heldout", "heldout_file", type=click.Path(dir_okay=False),
-              help="Held-out text for perplexity [default: MODEL_DIR/../data/heldout.txt].")
-@click.option("--leak-runs", type=click.IntRange(min=2), default=200, show_default=True,
-              help="Generations in the validation's leak check.")
-@click.option("--max-slowdown", type=click.FloatRange(min=1), default=1.5, show_default=True,
-              help="Validation: decode time at a prompt length over the shorter prompts' linear trend, at most.")
+@click.option(
+    "--eval", "eval_file", type=click.Path(dir_okay=False), help="Eval JSONL [default: MODEL_DIR/../data/eval.jsonl]."
+)
+@click.option(
+    "--heldout",
+    "heldout_file",
+    type=click.Path(dir_okay=False),
+    help="Held-out text for perplexity [default: MODEL_DIR/../data/heldout.txt].",
+)
+@click.option(
+    "--leak-runs",
+    type=click.IntRange(min=2),
+    default=200,
+    show_default=True,
+    help="Generations in the validation's leak check.",
+)
+@click.option(
+    "--max-slowdown",
+    type=click.FloatRange(min=1),
+    default=1.5,
+    show_default=True,
+    help="Validation: decode time at a prompt length over the shorter prompts' linear trend, at most.",
+)
 @click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_quiet_option
 @click.pass_obj
-def deploy(state: State, model_dir, name, gate, precision, execution_provider, runtime, installer, cache_dir, eval_file,
-           heldout_file, leak_runs, max_slowdown, force, as_json, quiet) -> None:
+def deploy(
+    state: State,
+    model_dir,
+    name,
+    gate,
+    precision,
+    execution_provider,
+    runtime,
+    installer,
+    cache_dir,
+    eval_file,
+    heldout_file,
+    leak_runs,
+    max_slowdown,
+    force,
+    as_json,
+    quiet,
+) -> None:
     """Doctor, convert, quantize, template, validate and install MODEL_DIR in one command.
 
     With --quality-gate, tries the smallest precision the execution provider runs
@@ -342,8 +536,16 @@ def deploy(state: State, model_dir, name, gate, precision, execution_provider, r
     from .deploy import NoPrecisionPasses
     from .deploy import deploy as run_deploy
 
-    settings = state.settings({"model": model_dir, "name": name, "execution_provider": execution_provider,
-                               "runtime": runtime, "installer": installer, "install.cache_dir": cache_dir})
+    settings = state.settings(
+        {
+            "model": model_dir,
+            "name": name,
+            "execution_provider": execution_provider,
+            "runtime": runtime,
+            "installer": installer,
+            "install.cache_dir": cache_dir,
+        }
+    )
     if not settings["model"]:
         raise UsageError("no model given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)")
     if not settings["name"]:
@@ -353,12 +555,21 @@ def deploy(state: State, model_dir, name, gate, precision, execution_provider, r
     progress = _progress(state, quiet, as_json)
     try:
         result = run_deploy(
-            settings["model"], settings["name"], gate=gate, precision=precision,
-            execution_provider=settings["execution_provider"], runtime=settings["runtime"], installer=settings["installer"],
-            install_cache=_foundry_cache(settings), steps_cache=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
-            force=force, eval_file=eval_file, heldout_file=heldout_file,
+            settings["model"],
+            settings["name"],
+            gate=gate,
+            precision=precision,
+            execution_provider=settings["execution_provider"],
+            runtime=settings["runtime"],
+            installer=settings["installer"],
+            install_cache=_foundry_cache(settings),
+            steps_cache=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
+            force=force,
+            eval_file=eval_file,
+            heldout_file=heldout_file,
             validate_options={"leak_runs": leak_runs, "max_slowdown": max_slowdown},
-            progress=progress)
+            progress=progress,
+        )
     except NoPrecisionPasses as exc:
         if as_json:
             emit_json(exc.result.as_dict())
@@ -378,8 +589,10 @@ def deploy(state: State, model_dir, name, gate, precision, execution_provider, r
     counts = ", ".join(f"{n} {s}" for s, n in validation["counts"].items() if n)
     installed = data["installed"]
     click.echo(f"chose {data['chosen']}: validation passed ({counts})")
-    click.echo(f"installed {installed['ref']} ({installed['precision']}, {installed['execution_provider']}, "
-               f"{human_size(installed['size_bytes'])}) at {installed['path']}")
+    click.echo(
+        f"installed {installed['ref']} ({installed['precision']}, {installed['execution_provider']}, "
+        f"{human_size(installed['size_bytes'])}) at {installed['path']}"
+    )
     first = data["first_answer"]
     click.echo(f"first answer: {first['question']} -> {first['answer'].strip()}")
 

@@ -17,10 +17,20 @@ def plugin_group() -> None:
 
 @plugin_group.command("new")
 @click.argument("name")
-@click.option("--kind", required=True, type=click.Choice(KIND_NAMES),
-              help="What the plugin contributes: " + "; ".join(f"{k}: {v.record}" for k, v in KINDS.items()) + ".")
-@click.option("-o", "--output-dir", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Folder to create slmk-NAME/ in.")
+@click.option(
+    "--kind",
+    required=True,
+    type=click.Choice(KIND_NAMES),
+    help="What the plugin contributes: " + "; ".join(f"{k}: {v.record}" for k, v in KINDS.items()) + ".",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder to create slmk-NAME/ in.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing slmk-NAME/ folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def plugin_new(name: str, kind: str, output_dir: str, force: bool, as_json: bool) -> None:

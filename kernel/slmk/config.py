@@ -55,8 +55,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", str, None, "slmk's step cache (default: $XDG_CACHE_HOME/slmk)"),
     Setting("trust_remote_code", bool, False, "allow model code from the model folder to run"),
     Setting("install.cache_dir", str, None, "the Foundry Local cache to install into"),
-    Setting("quantization.algorithm", str, "default", "weight quantization algorithm",
-            choices=("default", "rtn", "k_quant", "gptq", "awq", "hqq")),
+    Setting(
+        "quantization.algorithm",
+        str,
+        "default",
+        "weight quantization algorithm",
+        choices=("default", "rtn", "k_quant", "gptq", "awq", "hqq"),
+    ),
     Setting("quantization.block_size", int, 32, "int4 block size", choices=(16, 32, 64, 128, 256)),
     Setting("quantization.accuracy_level", int, 4, "int4 MatMul accuracy level", choices=(0, 1, 2, 3, 4)),
     Setting("quantization.is_symmetric", bool, True, "symmetric int4 quantization"),
@@ -64,9 +69,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("generation.max_length", int, None, "prompt + answer tokens at most", check=_positive, check_help="> 0"),
     Setting("generation.do_sample", bool, None, "sample (true) or greedy (false)"),
     Setting("generation.temperature", float, None, "sampling temperature", check=lambda v: v >= 0, check_help=">= 0"),
-    Setting("generation.top_p", float, None, "nucleus sampling mass", check=lambda v: 0 < v <= 1, check_help="in (0, 1]"),
-    Setting("generation.top_k", int, None, "sample from the k most likely tokens", check=lambda v: v >= 0, check_help=">= 0"),
-    Setting("generation.repetition_penalty", float, None, "penalty for repeated tokens", check=_positive, check_help="> 0"),
+    Setting(
+        "generation.top_p", float, None, "nucleus sampling mass", check=lambda v: 0 < v <= 1, check_help="in (0, 1]"
+    ),
+    Setting(
+        "generation.top_k", int, None, "sample from the k most likely tokens", check=lambda v: v >= 0, check_help=">= 0"
+    ),
+    Setting(
+        "generation.repetition_penalty", float, None, "penalty for repeated tokens", check=_positive, check_help="> 0"
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 GENERATION_KEYS = tuple(s.key.split(".", 1)[1] for s in SETTINGS if s.key.startswith("generation."))
@@ -105,7 +116,9 @@ def _coerce(setting: Setting, value: Any, origin: str) -> Any:
         allowed = ", ".join(str(c) for c in setting.choices)
         raise ConfigError(f"{setting.key} = {value!r} from {origin} is not allowed", hint=f"allowed: {allowed}")
     if setting.check is not None and not setting.check(value):
-        raise ConfigError(f"{setting.key} = {value!r} from {origin} is out of range", hint=f"must be {setting.check_help}")
+        raise ConfigError(
+            f"{setting.key} = {value!r} from {origin} is out of range", hint=f"must be {setting.check_help}"
+        )
     return value
 
 
@@ -147,7 +160,11 @@ class Settings:
 
     def generation(self) -> dict[str, Any]:
         """The generation settings that are set, without the ``generation.`` prefix."""
-        return {k: self._values[f"generation.{k}"] for k in GENERATION_KEYS if self._values.get(f"generation.{k}") is not None}
+        return {
+            k: self._values[f"generation.{k}"]
+            for k in GENERATION_KEYS
+            if self._values.get(f"generation.{k}") is not None
+        }
 
     def quantization(self) -> dict[str, Any]:
         return {

@@ -41,8 +41,13 @@ class Attempt:
     reference: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "ok": self.ok, "reasons": self.reasons, "reference": self.reference,
-                **{k: v for k, v in self.measurement.as_dict().items() if k != "precision"}}
+        return {
+            "precision": self.precision,
+            "ok": self.ok,
+            "reasons": self.reasons,
+            "reference": self.reference,
+            **{k: v for k, v in self.measurement.as_dict().items() if k != "precision"},
+        }
 
 
 @dataclass
@@ -61,11 +66,21 @@ class DeployResult:
     first_answer: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.installed is not None, "model": self.model, "name": self.name,
-                "execution_provider": self.execution_provider, "gate": self.gate, "reference": self.reference,
-                "tried": [a.as_dict() for a in self.tried], "chosen": self.chosen, "build": self.build,
-                "template": self.template, "validation": self.validation, "installed": self.installed,
-                "first_answer": self.first_answer}
+        return {
+            "ok": self.installed is not None,
+            "model": self.model,
+            "name": self.name,
+            "execution_provider": self.execution_provider,
+            "gate": self.gate,
+            "reference": self.reference,
+            "tried": [a.as_dict() for a in self.tried],
+            "chosen": self.chosen,
+            "build": self.build,
+            "template": self.template,
+            "validation": self.validation,
+            "installed": self.installed,
+            "first_answer": self.first_answer,
+        }
 
 
 class NoPrecisionPasses(SlmkError):
@@ -85,7 +100,9 @@ def required_checks(registry: Registry, ep: ExecutionProvider) -> list[str]:
         except Exception as exc:  # a broken probe is reported, as doctor does
             failures.append(f"{name}: the probe raised {type(exc).__name__}: {exc}")
             continue
-        failures += [f"{f.name}: {f.detail}" + (f" (fix: {f.fix})" if f.fix else "") for f in findings if f.status == "fail"]
+        failures += [
+            f"{f.name}: {f.detail}" + (f" (fix: {f.fix})" if f.fix else "") for f in findings if f.status == "fail"
+        ]
     usability = ep.probe()
     if not usability.usable:
         failures.append(f"ep:{ep.name}: {usability.reason}" + (f" (fix: {usability.fix})" if usability.fix else ""))
@@ -123,18 +140,24 @@ def deploy(
         raise UsageError("--precision and --quality-gate both choose the precision", hint="pass one of them")
     info = ModelInfo.load(model)
     if info.format != FORMAT_HF:
-        raise UsageError(f"{info.path} is not a Hugging Face model folder", hint="deploy takes the fine-tuned model folder")
+        raise UsageError(
+            f"{info.path} is not a Hugging Face model folder", hint="deploy takes the fine-tuned model folder"
+        )
     model_dir = info.path.resolve()
     ep = app.resolve_ep(registry, execution_provider)
     inst = registry.get("slmk_installers", installer, "installer")
-    result = DeployResult(model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None)
+    result = DeployResult(
+        model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None
+    )
 
     items, heldout = _data(model_dir, eval_file, heldout_file, parsed)
     candidates = candidate_precisions(ep)
     if parsed is None:
         wanted = precision or DEFAULT_PRECISION
         if wanted not in candidates:
-            raise UsageError(f"{wanted} does not build and run on {ep.name}", hint=f"{ep.name}: {', '.join(candidates)}")
+            raise UsageError(
+                f"{wanted} does not build and run on {ep.name}", hint=f"{ep.name}: {', '.join(candidates)}"
+            )
         candidates = [wanted]
     reference_name = max(candidates, key=PRECISIONS.index) if parsed and parsed.needs_reference else None
     result.reference = reference_name
@@ -146,8 +169,10 @@ def deploy(
     with progress.step("doctor: required checks"):
         failures = required_checks(registry, ep)
         if failures:
-            raise SlmkError(f"this machine is not ready to deploy: {failures[0]}",
-                            hint="`slmk doctor` lists every check with its fix")
+            raise SlmkError(
+                f"this machine is not ready to deploy: {failures[0]}",
+                hint="`slmk doctor` lists every check with its fix",
+            )
     with progress.step("template"):
         from .templates import resolve_template
 
@@ -156,8 +181,10 @@ def deploy(
         inner.log(f"{resolved.source}" + (f" (family {resolved.family})" if resolved.family else ""))
         mismatch = next((n for n in resolved.notes if n.startswith("does not round-trip")), None)
         if mismatch:  # the install would refuse it: say so before building anything
-            raise SlmkError(f"the prompt template for {model_dir.name} {mismatch}",
-                            hint=f"`slmk template show {model_dir}` explains; install step by step with --template FILE")
+            raise SlmkError(
+                f"the prompt template for {model_dir.name} {mismatch}",
+                hint=f"`slmk template show {model_dir}` explains; install step by step with --template FILE",
+            )
 
     need = (parsed.metrics | {"answers"} if "agreement" in parsed.metrics else parsed.metrics) if parsed else set()
     measured: dict[str, Measurement] = {}
@@ -166,12 +193,21 @@ def deploy(
         folder = build(model_dir, candidate, ep.name, cache_dir=steps_cache, progress=inner)
         if not need:
             return Measurement(precision=candidate, path=str(folder))
-        found = measure_build(folder, candidate, open_build, need=need, items=items, heldout=heldout,
-                              reference=None if is_reference else measured.get(reference_name),
-                              progress=inner)
+        found = measure_build(
+            folder,
+            candidate,
+            open_build,
+            need=need,
+            items=items,
+            heldout=heldout,
+            reference=None if is_reference else measured.get(reference_name),
+            progress=inner,
+        )
         if "ppl" in need and found.ppl is None:
-            raise UsageError(f"perplexity could not be measured: {'; '.join(found.notes) or 'no score'}",
-                             hint="drop the ppl term or measure with --runtime ortgenai")
+            raise UsageError(
+                f"perplexity could not be measured: {'; '.join(found.notes) or 'no score'}",
+                hint="drop the ppl term or measure with --runtime ortgenai",
+            )
         return found
 
     if reference_name and reference_name != candidates[0]:
@@ -191,33 +227,55 @@ def deploy(
             progress.total_steps = progress.total_steps - (len(candidates) - index - 1)
             break
     if chosen is None:
-        failed = "; ".join(f"{a.precision}: {', '.join(r.removeprefix('FAIL: ') for r in a.reasons if r.startswith('FAIL'))}"
-                           for a in result.tried)
-        raise NoPrecisionPasses(f"no precision passes the quality gate {parsed}, nothing was installed: {failed}",
-                                hint="relax the gate, or improve the model", result=result)
+        failed = "; ".join(
+            f"{a.precision}: {', '.join(r.removeprefix('FAIL: ') for r in a.reasons if r.startswith('FAIL'))}"
+            for a in result.tried
+        )
+        raise NoPrecisionPasses(
+            f"no precision passes the quality gate {parsed}, nothing was installed: {failed}",
+            hint="relax the gate, or improve the model",
+            result=result,
+        )
     result.chosen = chosen
     folder = Path(measured[chosen].path)
     result.build = str(folder)
 
     with progress.step(f"validate the {chosen} build"):
         options = {"leak_runs": 200, **(validate_options or {})}
-        report = run_validate(lambda: open_build(folder), folder, items=items,
-                              eval_note="" if items else "no eval file (pass --eval FILE.jsonl)", progress=inner, **options)
+        report = run_validate(
+            lambda: open_build(folder),
+            folder,
+            items=items,
+            eval_note="" if items else "no eval file (pass --eval FILE.jsonl)",
+            progress=inner,
+            **options,
+        )
         result.validation = report
         if not report["ok"]:
             failed = [c for c in report["checks"] if c["status"] == "fail"]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise SlmkError(f"validation of the {chosen} build failed, nothing was installed: "
-                            f"{failed[0]['title']}: {failed[0]['evidence']}{more}",
-                            hint=f"`slmk validate {folder}` shows every check")
+            raise SlmkError(
+                f"validation of the {chosen} build failed, nothing was installed: "
+                f"{failed[0]['title']}: {failed[0]['evidence']}{more}",
+                hint=f"`slmk validate {folder}` shows every check",
+            )
     with progress.step(f"install {name}"):
-        installed = app.install(folder, name, installer=installer, cache_dir=install_cache, force=force,
-                                progress=inner, registry=registry)
-        result.installed = {"ref": installed.ref, "name": installed.name, "version": installed.version,
-                            "path": str(installed.path), "precision": installed.precision,
-                            "execution_provider": installed.execution_provider, "size_bytes": installed.size_bytes}
+        installed = app.install(
+            folder, name, installer=installer, cache_dir=install_cache, force=force, progress=inner, registry=registry
+        )
+        result.installed = {
+            "ref": installed.ref,
+            "name": installed.name,
+            "version": installed.version,
+            "path": str(installed.path),
+            "precision": installed.precision,
+            "execution_provider": installed.execution_provider,
+            "size_bytes": installed.size_bytes,
+        }
     with progress.step(f"first answer from {installed.ref} ({runtime})"):
-        result.first_answer = _first_answer(installed, runtime, ep, install_cache, items, registry, inst, progress=inner)
+        result.first_answer = _first_answer(
+            installed, runtime, ep, install_cache, items, registry, inst, progress=inner
+        )
     return result
 
 
@@ -233,26 +291,39 @@ def _data(model_dir: Path, eval_file, heldout_file, gate: Gate | None) -> tuple[
         heldout = heldout_path.read_text(encoding="utf-8")
     if gate:
         if "accuracy" in gate.metrics and not any(i.has_answer for i in items):
-            raise UsageError("the quality gate has an accuracy term and there is no eval file with answers",
-                             hint=f"pass --eval FILE.jsonl (none at {model_dir.parent / 'data' / 'eval.jsonl'})")
+            raise UsageError(
+                "the quality gate has an accuracy term and there is no eval file with answers",
+                hint=f"pass --eval FILE.jsonl (none at {model_dir.parent / 'data' / 'eval.jsonl'})",
+            )
         if "ppl" in gate.metrics and not heldout:
-            raise UsageError("the quality gate has a ppl term and there is no held-out text",
-                             hint=f"pass --heldout FILE.txt (none at {model_dir.parent / 'data' / 'heldout.txt'})")
+            raise UsageError(
+                "the quality gate has a ppl term and there is no held-out text",
+                hint=f"pass --heldout FILE.txt (none at {model_dir.parent / 'data' / 'heldout.txt'})",
+            )
         if "agreement" in gate.metrics and not items and not heldout:
-            raise UsageError("the quality gate has an agreement term and there are no prompts to compare",
-                             hint="pass --eval FILE.jsonl or --heldout FILE.txt")
+            raise UsageError(
+                "the quality gate has an agreement term and there are no prompts to compare",
+                hint="pass --eval FILE.jsonl or --heldout FILE.txt",
+            )
     return items, heldout
 
 
-def _first_answer(installed, runtime: str, ep: ExecutionProvider, install_cache, items, registry, inst,
-                  progress: Progress) -> dict[str, Any]:
+def _first_answer(
+    installed, runtime: str, ep: ExecutionProvider, install_cache, items, registry, inst, progress: Progress
+) -> dict[str, Any]:
     """Load the installed model as a user would and ask it one question; undo the install if that fails."""
     from .measure.driver import Driver, user
 
     question = list(items[0].messages) if items else user("Hello! Who are you?")
     try:
-        session = app.open_session(installed.path, runtime=runtime, execution_provider=ep.name,
-                                   installed=installed, cache_dir=install_cache, registry=registry)
+        session = app.open_session(
+            installed.path,
+            runtime=runtime,
+            execution_provider=ep.name,
+            installed=installed,
+            cache_dir=install_cache,
+            registry=registry,
+        )
         try:
             answer, _ = Driver(session, installed.path).ask(question, max_new_tokens=64)
         finally:
@@ -261,11 +332,16 @@ def _first_answer(installed, runtime: str, ep: ExecutionProvider, install_cache,
             raise SlmkError(f"the installed {installed.ref} gave an empty answer")
     except SlmkError as exc:
         inst.remove(installed.name, installed.version, install_cache)
-        raise SlmkError(f"the installed {installed.ref} does not answer through {runtime}: {exc.message}; "
-                        "it was removed again", hint=exc.hint) from exc
+        raise SlmkError(
+            f"the installed {installed.ref} does not answer through {runtime}: {exc.message}; it was removed again",
+            hint=exc.hint,
+        ) from exc
     progress.log(f"{question[-1]['content']} -> {answer.strip()}")
-    return {"question": question[-1]["content"], "answer": answer,
-            "correct": items[0].answer_ok(answer) if items and items[0].has_answer else None}
+    return {
+        "question": question[-1]["content"],
+        "answer": answer,
+        "correct": items[0].answer_ok(answer) if items and items[0].has_answer else None,
+    }
 
 
 __all__ = ["DeployResult", "NoPrecisionPasses", "builds_root", "deploy"]

@@ -26,15 +26,16 @@ COMMAND = "python -m slmk.docgen > docs/hooks.md"
 
 #: Classes a field type may name, documented where they are first referred to.
 _DOCUMENTED: dict[str, type] = {
-    name: value for module in (records, modelinfo, progress) for name, value in vars(module).items()
+    name: value
+    for module in (records, modelinfo, progress)
+    for name, value in vars(module).items()
     if inspect.isclass(value) and value.__module__ == module.__name__ and not name.startswith("_")
 }
 
 
 def hookspec_functions() -> list[tuple[str, Callable[..., Any]]]:
     """Every hookspec, in the order hookspecs.py defines them."""
-    return [(name, value) for name, value in vars(hookspecs).items()
-            if callable(value) and hasattr(value, SPEC_MARKER)]
+    return [(name, value) for name, value in vars(hookspecs).items() if callable(value) and hasattr(value, SPEC_MARKER)]
 
 
 def split_docstring(doc: str) -> tuple[str, str | None]:
@@ -190,15 +191,27 @@ def render() -> str:
     ]
     for name, _ in hooks:
         returned = RECORD_TYPES[name]
-        link = (f"[`{returned.__name__}`](#{returned.__name__.lower()})" if returned.__name__ in _DOCUMENTED
-                else f"`{_type_name(returned)}`")
+        link = (
+            f"[`{returned.__name__}`](#{returned.__name__.lower()})"
+            if returned.__name__ in _DOCUMENTED
+            else f"`{_type_name(returned)}`"
+        )
         out.append(f"| [`{name}`](#{name}) | {link} |")
     out.append("")
     seen: set[str] = set()
     for name, function in hooks:
         prose, example = split_docstring(inspect.getdoc(function) or "")
-        out += [f"## {name}", "", "```python", "@hookimpl", f"def {name}{_signature(function)}: ...", "```", "",
-                _markdown(prose), ""]
+        out += [
+            f"## {name}",
+            "",
+            "```python",
+            "@hookimpl",
+            f"def {name}{_signature(function)}: ...",
+            "```",
+            "",
+            _markdown(prose),
+            "",
+        ]
         if example:
             out += ["Example:", "", "```python", example, "```", ""]
         record_type = RECORD_TYPES[name]

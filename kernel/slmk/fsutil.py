@@ -46,7 +46,7 @@ def clean_stale_tmp(parent: Path) -> None:
         return
     for entry in parent.iterdir():
         if entry.name.startswith(TMP_PREFIX):
-            pid = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
+            pid = entry.name[len(TMP_PREFIX) :].split("-", 1)[0]
             if pid.isdigit() and _pid_alive(int(pid)):
                 continue  # another live process is writing it
             shutil.rmtree(entry, ignore_errors=True)
@@ -125,8 +125,10 @@ def file_lock(path: Path, what: str = "resource", timeout_s: float = 600.0) -> I
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SlmkError(f"timed out waiting for the lock on {what} ({path})",
-                                    hint="another slmk process is using it; wait for it or remove the stale lock file")
+                    raise SlmkError(
+                        f"timed out waiting for the lock on {what} ({path})",
+                        hint="another slmk process is using it; wait for it or remove the stale lock file",
+                    )
                 time.sleep(0.1)
         yield
     finally:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pluggy
-
 import click
+import pluggy
 
 from .records import Converter, ExecutionProvider, Installer, ModelFamily, Probe, Quantizer, Runtime
 

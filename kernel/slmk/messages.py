@@ -16,8 +16,11 @@ def check_messages(messages: Sequence[Mapping[str, str]]) -> None:
     if not messages:
         raise UsageError("no messages to answer", hint="pass at least one user message")
     for message in messages:
-        if not isinstance(message, Mapping) or message.get("role") not in ROLES \
-                or not isinstance(message.get("content"), str):
+        if (
+            not isinstance(message, Mapping)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
             raise UsageError(f"a message needs a role ({', '.join(ROLES)}) and string content, not {message!r}")
 
 

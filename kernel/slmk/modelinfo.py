@@ -11,7 +11,18 @@ from typing import Any
 from .errors import UsageError
 from .records import FORMAT_HF, FORMAT_ORTGENAI
 
-_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_SAFETENSORS_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I8": "int8", "U8": "uint8"}
 
 
@@ -83,10 +94,7 @@ class ModelInfo:
 
     @property
     def context_length(self) -> int | None:
-        return (
-            self.config.get("max_position_embeddings")
-            or self.genai_config.get("model", {}).get("context_length")
-        )
+        return self.config.get("max_position_embeddings") or self.genai_config.get("model", {}).get("context_length")
 
     def special_token(self, key: str) -> str | None:
         """bos_token / eos_token as a string (tokenizer_config stores str or AddedToken dicts)."""

@@ -9,7 +9,6 @@ had not finished. The final output is assembled beside its destination and renam
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,17 @@ from typing import Any
 
 from . import __version__
 from .errors import SlmkError, StepFailed
-from .fsutil import atomic_dir, cache_root, clean_stale_tmp, dir_size, file_lock, fingerprint_tree, hash_json, link_or_copy_tree
+from .fsutil import (
+    atomic_dir,
+    cache_root,
+    clean_stale_tmp,
+    dir_size,
+    file_lock,
+    fingerprint_tree,
+    hash_json,
+    link_or_copy_tree,
+)
+from .genai_format import write_json_atomic, write_search
 from .modelinfo import ModelInfo
 from .planner import Plan, PlannedStep
 from .plugins import Registry
@@ -72,45 +81,31 @@ def _tool_versions(registry: Registry, step: PlannedStep) -> dict[str, str]:
         return {"error": str(exc)}
 
 
-def step_key(registry: Registry, step: PlannedStep, input_fingerprint: str, ep: ExecutionProvider,
-             calibration_fingerprint: str | None) -> str:
-    return hash_json({
-        "slmk": __version__,
-        "kind": step.kind,
-        "tool": step.tool,
-        "versions": _tool_versions(registry, step),
-        "precision": step.precision,
-        "ep": ep.builder_ep,
-        "options": step.options,
-        "input": input_fingerprint,
-        "calibration": calibration_fingerprint,
-    })[:24]
+def step_key(
+    registry: Registry,
+    step: PlannedStep,
+    input_fingerprint: str,
+    ep: ExecutionProvider,
+    calibration_fingerprint: str | None,
+) -> str:
+    return hash_json(
+        {
+            "slmk": __version__,
+            "kind": step.kind,
+            "tool": step.tool,
+            "versions": _tool_versions(registry, step),
+            "precision": step.precision,
+            "ep": ep.builder_ep,
+            "options": step.options,
+            "input": input_fingerprint,
+            "calibration": calibration_fingerprint,
+        }
+    )[:24]
 
 
 def _file_fingerprint(path: Path) -> str:
     stat = path.stat()
     return hash_json({"name": path.name, "size": stat.st_size, "mtime": stat.st_mtime_ns})
-
-
-def apply_search_options(build_dir: Path, search: dict[str, Any]) -> None:
-    """Write generation defaults into genai_config.json ``search``, where runtimes read them."""
-    if not search:
-        return
-    config_path = build_dir / "genai_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.setdefault("search", {}).update(search)
-    context = config.get("model", {}).get("context_length")
-    if context and config["search"].get("max_length", 0) > context:
-        config["search"]["max_length"] = context
-    write_json_atomic(config_path, config)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    # Write a new file and rename it: outputs share hard links with the step cache,
-    # so editing a file in place would change the cached copy too.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_plan(
@@ -132,7 +127,9 @@ def run_plan(
     if output.exists() and not force:
         from .errors import UsageError
 
-        raise UsageError(f"output {output} already exists", hint="choose another -o folder or pass --force to replace it")
+        raise UsageError(
+            f"output {output} already exists", hint="choose another -o folder or pass --force to replace it"
+        )
     root = Path(cache_dir) if cache_dir else cache_root()
     steps_dir = root / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
@@ -157,30 +154,54 @@ def run_plan(
                 shutil.rmtree(step_dir, ignore_errors=True)  # an unmarked folder is an old half-step
                 _run_step(registry, step, source, step_dir, ep, root, progress, calibration, trust_remote_code, key)
                 status = "ran"
-        result.steps.append(StepRun(step.kind, step.tool, step.precision, status,
-                                    round(time.perf_counter() - step_start, 3), key, str(step_dir)))
+        result.steps.append(
+            StepRun(
+                step.kind,
+                step.tool,
+                step.precision,
+                status,
+                round(time.perf_counter() - step_start, 3),
+                key,
+                str(step_dir),
+            )
+        )
         source = step_dir / "model"
         fingerprint = key
     with progress.step(f"write {output}"), atomic_dir(output, force=force) as tmp:
         link_or_copy_tree(source, tmp)
-        apply_search_options(tmp, search or {})
-        write_json_atomic(tmp / BUILD_INFO, {
-            "slmk_version": __version__,
-            "source": str(info.path.resolve()),
-            "model_type": info.model_type,
-            "architectures": list(info.architectures),
-            "precision": plan.precision,
-            "execution_provider": ep.name,
-            "plan": plan.as_dict(),
-            "steps": [asdict(s) for s in result.steps],
-        })
-    result.files = {p.relative_to(output).as_posix(): p.stat().st_size for p in sorted(output.rglob("*")) if p.is_file()}
+        write_search(tmp, search or {})
+        write_json_atomic(
+            tmp / BUILD_INFO,
+            {
+                "slmk_version": __version__,
+                "source": str(info.path.resolve()),
+                "model_type": info.model_type,
+                "architectures": list(info.architectures),
+                "precision": plan.precision,
+                "execution_provider": ep.name,
+                "plan": plan.as_dict(),
+                "steps": [asdict(s) for s in result.steps],
+            },
+        )
+    result.files = {
+        p.relative_to(output).as_posix(): p.stat().st_size for p in sorted(output.rglob("*")) if p.is_file()
+    }
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _run_step(registry: Registry, step: PlannedStep, source: Path, step_dir: Path, ep: ExecutionProvider,
-              root: Path, progress: Progress, calibration: Path | None, trust_remote_code: bool, key: str) -> None:
+def _run_step(
+    registry: Registry,
+    step: PlannedStep,
+    source: Path,
+    step_dir: Path,
+    ep: ExecutionProvider,
+    root: Path,
+    progress: Progress,
+    calibration: Path | None,
+    trust_remote_code: bool,
+    key: str,
+) -> None:
     work_dir = root / "work" / key
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -188,16 +209,24 @@ def _run_step(registry: Registry, step: PlannedStep, source: Path, step_dir: Pat
             model_dir = tmp / "model"
             model_dir.mkdir()
             request = StepRequest(
-                source=source, output=model_dir, precision=step.precision, execution_provider=ep,
-                options=step.options, work_dir=work_dir, progress=progress,
-                calibration=calibration, trust_remote_code=trust_remote_code,
+                source=source,
+                output=model_dir,
+                precision=step.precision,
+                execution_provider=ep,
+                options=step.options,
+                work_dir=work_dir,
+                progress=progress,
+                calibration=calibration,
+                trust_remote_code=trust_remote_code,
             )
             if step.kind == "convert":
                 registry.converters[step.tool].convert(request)
             else:
                 registry.quantizers[step.tool].quantize(request)
             if not any(model_dir.iterdir()):
-                raise StepFailed(f"{step.tool} finished but wrote nothing", hint="a plugin bug: report it to its author")
+                raise StepFailed(
+                    f"{step.tool} finished but wrote nothing", hint="a plugin bug: report it to its author"
+                )
             (tmp / STEP_MARKER).write_text(json.dumps({"step": asdict(step), "size": dir_size(model_dir)}, indent=2))
     except SlmkError:
         raise

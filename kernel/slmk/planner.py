@@ -55,8 +55,9 @@ def check_precision(ep: ExecutionProvider, precision: str) -> None:
         raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
     runnable = ", ".join(p for p in ep.run_precisions)
     if precision not in ep.build_precisions:
-        raise UsageError(f"{precision} cannot be built for the {ep.name} execution provider",
-                         hint=f"{ep.name} runs {runnable}")
+        raise UsageError(
+            f"{precision} cannot be built for the {ep.name} execution provider", hint=f"{ep.name} runs {runnable}"
+        )
     if precision not in ep.run_precisions:
         raise UsageError(
             f"{precision} builds for {ep.name} but does not load there",
@@ -100,8 +101,15 @@ def make_plan(
     quantizer_options = quantizer_options or {}
     converters = registry.converters
     quantizers = registry.quantizers
-    if via and via not in converters and via not in quantizers and not any(
-        via == registry.owner(h, n) for h, recs in (("slmk_converters", converters), ("slmk_quantizers", quantizers)) for n in recs
+    if (
+        via
+        and via not in converters
+        and via not in quantizers
+        and not any(
+            via == registry.owner(h, n)
+            for h, recs in (("slmk_converters", converters), ("slmk_quantizers", quantizers))
+            for n in recs
+        )
     ):
         known = sorted(set(converters) | set(quantizers))
         raise UsageError(f"unknown converter or quantizer {via!r}", hint=f"known: {', '.join(known) or 'none'}")
@@ -139,38 +147,105 @@ def make_plan(
     if not needs_quantizer:
         for name, conv in usable_converters(precision):
             if _matches(via, registry, "slmk_converters", name):
-                plans.append(Plan(precision, ep.name, "direct", (
-                    PlannedStep("convert", name, registry.owner("slmk_converters", name), precision,
-                                conv.input_format, conv.output_format, dict(converter_options)),
-                ), f"{name} reaches {precision} for {ep.name} in one step"))
-    hf_quantizers = sorted(((n, q) for n, q in quantizers.items() if q.stage == FORMAT_HF and quantizer_fits(q)),
-                           key=lambda item: -item[1].priority)
+                plans.append(
+                    Plan(
+                        precision,
+                        ep.name,
+                        "direct",
+                        (
+                            PlannedStep(
+                                "convert",
+                                name,
+                                registry.owner("slmk_converters", name),
+                                precision,
+                                conv.input_format,
+                                conv.output_format,
+                                dict(converter_options),
+                            ),
+                        ),
+                        f"{name} reaches {precision} for {ep.name} in one step",
+                    )
+                )
+    hf_quantizers = sorted(
+        ((n, q) for n, q in quantizers.items() if q.stage == FORMAT_HF and quantizer_fits(q)),
+        key=lambda item: -item[1].priority,
+    )
     for qname, quant in hf_quantizers:
         for cname, conv in usable_converters(precision, quantized_input=True):
             if _matches(via, registry, "slmk_quantizers", qname) or _matches(via, registry, "slmk_converters", cname):
-                plans.append(Plan(precision, ep.name, "quantize-convert", (
-                    PlannedStep("quantize", qname, registry.owner("slmk_quantizers", qname), precision,
-                                FORMAT_HF, FORMAT_HF, dict(quantizer_options)),
-                    PlannedStep("convert", cname, registry.owner("slmk_converters", cname), precision,
-                                FORMAT_HF, conv.output_format, dict(converter_options)),
-                ), f"{qname} quantizes the weights to {precision}, {cname} builds the ONNX graph"))
-    onnx_quantizers = sorted(((n, q) for n, q in quantizers.items() if q.stage == FORMAT_ORTGENAI and quantizer_fits(q)),
-                             key=lambda item: -item[1].priority)
+                plans.append(
+                    Plan(
+                        precision,
+                        ep.name,
+                        "quantize-convert",
+                        (
+                            PlannedStep(
+                                "quantize",
+                                qname,
+                                registry.owner("slmk_quantizers", qname),
+                                precision,
+                                FORMAT_HF,
+                                FORMAT_HF,
+                                dict(quantizer_options),
+                            ),
+                            PlannedStep(
+                                "convert",
+                                cname,
+                                registry.owner("slmk_converters", cname),
+                                precision,
+                                FORMAT_HF,
+                                conv.output_format,
+                                dict(converter_options),
+                            ),
+                        ),
+                        f"{qname} quantizes the weights to {precision}, {cname} builds the ONNX graph",
+                    )
+                )
+    onnx_quantizers = sorted(
+        ((n, q) for n, q in quantizers.items() if q.stage == FORMAT_ORTGENAI and quantizer_fits(q)),
+        key=lambda item: -item[1].priority,
+    )
     if precision != "fp32":
         for qname, quant in onnx_quantizers:
             for cname, conv in usable_converters("fp32"):
-                if _matches(via, registry, "slmk_quantizers", qname) or _matches(via, registry, "slmk_converters", cname):
-                    plans.append(Plan(precision, ep.name, "convert-quantize", (
-                        PlannedStep("convert", cname, registry.owner("slmk_converters", cname), "fp32",
-                                    FORMAT_HF, FORMAT_ORTGENAI, _without_quantization(converter_options)),
-                        PlannedStep("quantize", qname, registry.owner("slmk_quantizers", qname), precision,
-                                    FORMAT_ORTGENAI, FORMAT_ORTGENAI, dict(quantizer_options)),
-                    ), f"{cname} builds fp32, {qname} quantizes the ONNX model to {precision}"))
+                if _matches(via, registry, "slmk_quantizers", qname) or _matches(
+                    via, registry, "slmk_converters", cname
+                ):
+                    plans.append(
+                        Plan(
+                            precision,
+                            ep.name,
+                            "convert-quantize",
+                            (
+                                PlannedStep(
+                                    "convert",
+                                    cname,
+                                    registry.owner("slmk_converters", cname),
+                                    "fp32",
+                                    FORMAT_HF,
+                                    FORMAT_ORTGENAI,
+                                    _without_quantization(converter_options),
+                                ),
+                                PlannedStep(
+                                    "quantize",
+                                    qname,
+                                    registry.owner("slmk_quantizers", qname),
+                                    precision,
+                                    FORMAT_ORTGENAI,
+                                    FORMAT_ORTGENAI,
+                                    dict(quantizer_options),
+                                ),
+                            ),
+                            f"{cname} builds fp32, {qname} quantizes the ONNX model to {precision}",
+                        )
+                    )
     if plans:
         return plans[0]
     if blockers:
-        raise UsageError(f"no converter supports this model: {'; '.join(dict.fromkeys(blockers))}",
-                         hint="a converter plugin for this architecture would add it; `slmk plugins` lists converters")
+        raise UsageError(
+            f"no converter supports this model: {'; '.join(dict.fromkeys(blockers))}",
+            hint="a converter plugin for this architecture would add it; `slmk plugins` lists converters",
+        )
     wanted = f"{precision} on {ep.name}"
     if via:
         wanted += f" via {via}"
@@ -178,5 +253,7 @@ def make_plan(
         wanted += f" with algorithm {algorithm}"
     if calibration:
         wanted += " with calibration data"
-    raise SlmkError(f"no installed plugin can build {wanted}",
-                    hint="`slmk plugins` lists converters and quantizers; install the extras they need (pip install 'slmk[all]')")
+    raise SlmkError(
+        f"no installed plugin can build {wanted}",
+        hint="`slmk plugins` lists converters and quantizers; install the extras they need (pip install 'slmk[all]')",
+    )

@@ -17,13 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 import pluggy
 
 from . import PROJECT, hookspecs
 from .errors import PluginError, SlmkError
 from .records import RECORD_TYPES as _RECORD_TYPES
-
-import click
 
 RECORD_TYPES: dict[str, type] = {**_RECORD_TYPES, "slmk_cli_commands": click.Command}
 
@@ -83,10 +82,7 @@ class Registry:
             info.loaded = False
             info.errors.append(f"register: {type(exc).__name__}: {exc}")
             return
-        info.hooks = sorted(
-            impl_caller.name
-            for impl_caller in self.pm.get_hookcallers(plugin) or []
-        )
+        info.hooks = sorted(impl_caller.name for impl_caller in self.pm.get_hookcallers(plugin) or [])
         self._records.clear()
 
     def load_entrypoints(self) -> None:
@@ -107,7 +103,11 @@ class Registry:
             dist_version = dist.version if dist else ""
             if ep.name in disabled or (only is not None and ep.name not in only):
                 self.info[ep.name] = PluginInfo(
-                    name=ep.name, module=ep.value, distribution=dist_name, version=dist_version, loaded=False,
+                    name=ep.name,
+                    module=ep.value,
+                    distribution=dist_name,
+                    version=dist_version,
+                    loaded=False,
                     errors=["disabled by SLMK_DISABLE_PLUGINS" if ep.name in disabled else "not in SLMK_LOAD_PLUGINS"],
                 )
                 continue
@@ -115,7 +115,11 @@ class Registry:
                 plugin = ep.load()
             except Exception as exc:
                 self.info[ep.name] = PluginInfo(
-                    name=ep.name, module=ep.value, distribution=dist_name, version=dist_version, loaded=False,
+                    name=ep.name,
+                    module=ep.value,
+                    distribution=dist_name,
+                    version=dist_version,
+                    loaded=False,
                     errors=[f"import: {type(exc).__name__}: {exc}"],
                 )
                 continue

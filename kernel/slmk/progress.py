@@ -60,8 +60,12 @@ class Progress:
                 width = 30
                 filled = int(width * done / max(total, 1))
                 elapsed = time.perf_counter() - start
-                print(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:.1f}s",
-                      end="", file=self.stream, flush=True)
+                print(
+                    f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:.1f}s",
+                    end="",
+                    file=self.stream,
+                    flush=True,
+                )
             elif done == total or done % max(1, total // 10) == 0:
                 print(f"  {label} {done}/{total}", file=self.stream, flush=True)
         if interactive:

@@ -31,18 +31,35 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "family": Kind("model family", "slmk_model_families", "ModelFamily",
-                   "recognises its models and gives their prompt template"),
-    "hardware": Kind("execution provider", "slmk_execution_providers", "ExecutionProvider",
-                     "names the hardware for each tool and probes whether it is usable here"),
-    "converter": Kind("converter", "slmk_converters", "Converter",
-                      "copies the ONNX Runtime GenAI build a model folder ships"),
-    "quantizer": Kind("quantizer", "slmk_quantizers", "Quantizer", "quantizes fp32 ONNX builds to int8 (dynamic)",
-                      ("onnx>=1.17", "onnxruntime>=1.20", "numpy>=1.26")),
-    "installer": Kind("installer", "slmk_installers", "Installer",
-                      "keeps installed builds in a plain folder, one folder per version"),
-    "runtime": Kind("runtime", "slmk_runtimes", "Runtime", "loads builds with onnxruntime-genai and streams answers",
-                    ("onnxruntime-genai>=0.18",)),
+    "family": Kind(
+        "model family", "slmk_model_families", "ModelFamily", "recognises its models and gives their prompt template"
+    ),
+    "hardware": Kind(
+        "execution provider",
+        "slmk_execution_providers",
+        "ExecutionProvider",
+        "names the hardware for each tool and probes whether it is usable here",
+    ),
+    "converter": Kind(
+        "converter", "slmk_converters", "Converter", "copies the ONNX Runtime GenAI build a model folder ships"
+    ),
+    "quantizer": Kind(
+        "quantizer",
+        "slmk_quantizers",
+        "Quantizer",
+        "quantizes fp32 ONNX builds to int8 (dynamic)",
+        ("onnx>=1.17", "onnxruntime>=1.20", "numpy>=1.26"),
+    ),
+    "installer": Kind(
+        "installer", "slmk_installers", "Installer", "keeps installed builds in a plain folder, one folder per version"
+    ),
+    "runtime": Kind(
+        "runtime",
+        "slmk_runtimes",
+        "Runtime",
+        "loads builds with onnxruntime-genai and streams answers",
+        ("onnxruntime-genai>=0.18",),
+    ),
     "probe": Kind("probe", "slmk_probes", "Probe", "checks the free disk space where slmk builds"),
 }
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
@@ -70,9 +87,17 @@ class NewPlugin:
     notes: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": str(self.path.resolve()), "name": self.name, "kind": self.kind, "distribution": self.distribution,
-                "module": self.module, "entry_point": f"{self.name} = \"{self.module}\"", "hook": self.hook,
-                "files": list(self.files), "notes": list(self.notes)}
+        return {
+            "path": str(self.path.resolve()),
+            "name": self.name,
+            "kind": self.kind,
+            "distribution": self.distribution,
+            "module": self.module,
+            "entry_point": f'{self.name} = "{self.module}"',
+            "hook": self.hook,
+            "files": list(self.files),
+            "notes": list(self.notes),
+        }
 
 
 def template_root() -> Path:
@@ -81,18 +106,24 @@ def template_root() -> Path:
     for candidate in (here / "plugin_template", here.parent.parent / "plugin_template"):
         if (candidate / "common").is_dir() and (candidate / "kinds").is_dir():
             return candidate
-    raise SlmkError("slmk's plugin template is missing from this installation",
-                    hint="reinstall slmk, or run `slmk plugin new` from a checkout of its repository")
+    raise SlmkError(
+        "slmk's plugin template is missing from this installation",
+        hint="reinstall slmk, or run `slmk plugin new` from a checkout of its repository",
+    )
 
 
 def validate_name(name: str) -> None:
     if name.startswith(f"{PROJECT}-"):
-        raise UsageError(f"plugin name {name!r} repeats the {PROJECT}- prefix",
-                         hint=f"pass {name.removeprefix(PROJECT + '-')!r}: the package is named {name} from it")
+        raise UsageError(
+            f"plugin name {name!r} repeats the {PROJECT}- prefix",
+            hint=f"pass {name.removeprefix(PROJECT + '-')!r}: the package is named {name} from it",
+        )
     if not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH:
-        raise UsageError(f"plugin name {name!r} is not allowed",
-                         hint=f"use lowercase letters, digits and single dashes, starting with a letter, "
-                              f"at most {MAX_NAME_LENGTH} characters (e.g. my-family)")
+        raise UsageError(
+            f"plugin name {name!r} is not allowed",
+            hint=f"use lowercase letters, digits and single dashes, starting with a letter, "
+            f"at most {MAX_NAME_LENGTH} characters (e.g. my-family)",
+        )
 
 
 def placeholders(name: str, kind: str) -> dict[str, str]:
@@ -124,8 +155,10 @@ def render_text(text: str, values: dict[str, str], origin: str) -> str:
     def fill(match: re.Match[str]) -> str:
         key = match.group(1)
         if key not in values:
-            raise SlmkError(f"{origin}: unknown placeholder {{{{ {key} }}}}",
-                            hint=f"known placeholders: {', '.join(sorted(values))}")
+            raise SlmkError(
+                f"{origin}: unknown placeholder {{{{ {key} }}}}",
+                hint=f"known placeholders: {', '.join(sorted(values))}",
+            )
         return values[key]
 
     return _PLACEHOLDER.sub(fill, text)
@@ -153,8 +186,9 @@ def render_files(name: str, kind: str, root: Path | None = None) -> dict[str, st
         files[target] = render_text(_read(template), values, f"common/{relative}")
     package = f"src/{values['module']}"
     files[f"{package}/{HOOK_MODULE}"] = render_text(_read(kinds / f"{kind}.py.tmpl"), values, f"kinds/{kind}.py.tmpl")
-    files[f"tests/{TEST_MODULE}"] = render_text(_read(kinds / f"{kind}_test.py.tmpl"), values,
-                                                f"kinds/{kind}_test.py.tmpl")
+    files[f"tests/{TEST_MODULE}"] = render_text(
+        _read(kinds / f"{kind}_test.py.tmpl"), values, f"kinds/{kind}_test.py.tmpl"
+    )
     return dict(sorted(files.items()))
 
 
@@ -177,16 +211,26 @@ def new_plugin(name: str, kind: str, output_dir: Path | str = ".", *, force: boo
     values = placeholders(name, kind)
     taken_by = _name_taken(name, values["distribution"])
     if taken_by:
-        raise UsageError(f"the plugin name {name!r} is already the entry point of {taken_by}",
-                         hint="choose another name: slmk loads only one plugin of a name")
+        raise UsageError(
+            f"the plugin name {name!r} is already the entry point of {taken_by}",
+            hint="choose another name: slmk loads only one plugin of a name",
+        )
     target = Path(output_dir).expanduser() / values["distribution"]
     with atomic_dir(target, force=force) as staging:
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8", newline="\n")
-    return NewPlugin(path=target, name=name, kind=kind, distribution=values["distribution"], module=values["module"],
-                     hook=values["hook"], files=tuple(files), notes=_record_name_notes(name, values["hook"]))
+    return NewPlugin(
+        path=target,
+        name=name,
+        kind=kind,
+        distribution=values["distribution"],
+        module=values["module"],
+        hook=values["hook"],
+        files=tuple(files),
+        notes=_record_name_notes(name, values["hook"]),
+    )
 
 
 def _record_name_notes(name: str, hook: str) -> tuple[str, ...]:
@@ -201,5 +245,7 @@ def _record_name_notes(name: str, hook: str) -> tuple[str, ...]:
         return ()
     if owner is None or owner == name:  # none, or this very plugin, installed before
         return ()
-    return (f"plugin {owner!r} already contributes the {KINDS_BY_HOOK[hook]} {name!r}: installing both stops "
-            f"slmk with a conflict; rename yours or run with SLMK_DISABLE_PLUGINS={owner}",)
+    return (
+        f"plugin {owner!r} already contributes the {KINDS_BY_HOOK[hook]} {name!r}: installing both stops "
+        f"slmk with a conflict; rename yours or run with SLMK_DISABLE_PLUGINS={owner}",
+    )

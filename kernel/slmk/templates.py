@@ -64,15 +64,31 @@ _CHECKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("one-turn", (("user", "What is the capital of France?"),)),
     ("with-system", (("system", _SYSTEM_TEXT), ("user", "What is the capital of France?"))),
     ("two-turn", (("user", "What is the capital of France?"), ("assistant", "Paris."), ("user", "And of Italy?"))),
-    ("system-two-turn", (("system", _SYSTEM_TEXT), ("user", "What is the capital of France?"),
-                         ("assistant", "Paris."), ("user", "And of Italy?"))),
+    (
+        "system-two-turn",
+        (
+            ("system", _SYSTEM_TEXT),
+            ("user", "What is the capital of France?"),
+            ("assistant", "Paris."),
+            ("user", "And of Italy?"),
+        ),
+    ),
 )
 
 # Tokens recognised by name when special tokens arrive as a plain list (the order
 # within the list decides between several candidates).
 _KNOWN_BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<｜begin▁of▁sentence｜>", "<|startoftext|>")
-_KNOWN_EOS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>",
-              "<｜end▁of▁sentence｜>", "<|end|>")
+_KNOWN_EOS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<end_of_turn>",
+    "</s>",
+    "<eos>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "<｜end▁of▁sentence｜>",
+    "<|end|>",
+)
 
 
 class TemplateError(SlmkError):
@@ -86,8 +102,16 @@ class ChatTemplateError(TemplateError):
 class TemplateMismatch(TemplateError):
     """The PromptTemplate pieces do not reproduce what the chat template renders."""
 
-    def __init__(self, message: str, hint: str | None = None, *, conversation: str = "", offset: int = -1,
-                 expected: str = "", got: str = ""):
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        conversation: str = "",
+        offset: int = -1,
+        expected: str = "",
+        got: str = "",
+    ):
         super().__init__(message, hint)
         self.conversation, self.offset, self.expected, self.got = conversation, offset, expected, got
 
@@ -197,16 +221,24 @@ def render_chat_template(
     try:
         compiled = _compile(chat_template)
     except jinja2.TemplateError as exc:
-        raise ChatTemplateError(f"the chat template does not parse: {exc}",
-                                hint="fix the Jinja syntax, or pass --template FILE") from exc
+        raise ChatTemplateError(
+            f"the chat template does not parse: {exc}", hint="fix the Jinja syntax, or pass --template FILE"
+        ) from exc
     variables = {**as_special_tokens(special_tokens), **template_vars}
     try:
-        return compiled.render(messages=_plain_messages(messages), tools=None, documents=None,
-                               add_generation_prompt=add_generation_prompt, **variables)
+        return compiled.render(
+            messages=_plain_messages(messages),
+            tools=None,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **variables,
+        )
     except jinja2.TemplateError as exc:
         roles = ", ".join(str(m.get("role")) for m in messages)
-        raise ChatTemplateError(f"the chat template raised for a conversation of {roles}: {exc}",
-                                hint="the model's chat template does not accept this conversation") from exc
+        raise ChatTemplateError(
+            f"the chat template raised for a conversation of {roles}: {exc}",
+            hint="the model's chat template does not accept this conversation",
+        ) from exc
 
 
 def as_special_tokens(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str, str]:
@@ -250,7 +282,7 @@ def special_tokens_for(info: ModelInfo) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- analysis
 def _strip_bos(text: str, bos: str | None) -> str:
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def _split(text: str, markers: Sequence[str]) -> list[str] | None:
@@ -298,7 +330,7 @@ def _common_suffix(a: str, b: str) -> str:
     length = 0
     while length < min(len(a), len(b)) and a[-1 - length] == b[-1 - length]:
         length += 1
-    return a[len(a) - length:]
+    return a[len(a) - length :]
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[dict[str, str]]:
@@ -328,8 +360,12 @@ class TemplateAnalysis:
         return self.system_support in ("native", "default")
 
 
-def analyse_chat_template(chat_template: str, special_tokens: Mapping[str, Any] | Iterable[str] | None = None,
-                          *, source: str = "chat_template") -> TemplateAnalysis:
+def analyse_chat_template(
+    chat_template: str,
+    special_tokens: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    source: str = "chat_template",
+) -> TemplateAnalysis:
     """Cut a chat template into PromptTemplate pieces by rendering marker conversations.
 
     Renders [user], [system, user] and [user, assistant, user] with unique marker
@@ -346,9 +382,11 @@ def analyse_chat_template(chat_template: str, special_tokens: Mapping[str, Any] 
     one_turn = render(("user", _U1))
     leading_bos = bos if bos and one_turn.startswith(bos) and _writes_bos_first(chat_template, tokens) else None
     if leading_bos:
-        notes.append(f"the chat template starts with the BOS token {leading_bos!r}: the prompt template writes it "
-                     "at the start of the system piece, so a conversation without a system message gets no BOS "
-                     "(onnxruntime-genai's tokenizer adds none); send a system message, an empty one will do")
+        notes.append(
+            f"the chat template starts with the BOS token {leading_bos!r}: the prompt template writes it "
+            "at the start of the system piece, so a conversation without a system message gets no BOS "
+            "(onnxruntime-genai's tokenizer adds none); send a system message, an empty one will do"
+        )
 
     def body(text: str) -> str:
         return _strip_bos(text, leading_bos)
@@ -374,13 +412,15 @@ def analyse_chat_template(chat_template: str, special_tokens: Mapping[str, Any] 
         return unusable("the chat template does not write the messages of a two-turn conversation verbatim")
     g_start, g_user_assistant, g_assistant_user, g_end = two_turn
     if g_start != pre_user or g_end != post_user:
-        return unusable("the chat template frames the first or last user message differently once the "
-                        "conversation has an earlier turn")
+        return unusable(
+            "the chat template frames the first or last user message differently once the "
+            "conversation has an earlier turn"
+        )
     # The text between a user message and the assistant's: the end of the user turn (what
     # the template writes after the last user message with and without a generation
     # prompt) and the assistant header.
     user_suffix = _token_boundary(_common_prefix(post_user, post_user_nogen, g_user_assistant))
-    assistant_prefix = g_user_assistant[len(user_suffix):]
+    assistant_prefix = g_user_assistant[len(user_suffix) :]
 
     # The system message: supported in a piece of its own, injected by default, folded
     # into a user turn, refused, or dropped.
@@ -401,28 +441,30 @@ def analyse_chat_template(chat_template: str, special_tokens: Mapping[str, Any] 
                 support = "folded"
             elif between.endswith(pre_user):
                 support = "native"
-                system_prefix, system_suffix = head, between[:len(between) - len(pre_user)]
-            elif (pre_user.startswith(head) and pre_user.endswith(between)
-                  and len(pre_user) >= len(head) + len(between)):
+                system_prefix, system_suffix = head, between[: len(between) - len(pre_user)]
+            elif pre_user.startswith(head) and pre_user.endswith(between) and len(pre_user) >= len(head) + len(between):
                 # The no-system rendering holds a whole system block around a default text.
                 support = "default"
-                default_system = pre_user[len(head):len(pre_user) - len(between)]
+                default_system = pre_user[len(head) : len(pre_user) - len(between)]
                 system_prefix = head
                 # Where the system block ends and the user header starts: the end-of-turn
                 # text the user turn ends with, when the system turn ends with it too.
                 if user_suffix and between.startswith(user_suffix):
-                    user_prefix = between[len(user_suffix):]
+                    user_prefix = between[len(user_suffix) :]
                 else:
                     user_prefix = _common_suffix(between, g_assistant_user)
-                system_suffix = between[:len(between) - len(user_prefix)]
+                system_suffix = between[: len(between) - len(user_prefix)]
                 if body(render(("system", default_system), ("user", _U1))) != body(one_turn):
-                    return unusable("the chat template adds a default system message that differs from an "
-                                    "explicit system message with the same text", support)
+                    return unusable(
+                        "the chat template adds a default system message that differs from an "
+                        "explicit system message with the same text",
+                        support,
+                    )
             else:
                 support = "folded"
     if not g_assistant_user.endswith(user_prefix):
         return unusable("the chat template frames later user messages differently from the first one", support)
-    assistant_suffix = g_assistant_user[:len(g_assistant_user) - len(user_prefix)]
+    assistant_suffix = g_assistant_user[: len(g_assistant_user) - len(user_prefix)]
 
     user_piece = user_prefix + CONTENT + user_suffix
     if support in ("native", "default"):
@@ -432,29 +474,38 @@ def analyse_chat_template(chat_template: str, special_tokens: Mapping[str, Any] 
         notes.append(_SYSTEM_NOTES[support])
     system_piece = (leading_bos or "") + system_piece
     if default_system:
-        notes.append(f"the chat template adds a default system message when the conversation has none "
-                     f"({default_system!r}); the prompt template renders a system message only when the "
-                     "client sends one, so send it to get the template's exact prompt")
+        notes.append(
+            f"the chat template adds a default system message when the conversation has none "
+            f"({default_system!r}); the prompt template renders a system message only when the "
+            "client sends one, so send it to get the template's exact prompt"
+        )
     elif default_system is not None:
-        notes.append("the chat template always writes a system block (empty without a system message); the "
-                     "prompt template writes it only when the client sends a system message (an empty one will do)")
+        notes.append(
+            "the chat template always writes a system block (empty without a system message); the "
+            "prompt template writes it only when the client sends a system message (an empty one will do)"
+        )
     notes.extend(_content_notes(chat_template, tokens))
     if "strftime_now" in chat_template:
-        notes.append("the chat template writes today's date (strftime_now); the prompt template holds the date "
-                     "it was derived on")
-    template = PromptTemplate(system=system_piece, user=user_piece,
-                              assistant=assistant_prefix + CONTENT + assistant_suffix,
-                              prompt=user_prefix + CONTENT + post_user, source=source)
+        notes.append(
+            "the chat template writes today's date (strftime_now); the prompt template holds the date it was derived on"
+        )
+    template = PromptTemplate(
+        system=system_piece,
+        user=user_piece,
+        assistant=assistant_prefix + CONTENT + assistant_suffix,
+        prompt=user_prefix + CONTENT + post_user,
+        source=source,
+    )
     return TemplateAnalysis(template, support, default_system, leading_bos, tuple(notes))
 
 
 _SYSTEM_NOTES = {
     "folded": "the chat template folds the system message into a user turn, which four pieces cannot express; "
-              "the prompt template sends the system text as a user turn of its own",
+    "the prompt template sends the system text as a user turn of its own",
     "raises": "the chat template refuses system messages; the prompt template sends the system text as a user "
-              "turn of its own",
+    "turn of its own",
     "ignored": "the chat template drops system messages; the prompt template sends the system text as a user "
-               "turn of its own",
+    "turn of its own",
 }
 
 
@@ -464,34 +515,45 @@ def _content_notes(chat_template: str, tokens: Mapping[str, str]) -> list[str]:
     padded = f"  {_U1}  "
     try:
         if padded not in render_chat_template(chat_template, _msgs(("user", padded)), special_tokens=tokens):
-            notes.append("the chat template trims whitespace around message text; the prompt template inserts "
-                         "text as given (send messages stripped)")
+            notes.append(
+                "the chat template trims whitespace around message text; the prompt template inserts "
+                "text as given (send messages stripped)"
+            )
     except ChatTemplateError:
         pass
     if "</think>" in chat_template:
         reasoning = f"<think>\nSLMKthought\n</think>\n\n{_A1}"
         try:
             rendered = render_chat_template(
-                chat_template, _msgs(("user", _U1), ("assistant", reasoning), ("user", _U2)), special_tokens=tokens)
+                chat_template, _msgs(("user", _U1), ("assistant", reasoning), ("user", _U2)), special_tokens=tokens
+            )
         except ChatTemplateError:
             rendered = ""
         if rendered and "SLMKthought" not in rendered:
-            notes.append("the chat template removes <think>...</think> reasoning from earlier assistant turns; the "
-                         "prompt template inserts assistant text as given (send earlier answers without reasoning)")
+            notes.append(
+                "the chat template removes <think>...</think> reasoning from earlier assistant turns; the "
+                "prompt template inserts assistant text as given (send earlier answers without reasoning)"
+            )
     return notes
 
 
-def derive_prompt_template(chat_template: str, special_tokens: Mapping[str, Any] | Iterable[str] | None = None,
-                           *, source: str = "chat_template") -> PromptTemplate:
+def derive_prompt_template(
+    chat_template: str,
+    special_tokens: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    source: str = "chat_template",
+) -> PromptTemplate:
     """The generic PromptTemplate of a chat template, proved by ``check_round_trip``.
 
     Raises ``TemplateError`` when the chat template cannot be cut into four pieces.
     """
     analysis = analyse_chat_template(chat_template, special_tokens, source=source)
     if analysis.template is None:
-        raise TemplateError(f"cannot derive a prompt template from the chat template: {analysis.problem}",
-                            hint="pass --template FILE (JSON with system, user, assistant and prompt), "
-                                 "or install a family plugin for this model")
+        raise TemplateError(
+            f"cannot derive a prompt template from the chat template: {analysis.problem}",
+            hint="pass --template FILE (JSON with system, user, assistant and prompt), "
+            "or install a family plugin for this model",
+        )
     check_round_trip(chat_template, analysis.template, special_tokens, analysis=analysis)
     return analysis.template
 
@@ -559,15 +621,18 @@ def check_round_trip(
 
 def _mismatch(name: str, messages: list[dict[str, str]], expected: str, got: str) -> TemplateMismatch:
     offset = _first_difference(expected, got)
-    want, have = expected[offset:offset + 24], got[offset:offset + 24]
-    before = expected[max(0, offset - 24):offset]
+    want, have = expected[offset : offset + 24], got[offset : offset + 24]
+    before = expected[max(0, offset - 24) : offset]
     roles = ", ".join(m["role"] for m in messages)
     return TemplateMismatch(
         f"the prompt template does not reproduce the chat template for the {name} conversation ({roles}): "
         f"first difference at offset {offset}, after {before!r}: expected {want!r}, got {have!r}",
         hint="the pieces belong to another prompt format; `slmk template show MODEL` prints what slmk derives "
-             "from the model's own chat template, or pass --template FILE",
-        conversation=name, offset=offset, expected=want, got=have,
+        "from the model's own chat template, or pass --template FILE",
+        conversation=name,
+        offset=offset,
+        expected=want,
+        got=have,
     )
 
 
@@ -594,8 +659,11 @@ def model_identity(info: ModelInfo) -> tuple[str, tuple[str, ...]]:
 @lru_cache(maxsize=128)
 def _sample(chat_template: str, tokens: tuple[tuple[str, str], ...]) -> str | None:
     specials = dict(tokens)
-    for pairs in ((("system", _SYS), ("user", _U1), ("assistant", _A1), ("user", _U2)),
-                  (("user", _U1), ("assistant", _A1), ("user", _U2)), (("user", _U1),)):
+    for pairs in (
+        (("system", _SYS), ("user", _U1), ("assistant", _A1), ("user", _U2)),
+        (("user", _U1), ("assistant", _A1), ("user", _U2)),
+        (("user", _U1),),
+    ):
         try:
             return render_chat_template(chat_template, _msgs(*pairs), special_tokens=specials)
         except ChatTemplateError:
@@ -631,29 +699,37 @@ def resolve_family(registry: Registry, info: ModelInfo) -> ModelFamily | None:
 def _read_template_file(path: Path) -> tuple[PromptTemplate | None, str | None]:
     """A JSON file with the four pieces, or a Jinja chat template."""
     if not path.is_file():
-        raise UsageError(f"template file {path} not found",
-                         hint="pass a JSON file with system, user, assistant and prompt, or a .jinja chat template")
+        raise UsageError(
+            f"template file {path} not found",
+            hint="pass a JSON file with system, user, assistant and prompt, or a .jinja chat template",
+        )
     text = path.read_text(encoding="utf-8")
     data = None
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{\""):
+    if path.suffix.lower() == ".json" or text.lstrip().startswith('{"'):
         try:
             data = json.loads(text)
         except ValueError as exc:
             if path.suffix.lower() == ".json":
-                raise UsageError(f"template file {path} is not valid JSON: {exc}",
-                                 hint="write {\"system\": ..., \"user\": ..., \"assistant\": ..., \"prompt\": ...}") from None
+                raise UsageError(
+                    f"template file {path} is not valid JSON: {exc}",
+                    hint='write {"system": ..., "user": ..., "assistant": ..., "prompt": ...}',
+                ) from None
     if data is None:
         return None, text
     if isinstance(data, dict) and isinstance(data.get("PromptTemplate"), dict):
         data = data["PromptTemplate"]  # an inference_model.json
     missing = [key for key in PIECES if not isinstance(data, dict) or not isinstance(data.get(key), str)]
     if missing:
-        raise UsageError(f"template file {path} lacks {', '.join(missing)}",
-                         hint="the JSON holds the four strings system, user, assistant and prompt, each with {Content}")
+        raise UsageError(
+            f"template file {path} lacks {', '.join(missing)}",
+            hint="the JSON holds the four strings system, user, assistant and prompt, each with {Content}",
+        )
     for key in PIECES:
         if data[key].count(CONTENT) != 1:
-            raise UsageError(f"template file {path}: {key!r} holds {{Content}} {data[key].count(CONTENT)} times",
-                             hint="each piece carries the message text exactly once, as {Content}")
+            raise UsageError(
+                f"template file {path}: {key!r} holds {{Content}} {data[key].count(CONTENT)} times",
+                hint="each piece carries the message text exactly once, as {Content}",
+            )
     return PromptTemplate(**{key: data[key] for key in PIECES}, source=f"file:{path}"), None
 
 
@@ -685,8 +761,10 @@ def resolve_template(registry: Registry, info: ModelInfo, template_file: Path | 
         except SlmkError:
             raise
         except Exception as exc:  # a plugin bug: name the plugin, keep the one-line error
-            raise SlmkError(f"family {family.name!r} failed to give a prompt template: {type(exc).__name__}: {exc}",
-                            hint="disable its plugin or pass --template FILE") from exc
+            raise SlmkError(
+                f"family {family.name!r} failed to give a prompt template: {type(exc).__name__}: {exc}",
+                hint="disable its plugin or pass --template FILE",
+            ) from exc
         source = template.source or f"family:{family.name}"
     elif chat_template:
         template = derive_prompt_template(chat_template, tokens)
@@ -696,7 +774,7 @@ def resolve_template(registry: Registry, info: ModelInfo, template_file: Path | 
         raise SlmkError(
             f"no family plugin claims model_type {model_type or '(none)'!r} and the model has no chat template",
             hint="install a family plugin for it, pass --template FILE (JSON with system/user/assistant/prompt, "
-                 "or a .jinja chat template), or add chat_template to tokenizer_config.json",
+            "or a .jinja chat template), or add chat_template to tokenizer_config.json",
         )
     if chat_template:
         try:
@@ -707,6 +785,8 @@ def resolve_template(registry: Registry, info: ModelInfo, template_file: Path | 
         except TemplateError as exc:
             notes.append(f"round trip not checked: {exc.message}")
     else:
-        notes.append("the model has no chat template, so the prompt template is unchecked; Foundry Local v2 and "
-                     "onnxruntime-genai need one: add chat_template to tokenizer_config.json")
+        notes.append(
+            "the model has no chat template, so the prompt template is unchecked; Foundry Local v2 and "
+            "onnxruntime-genai need one: add chat_template to tokenizer_config.json"
+        )
     return ResolvedTemplate(template=template, family=family_name, source=source, notes=tuple(dict.fromkeys(notes)))

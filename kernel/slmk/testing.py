@@ -35,8 +35,12 @@ def make_registry(*plugins: object | str) -> Registry:
             if plugin not in by_name:
                 raise LookupError(f"no slmk entry point named {plugin!r}; installed: {', '.join(sorted(by_name))}")
             ep = by_name[plugin]
-            registry.register(ep.load(), ep.name, distribution=ep.dist.name if ep.dist else "",
-                              version=ep.dist.version if ep.dist else "")
+            registry.register(
+                ep.load(),
+                ep.name,
+                distribution=ep.dist.name if ep.dist else "",
+                version=ep.dist.version if ep.dist else "",
+            )
         else:
             registry.register(plugin)
     return registry

@@ -10,7 +10,7 @@ heavy lifting (rendering, deriving, the round-trip check) is the kernel's
 
 from __future__ import annotations
 
-from slmk import hookimpl
+from slmk.api import hookimpl
 
 from .families import FAMILIES
 

@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmk.modelinfo import ModelInfo
-from slmk.records import ModelFamily, PromptTemplate
-from slmk.templates import (
+from slmk.api import (
+    ModelFamily,
+    ModelInfo,
+    PromptTemplate,
     TemplateError,
     derive_prompt_template,
     model_identity,
@@ -47,15 +48,29 @@ def _pieces(system: str, user: str, assistant: str, prompt: str, family: str) ->
 
 
 def _chatml(family: str) -> PromptTemplate:
-    return _pieces("<|im_start|>system\n{Content}<|im_end|>\n", "<|im_start|>user\n{Content}<|im_end|>\n",
-                   "<|im_start|>assistant\n{Content}<|im_end|>\n",
-                   "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n", family)
+    return _pieces(
+        "<|im_start|>system\n{Content}<|im_end|>\n",
+        "<|im_start|>user\n{Content}<|im_end|>\n",
+        "<|im_start|>assistant\n{Content}<|im_end|>\n",
+        "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
+        family,
+    )
 
 
-PHI3 = _pieces("<|system|>\n{Content}<|end|>\n", "<|user|>\n{Content}<|end|>\n", "<|assistant|>\n{Content}<|end|>\n",
-               "<|user|>\n{Content}<|end|>\n<|assistant|>\n", "phi3")
-PHI4_MINI = _pieces("<|system|>{Content}<|end|>", "<|user|>{Content}<|end|>", "<|assistant|>{Content}<|end|>",
-                    "<|user|>{Content}<|end|><|assistant|>", "phi3")
+PHI3 = _pieces(
+    "<|system|>\n{Content}<|end|>\n",
+    "<|user|>\n{Content}<|end|>\n",
+    "<|assistant|>\n{Content}<|end|>\n",
+    "<|user|>\n{Content}<|end|>\n<|assistant|>\n",
+    "phi3",
+)
+PHI4_MINI = _pieces(
+    "<|system|>{Content}<|end|>",
+    "<|user|>{Content}<|end|>",
+    "<|assistant|>{Content}<|end|>",
+    "<|user|>{Content}<|end|><|assistant|>",
+    "phi3",
+)
 # Llama 3.1-3.3: the system block carries the knowledge-cutoff preamble (fixed date of
 # the published template; Llama 3.2's writes today's date instead).
 LLAMA3 = _pieces(
@@ -68,21 +83,37 @@ LLAMA3 = _pieces(
 )
 # Mistral has no system turn (v0.3 folds it into the last user message, v0.1 refuses
 # it): the system text goes as a user turn of its own.
-MISTRAL_V03 = _pieces("<s>[INST] {Content}[/INST]", "[INST] {Content}[/INST]", " {Content}</s>",
-                      "[INST] {Content}[/INST]", "mistral")
-MISTRAL_V01 = _pieces("<s>[INST] {Content} [/INST]", "[INST] {Content} [/INST]", "{Content}</s>",
-                      "[INST] {Content} [/INST]", "mistral")
+MISTRAL_V03 = _pieces(
+    "<s>[INST] {Content}[/INST]", "[INST] {Content}[/INST]", " {Content}</s>", "[INST] {Content}[/INST]", "mistral"
+)
+MISTRAL_V01 = _pieces(
+    "<s>[INST] {Content} [/INST]", "[INST] {Content} [/INST]", "{Content}</s>", "[INST] {Content} [/INST]", "mistral"
+)
 # Gemma has no system turn either (Gemma 2 refuses it, Gemma 3 folds it into the first
 # user turn).
-GEMMA = _pieces("<bos><start_of_turn>user\n{Content}<end_of_turn>\n", "<start_of_turn>user\n{Content}<end_of_turn>\n",
-                "<start_of_turn>model\n{Content}<end_of_turn>\n",
-                "<start_of_turn>user\n{Content}<end_of_turn>\n<start_of_turn>model\n", "gemma")
+GEMMA = _pieces(
+    "<bos><start_of_turn>user\n{Content}<end_of_turn>\n",
+    "<start_of_turn>user\n{Content}<end_of_turn>\n",
+    "<start_of_turn>model\n{Content}<end_of_turn>\n",
+    "<start_of_turn>user\n{Content}<end_of_turn>\n<start_of_turn>model\n",
+    "gemma",
+)
 # The distills' system prompt is plain text right after the BOS; the generation prompt
 # opens the reasoning block.
-DEEPSEEK_R1 = _pieces("<｜begin▁of▁sentence｜>{Content}", "<｜User｜>{Content}", "<｜Assistant｜>{Content}<｜end▁of▁sentence｜>",
-                      "<｜User｜>{Content}<｜Assistant｜><think>\n", "deepseek-r1")
-ZEPHYR = _pieces("<|system|>\n{Content}</s>\n", "<|user|>\n{Content}</s>\n", "<|assistant|>\n{Content}</s>\n",
-                 "<|user|>\n{Content}</s>\n<|assistant|>\n", "zephyr")
+DEEPSEEK_R1 = _pieces(
+    "<｜begin▁of▁sentence｜>{Content}",
+    "<｜User｜>{Content}",
+    "<｜Assistant｜>{Content}<｜end▁of▁sentence｜>",
+    "<｜User｜>{Content}<｜Assistant｜><think>\n",
+    "deepseek-r1",
+)
+ZEPHYR = _pieces(
+    "<|system|>\n{Content}</s>\n",
+    "<|user|>\n{Content}</s>\n",
+    "<|assistant|>\n{Content}</s>\n",
+    "<|user|>\n{Content}</s>\n<|assistant|>\n",
+    "zephyr",
+)
 
 
 @dataclass(frozen=True)
@@ -127,16 +158,19 @@ class FamilySpec:
             try:
                 # the model's own tokens win; the family's fill in for a folder without a tokenizer config
                 tokens = {**self.special_tokens, **special_tokens_for(info)}
-                return derive_prompt_template(info.chat_template, tokens,
-                                              source=f"family:{self.name}+chat_template")
+                return derive_prompt_template(info.chat_template, tokens, source=f"family:{self.name}+chat_template")
             except TemplateError:
                 pass  # the family's pieces; the installer's round-trip check says where they differ
         return self.variant(info) or self.pieces
 
     def record(self) -> ModelFamily:
         return ModelFamily(
-            name=self.name, description=self.description, match=self.match, prompt_template=self.prompt_template,
-            stop_tokens=self.stop_tokens, generation_defaults=dict(self.generation_defaults),
+            name=self.name,
+            description=self.description,
+            match=self.match,
+            prompt_template=self.prompt_template,
+            stop_tokens=self.stop_tokens,
+            generation_defaults=dict(self.generation_defaults),
             chat_template=published(self.chat_template_file),
         )
 
@@ -145,12 +179,14 @@ def _in_template(*needles: str, points: int) -> Callable[[ModelInfo], int]:
     def bonus(info: ModelInfo) -> int:
         text = (info.chat_template or "") + str(info.config.get("_name_or_path", ""))
         return points if any(needle in text for needle in needles) else 0
+
     return bonus
 
 
 def _large_vocab(pieces: PromptTemplate, threshold: int) -> Callable[[ModelInfo], PromptTemplate | None]:
     def variant(info: ModelInfo) -> PromptTemplate | None:
         return pieces if (info.vocab_size or 0) >= threshold else None
+
     return variant
 
 
@@ -169,8 +205,13 @@ SPECS: tuple[FamilySpec, ...] = (
         special_tokens={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
         stop_tokens=("<|im_end|>", "<|endoftext|>"),
         # Qwen2.5-*-Instruct generation_config.json
-        generation_defaults={"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
-                             "repetition_penalty": 1.05},
+        generation_defaults={
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_p": 0.8,
+            "top_k": 20,
+            "repetition_penalty": 1.05,
+        },
         model_types=("qwen2", "qwen2_moe"),
         architectures=("Qwen2ForCausalLM", "Qwen2MoeForCausalLM"),
         bonus=lambda info: 1,  # the generic ChatML family wins ties with the other ChatML families
@@ -260,8 +301,7 @@ SPECS: tuple[FamilySpec, ...] = (
         # recommended temperature 1.0
         generation_defaults={"do_sample": True, "temperature": 1.0, "top_k": 64, "top_p": 0.95},
         model_types=("gemma", "gemma2", "gemma3", "gemma3_text"),
-        architectures=("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
-                       "Gemma3ForConditionalGeneration"),
+        architectures=("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"),
     ),
     FamilySpec(
         name="deepseek-r1",

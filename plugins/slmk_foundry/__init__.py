@@ -12,8 +12,7 @@ Module level stays light: the SDK is imported inside the functions that use it.
 
 from __future__ import annotations
 
-from slmk import hookimpl
-from slmk.records import Installer, Runtime
+from slmk.api import Installer, Runtime, hookimpl
 
 from . import installer, runtime
 from .layout import locate

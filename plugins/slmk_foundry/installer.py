@@ -36,17 +36,46 @@ from importlib import util
 from pathlib import Path
 from typing import Any
 
-from slmk import __version__ as slmk_version
-from slmk.errors import SlmkError, StepFailed, UsageError
-from slmk.fsutil import TMP_PREFIX, clean_stale_tmp, dir_size, file_lock, link_or_copy_tree
-from slmk.modelinfo import ModelInfo
-from slmk.progress import Progress
-from slmk.records import InstalledModel, InstallRequest, PromptTemplate
+from slmk.api import (
+    TMP_PREFIX,
+    InstalledModel,
+    InstallRequest,
+    ModelInfo,
+    Progress,
+    PromptTemplate,
+    SlmkError,
+    StepFailed,
+    UsageError,
+    build_problems,
+    clean_stale_tmp,
+    dir_size,
+    file_lock,
+    link_or_copy_tree,
+)
+from slmk.api import __version__ as slmk_version
 
 from . import sdk
-from .layout import (INFERENCE_MODEL, INSTALL_RECORD, LOCK_NAME, MARKER, TEMPLATE_KEYS, Entry, duplicates,
-                     foundry_id, leaf_of, leaves_with_marker, locate, model_dir_name, publisher_dir, read_entry,
-                     read_json, scan, validate_name, write_json, write_text)
+from .layout import (
+    INFERENCE_MODEL,
+    INSTALL_RECORD,
+    LOCK_NAME,
+    MARKER,
+    TEMPLATE_KEYS,
+    Entry,
+    duplicates,
+    foundry_id,
+    leaf_of,
+    leaves_with_marker,
+    locate,
+    model_dir_name,
+    publisher_dir,
+    read_entry,
+    read_json,
+    scan,
+    validate_name,
+    write_json,
+    write_text,
+)
 
 INSTALLER_NAME = "foundry"
 
@@ -91,9 +120,14 @@ def installed_model(entry: Entry, cache: Path, runtimes: tuple[str, ...] | None 
         "source_build": record.get("source_build", ""),
     }
     return InstalledModel(
-        name=entry.name, version=str(entry.version), path=entry.leaf, installer=INSTALLER_NAME,
-        precision=record.get("precision"), execution_provider=record.get("execution_provider"),
-        size_bytes=dir_size(entry.leaf), runtimes=runtimes_here() if runtimes is None else runtimes,
+        name=entry.name,
+        version=str(entry.version),
+        path=entry.leaf,
+        installer=INSTALLER_NAME,
+        precision=record.get("precision"),
+        execution_provider=record.get("execution_provider"),
+        size_bytes=dir_size(entry.leaf),
+        runtimes=runtimes_here() if runtimes is None else runtimes,
         extra=extra,
     )
 
@@ -112,55 +146,57 @@ def _check_build(build: Path) -> dict[str, Any]:
     config = read_json(build / "genai_config.json")
     if config is None:
         if (build / "config.json").is_file():
-            raise UsageError(f"{build} is a Hugging Face folder, not a build",
-                             hint=f"build it first: slmk convert {build} -o OUT")
+            raise UsageError(
+                f"{build} is a Hugging Face folder, not a build", hint=f"build it first: slmk convert {build} -o OUT"
+            )
         raise UsageError(f"{build} has no readable genai_config.json", hint="pass the output folder of `slmk convert`")
     problems = _missing_model_files(build, config)
     if problems:
-        raise UsageError(f"{build} is not a complete build: {'; '.join(problems)}",
-                         hint="rebuild it with `slmk convert --force`")
+        raise UsageError(
+            f"{build} is not a complete build: {'; '.join(problems)}", hint="rebuild it with `slmk convert --force`"
+        )
     return config
 
 
 def _missing_model_files(folder: Path, config: dict[str, Any]) -> list[str]:
-    problems = []
-    decoder = config.get("model", {}).get("decoder", {}).get("filename")
-    if decoder and not (folder / decoder).is_file():
-        problems.append(f"{decoder} (named in genai_config.json) is missing")
-    if not any(folder.glob("*.onnx")):
-        problems.append("no .onnx file")
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
-        problems.append("no tokenizer.json")
-    return problems
+    return build_problems(folder)
 
 
 def _check_template(template: PromptTemplate | None) -> dict[str, str]:
     if template is None:
-        raise UsageError("no prompt template for the legacy inference_model.json",
-                         hint="pass --template FILE (JSON with system/user/assistant/prompt, or a Jinja chat template)")
+        raise UsageError(
+            "no prompt template for the legacy inference_model.json",
+            hint="pass --template FILE (JSON with system/user/assistant/prompt, or a Jinja chat template)",
+        )
     pieces = template.to_foundry()
     for key in TEMPLATE_KEYS:
         count = pieces[key].count("{Content}")
         if count != 1:
-            raise UsageError(f"the prompt template's {key!r} holds {{Content}} {count} times, not once",
-                             hint="each of system, user, assistant and prompt carries the message text once")
+            raise UsageError(
+                f"the prompt template's {key!r} holds {{Content}} {count} times, not once",
+                hint="each of system, user, assistant and prompt carries the message text once",
+            )
     return pieces
 
 
 def _round_trip(leaf: Path, template: PromptTemplate, progress: Progress) -> None:
     """The legacy PromptTemplate must render conversations exactly as the chat template
     that Foundry Local v2 and onnxruntime-genai apply: two generations, one prompt."""
-    from slmk.templates import check_round_trip, special_tokens_for
+    from slmk.api import check_round_trip, special_tokens_for
 
     info = ModelInfo.load(leaf)
     if not info.chat_template:
-        raise UsageError(f"{leaf.name} has no chat template (Foundry Local v2 builds its prompts from it)",
-                         hint="pass --template FILE.jinja, or rebuild from a model whose tokenizer has one")
+        raise UsageError(
+            f"{leaf.name} has no chat template (Foundry Local v2 builds its prompts from it)",
+            hint="pass --template FILE.jinja, or rebuild from a model whose tokenizer has one",
+        )
     try:
         report = check_round_trip(info.chat_template, template, special_tokens_for(info))
     except SlmkError as exc:
-        raise StepFailed(f"the prompt template does not match the model's chat template: {exc.message}",
-                         hint=exc.hint or "see it with `slmk template BUILD`; pass --template FILE to override") from exc
+        raise StepFailed(
+            f"the prompt template does not match the model's chat template: {exc.message}",
+            hint=exc.hint or "see it with `slmk template BUILD`; pass --template FILE to override",
+        ) from exc
     for note in report.notes:
         progress.log(f"template: {note}")
 
@@ -183,8 +219,10 @@ def _check_staged(leaf: Path, build: Path, name: str, template: PromptTemplate, 
     if inference.get("Name") != name:
         problems.append(f"{INFERENCE_MODEL} names {inference.get('Name')!r}, not {name!r}")
     if problems:
-        raise StepFailed(f"the staged install of {name} is incomplete: {'; '.join(problems)}",
-                         hint="check free disk space in the Foundry cache and retry")
+        raise StepFailed(
+            f"the staged install of {name} is incomplete: {'; '.join(problems)}",
+            hint="check free disk space in the Foundry cache and retry",
+        )
     _round_trip(leaf, template, progress)
 
 
@@ -261,8 +299,10 @@ def _commit(stage: Path, final: Path, version: int, replaced: Entry | None) -> t
         staged_marker.write_text("slmk install in progress\n")
         final = _free_name(final)  # no atomic swap here: commit beside the old copy, then drop it
     elif final.exists():
-        raise UsageError(f"{final} is in the way (not an slmk install slmk can read)",
-                         hint="move or delete that folder, then install again")
+        raise UsageError(
+            f"{final} is in the way (not an slmk install slmk can read)",
+            hint="move or delete that folder, then install again",
+        )
     os.replace(stage, final)
     _pause("renamed")
     (leaf_of(final, version) / MARKER).unlink()
@@ -319,8 +359,10 @@ def recover(cache: Path, progress: Progress) -> None:
 
 def _sync_registrations(cache: Path, progress: Progress, refresh: Iterable[str] = ()) -> None:
     if not sdk.available():
-        progress.log("foundry-local-sdk is not installed: the model is in the cache for the legacy foundry CLI only "
-                     "(pip install 'slmk[foundry]' to register it with Foundry Local v2)")
+        progress.log(
+            "foundry-local-sdk is not installed: the model is in the cache for the legacy foundry CLI only "
+            "(pip install 'slmk[foundry]' to register it with Foundry Local v2)"
+        )
         return
     for change in sdk.reconcile(cache, scan(cache), refresh=refresh):
         progress.log(change)
@@ -352,15 +394,22 @@ def install(request: InstallRequest) -> InstalledModel:
         stage = _aside_name(root, "new", final.name)
         leaf = leaf_of(stage, version)
         record = {
-            "name": name, "version": version, "foundry_id": model_id, "legacy_name": name,
-            "precision": build_info.get("precision"), "execution_provider": ep.name,
-            "foundry_suffix": ep.foundry_suffix, "source_build": str(build),
+            "name": name,
+            "version": version,
+            "foundry_id": model_id,
+            "legacy_name": name,
+            "precision": build_info.get("precision"),
+            "execution_provider": ep.name,
+            "foundry_suffix": ep.foundry_suffix,
+            "source_build": str(build),
             "source_model": build_info.get("source"),
             "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
             "slmk_version": slmk_version,
         }
-        progress.log(f"installing {build} as {name}:{version} ({model_id}) in {cache}"
-                     + (f", replacing {replaced.name}:{replaced.version}" if replaced else ""))
+        progress.log(
+            f"installing {build} as {name}:{version} ({model_id}) in {cache}"
+            + (f", replacing {replaced.name}:{replaced.version}" if replaced else "")
+        )
         aside = None
         try:
             leaf.mkdir(parents=True)
@@ -393,8 +442,9 @@ def install(request: InstallRequest) -> InstalledModel:
 
 
 # ------------------------------------------------------------------ remove
-def remove(name: str, version: str | None = None, cache_dir: Path | None = None,
-           progress: Progress | None = None) -> InstalledModel:
+def remove(
+    name: str, version: str | None = None, cache_dir: Path | None = None, progress: Progress | None = None
+) -> InstalledModel:
     """Remove ``name:version`` (the newest version when None) from the folder layout and the SDK catalog."""
     progress = progress or Progress(quiet=True)
     cache = locate(cache_dir)
@@ -425,5 +475,4 @@ def remove(name: str, version: str | None = None, cache_dir: Path | None = None,
 def _unknown(name: str, version: str | None, cache: Path, entries: list[Entry]) -> UsageError:
     ref = f"{name}:{version}" if version else name
     installed = ", ".join(f"{e.name}:{e.version}" for e in entries) or "none"
-    return UsageError(f"no installed model {ref!r} in {cache}",
-                      hint=f"installed: {installed}; `slmk list` shows them")
+    return UsageError(f"no installed model {ref!r} in {cache}", hint=f"installed: {installed}; `slmk list` shows them")

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.errors import UsageError
-from slmk.fsutil import TMP_PREFIX
+from slmk.api import TMP_PREFIX, UsageError
 
 #: slmk's publisher folder inside the Foundry cache: everything slmk writes lives under it.
 PUBLISHER = "slmk"
@@ -79,8 +78,13 @@ def cache_location_from_cli(executable: str = "foundry") -> Path | None:
     if not found:
         return None
     try:
-        result = subprocess.run([found, "cache", "location"], capture_output=True, text=True,
-                                timeout=_CACHE_LOCATION_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [found, "cache", "location"],
+            capture_output=True,
+            text=True,
+            timeout=_CACHE_LOCATION_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if result.returncode != 0:
@@ -196,7 +200,9 @@ def write_text(path: Path, text: str) -> None:
 
 def is_visible_leaf(leaf: Path) -> bool:
     """What both Foundry generations treat as a model folder."""
-    return (leaf / "genai_config.json").is_file() and (leaf / INFERENCE_MODEL).is_file() and not (leaf / MARKER).exists()
+    return (
+        (leaf / "genai_config.json").is_file() and (leaf / INFERENCE_MODEL).is_file() and not (leaf / MARKER).exists()
+    )
 
 
 def read_entry(leaf: Path) -> Entry | None:
@@ -255,5 +261,10 @@ def leaves_with_marker(cache: Path) -> list[Path]:
     root = publisher_dir(cache)
     if not root.is_dir():
         return []
-    return [model_dir for model_dir in root.iterdir()
-            if not is_tmp(model_dir) and model_dir.is_dir() and any((leaf / MARKER).exists() for leaf in model_dir.glob("v*"))]
+    return [
+        model_dir
+        for model_dir in root.iterdir()
+        if not is_tmp(model_dir)
+        and model_dir.is_dir()
+        and any((leaf / MARKER).exists() for leaf in model_dir.glob("v*"))
+    ]

@@ -18,13 +18,18 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.messages import check_messages
-from slmk.errors import SlmkError, UsageError
-from slmk.fsutil import cache_root
-from slmk.records import ExecutionProvider, GenerationStats, LoadRequest
-from slmk_ortgenai.genai_config import read_genai_config
-from slmk_ortgenai.runtime import SEARCH_OPTIONS
-from slmk_ortgenai.runtime import can_load as genai_can_load
+from slmk.api import (
+    SEARCH_OPTIONS,
+    ExecutionProvider,
+    GenerationStats,
+    LoadRequest,
+    SlmkError,
+    UsageError,
+    build_problems,
+    cache_root,
+    check_messages,
+    read_genai_config,
+)
 
 from . import sdk
 from .layout import PUBLISHER, locate, read_entry, read_json
@@ -38,7 +43,8 @@ def can_load(path: Path) -> str | None:
     """Why the Foundry Local SDK cannot load this folder here, or None."""
     if not sdk.available():
         return "foundry-local-sdk is not installed (pip install 'slmk[foundry]')"
-    return genai_can_load(Path(path))
+    problems = build_problems(Path(path))
+    return "; ".join(problems) if problems else None
 
 
 def builds_cache() -> Path:
@@ -64,14 +70,18 @@ def load(request: LoadRequest) -> FoundrySession:
     folder = Path(request.path).expanduser().absolute()
     reason = can_load(folder)
     if reason:
-        raise UsageError(f"cannot load {folder} with Foundry Local: {reason}",
-                         hint="pass an installed model name or the output folder of `slmk convert`")
+        raise UsageError(
+            f"cannot load {folder} with Foundry Local: {reason}",
+            hint="pass an installed model name or the output folder of `slmk convert`",
+        )
     ep = request.execution_provider
     precision = (read_json(folder / "slmk_build.json") or {}).get("precision")
     if precision and precision not in ep.run_precisions:
-        raise SlmkError(f"{folder} is a {precision} build, which does not run on {ep.name}",
-                        hint=f"{ep.name} runs {', '.join(ep.run_precisions)}: rebuild with "
-                             f"`slmk convert MODEL -p {ep.run_precisions[0]} -e {ep.name}`")
+        raise SlmkError(
+            f"{folder} is a {precision} build, which does not run on {ep.name}",
+            hint=f"{ep.name} runs {', '.join(ep.run_precisions)}: rebuild with "
+            f"`slmk convert MODEL -p {ep.run_precisions[0]} -e {ep.name}`",
+        )
     cache, model_id, display_name, refresh = _target(request, folder)
     model = sdk.ensure_registered(cache, model_id, folder, display_name, refresh=refresh)
     return FoundrySession(model, model_id, folder, ep, request.options)
@@ -80,14 +90,21 @@ def load(request: LoadRequest) -> FoundrySession:
 class FoundrySession:
     """A model loaded by the Foundry Local SDK; ``generate`` streams the answer."""
 
-    def __init__(self, model: Any, model_id: str, folder: Path, execution_provider: ExecutionProvider,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        model_id: str,
+        folder: Path,
+        execution_provider: ExecutionProvider,
+        options: Mapping[str, Any] | None = None,
+    ):
         self._fl = sdk._import_sdk()
         options = dict(options or {})
         self.truncate = bool(options.pop("truncate", False))
         if options:
-            raise UsageError(f"unknown runtime option(s) {', '.join(sorted(options))} for foundry",
-                             hint="foundry takes truncate")
+            raise UsageError(
+                f"unknown runtime option(s) {', '.join(sorted(options))} for foundry", hint="foundry takes truncate"
+            )
         self.model_id = model_id
         self.path = folder
         self.execution_provider = execution_provider
@@ -99,9 +116,11 @@ class FoundrySession:
         try:
             model.load()
         except self._fl.FoundryLocalException as exc:
-            raise SlmkError(f"Foundry Local cannot load {model_id} ({folder}): {sdk._native_message(exc)}",
-                            hint=f"`slmk doctor` checks the {execution_provider.name} execution provider; "
-                                 "try `slmk run NAME --runtime ortgenai` to tell the model from the runtime") from exc
+            raise SlmkError(
+                f"Foundry Local cannot load {model_id} ({folder}): {sdk._native_message(exc)}",
+                hint=f"`slmk doctor` checks the {execution_provider.name} execution provider; "
+                "try `slmk run NAME --runtime ortgenai` to tell the model from the runtime",
+            ) from exc
         self.load_seconds = time.perf_counter() - start
         self._model = model
         sdk.track_session(self)
@@ -136,13 +155,17 @@ class FoundrySession:
         search = {k: v for k, v in search.items() if v is not None}
         context = self.context_length or prompt_tokens + 256
         if prompt_tokens >= context:
-            raise SlmkError(f"the prompt has {prompt_tokens} tokens and the model's context holds {context}",
-                            hint="shorten the conversation (the foundry runtime does not truncate; ortgenai can)")
+            raise SlmkError(
+                f"the prompt has {prompt_tokens} tokens and the model's context holds {context}",
+                hint="shorten the conversation (the foundry runtime does not truncate; ortgenai can)",
+            )
         for key in _FIXED_IN_CONFIG:
             if key in search and search.pop(key) != self.default_search.get(key):
-                raise UsageError(f"the foundry runtime cannot set {key} per request",
-                                 hint=f"Foundry applies {key} from the build's genai_config.json search "
-                                      f"({self.default_search.get(key)}); use --runtime ortgenai to vary it")
+                raise UsageError(
+                    f"the foundry runtime cannot set {key} per request",
+                    hint=f"Foundry applies {key} from the build's genai_config.json search "
+                    f"({self.default_search.get(key)}); use --runtime ortgenai to vary it",
+                )
         search.pop("truncate", None)  # nothing to cut: an overlong prompt raised above
         new_tokens = search.pop("max_new_tokens", None)
         if new_tokens is not None and int(new_tokens) < 1:
@@ -153,15 +176,21 @@ class FoundrySession:
         if new_tokens is not None:
             room = min(room, int(new_tokens))
         if room < 1:
-            raise UsageError(f"max_length {max_length} leaves no room to answer a prompt of {prompt_tokens} tokens",
-                             hint="raise max_length or use max_new_tokens")
+            raise UsageError(
+                f"max_length {max_length} leaves no room to answer a prompt of {prompt_tokens} tokens",
+                hint="raise max_length or use max_new_tokens",
+            )
         do_sample = search.pop("do_sample", None)
         temperature = search.pop("temperature", None)
         if temperature == 0:  # the usual spelling of greedy decoding
             temperature, do_sample = None, False
         return self._fl.SearchOptions(
-            max_output_tokens=room, do_sample=do_sample, temperature=temperature,
-            top_k=search.pop("top_k", None), top_p=search.pop("top_p", None), seed=search.pop("random_seed", None),
+            max_output_tokens=room,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=search.pop("top_k", None),
+            top_p=search.pop("top_p", None),
+            seed=search.pop("random_seed", None),
         )
 
     def _stream(self, session: Any, request: Any, prompt_tokens: int) -> Iterator[str]:
@@ -184,8 +213,10 @@ class FoundrySession:
                 with stream.final_response as final:
                     usage = final.get_usage()
         except fl.FoundryLocalException as exc:
-            raise SlmkError(f"generation failed in Foundry Local: {sdk._native_message(exc)}",
-                            hint="try `--runtime ortgenai` on the same folder to tell the model from the runtime") from exc
+            raise SlmkError(
+                f"generation failed in Foundry Local: {sdk._native_message(exc)}",
+                hint="try `--runtime ortgenai` on the same folder to tell the model from the runtime",
+            ) from exc
         finally:
             end = time.perf_counter()
             # The SDK counts tokens exactly (its usage); an abandoned stream has none, so the
@@ -193,7 +224,8 @@ class FoundrySession:
             self.last_stats = GenerationStats(
                 prompt_tokens=usage.prompt_tokens if usage else prompt_tokens,
                 generated_tokens=usage.completion_tokens if usage else pieces,
-                time_to_first_token_s=(first_token_at or end) - start, total_s=end - start,
+                time_to_first_token_s=(first_token_at or end) - start,
+                total_s=end - start,
             )
 
     # ------------------------------------------------------------ lifetime

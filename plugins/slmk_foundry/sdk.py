@@ -22,8 +22,7 @@ from importlib import util
 from pathlib import Path
 from typing import Any
 
-from slmk.errors import SlmkError
-from slmk.fsutil import cache_root
+from slmk.api import SlmkError, cache_root
 
 from .layout import Entry, publisher_dir
 
@@ -60,8 +59,10 @@ def _import_sdk():
     try:
         import foundry_local_sdk
     except ImportError as exc:
-        raise SlmkError(f"the Foundry Local SDK cannot be imported: {exc}",
-                        hint="pip install 'foundry-local-sdk==2.2.1' (or pip install 'slmk[foundry]')") from exc
+        raise SlmkError(
+            f"the Foundry Local SDK cannot be imported: {exc}",
+            hint="pip install 'foundry-local-sdk==2.2.1' (or pip install 'slmk[foundry]')",
+        ) from exc
     # The SDK logs to stdout; slmk keeps stdout for answers and --json.
     for handler in logging.getLogger("foundry_local_sdk").handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
@@ -99,25 +100,32 @@ def manager(cache: Path):
             return current
         if current is not None:
             if any(True for _ in _sessions):
-                raise SlmkError(f"the Foundry Local SDK is serving {_state['cache'] or 'another cache'} in this process "
-                                f"and cannot switch to {cache} while a chat session is open",
-                                hint="close the open session first (the SDK allows one cache per process)")
+                raise SlmkError(
+                    f"the Foundry Local SDK is serving {_state['cache'] or 'another cache'} in this process "
+                    f"and cannot switch to {cache} while a chat session is open",
+                    hint="close the open session first (the SDK allows one cache per process)",
+                )
             current.close()
         dirs = sdk_dirs()
         for folder in dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
         config = fl.Configuration(
-            app_name=APP_NAME, model_cache_dir=str(cache), app_data_dir=str(dirs["app_data"]),
-            logs_dir=str(dirs["logs"]), log_level=fl.LogLevel.WARNING,
+            app_name=APP_NAME,
+            model_cache_dir=str(cache),
+            app_data_dir=str(dirs["app_data"]),
+            logs_dir=str(dirs["logs"]),
+            log_level=fl.LogLevel.WARNING,
             disable_nonessential_telemetry=True,
         )
         try:
             with _telemetry_store_redirected(dirs["telemetry"]):
                 fl.FoundryLocalManager.initialize(config)
         except Exception as exc:
-            raise SlmkError(f"the Foundry Local SDK failed to start on {cache}: {exc}",
-                            hint="check that the cache folder is writable; `slmk doctor` checks the SDK") from exc
+            raise SlmkError(
+                f"the Foundry Local SDK failed to start on {cache}: {exc}",
+                hint="check that the cache folder is writable; `slmk doctor` checks the SDK",
+            ) from exc
         _state.update(manager=fl.FoundryLocalManager.instance, cache=cache)
         return _state["manager"]
 
@@ -164,8 +172,10 @@ def register(cache: Path, model_id: str, folder: Path, display_name: str):
             metadata.set_string_property(PATH_PROPERTY, str(folder))
             return catalog.register_model(str(folder), model_id, metadata)
     except fl.FoundryLocalException as exc:
-        raise SlmkError(f"Foundry Local refused to register {model_id} ({folder}): {_native_message(exc)}",
-                        hint="`slmk list` shows what is installed; remove the conflicting model first") from exc
+        raise SlmkError(
+            f"Foundry Local refused to register {model_id} ({folder}): {_native_message(exc)}",
+            hint="`slmk list` shows what is installed; remove the conflicting model first",
+        ) from exc
 
 
 def unregister(cache: Path, model_id: str) -> None:
@@ -211,8 +221,10 @@ def reconcile(cache: Path, entries: Iterable[Entry], *, refresh: Iterable[str] =
             continue
         if not ours:
             if entry is not None:
-                raise SlmkError(f"{model_id} is already registered in Foundry Local for {path}, outside slmk's installs",
-                                hint=f"unregister it, or install under another name than {entry.name!r}")
+                raise SlmkError(
+                    f"{model_id} is already registered in Foundry Local for {path}, outside slmk's installs",
+                    hint=f"unregister it, or install under another name than {entry.name!r}",
+                )
             continue
         unregister(cache, model_id)
         if entry is None:

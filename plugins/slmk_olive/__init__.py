@@ -13,8 +13,7 @@ Nothing here imports olive, torch or transformers at module level.
 
 from __future__ import annotations
 
-from slmk import hookimpl
-from slmk.records import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, Probe, Quantizer, StepRequest
+from slmk.api import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, Probe, Quantizer, StepRequest, hookimpl
 
 from .versions import olive_tool_versions, workflow_tool_versions
 
@@ -53,14 +52,25 @@ def slmk_quantizers():
     yield Quantizer(
         name="olive-rtn",
         description="Olive round-to-nearest weight quantization (int4/int8) of the Hugging Face weights",
-        stage=FORMAT_HF, precisions=("int4", "int8"), quantize=_quantize_rtn, algorithms=("rtn",),
-        tool_versions=olive_tool_versions, options=OPTIONS, priority=10,
+        stage=FORMAT_HF,
+        precisions=("int4", "int8"),
+        quantize=_quantize_rtn,
+        algorithms=("rtn",),
+        tool_versions=olive_tool_versions,
+        options=OPTIONS,
+        priority=10,
     )
     yield Quantizer(
         name="olive-gptq",
         description="Olive GPTQ weight quantization (int4/int8), calibrated on your own data (--calibration)",
-        stage=FORMAT_HF, precisions=("int4", "int8"), quantize=_quantize_gptq, algorithms=("gptq",),
-        uses_calibration=True, tool_versions=olive_tool_versions, options=OPTIONS, priority=5,
+        stage=FORMAT_HF,
+        precisions=("int4", "int8"),
+        quantize=_quantize_gptq,
+        algorithms=("gptq",),
+        uses_calibration=True,
+        tool_versions=olive_tool_versions,
+        options=OPTIONS,
+        priority=5,
     )
 
 
@@ -71,16 +81,23 @@ def slmk_converters():
     yield Converter(
         name="olive-workflow",
         description="Runs your Olive workflow file (slmk convert --olive-config FILE)",
-        precisions=PRECISIONS, execution_providers=WORKFLOW_EXECUTION_PROVIDERS, convert=_run_workflow,
-        input_format=FORMAT_HF, output_format=FORMAT_ORTGENAI, tool_versions=workflow_tool_versions,
-        options=OPTIONS, priority=-10, explicit_only=True,
+        precisions=PRECISIONS,
+        execution_providers=WORKFLOW_EXECUTION_PROVIDERS,
+        convert=_run_workflow,
+        input_format=FORMAT_HF,
+        output_format=FORMAT_ORTGENAI,
+        tool_versions=workflow_tool_versions,
+        options=OPTIONS,
+        priority=-10,
+        explicit_only=True,
     )
 
 
 @hookimpl
 def slmk_probes():
-    yield Probe(name="olive", description="Olive: version traps with onnxruntime-genai, requests, telemetry",
-                check=_check)
+    yield Probe(
+        name="olive", description="Olive: version traps with onnxruntime-genai, requests, telemetry", check=_check
+    )
 
 
 @hookimpl

@@ -18,22 +18,51 @@ PRECISIONS = ("int4", "int8")
 
 @click.command(name="olive-config")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-p", "--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True,
-              help="Weight precision.")
+@click.option(
+    "-p", "--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True, help="Weight precision."
+)
 @click.option("--ep", "execution_provider", default="cpu", show_default=True, help="Execution provider.")
-@click.option("--algorithm", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
-              help="Olive quantization pass: Rtn, or Gptq with --calibration.")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-              help="Your own data for GPTQ (.jsonl chat records or .txt).")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
-              help="Weights per quantization group.")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rtn", "gptq"]),
+    default="rtn",
+    show_default=True,
+    help="Olive quantization pass: Rtn, or Gptq with --calibration.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Your own data for GPTQ (.jsonl chat records or .txt).",
+)
+@click.option(
+    "--block-size",
+    type=click.Choice(["16", "32", "64", "128", "256"]),
+    default="32",
+    show_default=True,
+    help="Weights per quantization group.",
+)
 @click.option("--olive-output", help="Olive's output_dir in the file [default: MODEL-olive-ALGORITHM-PRECISION].")
 @click.option("--trust-remote-code", is_flag=True, help="Let Olive run code from the model folder.")
-@click.option("-o", "--output", "output_file", type=click.Path(dir_okay=False),
-              help="Write the workflow here (default: print it).")
+@click.option(
+    "-o",
+    "--output",
+    "output_file",
+    type=click.Path(dir_okay=False),
+    help="Write the workflow here (default: print it).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-def olive_config(model_dir, precision, execution_provider, algorithm, calibration, block_size, olive_output,
-                 trust_remote_code, output_file, force) -> None:
+def olive_config(
+    model_dir,
+    precision,
+    execution_provider,
+    algorithm,
+    calibration,
+    block_size,
+    olive_output,
+    trust_remote_code,
+    output_file,
+    force,
+) -> None:
     """Write the Olive workflow file equivalent to `slmk convert MODEL_DIR --via olive`.
 
     \b
@@ -41,11 +70,7 @@ def olive_config(model_dir, precision, execution_provider, algorithm, calibratio
     CI=1 olive run --config olive_int4.json
     slmk convert ./my-model-olive-rtn-int4/model -p int4 -o build/int4
     """
-    from slmk.app import resolve_ep
-    from slmk.errors import UsageError
-    from slmk.fsutil import cache_root
-    from slmk.modelinfo import ModelInfo
-    from slmk.plugins import get_registry
+    from slmk.api import ModelInfo, UsageError, cache_root, get_registry, resolve_ep
 
     from .quantize import check_block_size, check_calibration, quantization_workflow
     from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_pass_broken
@@ -59,9 +84,15 @@ def olive_config(model_dir, precision, execution_provider, algorithm, calibratio
         check_calibration(Path(calibration))
     olive_output = olive_output or f"{info.path.resolve().name}-olive-{algorithm}-{precision}"
     config = quantization_workflow(
-        info.path, algorithm=algorithm, precision=precision, block_size=int(block_size), execution_provider=ep,
-        calibration=Path(calibration) if calibration else None, trust_remote_code=trust_remote_code,
-        output_dir=olive_output, cache_dir=cache_root() / "olive-cache",
+        info.path,
+        algorithm=algorithm,
+        precision=precision,
+        block_size=int(block_size),
+        execution_provider=ep,
+        calibration=Path(calibration) if calibration else None,
+        trust_remote_code=trust_remote_code,
+        output_dir=olive_output,
+        cache_dir=cache_root() / "olive-cache",
     )
     text = json.dumps(config, indent=2) + "\n"
     if output_file:

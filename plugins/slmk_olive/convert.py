@@ -13,9 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.errors import StepFailed, UsageError
-from slmk.fsutil import dir_size, link_or_copy_tree
-from slmk.records import StepRequest
+from slmk.api import StepFailed, StepRequest, UsageError, dir_size, link_or_copy_tree
 
 from .workflow import WorkflowResult, run_workflow
 
@@ -41,16 +39,20 @@ def read_workflow(path: Path) -> dict[str, Any]:
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
         raise UsageError(f"Olive workflow file {path} cannot be parsed: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("input_model"), dict):
-        raise UsageError(f"{path} is not an Olive workflow (no input_model section)",
-                         hint="an Olive workflow has input_model, systems, passes and output_dir")
+        raise UsageError(
+            f"{path} is not an Olive workflow (no input_model section)",
+            hint="an Olive workflow has input_model, systems, passes and output_dir",
+        )
     return data
 
 
 def convert(request: StepRequest) -> None:
     value = request.options.get(OPTION)
     if not value:
-        raise UsageError("the olive-workflow converter runs an Olive workflow file, and none was given",
-                         hint="slmk convert --olive-config FILE -o OUT")
+        raise UsageError(
+            "the olive-workflow converter runs an Olive workflow file, and none was given",
+            hint="slmk convert --olive-config FILE -o OUT",
+        )
     path = Path(str(value)).expanduser()
     config = read_workflow(path)
     input_model = config["input_model"]
@@ -61,8 +63,11 @@ def convert(request: StepRequest) -> None:
     result = run_workflow(config, request.work_dir, request.progress, what=f"workflow {path.name}")
     build = _genai_folder(result)
     if build is None:
-        raise StepFailed(f"workflow {path.name} produced {_describe(result)}, not an ONNX Runtime GenAI model "
-                         "(no genai_config.json)", hint=_next_step(result))
+        raise StepFailed(
+            f"workflow {path.name} produced {_describe(result)}, not an ONNX Runtime GenAI model "
+            "(no genai_config.json)",
+            hint=_next_step(result),
+        )
     link_or_copy_tree(build, Path(request.output))
     request.progress.log(f"workflow {path.name}: ONNX Runtime GenAI model, {dir_size(request.output) / 1e6:.1f} MB")
 
@@ -83,8 +88,10 @@ def _describe(result: WorkflowResult) -> str:
         if quant:
             bits = quant.get("bits") or quant.get("w_bit") or "?"
             group = quant.get("group_size") or quant.get("q_group_size") or "?"
-            return (f"a Hugging Face folder of {bits}-bit weights ({quant.get('quant_method', '?')} quantization, "
-                    f"group size {group}) {origin}")
+            return (
+                f"a Hugging Face folder of {bits}-bit weights ({quant.get('quant_method', '?')} quantization, "
+                f"group size {group}) {origin}"
+            )
         return f"a Hugging Face folder {origin}"
     if result.model_type == "onnxmodel":
         return f"a plain ONNX model ({result.model_path.name}) {origin}"
@@ -93,9 +100,11 @@ def _describe(result: WorkflowResult) -> str:
 
 def _next_step(result: WorkflowResult) -> str:
     if result.model_type == "hfmodel":
-        return ("the workflow stops at Hugging Face weights; let slmk quantize and build in one go with "
-                "`slmk convert MODEL -p int4 --via olive` (Olive quantizes, the ONNX Runtime GenAI builder converts), "
-                "or `slmk olive-config MODEL` for the matching Olive workflow")
+        return (
+            "the workflow stops at Hugging Face weights; let slmk quantize and build in one go with "
+            "`slmk convert MODEL -p int4 --via olive` (Olive quantizes, the ONNX Runtime GenAI builder converts), "
+            "or `slmk olive-config MODEL` for the matching Olive workflow"
+        )
     return "end the workflow with a pass that writes an ONNX Runtime GenAI model (genai_config.json)"
 
 
@@ -104,10 +113,14 @@ def _note_execution_provider(config: Mapping[str, Any], request: StepRequest) ->
     wanted = request.execution_provider.ort_provider
     named = {
         str(provider)
-        for system in (config.get("systems") or {}).values() if isinstance(system, Mapping)
-        for accelerator in (system.get("accelerators") or []) if isinstance(accelerator, Mapping)
+        for system in (config.get("systems") or {}).values()
+        if isinstance(system, Mapping)
+        for accelerator in (system.get("accelerators") or [])
+        if isinstance(accelerator, Mapping)
         for provider in (accelerator.get("execution_providers") or [])
     }
     if named and wanted not in named:
-        request.progress.log(f"note: the workflow targets {', '.join(sorted(named))}, not {wanted}; "
-                             "the build is recorded for the workflow's own provider settings")
+        request.progress.log(
+            f"note: the workflow targets {', '.join(sorted(named))}, not {wanted}; "
+            "the build is recorded for the workflow's own provider settings"
+        )

@@ -31,8 +31,10 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CALIBRATION_SUFFIXES:
-        raise CalibrationError(f"{path.name}: unsupported calibration file type {suffix or '(none)'}; "
-                               f"use {', '.join(CALIBRATION_SUFFIXES)}")
+        raise CalibrationError(
+            f"{path.name}: unsupported calibration file type {suffix or '(none)'}; "
+            f"use {', '.join(CALIBRATION_SUFFIXES)}"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -61,7 +63,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         elif isinstance(item, dict) and isinstance(item.get("text"), str):
             records.append({"text": item["text"]})
         else:
-            raise CalibrationError(f"{path.name} record {number}: expected {{\"messages\": [...]}} or {{\"text\": ...}}")
+            raise CalibrationError(f'{path.name} record {number}: expected {{"messages": [...]}} or {{"text": ...}}')
     return records
 
 
@@ -73,8 +75,10 @@ def render_texts(records: list[dict[str, Any]], tokenizer) -> list[str]:
             texts.append(record["text"])
             continue
         if not getattr(tokenizer, "chat_template", None):
-            raise CalibrationError("the calibration data holds chat records but the model has no chat template; "
-                                   "use {\"text\": ...} records or a .txt file")
+            raise CalibrationError(
+                "the calibration data holds chat records but the model has no chat template; "
+                'use {"text": ...} records or a .txt file'
+            )
         texts.append(tokenizer.apply_chat_template(record["messages"], tokenize=False))
     return [text for text in texts if text.strip()]
 
@@ -85,7 +89,7 @@ def token_samples(texts: list[str], tokenizer, max_seq_len: int, max_samples: in
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids), max_seq_len):
-            window = ids[start:start + max_seq_len]
+            window = ids[start : start + max_seq_len]
             if len(window) > 1:
                 samples.append(window)
             if len(samples) >= max_samples:
@@ -93,8 +97,14 @@ def token_samples(texts: list[str], tokenizer, max_seq_len: int, max_samples: in
     return samples
 
 
-def calibration_dataset(data_files: str, model_name: str, max_seq_len: int = 512, max_samples: int = 128,
-                        trust_remote_code: bool = False, **_: Any):
+def calibration_dataset(
+    data_files: str,
+    model_name: str,
+    max_seq_len: int = 512,
+    max_samples: int = 128,
+    trust_remote_code: bool = False,
+    **_: Any,
+):
     """An Olive ``load_dataset`` component: ``(inputs, label)`` pairs of one sample each."""
     import torch
     from transformers import AutoTokenizer
@@ -104,8 +114,10 @@ def calibration_dataset(data_files: str, model_name: str, max_seq_len: int = 512
     if not samples:
         raise CalibrationError(f"{Path(data_files).name}: no calibration text found")
     # Each item is one sequence; Olive's default dataloader adds the batch dimension.
-    return [({"input_ids": torch.tensor(ids), "attention_mask": torch.ones(len(ids), dtype=torch.long)}, 0)
-            for ids in samples]
+    return [
+        ({"input_ids": torch.tensor(ids), "attention_mask": torch.ones(len(ids), dtype=torch.long)}, 0)
+        for ids in samples
+    ]
 
 
 def register() -> None:

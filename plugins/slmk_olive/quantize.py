@@ -14,10 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.errors import StepFailed, UsageError
-from slmk.fsutil import dir_size, link_or_copy_tree
-from slmk.modelinfo import ModelInfo
-from slmk.records import ExecutionProvider, StepRequest
+from slmk.api import ExecutionProvider, ModelInfo, StepFailed, StepRequest, UsageError, dir_size, link_or_copy_tree
 
 from .olive_data import CALIBRATION_DATASET, CalibrationError, read_records
 
@@ -35,7 +32,7 @@ CALIBRATION_MAX_SEQ_LEN = 512
 OPTIONS: dict[str, str] = {
     "block_size": "weights per quantization group: 16, 32 (default), 64, 128 or 256",
     "is_symmetric": "ignored: Olive's symmetric weights have no zero points, which the ORT GenAI builder "
-                    "needs; Olive weights are always asymmetric",
+    "needs; Olive weights are always asymmetric",
 }
 
 
@@ -48,8 +45,10 @@ def block_size_of(options: Mapping[str, Any]) -> int:
     except (TypeError, ValueError):
         size = -1
     if size not in BLOCK_SIZES:
-        raise UsageError(f"block_size={value!r} is not allowed for Olive quantization",
-                         hint=f"block_size is one of {', '.join(map(str, BLOCK_SIZES))}")
+        raise UsageError(
+            f"block_size={value!r} is not allowed for Olive quantization",
+            hint=f"block_size is one of {', '.join(map(str, BLOCK_SIZES))}",
+        )
     return size
 
 
@@ -61,8 +60,10 @@ def check_block_size(info: ModelInfo, block_size: int) -> None:
     if uneven:
         fitting = [size for size in BLOCK_SIZES if all(width % size == 0 for width in widths.values())]
         described = ", ".join(f"{key} {width}" for key, width in uneven.items())
-        raise UsageError(f"block_size {block_size} does not divide the model's {described}",
-                         hint=f"use --block-size {max(fitting)}" if fitting else "this model's widths fit no block size")
+        raise UsageError(
+            f"block_size {block_size} does not divide the model's {described}",
+            hint=f"use --block-size {max(fitting)}" if fitting else "this model's widths fit no block size",
+        )
 
 
 def quantization_workflow(
@@ -79,11 +80,13 @@ def quantization_workflow(
 ) -> dict[str, Any]:
     """The Olive workflow (a dict for ``olive run --config``) that quantizes ``model_dir``."""
     if algorithm not in ALGORITHM_PASSES:
-        raise UsageError(f"Olive quantization has no algorithm {algorithm!r} here",
-                         hint=f"use one of {', '.join(ALGORITHM_PASSES)}")
+        raise UsageError(
+            f"Olive quantization has no algorithm {algorithm!r} here", hint=f"use one of {', '.join(ALGORITHM_PASSES)}"
+        )
     if precision not in PRECISION_BITS:
-        raise UsageError(f"Olive quantizes weights to {', '.join(PRECISION_BITS)}, not {precision}",
-                         hint="choose -p int4 or -p int8")
+        raise UsageError(
+            f"Olive quantizes weights to {', '.join(PRECISION_BITS)}, not {precision}", hint="choose -p int4 or -p int8"
+        )
     model_dir = Path(model_dir).resolve()
     quant_pass: dict[str, Any] = {
         "type": ALGORITHM_PASSES[algorithm],
@@ -94,18 +97,30 @@ def quantization_workflow(
     data_configs = []
     if algorithm == "gptq":
         if calibration is None:
-            raise UsageError("GPTQ needs calibration data, and slmk never downloads a data set for it",
-                             hint="pass --calibration FILE: your .jsonl chat records or a .txt file")
+            raise UsageError(
+                "GPTQ needs calibration data, and slmk never downloads a data set for it",
+                hint="pass --calibration FILE: your .jsonl chat records or a .txt file",
+            )
         quant_pass["data_config"] = CALIBRATION_DATA
         data_configs.append(calibration_data_config(model_dir, calibration, trust_remote_code))
     return {
         "workflow_id": f"slmk-{algorithm}-{precision}",
-        "input_model": {"type": "HfModel", "model_path": str(model_dir),
-                        "load_kwargs": {"trust_remote_code": bool(trust_remote_code)}},
-        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [{
-            "device": execution_provider.olive_device,
-            "execution_providers": [execution_provider.ort_provider],
-        }]}},
+        "input_model": {
+            "type": "HfModel",
+            "model_path": str(model_dir),
+            "load_kwargs": {"trust_remote_code": bool(trust_remote_code)},
+        },
+        "systems": {
+            "local_system": {
+                "type": "LocalSystem",
+                "accelerators": [
+                    {
+                        "device": execution_provider.olive_device,
+                        "execution_providers": [execution_provider.ort_provider],
+                    }
+                ],
+            }
+        },
         **({"data_configs": data_configs} if data_configs else {}),
         "passes": {algorithm: quant_pass},
         "host": "local_system",
@@ -121,13 +136,16 @@ def calibration_data_config(model_dir: Path, calibration: Path, trust_remote_cod
     return {
         "name": CALIBRATION_DATA,
         "user_script": str(USER_SCRIPT),
-        "load_dataset_config": {"type": CALIBRATION_DATASET, "params": {
-            "data_files": str(Path(calibration).resolve()),
-            "model_name": str(model_dir),
-            "max_seq_len": CALIBRATION_MAX_SEQ_LEN,
-            "max_samples": CALIBRATION_MAX_SAMPLES,
-            "trust_remote_code": bool(trust_remote_code),
-        }},
+        "load_dataset_config": {
+            "type": CALIBRATION_DATASET,
+            "params": {
+                "data_files": str(Path(calibration).resolve()),
+                "model_name": str(model_dir),
+                "max_seq_len": CALIBRATION_MAX_SEQ_LEN,
+                "max_samples": CALIBRATION_MAX_SAMPLES,
+                "trust_remote_code": bool(trust_remote_code),
+            },
+        },
         "pre_process_data_config": {"type": "skip_pre_process"},
         "post_process_data_config": {"type": "skip_post_process"},
         "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": 1}},
@@ -139,8 +157,9 @@ def check_calibration(path: Path) -> int:
     try:
         records = read_records(path)
     except CalibrationError as exc:
-        raise UsageError(f"calibration data {exc}",
-                         hint="use JSONL records {\"messages\": [...]} or {\"text\": ...}, or a .txt file") from None
+        raise UsageError(
+            f"calibration data {exc}", hint='use JSONL records {"messages": [...]} or {"text": ...}, or a .txt file'
+        ) from None
     if not records:
         raise UsageError(f"calibration file {path} holds no text", hint="add chat records or text to it")
     return len(records)
@@ -160,18 +179,29 @@ def quantize(request: StepRequest, algorithm: str) -> None:
         count = check_calibration(request.calibration)
         progress.log(f"calibration: {count} records from {request.calibration}")
     config = quantization_workflow(
-        request.source, algorithm=algorithm, precision=request.precision, block_size=block_size,
-        execution_provider=request.execution_provider, calibration=request.calibration,
+        request.source,
+        algorithm=algorithm,
+        precision=request.precision,
+        block_size=block_size,
+        execution_provider=request.execution_provider,
+        calibration=request.calibration,
         trust_remote_code=request.trust_remote_code,
     )
     result = run_workflow(config, request.work_dir, progress, what=f"{algorithm} {request.precision} quantization")
     folder = result.folder
-    quantized = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config") \
-        if (folder / "config.json").is_file() else None
+    quantized = (
+        json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+        if (folder / "config.json").is_file()
+        else None
+    )
     if result.model_type != "hfmodel" or not quantized:
-        raise StepFailed(f"Olive's {ALGORITHM_PASSES[algorithm]} pass wrote no quantized Hugging Face folder "
-                         f"(got a {result.model_type or 'unknown'} model at {folder.name})",
-                         hint="a plugin bug: report it with the Olive log (--debug)")
+        raise StepFailed(
+            f"Olive's {ALGORITHM_PASSES[algorithm]} pass wrote no quantized Hugging Face folder "
+            f"(got a {result.model_type or 'unknown'} model at {folder.name})",
+            hint="a plugin bug: report it with the Olive log (--debug)",
+        )
     link_or_copy_tree(folder, Path(request.output))
-    progress.log(f"Olive {algorithm} {request.precision}: {dir_size(request.output) / 1e6:.1f} MB of "
-                 f"{quantized.get('quant_method')} weights, group size {quantized.get('group_size')}")
+    progress.log(
+        f"Olive {algorithm} {request.precision}: {dir_size(request.output) / 1e6:.1f} MB of "
+        f"{quantized.get('quant_method')} weights, group size {quantized.get('group_size')}"
+    )

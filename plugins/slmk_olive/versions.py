@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-
-from slmk.messages import installed_version as installed
+from slmk.api import installed_version as installed
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
 GENAI_DISTRIBUTIONS = (
-    "onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
-    "onnxruntime-genai-winml", "onnxruntime-genai-core",
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
+    "onnxruntime-genai-directml",
+    "onnxruntime-genai-winml",
+    "onnxruntime-genai-core",
 )
 
 
@@ -38,10 +40,12 @@ def model_builder_pass_broken(olive: str | None, genai: str | None) -> bool:
 
 def model_builder_fix(olive: str | None, genai: str | None) -> str:
     """The one fix text for the olive-ai 0.13 x onnxruntime-genai >= 0.16 trap (doctor and failed passes)."""
-    return (f"olive-ai {olive}'s ModelBuilder pass does not work with onnxruntime-genai {genai} (>= 0.16): "
-            "let slmk convert instead, `slmk convert MODEL -p int4 --via olive` (Olive quantizes, the ONNX Runtime "
-            "GenAI builder converts; `slmk olive-config MODEL` writes that Olive workflow), or run the workflow where "
-            "onnxruntime-genai<0.16 is installed (foundry-local-sdk 2.2.1 needs 0.18.0, so in another environment)")
+    return (
+        f"olive-ai {olive}'s ModelBuilder pass does not work with onnxruntime-genai {genai} (>= 0.16): "
+        "let slmk convert instead, `slmk convert MODEL -p int4 --via olive` (Olive quantizes, the ONNX Runtime "
+        "GenAI builder converts; `slmk olive-config MODEL` writes that Olive workflow), or run the workflow where "
+        "onnxruntime-genai<0.16 is installed (foundry-local-sdk 2.2.1 needs 0.18.0, so in another environment)"
+    )
 
 
 def olive_tool_versions() -> dict[str, str]:

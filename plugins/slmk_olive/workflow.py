@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.errors import StepFailed, UsageError
-from slmk.progress import Progress
+from slmk.api import Progress, StepFailed, UsageError
 
 from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_fix, model_builder_pass_broken
 
@@ -73,8 +72,13 @@ def redirect_into(config: dict[str, Any], work_dir: Path) -> None:
         for key in ("cache_dir", "cache_config", "output_dir", "enable_shared_cache"):
             section.pop(key, None)
     target = engine if engine is not None else config
-    target.update({"cache_dir": str(work_dir / "olive-cache"), "output_dir": str(work_dir / "olive-output"),
-                   "enable_shared_cache": False})
+    target.update(
+        {
+            "cache_dir": str(work_dir / "olive-cache"),
+            "output_dir": str(work_dir / "olive-output"),
+            "enable_shared_cache": False,
+        }
+    )
 
 
 def run_workflow(config: Mapping[str, Any], work_dir: Path, progress: Progress, *, what: str) -> WorkflowResult:
@@ -85,11 +89,12 @@ def run_workflow(config: Mapping[str, Any], work_dir: Path, progress: Progress, 
     redirect_into(config, work_dir)
     passes = workflow_passes(config)
     if not passes:
-        raise UsageError(f"{what} has no passes", hint="add a pass under \"passes\" in the workflow file")
+        raise UsageError(f"{what} has no passes", hint='add a pass under "passes" in the workflow file')
     log_path = work_dir / LOG_NAME
     olive_run = _import_olive()
-    progress.log(f"Olive {installed('olive-ai')}: {what}: passes "
-                 + ", ".join(f"{name} ({kind})" for name, kind in passes))
+    progress.log(
+        f"Olive {installed('olive-ai')}: {what}: passes " + ", ".join(f"{name} ({kind})" for name, kind in passes)
+    )
     saved_tempdir = tempfile.tempdir
     try:
         with _output_to(log_path):
@@ -99,8 +104,10 @@ def run_workflow(config: Mapping[str, Any], work_dir: Path, progress: Progress, 
     except Exception as exc:
         failed = _pass_in_traceback(exc.__traceback__)
         if failed is None:  # raised before any pass ran: the workflow itself is wrong
-            raise UsageError(f"Olive rejected {what}: {_summary(exc)}",
-                             hint="fix the workflow file; `olive run --config FILE` shows the same error") from exc
+            raise UsageError(
+                f"Olive rejected {what}: {_summary(exc)}",
+                hint="fix the workflow file; `olive run --config FILE` shows the same error",
+            ) from exc
         # Olive lower-cases pass types; name them as the file does.
         failed = (failed[0], dict(passes).get(failed[0], failed[1]))
         raise _pass_failed(failed, passes, _first_line(exc), log_path, what) from exc
@@ -113,15 +120,17 @@ def run_workflow(config: Mapping[str, Any], work_dir: Path, progress: Progress, 
     best = output.get_best_candidate()
     model_path = Path(best.model_path) if best and best.model_path else None
     if model_path is None or not model_path.exists():
-        raise StepFailed(f"Olive reported an output model for {what} but wrote none",
-                         hint=" | ".join(_tail(log_path)) or "rerun with --debug for the traceback")
-    return WorkflowResult(model_path=model_path, model_type=str(best.model_type or "").lower(),
-                          passes=tuple(passes))
+        raise StepFailed(
+            f"Olive reported an output model for {what} but wrote none",
+            hint=" | ".join(_tail(log_path)) or "rerun with --debug for the traceback",
+        )
+    return WorkflowResult(model_path=model_path, model_type=str(best.model_type or "").lower(), passes=tuple(passes))
 
 
 # ------------------------------------------------------------------ failure reports
-def _pass_failed(failed: tuple[str, str] | None, passes: list[tuple[str, str]], reason: str, log_path: Path,
-                 what: str) -> StepFailed:
+def _pass_failed(
+    failed: tuple[str, str] | None, passes: list[tuple[str, str]], reason: str, log_path: Path, what: str
+) -> StepFailed:
     if failed is None:
         where = "one of the passes " + ", ".join(f"{name!r} ({kind})" for name, kind in passes)
     else:
@@ -162,8 +171,9 @@ def _first_unfinished_pass(passes: list[tuple[str, str]], footprint) -> tuple[st
     model_id = footprint.input_model_id
     nodes = list(footprint.nodes.values())
     for name, kind in passes:
-        child = next((n for n in nodes if n.parent_model_id == model_id
-                      and str(n.from_pass or "").lower() == kind.lower()), None)
+        child = next(
+            (n for n in nodes if n.parent_model_id == model_id and str(n.from_pass or "").lower() == kind.lower()), None
+        )
         if child is None or (child.model_config_data or {}).get("is_pruned"):
             return name, kind
         model_id = child.model_id
@@ -203,7 +213,7 @@ def _tail(log_path: Path, lines: int = _TAIL_LINES) -> list[str]:
     for line in kept:
         match = _OLIVE_PREFIX.match(line)
         if match and match["level"] in ("WARNING", "ERROR", "CRITICAL"):
-            problems.append(line[match.end():])
+            problems.append(line[match.end() :])
     return problems[-lines:]
 
 
@@ -215,8 +225,10 @@ def _import_olive():
     except ImportError as exc:
         module = (getattr(exc, "name", None) or "olive").split(".")[0]
         requirement = {"olive": "olive-ai==0.13.0", "requests": "requests"}.get(module, module)
-        raise StepFailed(f"Olive cannot be imported: {_first_line(exc)}",
-                         hint=f"pip install '{requirement}' (or pip install 'slmk[olive]')") from exc
+        raise StepFailed(
+            f"Olive cannot be imported: {_first_line(exc)}",
+            hint=f"pip install '{requirement}' (or pip install 'slmk[olive]')",
+        ) from exc
     return run
 
 

@@ -6,11 +6,19 @@ inside the functions that convert or load.
 
 from __future__ import annotations
 
-from slmk import hookimpl
-from slmk.records import PRECISIONS, Converter, Runtime
+from slmk.api import (
+    PRECISIONS,
+    Converter,
+    Runtime,
+    context_length,
+    hookimpl,
+    missing_search_defaults,
+    read_genai_config,
+    read_search,
+    search_defaults,
+)
 
 from . import builder, runtime
-from .genai_config import context_length, missing_search_defaults, read_genai_config, read_search, search_defaults
 
 __all__ = ["context_length", "missing_search_defaults", "read_genai_config", "read_search", "search_defaults"]
 

@@ -23,36 +23,70 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from slmk.messages import installed_version
-from slmk.errors import SlmkError, StepFailed, UsageError
-from slmk.fsutil import dir_size
-from slmk.modelinfo import ModelInfo
-from slmk.pipeline import apply_search_options, write_json_atomic
-from slmk.records import StepRequest
+from slmk.api import (
+    ModelInfo,
+    SlmkError,
+    StepFailed,
+    StepRequest,
+    UsageError,
+    dir_size,
+    installed_version,
+    missing_search_defaults,
+    write_json_atomic,
+    write_search,
+)
 
 from .errors import first_line
-from .genai_config import missing_search_defaults
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
 GENAI_DISTRIBUTIONS = (
-    "onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
-    "onnxruntime-genai-winml", "onnxruntime-genai-core",
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
+    "onnxruntime-genai-directml",
+    "onnxruntime-genai-winml",
+    "onnxruntime-genai-core",
 )
 
 #: ``architectures[0]`` values the 0.18 builder dispatches on; used only when its
 #: source cannot be read (the installed builder is the authority).
 BUILDER_ARCHITECTURES_0_18 = (
-    "ChatGLMForConditionalGeneration", "ChatGLMModel", "Ernie4_5ForCausalLM", "GemmaForCausalLM",
-    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration",
-    "Gemma4ForConditionalGeneration", "Gemma4UnifiedForConditionalGeneration", "GptOssForCausalLM",
-    "GraniteForCausalLM", "GraniteMoeHybridForCausalLM", "HunYuanDenseV1ForCausalLM",
-    "InternLM2ForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM", "Lfm2VlForConditionalGeneration",
-    "Lfm2AudioForConditionalGeneration", "LlamaForCausalLM", "MistralForCausalLM",
-    "Mistral3ForConditionalGeneration", "NemotronForCausalLM", "OlmoForCausalLM", "PhiForCausalLM",
-    "Phi3ForCausalLM", "PhiMoEForCausalLM", "Phi3SmallForCausalLM", "Phi3VForCausalLM",
-    "Phi4MMForCausalLM", "Qwen2ForCausalLM", "Qwen2_5_VLForConditionalGeneration", "Qwen3ForCausalLM",
-    "Qwen3VLForConditionalGeneration", "Qwen3_5ForConditionalGeneration",
-    "Qwen3_5MoeForConditionalGeneration", "SmolLM3ForCausalLM", "VideoChatFlashQwenForCausalLM",
+    "ChatGLMForConditionalGeneration",
+    "ChatGLMModel",
+    "Ernie4_5ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",
+    "Gemma4ForConditionalGeneration",
+    "Gemma4UnifiedForConditionalGeneration",
+    "GptOssForCausalLM",
+    "GraniteForCausalLM",
+    "GraniteMoeHybridForCausalLM",
+    "HunYuanDenseV1ForCausalLM",
+    "InternLM2ForCausalLM",
+    "Lfm2ForCausalLM",
+    "Lfm2MoeForCausalLM",
+    "Lfm2VlForConditionalGeneration",
+    "Lfm2AudioForConditionalGeneration",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Mistral3ForConditionalGeneration",
+    "NemotronForCausalLM",
+    "OlmoForCausalLM",
+    "PhiForCausalLM",
+    "Phi3ForCausalLM",
+    "PhiMoEForCausalLM",
+    "Phi3SmallForCausalLM",
+    "Phi3VForCausalLM",
+    "Phi4MMForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3ForCausalLM",
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration",
+    "SmolLM3ForCausalLM",
+    "VideoChatFlashQwenForCausalLM",
     "WhisperForConditionalGeneration",
 )
 
@@ -75,12 +109,19 @@ BUILDER_ALGORITHMS = ("default", "rtn", "k_quant")
 #: Algorithms that belong to an HF-stage quantizer: its weights arrive already quantized.
 QUANTIZER_ALGORITHMS = ("gptq", "awq", "hqq", "quarot", "spinquant")
 _BOOLEAN_OPTIONS = ("is_symmetric", "shared_embeddings", "enable_cuda_graph")
-_CHOICES: dict[str, tuple[str, ...]] = {"block_size": ("16", "32", "64", "128", "256"), "accuracy_level": ("0", "1", "2", "3", "4")}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "block_size": ("16", "32", "64", "128", "256"),
+    "accuracy_level": ("0", "1", "2", "3", "4"),
+}
 
 #: The pip requirement for a module the builder imports.
 _PIP_NAMES = {
-    "onnxruntime_genai": "onnxruntime-genai==0.18.0", "onnx_ir": "onnx-ir", "onnx": "onnx",
-    "onnxruntime": "onnxruntime==1.31.0", "torch": "torch", "transformers": "transformers",
+    "onnxruntime_genai": "onnxruntime-genai==0.18.0",
+    "onnx_ir": "onnx-ir",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime==1.31.0",
+    "torch": "torch",
+    "transformers": "transformers",
 }
 _TAIL_LINES = 5
 
@@ -118,8 +159,9 @@ def supports(info: ModelInfo) -> str | None:
     if not info.architectures:
         return "config.json names no architectures, and the model builder dispatches on architectures[0]"
     if info.architecture not in supported_architectures():
-        return (f"the onnxruntime-genai model builder does not support {info.architecture} "
-                f"(it builds {_family_summary()})")
+        return (
+            f"the onnxruntime-genai model builder does not support {info.architecture} (it builds {_family_summary()})"
+        )
     return None
 
 
@@ -160,11 +202,15 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
         if key == "algorithm":
             algorithm = str(value).lower()
             if algorithm in QUANTIZER_ALGORITHMS:
-                notes.append(f"algorithm {algorithm} was applied by the quantizer step; the builder keeps those weights")
+                notes.append(
+                    f"algorithm {algorithm} was applied by the quantizer step; the builder keeps those weights"
+                )
                 continue
             if algorithm not in BUILDER_ALGORITHMS:
-                raise UsageError(f"unknown algorithm {value!r} for the model builder",
-                                 hint=f"use one of {', '.join(BUILDER_ALGORITHMS)}, or {', '.join(QUANTIZER_ALGORITHMS)} through a quantizer plugin")
+                raise UsageError(
+                    f"unknown algorithm {value!r} for the model builder",
+                    hint=f"use one of {', '.join(BUILDER_ALGORITHMS)}, or {', '.join(QUANTIZER_ALGORITHMS)} through a quantizer plugin",
+                )
             if algorithm != "default":
                 pairs.append(f"algo_config={algorithm}")
             continue
@@ -251,8 +297,10 @@ def _import_builder():
     except ImportError as exc:
         module = (getattr(exc, "name", None) or "onnxruntime_genai").split(".")[0]
         requirement = _PIP_NAMES.get(module, module)
-        raise StepFailed(f"the onnxruntime-genai model builder cannot be imported: {first_line(exc)}",
-                         hint=f"pip install '{requirement}' (or pip install 'slmk[ortgenai,convert]')") from exc
+        raise StepFailed(
+            f"the onnxruntime-genai model builder cannot be imported: {first_line(exc)}",
+            hint=f"pip install '{requirement}' (or pip install 'slmk[ortgenai,convert]')",
+        ) from exc
     return parse_extra_options, create_model
 
 
@@ -270,9 +318,11 @@ def convert(request: StepRequest) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     shown = [p for p in pairs if not p.startswith(("hf_token=", "hf_remote="))]
-    request.progress.log(f"model builder (onnxruntime-genai {tool_versions()['onnxruntime-genai']}): "
-                         f"{info.architecture} -> {request.precision} for {ep.builder_ep}"
-                         + (f" with {' '.join(shown)}" if shown else ""))
+    request.progress.log(
+        f"model builder (onnxruntime-genai {tool_versions()['onnxruntime-genai']}): "
+        f"{info.architecture} -> {request.precision} for {ep.builder_ep}"
+        + (f" with {' '.join(shown)}" if shown else "")
+    )
     for note in notes:
         request.progress.log(note)
     start = time.perf_counter()
@@ -280,10 +330,12 @@ def convert(request: StepRequest) -> None:
         with _output_to(log_path):
             # Imported inside: importing it configures the root logger and prints.
             parse_extra_options, create_model = _import_builder()
-            extra = parse_extra_options(None, str(request.source), str(staging), request.precision,
-                                        ep.builder_ep, str(cache_dir), pairs)
-            create_model(None, str(request.source), str(staging), request.precision, ep.builder_ep,
-                         str(cache_dir), **extra)
+            extra = parse_extra_options(
+                None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), pairs
+            )
+            create_model(
+                None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), **extra
+            )
     except (KeyboardInterrupt, SystemExit, SlmkError):
         raise
     except Exception as exc:
@@ -304,13 +356,17 @@ def convert(request: StepRequest) -> None:
 def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> None:
     """What runtimes need that the builder may leave out: generation defaults, chat template."""
     if not (build / "genai_config.json").is_file():
-        raise StepFailed("the model builder finished but wrote no genai_config.json",
-                         hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; slmk is tested with 0.18.0")
+        raise StepFailed(
+            "the model builder finished but wrote no genai_config.json",
+            hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; slmk is tested with 0.18.0",
+        )
     missing = missing_search_defaults(build, source.generation_config)
     if missing:
-        apply_search_options(build, missing)
-        request.progress.log("genai_config.json search from generation_config.json: "
-                             + ", ".join(f"{k}={v}" for k, v in sorted(missing.items())))
+        write_search(build, missing)
+        request.progress.log(
+            "genai_config.json search from generation_config.json: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
+        )
     if source.chat_template and not ModelInfo.load(build).chat_template:
         tokenizer_config = build / "tokenizer_config.json"
         if tokenizer_config.is_file():

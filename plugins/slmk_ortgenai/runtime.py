@@ -9,16 +9,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.messages import check_messages
-from slmk.errors import SlmkError, UsageError
-from slmk.records import ExecutionProvider, GenerationStats, LoadRequest
+from slmk.api import (
+    SEARCH_OPTIONS,
+    ExecutionProvider,
+    GenerationStats,
+    LoadRequest,
+    SlmkError,
+    UsageError,
+    build_problems,
+    check_messages,
+    read_genai_config,
+)
 
 from .errors import first_line
-from .genai_config import GENAI_CONFIG, read_genai_config
 
-#: Search options ``generate`` takes; ``max_new_tokens`` and ``truncate`` are slmk's own.
-SEARCH_OPTIONS = ("max_length", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-                  "repetition_penalty", "min_length", "random_seed", "truncate")
 #: With truncate=True and no max_new_tokens, room left for the answer (at most half the context).
 TRUNCATE_RESERVE = 256
 #: Tokens fed per model call when scoring: bounds the logits held in memory (chunk x vocab).
@@ -27,27 +31,14 @@ SCORE_CHUNK = 128
 
 def can_load(path: Path) -> str | None:
     """Why this folder cannot be loaded by onnxruntime-genai, or None."""
-    folder = Path(path)
-    if not (folder / GENAI_CONFIG).is_file():
-        return f"no {GENAI_CONFIG} (not an ONNX Runtime GenAI folder)"
-    config = read_genai_config(folder)
-    if not config:
-        return f"{GENAI_CONFIG} is not valid JSON"
-    filename = config.get("model", {}).get("decoder", {}).get("filename")
-    if filename and not (folder / filename).is_file():
-        return f"{filename}, named in {GENAI_CONFIG}, is missing"
-    if not any(folder.glob("*.onnx")):
-        return "no .onnx model file"
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
-        return "no tokenizer.json"
-    return None
+    problems = build_problems(Path(path))
+    return "; ".join(problems) if problems else None
 
 
 def load(request: LoadRequest) -> OrtGenAISession:
     reason = can_load(request.path)
     if reason:
-        raise UsageError(f"cannot load {request.path}: {reason}",
-                         hint="pass the output folder of `slmk convert`")
+        raise UsageError(f"cannot load {request.path}: {reason}", hint="pass the output folder of `slmk convert`")
     return OrtGenAISession(request.path, request.execution_provider, request.options)
 
 
@@ -64,14 +55,17 @@ class OrtGenAISession:
         options = dict(options or {})
         self.truncate = bool(options.pop("truncate", False))
         if options:
-            raise UsageError(f"unknown runtime option(s) {', '.join(sorted(options))} for ortgenai",
-                             hint="ortgenai takes truncate")
+            raise UsageError(
+                f"unknown runtime option(s) {', '.join(sorted(options))} for ortgenai", hint="ortgenai takes truncate"
+            )
         self._og = og
         precision = _build_precision(self.path)
         if precision and precision not in execution_provider.run_precisions:
             # onnxruntime loads e.g. an fp16 build on CPU and then fails at the first token.
-            raise SlmkError(f"{self.path} is a {precision} build, which does not run on {execution_provider.name}",
-                            hint=self._load_hint())
+            raise SlmkError(
+                f"{self.path} is a {precision} build, which does not run on {execution_provider.name}",
+                hint=self._load_hint(),
+            )
         config = read_genai_config(self.path)
         self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
         self.default_search: dict[str, Any] = dict(config.get("search") or {})
@@ -83,18 +77,24 @@ class OrtGenAISession:
             self._model = og.Model(og_config)
             self._tokenizer = og.Tokenizer(self._model)
         except Exception as exc:
-            raise SlmkError(f"onnxruntime-genai cannot load {self.path} on {execution_provider.name}: {first_line(exc)}",
-                            hint=self._load_hint()) from exc
+            raise SlmkError(
+                f"onnxruntime-genai cannot load {self.path} on {execution_provider.name}: {first_line(exc)}",
+                hint=self._load_hint(),
+            ) from exc
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
 
     def _load_hint(self) -> str:
         precision = _build_precision(self.path)
         ep = self.execution_provider
         if precision and precision not in ep.run_precisions:
-            return (f"this is a {precision} build and {ep.name} runs {', '.join(ep.run_precisions)}: "
-                    f"rebuild with `slmk convert MODEL -p {ep.run_precisions[0]} -e {ep.name}`")
-        return (f"`slmk doctor` checks the {ep.name} execution provider; "
-                "rebuild with `slmk convert --force` if the files are damaged")
+            return (
+                f"this is a {precision} build and {ep.name} runs {', '.join(ep.run_precisions)}: "
+                f"rebuild with `slmk convert MODEL -p {ep.run_precisions[0]} -e {ep.name}`"
+            )
+        return (
+            f"`slmk doctor` checks the {ep.name} execution provider; "
+            "rebuild with `slmk convert --force` if the files are damaged"
+        )
 
     # ------------------------------------------------------------ text
     def _require_open(self) -> None:
@@ -114,10 +114,14 @@ class OrtGenAISession:
         self._require_open()
         check_messages(messages)
         try:
-            return self._tokenizer.apply_chat_template(json.dumps(list(map(dict, messages))), add_generation_prompt=True)
+            return self._tokenizer.apply_chat_template(
+                json.dumps(list(map(dict, messages))), add_generation_prompt=True
+            )
         except Exception as exc:
-            raise SlmkError(f"the chat template of {self.path} failed: {first_line(exc)}",
-                            hint="check chat_template in tokenizer_config.json or chat_template.jinja") from exc
+            raise SlmkError(
+                f"the chat template of {self.path} failed: {first_line(exc)}",
+                hint="check chat_template in tokenizer_config.json or chat_template.jinja",
+            ) from exc
 
     # ------------------------------------------------------------ generate
     def generate(self, messages: list[Mapping[str, str]], **search: Any) -> Iterator[str]:
@@ -137,17 +141,20 @@ class OrtGenAISession:
             if not truncate:
                 raise SlmkError(
                     f"the prompt has {len(prompt_ids)} tokens and the model's context holds {context}",
-                    hint="shorten the conversation, or pass truncate=True to drop its oldest tokens")
+                    hint="shorten the conversation, or pass truncate=True to drop its oldest tokens",
+                )
             reserve = min(int(new_tokens or TRUNCATE_RESERVE), context // 2)
-            prompt_ids = prompt_ids[len(prompt_ids) - (context - reserve):]
+            prompt_ids = prompt_ids[len(prompt_ids) - (context - reserve) :]
         if new_tokens is not None:
             if int(new_tokens) < 1:
                 raise UsageError(f"max_new_tokens must be at least 1, not {new_tokens}")
             search["max_length"] = min(len(prompt_ids) + int(new_tokens), context)
         max_length = int(search.get("max_length") or self.default_search.get("max_length") or context)
         if max_length <= len(prompt_ids):
-            raise UsageError(f"max_length {max_length} leaves no room to answer a prompt of {len(prompt_ids)} tokens",
-                             hint="raise max_length or use max_new_tokens")
+            raise UsageError(
+                f"max_length {max_length} leaves no room to answer a prompt of {len(prompt_ids)} tokens",
+                hint="raise max_length or use max_new_tokens",
+            )
         search["max_length"] = min(max_length, context)
         if search.get("temperature") == 0:  # the usual spelling of greedy decoding
             search.pop("temperature")
@@ -185,8 +192,10 @@ class OrtGenAISession:
         finally:
             end = time.perf_counter()
             self.last_stats = GenerationStats(
-                prompt_tokens=len(prompt_ids), generated_tokens=len(produced),
-                time_to_first_token_s=(first_token_at or end) - start, total_s=end - start,
+                prompt_tokens=len(prompt_ids),
+                generated_tokens=len(produced),
+                time_to_first_token_s=(first_token_at or end) - start,
+                total_s=end - start,
             )
 
     # ------------------------------------------------------------ score
@@ -226,7 +235,7 @@ class OrtGenAISession:
                 if first >= last:
                     continue
                 logits = generator.get_output("logits")[0]  # fp16 builds give fp16 logits
-                rows = np.asarray(logits[first - 1 - chunk_start: last - 1 - chunk_start], dtype=np.float64)
+                rows = np.asarray(logits[first - 1 - chunk_start : last - 1 - chunk_start], dtype=np.float64)
                 peak = rows.max(axis=-1, keepdims=True)
                 log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
                 targets = np.asarray(ids[first:last])

@@ -8,8 +8,7 @@ at module level.
 
 from __future__ import annotations
 
-from slmk import hookimpl
-from slmk.records import FORMAT_ORTGENAI, Quantizer, StepRequest
+from slmk.api import FORMAT_ORTGENAI, Quantizer, StepRequest, hookimpl
 
 
 def _int4_rtn(request: StepRequest) -> None:
@@ -35,17 +34,35 @@ def slmk_quantizers():
     from .quantize import OPTIONS, tool_versions
 
     yield Quantizer(
-        name="ortquant-int4", description="onnxruntime MatMulNBits 4-bit round-to-nearest on an fp32 ONNX build",
-        stage=FORMAT_ORTGENAI, precisions=("int4",), quantize=_int4_rtn, algorithms=("rtn",),
-        tool_versions=tool_versions, options=OPTIONS, priority=10,
+        name="ortquant-int4",
+        description="onnxruntime MatMulNBits 4-bit round-to-nearest on an fp32 ONNX build",
+        stage=FORMAT_ORTGENAI,
+        precisions=("int4",),
+        quantize=_int4_rtn,
+        algorithms=("rtn",),
+        tool_versions=tool_versions,
+        options=OPTIONS,
+        priority=10,
     )
     yield Quantizer(
-        name="ortquant-hqq", description="onnxruntime MatMulNBits 4-bit HQQ (half-quadratic, no data) on an fp32 ONNX build",
-        stage=FORMAT_ORTGENAI, precisions=("int4",), quantize=_int4_hqq, algorithms=("hqq",),
-        tool_versions=tool_versions, options=OPTIONS, priority=5,
+        name="ortquant-hqq",
+        description="onnxruntime MatMulNBits 4-bit HQQ (half-quadratic, no data) on an fp32 ONNX build",
+        stage=FORMAT_ORTGENAI,
+        precisions=("int4",),
+        quantize=_int4_hqq,
+        algorithms=("hqq",),
+        tool_versions=tool_versions,
+        options=OPTIONS,
+        priority=5,
     )
     yield Quantizer(
-        name="ortquant-int8", description="onnxruntime MatMulNBits 8-bit round-to-nearest on an fp32 ONNX build",
-        stage=FORMAT_ORTGENAI, precisions=("int8",), quantize=_int8_rtn, algorithms=("rtn",),
-        tool_versions=tool_versions, options=OPTIONS, priority=10,
+        name="ortquant-int8",
+        description="onnxruntime MatMulNBits 8-bit round-to-nearest on an fp32 ONNX build",
+        stage=FORMAT_ORTGENAI,
+        precisions=("int8",),
+        quantize=_int8_rtn,
+        algorithms=("rtn",),
+        tool_versions=tool_versions,
+        options=OPTIONS,
+        priority=10,
     )

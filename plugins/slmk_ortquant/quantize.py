@@ -20,9 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slmk.errors import StepFailed, UsageError
-from slmk.fsutil import dir_size, link_or_copy_tree
-from slmk.records import StepRequest
+from slmk.api import StepFailed, StepRequest, UsageError, dir_size, link_or_copy_tree
 
 GENAI_CONFIG = "genai_config.json"
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -56,11 +54,15 @@ def quantization_settings(options: Mapping[str, Any]) -> dict[str, Any]:
         settings["block_size"] = int(settings["block_size"])
         settings["accuracy_level"] = int(settings["accuracy_level"])
     except (TypeError, ValueError):
-        raise UsageError(f"block_size and accuracy_level are numbers, not {options.get('block_size')!r}/"
-                         f"{options.get('accuracy_level')!r}") from None
+        raise UsageError(
+            f"block_size and accuracy_level are numbers, not {options.get('block_size')!r}/"
+            f"{options.get('accuracy_level')!r}"
+        ) from None
     if settings["block_size"] not in BLOCK_SIZES:
-        raise UsageError(f"block_size={settings['block_size']} is not allowed",
-                         hint=f"block_size is one of {', '.join(map(str, BLOCK_SIZES))}")
+        raise UsageError(
+            f"block_size={settings['block_size']} is not allowed",
+            hint=f"block_size is one of {', '.join(map(str, BLOCK_SIZES))}",
+        )
     if settings["accuracy_level"] not in ACCURACY_LEVELS:
         raise UsageError(f"accuracy_level={settings['accuracy_level']} is not allowed", hint="use 0, 1, 2, 3 or 4")
     symmetric = settings["is_symmetric"]
@@ -111,7 +113,8 @@ def _external_data_files(model_path: Path) -> set[str]:
         entry.value
         for tensor in _tensors(model.graph)
         if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data if entry.key == "location"
+        for entry in tensor.external_data
+        if entry.key == "location"
     }
 
 
@@ -136,8 +139,10 @@ def quantize(request: StepRequest, bits: int, algorithm: str) -> None:
     try:
         genai_config = json.loads((source / GENAI_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{source} is not an ONNX Runtime GenAI build: {exc}",
-                         hint="the ortquant quantizers take the fp32 output of a converter") from None
+        raise UsageError(
+            f"{source} is not an ONNX Runtime GenAI build: {exc}",
+            hint="the ortquant quantizers take the fp32 output of a converter",
+        ) from None
     settings = quantization_settings(request.options)
     models = onnx_files(genai_config)
     if not models:
@@ -168,15 +173,18 @@ def quantize(request: StepRequest, bits: int, algorithm: str) -> None:
     for name in models:
         start = time.perf_counter()
         _quantize_file(private / name, output / name, bits, algorithm, settings, work / "ortquant.log")
-        request.progress.log(f"{name}: {bits}-bit {algorithm} MatMulNBits, block {settings['block_size']}"
-                             f"{', symmetric' if settings['is_symmetric'] and algorithm == 'rtn' else ''}, "
-                             f"accuracy level {settings['accuracy_level']} in {time.perf_counter() - start:.1f}s")
+        request.progress.log(
+            f"{name}: {bits}-bit {algorithm} MatMulNBits, block {settings['block_size']}"
+            f"{', symmetric' if settings['is_symmetric'] and algorithm == 'rtn' else ''}, "
+            f"accuracy level {settings['accuracy_level']} in {time.perf_counter() - start:.1f}s"
+        )
     before, after = dir_size(source), dir_size(output)
     request.progress.log(f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
 
 
-def _quantize_file(source: Path, target: Path, bits: int, algorithm: str, settings: Mapping[str, Any],
-                   log_path: Path) -> None:
+def _quantize_file(
+    source: Path, target: Path, bits: int, algorithm: str, settings: Mapping[str, Any], log_path: Path
+) -> None:
     with _quiet_root_logger(log_path):
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
@@ -188,8 +196,10 @@ def _quantize_file(source: Path, target: Path, bits: int, algorithm: str, settin
             config = HQQWeightOnlyQuantConfig(block_size=settings["block_size"], bits=bits)
         else:
             config = DefaultWeightOnlyQuantConfig(
-                block_size=settings["block_size"], is_symmetric=settings["is_symmetric"],
-                accuracy_level=settings["accuracy_level"] or None, bits=bits,
+                block_size=settings["block_size"],
+                is_symmetric=settings["is_symmetric"],
+                accuracy_level=settings["accuracy_level"] or None,
+                bits=bits,
             )
         try:
             quantizer = MatMulNBitsQuantizer(str(source), algo_config=config)
@@ -200,7 +210,10 @@ def _quantize_file(source: Path, target: Path, bits: int, algorithm: str, settin
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            raise StepFailed(f"onnxruntime could not quantize {source.name} to {bits} bits ({algorithm}): "
-                             f"{type(exc).__name__}: {exc}", hint="rerun with --debug for the traceback") from exc
+            raise StepFailed(
+                f"onnxruntime could not quantize {source.name} to {bits} bits ({algorithm}): "
+                f"{type(exc).__name__}: {exc}",
+                hint="rerun with --debug for the traceback",
+            ) from exc
     if not (target.with_name(target.name + ".data")).is_file():
         raise StepFailed(f"onnxruntime wrote {target.name} without its external data file")

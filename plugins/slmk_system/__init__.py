@@ -6,7 +6,7 @@ distribution metadata, hardware from the operating system.
 
 from __future__ import annotations
 
-from slmk import hookimpl
+from slmk.api import hookimpl
 
 from .probes import PROBES
 from .providers import EXECUTION_PROVIDERS

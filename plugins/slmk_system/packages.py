@@ -39,21 +39,46 @@ class Rule:
 
 
 PACKAGES: tuple[Package, ...] = (
-    Package("onnxruntime-genai", "convert and run (model builder and runtime)", "pip install 'slmk[ortgenai]'",
-            missing_status="fail",
-            alternatives=("onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime-genai-winml",
-                          "onnxruntime-genai-core")),
-    Package("onnxruntime", "the runtime under onnxruntime-genai", "pip install onnxruntime==1.31.0",
-            missing_status="fail", alternatives=("onnxruntime-gpu", "onnxruntime-directml")),
+    Package(
+        "onnxruntime-genai",
+        "convert and run (model builder and runtime)",
+        "pip install 'slmk[ortgenai]'",
+        missing_status="fail",
+        alternatives=(
+            "onnxruntime-genai-cuda",
+            "onnxruntime-genai-directml",
+            "onnxruntime-genai-winml",
+            "onnxruntime-genai-core",
+        ),
+    ),
+    Package(
+        "onnxruntime",
+        "the runtime under onnxruntime-genai",
+        "pip install onnxruntime==1.31.0",
+        missing_status="fail",
+        alternatives=("onnxruntime-gpu", "onnxruntime-directml"),
+    ),
     Package("onnx", "convert (the model builder)", "pip install 'slmk[ortgenai]'"),
-    Package("onnx-ir", "convert (the model builder imports it)", "pip install onnx-ir",
-            note="the onnxruntime-genai builder needs it but does not declare it"),
+    Package(
+        "onnx-ir",
+        "convert (the model builder imports it)",
+        "pip install onnx-ir",
+        note="the onnxruntime-genai builder needs it but does not declare it",
+    ),
     Package("torch", "convert (the builder reads the weights with it)", "pip install 'slmk[convert]'"),
     Package("transformers", "convert (config, tokenizer and weights loading)", "pip install 'slmk[convert]'"),
-    Package("olive-ai", "`slmk convert --via olive` (RTN and calibrated GPTQ quantization)", "pip install 'slmk[olive]'",
-            missing_status="ok"),
-    Package("foundry-local-sdk", "install into and run with Foundry Local", "pip install 'slmk[foundry]'",
-            missing_status="ok"),
+    Package(
+        "olive-ai",
+        "`slmk convert --via olive` (RTN and calibrated GPTQ quantization)",
+        "pip install 'slmk[olive]'",
+        missing_status="ok",
+    ),
+    Package(
+        "foundry-local-sdk",
+        "install into and run with Foundry Local",
+        "pip install 'slmk[foundry]'",
+        missing_status="ok",
+    ),
 )
 
 RULES: tuple[Rule, ...] = (
@@ -108,8 +133,14 @@ def satisfies(version: str | None, spec: str) -> bool:
         return same if op == "==" else not same
     padded = max(len(have), len(want))
     have, want = have + (0,) * (padded - len(have)), want + (0,) * (padded - len(want))
-    return {"==": have == want, "!=": have != want, ">=": have >= want,
-            "<=": have <= want, ">": have > want, "<": have < want}[op]
+    return {
+        "==": have == want,
+        "!=": have != want,
+        ">=": have >= want,
+        "<=": have <= want,
+        ">": have > want,
+        "<": have < want,
+    }[op]
 
 
 def rule_problems(rule: Rule, versions: Mapping[str, str | None]) -> list[str] | None:
@@ -118,8 +149,11 @@ def rule_problems(rule: Rule, versions: Mapping[str, str | None]) -> list[str] |
         return None
     if not rule.require:
         return []
-    problems = [f"{name} is {versions.get(name) or 'not installed'} (needs {spec.lstrip('=')})"
-                for name, spec in rule.require.items() if not satisfies(versions.get(name), spec)]
+    problems = [
+        f"{name} is {versions.get(name) or 'not installed'} (needs {spec.lstrip('=')})"
+        for name, spec in rule.require.items()
+        if not satisfies(versions.get(name), spec)
+    ]
     return problems or None
 
 

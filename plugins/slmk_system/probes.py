@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from slmk.records import Probe, ProbeResult
+from slmk.api import Probe, ProbeResult
 
 from .packages import PACKAGES, RULES, installed, rule_names, rule_problems, version_of
 from .providers import provider_libraries
@@ -31,8 +31,14 @@ def _never_raises(name: str) -> Callable[[Callable[[], Iterable[ProbeResult]]], 
             try:
                 return list(check())
             except Exception as exc:
-                return [ProbeResult(name, "warn", f"the check could not run: {type(exc).__name__}: {exc}",
-                                    fix="report this to slmk's authors")]
+                return [
+                    ProbeResult(
+                        name,
+                        "warn",
+                        f"the check could not run: {type(exc).__name__}: {exc}",
+                        fix="report this to slmk's authors",
+                    )
+                ]
 
         return safe
 
@@ -45,12 +51,17 @@ def check_python() -> Iterator[ProbeResult]:
     if sys.version_info[:2] >= MIN_PYTHON:
         yield ProbeResult("python", "ok", f"Python {version} at {sys.executable}", data={"version": version})
     else:
-        yield ProbeResult("python", "fail", f"Python {version} is older than {'.'.join(map(str, MIN_PYTHON))}",
-                          fix="use Python 3.10 or newer", data={"version": version})
+        yield ProbeResult(
+            "python",
+            "fail",
+            f"Python {version} is older than {'.'.join(map(str, MIN_PYTHON))}",
+            fix="use Python 3.10 or newer",
+            data={"version": version},
+        )
 
 
 def _disk_target() -> Path:
-    from slmk.fsutil import cache_root
+    from slmk.api import cache_root
 
     path = cache_root()
     while not path.exists() and path != path.parent:  # the cache may not exist yet: measure its disk
@@ -70,9 +81,14 @@ def check_memory() -> Iterator[ProbeResult]:
     data = {"total_gb": round(total, 1), "available_gb": round(available, 1)}
     detail = f"{available:.1f} GB available of {total:.1f} GB"
     if available < MIN_AVAILABLE_RAM_GB:
-        yield ProbeResult("memory", "warn", f"{detail}: below {MIN_AVAILABLE_RAM_GB:.0f} GB, converting "
-                          "models over 1B parameters may run out of memory",
-                          fix="close other programs, or convert on a machine with more memory", data=data)
+        yield ProbeResult(
+            "memory",
+            "warn",
+            f"{detail}: below {MIN_AVAILABLE_RAM_GB:.0f} GB, converting "
+            "models over 1B parameters may run out of memory",
+            fix="close other programs, or convert on a machine with more memory",
+            data=data,
+        )
     else:
         yield ProbeResult("memory", "ok", detail, data=data)
 
@@ -83,9 +99,14 @@ def check_disk() -> Iterator[ProbeResult]:
     free = shutil.disk_usage(target).free / 2**30
     data = {"path": str(target), "free_gb": round(free, 1)}
     if free < MIN_FREE_DISK_GB:
-        yield ProbeResult("disk", "warn", f"{free:.1f} GB free at {target}: below {MIN_FREE_DISK_GB:.0f} GB, "
-                          "a build and its cached steps may not fit",
-                          fix="free disk space, or point SLMK_CACHE_DIR to a larger disk", data=data)
+        yield ProbeResult(
+            "disk",
+            "warn",
+            f"{free:.1f} GB free at {target}: below {MIN_FREE_DISK_GB:.0f} GB, "
+            "a build and its cached steps may not fit",
+            fix="free disk space, or point SLMK_CACHE_DIR to a larger disk",
+            data=data,
+        )
     else:
         yield ProbeResult("disk", "ok", f"{free:.1f} GB free at {target}", data=data)
 
@@ -98,15 +119,24 @@ def check_packages() -> Iterator[ProbeResult]:
             name, version = found
             shown = version if name == package.name else f"{version} (as {name})"
             note = f"; {package.note}" if package.note else ""
-            yield ProbeResult(f"package:{package.name}", "ok", f"{shown}: {package.needed_for}{note}",
-                              data={"distribution": name, "version": version})
+            yield ProbeResult(
+                f"package:{package.name}",
+                "ok",
+                f"{shown}: {package.needed_for}{note}",
+                data={"distribution": name, "version": version},
+            )
             continue
         if package.only_with and not version_of(package.only_with):
             continue
         status = package.missing_status
         wording = "not installed (optional)" if status == "ok" else "not installed"
-        yield ProbeResult(f"package:{package.name}", status, f"{wording}: needed for {package.needed_for}",
-                          fix=package.install, data={"distribution": package.name, "version": None})
+        yield ProbeResult(
+            f"package:{package.name}",
+            status,
+            f"{wording}: needed for {package.needed_for}",
+            fix=package.install,
+            data={"distribution": package.name, "version": None},
+        )
 
 
 def installed_versions() -> dict[str, str | None]:
@@ -128,8 +158,9 @@ def check_version_rules() -> Iterator[ProbeResult]:
         if problems is None:
             continue
         clean = False
-        detail = rule.detail.format_map({**{k: v or "absent" for k, v in versions.items()},
-                                         "problems": "; ".join(problems)})
+        detail = rule.detail.format_map(
+            {**{k: v or "absent" for k, v in versions.items()}, "problems": "; ".join(problems)}
+        )
         yield ProbeResult(f"versions:{rule.name}", rule.status, detail, fix=rule.fix)
     if clean:
         yield ProbeResult("versions", "ok", "no known-bad version combination")
@@ -140,11 +171,19 @@ def check_provider_libraries() -> Iterator[ProbeResult]:
     libraries = provider_libraries()
     if libraries:
         listed = ", ".join(f"{provider} (from {dist})" for provider, dist in sorted(libraries.items()))
-        yield ProbeResult("provider-libraries", "ok", f"CPU built in; provider libraries: {listed}",
-                          data={"providers": sorted(libraries)})
+        yield ProbeResult(
+            "provider-libraries",
+            "ok",
+            f"CPU built in; provider libraries: {listed}",
+            data={"providers": sorted(libraries)},
+        )
     else:
-        yield ProbeResult("provider-libraries", "ok", "CPU only: the installed onnxruntime packages ship no "
-                          "GPU/NPU provider libraries", data={"providers": []})
+        yield ProbeResult(
+            "provider-libraries",
+            "ok",
+            "CPU only: the installed onnxruntime packages ship no GPU/NPU provider libraries",
+            data={"providers": []},
+        )
 
 
 @_never_raises("telemetry")
@@ -155,8 +194,13 @@ def check_telemetry() -> Iterator[ProbeResult]:
         yield ProbeResult("telemetry", "ok", "off: " + ", ".join(f"{n}=1" for n in off), data=values)
     else:
         unset = ", ".join(name for name in values if name not in off)
-        yield ProbeResult("telemetry", "ok", f"{unset} not set in this shell; slmk sets "
-                          f"{', '.join(f'{n}=1' for n in TELEMETRY_VARIABLES)} for its own runs", data=values)
+        yield ProbeResult(
+            "telemetry",
+            "ok",
+            f"{unset} not set in this shell; slmk sets "
+            f"{', '.join(f'{n}=1' for n in TELEMETRY_VARIABLES)} for its own runs",
+            data=values,
+        )
 
 
 PROBES: tuple[Probe, ...] = (

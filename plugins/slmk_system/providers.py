@@ -15,7 +15,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from slmk.records import ExecutionProvider, Usability
+from slmk.api import ExecutionProvider, Usability
 
 from .packages import first_installed
 
@@ -23,9 +23,16 @@ CUDA_OVERRIDE = "SLMK_OVERRIDE_CUDA"
 _FALSE = ("", "0", "false", "no", "off")
 
 #: Distributions whose files may hold onnxruntime provider libraries.
-_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-genai",
-                      "onnxruntime-genai-core", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
-                      "onnxruntime-genai-winml")
+_ORT_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-genai",
+    "onnxruntime-genai-core",
+    "onnxruntime-genai-cuda",
+    "onnxruntime-genai-directml",
+    "onnxruntime-genai-winml",
+)
 _PROVIDER_LIBRARY = re.compile(r"onnxruntime_providers_(\w+?)\.(?:so|dll|dylib)$")
 
 
@@ -97,24 +104,36 @@ def _detected_cuda() -> Usability:
     if package and gpu:
         return Usability(True, f"{package}; NVIDIA GPU at {gpu}")
     if not package and not gpu:
-        return Usability(False, "no NVIDIA GPU visible and no CUDA build of onnxruntime-genai installed",
-                         fix=f"on a machine with an NVIDIA GPU and driver: {install}")
+        return Usability(
+            False,
+            "no NVIDIA GPU visible and no CUDA build of onnxruntime-genai installed",
+            fix=f"on a machine with an NVIDIA GPU and driver: {install}",
+        )
     if not package:
         return Usability(False, f"NVIDIA GPU at {gpu}, but no CUDA build of onnxruntime-genai installed", fix=install)
-    return Usability(False, f"{package} is installed, but no NVIDIA GPU is visible (/proc/driver/nvidia, /dev/nvidia0)",
-                     fix="install the NVIDIA driver, or pass the GPU into the container (docker --gpus all)")
+    return Usability(
+        False,
+        f"{package} is installed, but no NVIDIA GPU is visible (/proc/driver/nvidia, /dev/nvidia0)",
+        fix="install the NVIDIA driver, or pass the GPU into the container (docker --gpus all)",
+    )
 
 
 @cache
 def dml_usability() -> Usability:
     if sys.platform != "win32":
-        return Usability(False, f"DirectML runs only on Windows (this is {sys.platform})",
-                         fix="build for dml here if you like; run it on Windows, or use -e cpu/cuda")
+        return Usability(
+            False,
+            f"DirectML runs only on Windows (this is {sys.platform})",
+            fix="build for dml here if you like; run it on Windows, or use -e cpu/cuda",
+        )
     installed = first_installed(("onnxruntime-genai-directml", "onnxruntime-genai-winml"))
     if installed:
         return Usability(True, f"{installed[0]} {installed[1]} (not verified by slmk's tests, which run on Linux)")
-    return Usability(False, "no DirectML build of onnxruntime-genai installed",
-                     fix="pip install onnxruntime-genai-winml==0.18.0 (or onnxruntime-genai-directml)")
+    return Usability(
+        False,
+        "no DirectML build of onnxruntime-genai installed",
+        fix="pip install onnxruntime-genai-winml==0.18.0 (or onnxruntime-genai-directml)",
+    )
 
 
 @cache
@@ -122,37 +141,65 @@ def webgpu_usability() -> Usability:
     installed = first_installed(("onnxruntime-ep-webgpu", "onnxruntime-genai-winml"))
     if installed:
         return Usability(True, f"{installed[0]} {installed[1]} (not verified by slmk's tests)")
-    return Usability(False, "no WebGPU execution provider installed (the default onnxruntime build has none)",
-                     fix="pip install onnxruntime-ep-webgpu (unverified with onnxruntime-genai 0.18), or use -e cpu")
+    return Usability(
+        False,
+        "no WebGPU execution provider installed (the default onnxruntime build has none)",
+        fix="pip install onnxruntime-ep-webgpu (unverified with onnxruntime-genai 0.18), or use -e cpu",
+    )
 
 
 _ALL = ("int4", "int8", "fp16", "bf16", "fp32")
 
 CPU = ExecutionProvider(
-    name="cpu", description="CPU (onnxruntime's default provider)",
-    ort_provider="CPUExecutionProvider", genai_provider=None, builder_ep="cpu", olive_device="cpu",
+    name="cpu",
+    description="CPU (onnxruntime's default provider)",
+    ort_provider="CPUExecutionProvider",
+    genai_provider=None,
+    builder_ep="cpu",
+    olive_device="cpu",
     foundry_suffix="generic-cpu",
     # fp16/bf16 build for cpu but onnxruntime has no CPU kernels to load them.
-    build_precisions=_ALL, run_precisions=("int4", "int8", "fp32"),
+    build_precisions=_ALL,
+    run_precisions=("int4", "int8", "fp32"),
     probe=_always_usable,
 )
 CUDA = ExecutionProvider(
-    name="cuda", description="NVIDIA GPU through CUDA",
-    ort_provider="CUDAExecutionProvider", genai_provider="cuda", builder_ep="cuda", olive_device="gpu",
-    foundry_suffix="cuda-gpu", build_precisions=_ALL, run_precisions=_ALL,
-    probe=cuda_usability, aliases=("gpu",),
+    name="cuda",
+    description="NVIDIA GPU through CUDA",
+    ort_provider="CUDAExecutionProvider",
+    genai_provider="cuda",
+    builder_ep="cuda",
+    olive_device="gpu",
+    foundry_suffix="cuda-gpu",
+    build_precisions=_ALL,
+    run_precisions=_ALL,
+    probe=cuda_usability,
+    aliases=("gpu",),
 )
 DML = ExecutionProvider(
-    name="dml", description="DirectML (any DirectX 12 GPU on Windows)",
-    ort_provider="DmlExecutionProvider", genai_provider="dml", builder_ep="dml", olive_device="gpu",
+    name="dml",
+    description="DirectML (any DirectX 12 GPU on Windows)",
+    ort_provider="DmlExecutionProvider",
+    genai_provider="dml",
+    builder_ep="dml",
+    olive_device="gpu",
     # Foundry Local names its DirectML/WebGPU builds "generic-gpu".
-    foundry_suffix="generic-gpu", build_precisions=("int4", "fp16"), run_precisions=("int4", "fp16"),
-    probe=dml_usability, aliases=("directml",),
+    foundry_suffix="generic-gpu",
+    build_precisions=("int4", "fp16"),
+    run_precisions=("int4", "fp16"),
+    probe=dml_usability,
+    aliases=("directml",),
 )
 WEBGPU = ExecutionProvider(
-    name="webgpu", description="WebGPU (Dawn: Vulkan, Metal or DirectX 12)",
-    ort_provider="WebGpuExecutionProvider", genai_provider="webgpu", builder_ep="webgpu", olive_device="gpu",
-    foundry_suffix="generic-gpu", build_precisions=("int4", "int8"), run_precisions=("int4", "int8"),
+    name="webgpu",
+    description="WebGPU (Dawn: Vulkan, Metal or DirectX 12)",
+    ort_provider="WebGpuExecutionProvider",
+    genai_provider="webgpu",
+    builder_ep="webgpu",
+    olive_device="gpu",
+    foundry_suffix="generic-gpu",
+    build_precisions=("int4", "int8"),
+    run_precisions=("int4", "int8"),
     probe=webgpu_usability,
 )
 

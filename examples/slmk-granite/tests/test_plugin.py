@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmk.modelinfo import ModelInfo
-from slmk.templates import check_round_trip, derive_prompt_template, resolve_template
-
 import slmk_granite
 from slmk_granite.hooks import (
     ARCHITECTURES,
@@ -19,6 +16,9 @@ from slmk_granite.hooks import (
     match,
 )
 
+from slmk.modelinfo import ModelInfo
+from slmk.templates import check_round_trip, derive_prompt_template, resolve_template
+
 # Granite 3.1-3.3 turn format, simplified: the dated default system message these
 # versions inject, without their tool and document blocks (written for this test).
 GRANITE_31_STYLE = (
@@ -26,7 +26,7 @@ GRANITE_31_STYLE = (
     "{%- set system_message = messages[0]['content'] %}{%- set loop_messages = messages[1:] %}"
     "{%- else %}"
     "{%- set system_message = \"Knowledge Cutoff Date: April 2024.\\nToday's Date: \" + strftime_now('%B %d, %Y') + "
-    "\".\\nYou are Granite, developed by IBM. You are a helpful AI assistant.\" %}"
+    '".\\nYou are Granite, developed by IBM. You are a helpful AI assistant." %}'
     "{%- set loop_messages = messages %}"
     "{%- endif %}"
     "{{- '<|start_of_role|>system<|end_of_role|>' + system_message + '<|end_of_text|>\\n' }}"

@@ -25,7 +25,7 @@ def geometric_lengths(shortest: int, longest: int, count: int) -> list[int]:
     if longest <= shortest or count < 2:
         return [max(shortest, longest)]
     ratio = (longest / shortest) ** (1 / (count - 1))
-    lengths = sorted({int(round(shortest * ratio ** i)) for i in range(count)})
+    lengths = sorted({int(round(shortest * ratio**i)) for i in range(count)})
     lengths[-1] = longest
     return lengths
 
@@ -33,24 +33,37 @@ def geometric_lengths(shortest: int, longest: int, count: int) -> list[int]:
 def plan_lengths(driver: Driver, lengths: Sequence[int] | None, count: int, new_tokens: int) -> list[int]:
     context = driver.context_length
     if not context:
-        raise UsageError("the model does not say its context length (genai_config.json model.context_length)",
-                         hint="pass --lengths explicitly")
+        raise UsageError(
+            "the model does not say its context length (genai_config.json model.context_length)",
+            hint="pass --lengths explicitly",
+        )
     longest = context - new_tokens - 1
     if longest < SHORTEST_PROMPT:
-        raise UsageError(f"--new-tokens {new_tokens} leaves no room for a prompt in a context of {context}",
-                         hint="lower --new-tokens")
+        raise UsageError(
+            f"--new-tokens {new_tokens} leaves no room for a prompt in a context of {context}",
+            hint="lower --new-tokens",
+        )
     if lengths:
         too_long = [n for n in lengths if n > longest]
         if too_long:
-            raise UsageError(f"prompt length {too_long[0]} + {new_tokens} new tokens exceeds the context of {context}",
-                             hint=f"use lengths up to {longest}, or fewer --new-tokens")
+            raise UsageError(
+                f"prompt length {too_long[0]} + {new_tokens} new tokens exceeds the context of {context}",
+                hint=f"use lengths up to {longest}, or fewer --new-tokens",
+            )
         return sorted(set(lengths))
     return geometric_lengths(SHORTEST_PROMPT, longest, count)
 
 
-def run_bench(driver: Driver, *, lengths: Sequence[int] | None = None, count: int = DEFAULT_LENGTHS,
-              repeats: int = DEFAULT_REPEATS, new_tokens: int = DEFAULT_NEW_TOKENS, baseline_rss: int | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+def run_bench(
+    driver: Driver,
+    *,
+    lengths: Sequence[int] | None = None,
+    count: int = DEFAULT_LENGTHS,
+    repeats: int = DEFAULT_REPEATS,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+    baseline_rss: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Time generations at each prompt length ``repeats`` times; medians and p90s per length."""
     if repeats < 1 or new_tokens < 2:
         raise UsageError("--repeats must be at least 1 and --new-tokens at least 2")
@@ -72,17 +85,19 @@ def run_bench(driver: Driver, *, lengths: Sequence[int] | None = None, count: in
     for target, _content, _actual in prompts:
         measured = runs[target]
         stats = [m["stats"] for m in measured]
-        rows.append({
-            "target_prompt_tokens": target,
-            "prompt_tokens": stats[0].prompt_tokens,
-            "generated_tokens": summary([s.generated_tokens for s in stats], 1),
-            "time_to_first_token_s": summary([s.time_to_first_token_s for s in stats], 5),
-            "prompt_tokens_per_s": summary([s.prompt_tokens_per_s for s in stats], 1),
-            "decode_tokens_per_s": summary([s.decode_tokens_per_s for s in stats], 2),
-            "total_s": summary([s.total_s for s in stats], 5),
-            "cpu_percent": summary([m["window"].cpu_percent for m in measured], 1),
-            "peak_rss_bytes": max(m["window"].peak_rss_bytes for m in measured),
-        })
+        rows.append(
+            {
+                "target_prompt_tokens": target,
+                "prompt_tokens": stats[0].prompt_tokens,
+                "generated_tokens": summary([s.generated_tokens for s in stats], 1),
+                "time_to_first_token_s": summary([s.time_to_first_token_s for s in stats], 5),
+                "prompt_tokens_per_s": summary([s.prompt_tokens_per_s for s in stats], 1),
+                "decode_tokens_per_s": summary([s.decode_tokens_per_s for s in stats], 2),
+                "total_s": summary([s.total_s for s in stats], 5),
+                "cpu_percent": summary([m["window"].cpu_percent for m in measured], 1),
+                "peak_rss_bytes": max(m["window"].peak_rss_bytes for m in measured),
+            }
+        )
     return {
         "context_length": driver.context_length,
         "new_tokens": new_tokens,

@@ -32,8 +32,9 @@ def check_precisions(precisions: Sequence[str], ep: ExecutionProvider) -> list[s
         raise UsageError(f"unknown precision {unknown[0]!r}", hint=f"precisions: {', '.join(PRECISIONS)}")
     for precision in precisions:
         if precision not in ep.run_precisions:
-            raise UsageError(f"{precision} builds do not run on {ep.name}",
-                             hint=f"{ep.name} runs {', '.join(ep.run_precisions)}")
+            raise UsageError(
+                f"{precision} builds do not run on {ep.name}", hint=f"{ep.name} runs {', '.join(ep.run_precisions)}"
+            )
     if not precisions:
         raise UsageError("no precisions given", hint="e.g. --precisions fp32,int8,int4")
     return list(dict.fromkeys(precisions))
@@ -48,28 +49,47 @@ def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Pat
     return root / "measure-builds" / f"{Path(model).resolve().name}-{key}-{ep_name}"
 
 
-def build(model: Path, precision: str, ep_name: str, *, cache_dir: Path | None = None,
-          progress: Progress | None = None) -> Path:
+def build(
+    model: Path, precision: str, ep_name: str, *, cache_dir: Path | None = None, progress: Progress | None = None
+) -> Path:
     """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
     from .. import app
 
     out = builds_root(model, ep_name, cache_dir) / precision
     # convert numbers its own steps: a fresh Progress on the same stream for each build
     steps = Progress(quiet=progress.quiet, stream=progress.stream) if progress else Progress(quiet=True)
-    app.convert(model, out, precision=precision, execution_provider=ep_name, force=True, progress=steps,
-                cache_dir=cache_dir)
+    app.convert(
+        model, out, precision=precision, execution_provider=ep_name, force=True, progress=steps, cache_dir=cache_dir
+    )
     return out
 
 
-def measure_build(folder: Path, precision: str, open_session: Callable[[Path], Any], *, need: set[str],
-                  items: Sequence[EvalItem] = (), heldout: str | None = None, reference: Measurement | None = None,
-                  progress: Progress | None = None) -> Measurement:
+def measure_build(
+    folder: Path,
+    precision: str,
+    open_session: Callable[[Path], Any],
+    *,
+    need: set[str],
+    items: Sequence[EvalItem] = (),
+    heldout: str | None = None,
+    reference: Measurement | None = None,
+    progress: Progress | None = None,
+) -> Measurement:
     session = open_session(folder)
     try:
         driver = Driver(session, folder)
         prompts = agreement_prompts(items, heldout) if need & {"agreement", "answers"} else None
-        return measure(driver, precision, folder, need=need, items=items, heldout=heldout, reference=reference,
-                       prompts=prompts, progress=progress)
+        return measure(
+            driver,
+            precision,
+            folder,
+            need=need,
+            items=items,
+            heldout=heldout,
+            reference=reference,
+            prompts=prompts,
+            progress=progress,
+        )
     finally:
         session.close()
 
@@ -97,16 +117,30 @@ def recommend(rows: dict[str, Measurement], reference: Measurement, gate: Gate) 
         smaller = [p for p in verdicts if PRECISIONS.index(p) < PRECISIONS.index(chosen)]
         why = f"{chosen} is the smallest precision within {gate}"
         if smaller:
-            why += "; " + "; ".join(f"{p}: {', '.join(r for r in verdicts[p][1] if r.startswith('FAIL'))}"
-                                    for p in smaller)
-    return {"precision": chosen, "tolerance": str(gate), "why": why,
-            "verdicts": {p: {"ok": ok, "reasons": reasons} for p, (ok, reasons) in verdicts.items()}}
+            why += "; " + "; ".join(
+                f"{p}: {', '.join(r for r in verdicts[p][1] if r.startswith('FAIL'))}" for p in smaller
+            )
+    return {
+        "precision": chosen,
+        "tolerance": str(gate),
+        "why": why,
+        "verdicts": {p: {"ok": ok, "reasons": reasons} for p, (ok, reasons) in verdicts.items()},
+    }
 
 
-def run_compare(model: Path, precisions: Sequence[str], ep: ExecutionProvider, open_session: Callable[[Path], Any], *,
-                items: Sequence[EvalItem] = (), heldout: str | None = None, tolerance: str | None = None,
-                cache_dir: Path | None = None, progress: Progress | None = None,
-                sub_progress: Progress | None = None) -> dict[str, Any]:
+def run_compare(
+    model: Path,
+    precisions: Sequence[str],
+    ep: ExecutionProvider,
+    open_session: Callable[[Path], Any],
+    *,
+    items: Sequence[EvalItem] = (),
+    heldout: str | None = None,
+    tolerance: str | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    sub_progress: Progress | None = None,
+) -> dict[str, Any]:
     progress = progress or Progress(quiet=True)
     gate = parse_gate(tolerance or DEFAULT_TOLERANCE)
     precisions = check_precisions(precisions, ep)
@@ -118,12 +152,25 @@ def run_compare(model: Path, precisions: Sequence[str], ep: ExecutionProvider, o
         with progress.step(f"build {precision}"):
             folder = build(model, precision, ep.name, cache_dir=cache_dir, progress=sub_progress)
         with progress.step(f"measure {precision}"):
-            rows[precision] = measure_build(folder, precision, open_session, need=ALL_METRICS, items=items,
-                                            heldout=heldout, reference=rows.get(reference_name), progress=sub_progress)
+            rows[precision] = measure_build(
+                folder,
+                precision,
+                open_session,
+                need=ALL_METRICS,
+                items=items,
+                heldout=heldout,
+                reference=rows.get(reference_name),
+                progress=sub_progress,
+            )
     reference = rows[reference_name]
     table = []
     for precision in sorted(rows, key=PRECISIONS.index, reverse=True):
         row = rows[precision]
         table.append({**row.as_dict(), **relative_figures(row, reference)})
-    return {"model": str(model), "execution_provider": ep.name, "reference": reference_name,
-            "precisions": table, "recommendation": recommend(rows, reference, gate)}
+    return {
+        "model": str(model),
+        "execution_provider": ep.name,
+        "reference": reference_name,
+        "precisions": table,
+        "recommendation": recommend(rows, reference, gate),
+    }

@@ -78,8 +78,9 @@ class EvalItem:
 def load_eval(path: str | Path) -> list[EvalItem]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"eval file {path} not found",
-                         hint='pass a .jsonl file: one {"messages": [...], "expected": ...} a line')
+        raise UsageError(
+            f"eval file {path} not found", hint='pass a .jsonl file: one {"messages": [...], "expected": ...} a line'
+        )
     items = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -91,7 +92,7 @@ def load_eval(path: str | Path) -> list[EvalItem]:
             raise UsageError(f"{where} is not valid JSON: {exc}", hint="one JSON object a line") from None
         items.append(_item(data, number, where))
     if not items:
-        raise UsageError(f"eval file {path} holds no items", hint="one {\"messages\": [...], \"expected\": ...} a line")
+        raise UsageError(f"eval file {path} holds no items", hint='one {"messages": [...], "expected": ...} a line')
     return items
 
 
@@ -100,14 +101,21 @@ def _item(data: Any, number: int, where: str) -> EvalItem:
     if not isinstance(data, dict):
         raise UsageError(f"{where} is not a JSON object", hint=hint)
     messages = data.get("messages")
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
         raise UsageError(f"{where}: messages must be a non-empty list of {{role, content}} strings", hint=hint)
     if messages[-1]["role"] != "user":
         raise UsageError(f"{where}: the last message must be the user's", hint=hint)
     if not any(data.get(key) is not None for key in ANSWER_KEYS + FORMAT_KEYS):
-        raise UsageError(f"{where} says nothing about the answer",
-                         hint=f"give one of {', '.join(ANSWER_KEYS + FORMAT_KEYS)}")
+        raise UsageError(
+            f"{where} says nothing about the answer", hint=f"give one of {', '.join(ANSWER_KEYS + FORMAT_KEYS)}"
+        )
     for key in ANSWER_KEYS + ("format_regex",):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
@@ -120,13 +128,23 @@ def _item(data: Any, number: int, where: str) -> EvalItem:
                 raise UsageError(f"{where}: {key} is not a valid regular expression: {exc}") from None
     schema = data.get("json_schema")
     if schema is not None and not isinstance(schema, dict):
-        raise UsageError(f"{where}: json_schema must be an object", hint='e.g. {"type": "object", "required": ["name"]}')
+        raise UsageError(
+            f"{where}: json_schema must be an object", hint='e.g. {"type": "object", "required": ["name"]}'
+        )
     new_tokens = data.get("max_new_tokens")
     if new_tokens is not None and (not isinstance(new_tokens, int) or new_tokens < 1):
         raise UsageError(f"{where}: max_new_tokens must be a positive integer")
-    return EvalItem(line=number, messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
-                    expected=data.get("expected"), exact=data.get("exact"), regex=data.get("regex"),
-                    format_regex=data.get("format_regex"), json_schema=schema, max_new_tokens=new_tokens, raw=data)
+    return EvalItem(
+        line=number,
+        messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
+        expected=data.get("expected"),
+        exact=data.get("exact"),
+        regex=data.get("regex"),
+        format_regex=data.get("format_regex"),
+        json_schema=schema,
+        max_new_tokens=new_tokens,
+        raw=data,
+    )
 
 
 def model_data_dir(folder: str | Path) -> Path | None:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 
-GRAMMAR = ('comma-separated METRIC OP VALUE terms: ppl<=12.5, ppl<=+5% (relative to fp32), accuracy>=0.9, '
-           'agreement>=0.8, decode_tps>=50')
+GRAMMAR = (
+    "comma-separated METRIC OP VALUE terms: ppl<=12.5, ppl<=+5% (relative to fp32), accuracy>=0.9, "
+    "agreement>=0.8, decode_tps>=50"
+)
 
 #: metric -> the operator that makes sense for it
 METRICS = {"ppl": "<=", "accuracy": ">=", "agreement": ">=", "decode_tps": ">="}
@@ -81,8 +83,9 @@ class Gate:
         """(all pass, one reason per term) for Measurement-like objects (``.metric(name)``)."""
         ok, reasons = True, []
         for term in self.terms:
-            passed, why = term.check(measured.metric(term.metric),
-                                     reference.metric(term.metric) if reference is not None else None)
+            passed, why = term.check(
+                measured.metric(term.metric), reference.metric(term.metric) if reference is not None else None
+            )
             ok &= passed
             reasons.append(("ok: " if passed else "FAIL: ") + why)
         return ok, reasons
@@ -107,19 +110,25 @@ def _parse_term(raw: str) -> Term:
     metric, op, sign, number, percent = match.groups()
     op = {"=<": "<=", "=>": ">="}.get(op, op)
     if metric not in METRICS:
-        raise UsageError(f"unknown metric {metric!r} in quality-gate term {raw!r}",
-                         hint=f"metrics: {', '.join(METRICS)}; {GRAMMAR}")
+        raise UsageError(
+            f"unknown metric {metric!r} in quality-gate term {raw!r}", hint=f"metrics: {', '.join(METRICS)}; {GRAMMAR}"
+        )
     if op != METRICS[metric]:
         better = "lower" if METRICS[metric] == "<=" else "higher"
-        raise UsageError(f"quality-gate term {raw!r}: {metric} is {better}-is-better, write {metric}{METRICS[metric]}VALUE",
-                         hint=GRAMMAR)
+        raise UsageError(
+            f"quality-gate term {raw!r}: {metric} is {better}-is-better, write {metric}{METRICS[metric]}VALUE",
+            hint=GRAMMAR,
+        )
     value = float(number)
     if percent and not sign:
-        raise UsageError(f"quality-gate term {raw!r}: a percentage is relative to the reference and carries a sign "
-                         f"(+5% or -5%)", hint=GRAMMAR)
+        raise UsageError(
+            f"quality-gate term {raw!r}: a percentage is relative to the reference and carries a sign (+5% or -5%)",
+            hint=GRAMMAR,
+        )
     if sign and not percent:
-        raise UsageError(f"quality-gate term {raw!r}: a signed value is relative and needs % (e.g. {sign}{number}%)",
-                         hint=GRAMMAR)
+        raise UsageError(
+            f"quality-gate term {raw!r}: a signed value is relative and needs % (e.g. {sign}{number}%)", hint=GRAMMAR
+        )
     if percent:
         return Term(metric, op, -value if sign == "-" else value, relative=True)
     if metric in _FRACTIONS and not 0 <= value <= 1:

@@ -12,8 +12,9 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed",
-                         hint="pip install matplotlib (or drop --plot)") from None
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed", hint="pip install matplotlib (or drop --plot)"
+        ) from None
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
@@ -67,18 +68,23 @@ def plot_compare(report: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     rows = report["precisions"]
     names = [r["precision"] for r in rows]
-    panels = [("size (MB)", [r["size_bytes"] / 2**20 for r in rows]),
-              ("decode tokens/s", [r["decode_tps"] or 0 for r in rows]),
-              ("perplexity (held-out)", [r["ppl"] or 0 for r in rows]),
-              ("domain accuracy", [r["accuracy"] or 0 for r in rows])]
+    panels = [
+        ("size (MB)", [r["size_bytes"] / 2**20 for r in rows]),
+        ("decode tokens/s", [r["decode_tps"] or 0 for r in rows]),
+        ("perplexity (held-out)", [r["ppl"] or 0 for r in rows]),
+        ("domain accuracy", [r["accuracy"] or 0 for r in rows]),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
     for axis, (label, values) in zip(axes, panels):
         axis.bar(names, values, color="#4c72b0")
         axis.set_title(label)
         axis.grid(True, axis="y", alpha=0.3)
     model = Path(report["model"])
-    fig.suptitle(f"{model.parent.name}/{model.name} on {report['execution_provider']}: "
-                 f"recommended {report['recommendation']['precision']}", y=1.04)
+    fig.suptitle(
+        f"{model.parent.name}/{model.name} on {report['execution_provider']}: "
+        f"recommended {report['recommendation']['precision']}",
+        y=1.04,
+    )
     path = _save(fig, path)
     plt.close(fig)
     return path

@@ -52,11 +52,18 @@ class Measurement:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "precision": self.precision, "path": self.path, "size_bytes": self.size_bytes,
-            "ppl": _round(self.ppl), "ppl_tokens": self.ppl_tokens,
-            "accuracy": _round(self.accuracy), "correct": self.correct, "items": self.items,
-            "agreement": _round(self.agreement), "exact_agreement": _round(self.exact_agreement),
-            "decode_tps": _round(self.decode_tps, 2), "time_to_first_token_s": _round(self.time_to_first_token_s, 5),
+            "precision": self.precision,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "ppl": _round(self.ppl),
+            "ppl_tokens": self.ppl_tokens,
+            "accuracy": _round(self.accuracy),
+            "correct": self.correct,
+            "items": self.items,
+            "agreement": _round(self.agreement),
+            "exact_agreement": _round(self.exact_agreement),
+            "decode_tps": _round(self.decode_tps, 2),
+            "time_to_first_token_s": _round(self.time_to_first_token_s, 5),
             "notes": list(self.notes),
         }
 
@@ -93,8 +100,9 @@ def perplexity(driver: Driver, text: str) -> tuple[float | None, int, str | None
     return math.exp(nll / count), count, None
 
 
-def accuracy(driver: Driver, items: Iterable[EvalItem], max_new_tokens: int = 64,
-             progress: Progress | None = None) -> tuple[int, int, list[dict[str, Any]], list[str]]:
+def accuracy(
+    driver: Driver, items: Iterable[EvalItem], max_new_tokens: int = 64, progress: Progress | None = None
+) -> tuple[int, int, list[dict[str, Any]], list[str]]:
     """(correct, answered items, wrong answers, all answers) over the items that name an answer."""
     items = list(items)
     progress = progress or Progress(quiet=True)
@@ -111,7 +119,9 @@ def accuracy(driver: Driver, items: Iterable[EvalItem], max_new_tokens: int = 64
     return correct, sum(1 for i in items if i.has_answer), wrong, answers
 
 
-def greedy_answers(driver: Driver, prompts: Sequence[list[dict[str, str]]], progress: Progress | None = None) -> list[str]:
+def greedy_answers(
+    driver: Driver, prompts: Sequence[list[dict[str, str]]], progress: Progress | None = None
+) -> list[str]:
     progress = progress or Progress(quiet=True)
     return [driver.ask(p, max_new_tokens=AGREEMENT_TOKENS)[0] for p in progress.bar(prompts, label="greedy answers")]
 
@@ -142,7 +152,9 @@ def agreement(driver: Driver, answers: Sequence[str], reference: Sequence[str]) 
     return sum(shares) / count, exact / count
 
 
-def decode_speed(driver: Driver, repeats: int = SPEED_REPEATS, new_tokens: int = SPEED_NEW_TOKENS) -> tuple[float, float]:
+def decode_speed(
+    driver: Driver, repeats: int = SPEED_REPEATS, new_tokens: int = SPEED_NEW_TOKENS
+) -> tuple[float, float]:
     """Median decode tokens/s and first-token latency for a fixed prompt and answer length."""
     context = driver.context_length or 512
     new_tokens = max(2, min(new_tokens, context // 4))
@@ -153,13 +165,25 @@ def decode_speed(driver: Driver, repeats: int = SPEED_REPEATS, new_tokens: int =
     runs, start = [], time.perf_counter()
     while len(runs) < repeats or (time.perf_counter() - start < SPEED_BUDGET_S and len(runs) < SPEED_MAX_RUNS):
         runs.append(driver.timed(content, new_tokens, prompt_tokens))
-    return (statistics.median(s.decode_tokens_per_s for s in runs),
-            statistics.median(s.time_to_first_token_s for s in runs))
+    return (
+        statistics.median(s.decode_tokens_per_s for s in runs),
+        statistics.median(s.time_to_first_token_s for s in runs),
+    )
 
 
-def measure(driver: Driver, precision: str, folder: Path, *, need: set[str], items: Sequence[EvalItem] = (),
-            heldout: str | None = None, reference: Measurement | None = None, prompts=None,
-            max_new_tokens: int = 64, progress: Progress | None = None) -> Measurement:
+def measure(
+    driver: Driver,
+    precision: str,
+    folder: Path,
+    *,
+    need: set[str],
+    items: Sequence[EvalItem] = (),
+    heldout: str | None = None,
+    reference: Measurement | None = None,
+    prompts=None,
+    max_new_tokens: int = 64,
+    progress: Progress | None = None,
+) -> Measurement:
     """Measure the metrics in ``need`` (ppl, accuracy, agreement, answers, decode_tps) for a loaded build.
 
     Agreement is measured against ``reference``; without one, this build is the reference.

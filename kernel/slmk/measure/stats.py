@@ -21,8 +21,11 @@ def summary(values: Sequence[float], digits: int = 4) -> dict[str, float]:
     """Median and p90 (the 90th percentile of the observed values) of repeated measurements."""
     if not values:
         return {"median": float("nan"), "p90": float("nan"), "n": 0}
-    return {"median": round(statistics.median(values), digits), "p90": round(percentile(values, 90), digits),
-            "n": len(values)}
+    return {
+        "median": round(statistics.median(values), digits),
+        "p90": round(percentile(values, 90), digits),
+        "n": len(values),
+    }
 
 
 def slope(ys: Sequence[float], xs: Sequence[float] | None = None) -> float:

@@ -58,7 +58,7 @@ class Check:
 
 def _short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
-    return json.dumps(text if len(text) <= limit else text[:limit - 3] + "...", ensure_ascii=False)
+    return json.dumps(text if len(text) <= limit else text[: limit - 3] + "...", ensure_ascii=False)
 
 
 def control_tokens(folder: Path) -> dict[str, int]:
@@ -89,12 +89,23 @@ def control_tokens(folder: Path) -> dict[str, int]:
 
 
 class Validator:
-    def __init__(self, open_session: Callable[[], ChatSession], folder: Path, *, items: Sequence[EvalItem] = (),
-                 eval_note: str = "", search: dict[str, Any] | None = None, max_new_tokens: int = 64,
-                 leak_runs: int = DEFAULT_LEAK_RUNS, leak_kb_per_run: float = DEFAULT_LEAK_KB_PER_RUN,
-                 sessions: int = DEFAULT_SESSIONS, session_growth_mb: float = DEFAULT_SESSION_GROWTH_MB,
-                 min_accuracy: float = DEFAULT_MIN_ACCURACY, max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
-                 progress: Progress | None = None):
+    def __init__(
+        self,
+        open_session: Callable[[], ChatSession],
+        folder: Path,
+        *,
+        items: Sequence[EvalItem] = (),
+        eval_note: str = "",
+        search: dict[str, Any] | None = None,
+        max_new_tokens: int = 64,
+        leak_runs: int = DEFAULT_LEAK_RUNS,
+        leak_kb_per_run: float = DEFAULT_LEAK_KB_PER_RUN,
+        sessions: int = DEFAULT_SESSIONS,
+        session_growth_mb: float = DEFAULT_SESSION_GROWTH_MB,
+        min_accuracy: float = DEFAULT_MIN_ACCURACY,
+        max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
+        progress: Progress | None = None,
+    ):
         self.open_session = open_session
         self.folder = Path(folder)
         self.items = list(items)
@@ -119,12 +130,16 @@ class Validator:
         try:
             self.baseline = self._reference_answer(driver)
             self._guard("domain", "Domain answers and output format", lambda: self.check_eval(driver))
-            for case, title, text in (("edge:empty", "Empty prompt", ""),
-                                      ("edge:whitespace", "Whitespace-only prompt", WHITESPACE),
-                                      ("edge:non-ascii", "Non-ASCII and emoji", NON_ASCII)):
+            for case, title, text in (
+                ("edge:empty", "Empty prompt", ""),
+                ("edge:whitespace", "Whitespace-only prompt", WHITESPACE),
+                ("edge:non-ascii", "Non-ASCII and emoji", NON_ASCII),
+            ):
                 self._guard(case, title, lambda c=case, t=title, x=text: self.check_edge(driver, c, t, x))
             self._guard("edge:overlong", "Prompt longer than the context", lambda: self.check_overlong(driver))
-            self._guard("edge:template-tokens", "Template tokens inside user text", lambda: self.check_template_tokens(driver))
+            self._guard(
+                "edge:template-tokens", "Template tokens inside user text", lambda: self.check_template_tokens(driver)
+            )
             self._guard("performance", "Consistent speed across input lengths", lambda: self.check_speed(driver))
             self._guard("memory-leak", "No memory growth over a long run", lambda: self.check_leak(driver))
         finally:
@@ -157,7 +172,9 @@ class Validator:
         if not again.strip():
             return "the same question then got no answer"
         if again != self.baseline and not self.search.get("do_sample"):  # sampled answers differ by design
-            return f"the same question was then answered differently: {_short(again)} instead of {_short(self.baseline)}"
+            return (
+                f"the same question was then answered differently: {_short(again)} instead of {_short(self.baseline)}"
+            )
         return None
 
     # ------------------------------------------------------------ checks
@@ -174,24 +191,48 @@ class Validator:
             evidence = f"{correct}/{answered} correct ({share:.2f}, threshold {self.min_accuracy:.2f})"
             if wrong:
                 first = wrong[0]
-                evidence += f"; e.g. line {first['line']}: {_short(first['question'], 60)} wanted {first['wanted']}, " \
-                            f"got {_short(first['answer'])}"
-            self._add(Check("domain", "Domain answers", status, evidence,
-                            {"correct": correct, "items": answered, "accuracy": round(share, 4),
-                             "threshold": self.min_accuracy, "wrong": wrong[:20]}))
+                evidence += (
+                    f"; e.g. line {first['line']}: {_short(first['question'], 60)} wanted {first['wanted']}, "
+                    f"got {_short(first['answer'])}"
+                )
+            self._add(
+                Check(
+                    "domain",
+                    "Domain answers",
+                    status,
+                    evidence,
+                    {
+                        "correct": correct,
+                        "items": answered,
+                        "accuracy": round(share, 4),
+                        "threshold": self.min_accuracy,
+                        "wrong": wrong[:20],
+                    },
+                )
+            )
         else:
             self._add(Check("domain", "Domain answers", "skip", "no eval item names an answer (expected/exact/regex)"))
         formatted = [(item, answer) for item, answer in zip(self.items, answers) if item.has_format]
         if not formatted:
             self._add(Check("format", "Output format", "skip", "no eval item sets format_regex or json_schema"))
             return
-        broken = [{"line": item.line, "problem": item.format_problem(answer), "answer": answer}
-                  for item, answer in formatted if item.format_problem(answer)]
+        broken = [
+            {"line": item.line, "problem": item.format_problem(answer), "answer": answer}
+            for item, answer in formatted
+            if item.format_problem(answer)
+        ]
         evidence = f"{len(formatted) - len(broken)}/{len(formatted)} answers in the required format"
         if broken:
             evidence += f"; e.g. line {broken[0]['line']}: {broken[0]['problem']} in {_short(broken[0]['answer'])}"
-        self._add(Check("format", "Output format", "fail" if broken else "pass", evidence,
-                        {"items": len(formatted), "broken": broken[:20]}))
+        self._add(
+            Check(
+                "format",
+                "Output format",
+                "fail" if broken else "pass",
+                evidence,
+                {"items": len(formatted), "broken": broken[:20]},
+            )
+        )
 
     def _attempt(self, driver: Driver, text: str) -> tuple[str, str, dict[str, Any]]:
         """(outcome, evidence, data) of one odd prompt: answered, refused (a clean SlmkError) or crashed."""
@@ -240,14 +281,27 @@ class Validator:
         else:
             evidence += "; the session kept working"
         data.update({"outcome": outcome, "context_length": context})
-        self._add(Check("edge:overlong", "Prompt longer than the context", "fail" if problems else "pass",
-                        "; ".join(problems) or evidence, data))
+        self._add(
+            Check(
+                "edge:overlong",
+                "Prompt longer than the context",
+                "fail" if problems else "pass",
+                "; ".join(problems) or evidence,
+                data,
+            )
+        )
 
     def check_template_tokens(self, driver: Driver) -> None:
         tokens = control_tokens(self.folder)
         if not tokens:
-            self._add(Check("edge:template-tokens", "Template tokens inside user text", "skip",
-                            "the tokenizer declares no special tokens"))
+            self._add(
+                Check(
+                    "edge:template-tokens",
+                    "Template tokens inside user text",
+                    "skip",
+                    "the tokenizer declares no special tokens",
+                )
+            )
             return
         shown = list(tokens)[:3]
         question = self.reference_prompt[-1]["content"]
@@ -263,12 +317,25 @@ class Validator:
             problems.append(broken)
         data.update({"tokens": shown, "prompt": text})
         evidence = f"user text with {', '.join(shown)}: {evidence}" + ("" if broken else "; the session kept working")
-        self._add(Check("edge:template-tokens", "Template tokens inside user text", "fail" if problems else "pass",
-                        "; ".join(problems) or evidence, data))
+        self._add(
+            Check(
+                "edge:template-tokens",
+                "Template tokens inside user text",
+                "fail" if problems else "pass",
+                "; ".join(problems) or evidence,
+                data,
+            )
+        )
         # How the runtime's tokenizer reads the typed tokens: as text, or as control tokens.
         if not driver.can_encode:
-            self._add(Check("edge:control-token-text", "Typed template tokens stay text", "skip",
-                            "this runtime does not expose its tokenizer (the ortgenai runtime uses the same one)"))
+            self._add(
+                Check(
+                    "edge:control-token-text",
+                    "Typed template tokens stay text",
+                    "skip",
+                    "this runtime does not expose its tokenizer (the ortgenai runtime uses the same one)",
+                )
+            )
             return
         parsed = {}
         for token in shown:
@@ -277,13 +344,26 @@ class Validator:
                 parsed[token] = tokens[token]
         if parsed:
             listed = ", ".join(f"{t} -> id {i}" for t, i in parsed.items())
-            self._add(Check("edge:control-token-text", "Typed template tokens stay text", "warn",
-                            f"the runtime's tokenizer turns template tokens typed in user text into control tokens "
-                            f"({listed}): a user can forge a turn boundary; the model still answered",
-                            {"parsed_as_control": parsed}))
+            self._add(
+                Check(
+                    "edge:control-token-text",
+                    "Typed template tokens stay text",
+                    "warn",
+                    f"the runtime's tokenizer turns template tokens typed in user text into control tokens "
+                    f"({listed}): a user can forge a turn boundary; the model still answered",
+                    {"parsed_as_control": parsed},
+                )
+            )
         else:
-            self._add(Check("edge:control-token-text", "Typed template tokens stay text", "pass",
-                            f"{', '.join(shown)} in user text are tokenized as plain text", {"parsed_as_control": {}}))
+            self._add(
+                Check(
+                    "edge:control-token-text",
+                    "Typed template tokens stay text",
+                    "pass",
+                    f"{', '.join(shown)} in user text are tokenized as plain text",
+                    {"parsed_as_control": {}},
+                )
+            )
 
     def check_speed(self, driver: Driver) -> None:
         """Decode time per token grows with the prompt (attention reads the whole KV cache): linearly.
@@ -301,9 +381,15 @@ class Validator:
         prompts = [driver.content_of_length(target) for target in targets]
         driver.timed(prompts[0][0], 2, prompts[0][1])  # warm-up
         if not driver.forces_length:
-            self._add(Check("performance", title, "skip",
-                            "this runtime cannot hold off the end token (min_length), so answers at different prompt "
-                            "lengths differ in length and their decode rates do not compare; check with --runtime ortgenai"))
+            self._add(
+                Check(
+                    "performance",
+                    title,
+                    "skip",
+                    "this runtime cannot hold off the end token (min_length), so answers at different prompt "
+                    "lengths differ in length and their decode rates do not compare; check with --runtime ortgenai",
+                )
+            )
             return
         per_token: dict[int, list[float]] = {}
 
@@ -324,15 +410,31 @@ class Validator:
             return
         worst = max(predictions, key=lambda p: p["slowdown"])
         status = "pass" if worst["slowdown"] <= self.max_slowdown else "fail"
-        evidence = (f"decode {1 / times[0]:.1f} tokens/s at a {lengths[0]}-token prompt, {1 / times[-1]:.1f} at "
-                    f"{lengths[-1]} (ratio {times[0] / times[-1]:.2f}); against the linear trend of the shorter prompts "
-                    f"the worst length ({worst['prompt_tokens']} tokens) is {worst['slowdown']:.2f}x its predicted time "
-                    f"(threshold {self.max_slowdown:g}x)")
-        self._add(Check("performance", title, status, evidence, {
-            "new_tokens": new_tokens, "prompt_tokens": lengths,
-            "decode_tokens_per_s": [round(1 / t, 2) for t in times], "long_over_short": round(times[0] / times[-1], 4),
-            "predictions": [{k: round(v, 6) if isinstance(v, float) else v for k, v in p.items()} for p in predictions],
-            "worst_slowdown": round(worst["slowdown"], 4), "threshold": self.max_slowdown}))
+        evidence = (
+            f"decode {1 / times[0]:.1f} tokens/s at a {lengths[0]}-token prompt, {1 / times[-1]:.1f} at "
+            f"{lengths[-1]} (ratio {times[0] / times[-1]:.2f}); against the linear trend of the shorter prompts "
+            f"the worst length ({worst['prompt_tokens']} tokens) is {worst['slowdown']:.2f}x its predicted time "
+            f"(threshold {self.max_slowdown:g}x)"
+        )
+        self._add(
+            Check(
+                "performance",
+                title,
+                status,
+                evidence,
+                {
+                    "new_tokens": new_tokens,
+                    "prompt_tokens": lengths,
+                    "decode_tokens_per_s": [round(1 / t, 2) for t in times],
+                    "long_over_short": round(times[0] / times[-1], 4),
+                    "predictions": [
+                        {k: round(v, 6) if isinstance(v, float) else v for k, v in p.items()} for p in predictions
+                    ],
+                    "worst_slowdown": round(worst["slowdown"], 4),
+                    "threshold": self.max_slowdown,
+                },
+            )
+        )
 
     @staticmethod
     def _worst_slowdown(per_token: dict[int, list[float]]):
@@ -348,8 +450,14 @@ class Validator:
             rise = max(0.0, slope(times[:index], lengths[:index]))
             base = sum(times[:index]) / index - rise * sum(lengths[:index]) / index
             predicted = max(base + rise * lengths[index], min(times[:index]))
-            predictions.append({"prompt_tokens": lengths[index], "predicted_s": predicted, "measured_s": times[index],
-                                "slowdown": times[index] / predicted})
+            predictions.append(
+                {
+                    "prompt_tokens": lengths[index],
+                    "predicted_s": predicted,
+                    "measured_s": times[index],
+                    "slowdown": times[index] / predicted,
+                }
+            )
         return max(p["slowdown"] for p in predictions), lengths, times, predictions
 
     def check_leak(self, driver: Driver) -> None:
@@ -363,22 +471,37 @@ class Validator:
         trend = samples[warmup:]
         per_run_kb = slope(trend) / 1024 if len(trend) > 1 else 0.0
         status = "pass" if per_run_kb <= self.leak_kb_per_run else "fail"
-        evidence = (f"RSS {samples[0] / 2**20:.1f} -> {samples[-1] / 2**20:.1f} MB over {len(samples)} generations; "
-                    f"least-squares slope after {warmup} warm-up runs {per_run_kb:.2f} KB/generation "
-                    f"(threshold {self.leak_kb_per_run:g} KB)")
-        self._add(Check("memory-leak", "No memory growth over a long run", status, evidence, {
-            "runs": len(samples), "warmup_runs": warmup, "slope_kb_per_run": round(per_run_kb, 4),
-            "threshold_kb_per_run": self.leak_kb_per_run, "rss_first_bytes": samples[0] if samples else None,
-            "rss_last_bytes": samples[-1] if samples else None,
-            "rss_mb": [round(s / 2**20, 2) for s in samples[:: max(1, len(samples) // 50)]]}))
+        evidence = (
+            f"RSS {samples[0] / 2**20:.1f} -> {samples[-1] / 2**20:.1f} MB over {len(samples)} generations; "
+            f"least-squares slope after {warmup} warm-up runs {per_run_kb:.2f} KB/generation "
+            f"(threshold {self.leak_kb_per_run:g} KB)"
+        )
+        self._add(
+            Check(
+                "memory-leak",
+                "No memory growth over a long run",
+                status,
+                evidence,
+                {
+                    "runs": len(samples),
+                    "warmup_runs": warmup,
+                    "slope_kb_per_run": round(per_run_kb, 4),
+                    "threshold_kb_per_run": self.leak_kb_per_run,
+                    "rss_first_bytes": samples[0] if samples else None,
+                    "rss_last_bytes": samples[-1] if samples else None,
+                    "rss_mb": [round(s / 2**20, 2) for s in samples[:: max(1, len(samples) // 50)]],
+                },
+            )
+        )
 
     def check_sessions(self) -> None:
         rss, differing = [], []
         for cycle in self.progress.bar(range(self.sessions), total=self.sessions, label="sessions"):
             session = self.open_session()
             try:
-                answer = Driver(session, self.folder, self.search).ask(self.reference_prompt,
-                                                                        max_new_tokens=SHORT_ANSWER_TOKENS)[0]
+                answer = Driver(session, self.folder, self.search).ask(
+                    self.reference_prompt, max_new_tokens=SHORT_ANSWER_TOKENS
+                )[0]
             finally:
                 session.close()
             del session
@@ -391,43 +514,73 @@ class Validator:
         growth_mb = (rss[-1] - start) / 2**20
         problems = []
         if growth_mb > self.session_growth_mb:
-            problems.append(f"RSS grew {growth_mb:.1f} MB over {len(rss) - 1} cycles (threshold {self.session_growth_mb:g} MB)")
+            problems.append(
+                f"RSS grew {growth_mb:.1f} MB over {len(rss) - 1} cycles (threshold {self.session_growth_mb:g} MB)"
+            )
         if differing:
-            problems.append(f"{len(differing)} sessions answered the same question differently, e.g. "
-                            f"{_short(differing[0]['answer'])}")
-        evidence = (f"{self.sessions} open/generate/close cycles: RSS {start / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MB "
-                    f"({growth_mb:+.1f} MB, threshold {self.session_growth_mb:g} MB); every session gave the same answer")
-        self._add(Check("sessions", "Many sessions opened and closed", "fail" if problems else "pass",
-                        "; ".join(problems) or evidence,
-                        {"cycles": self.sessions, "growth_mb": round(growth_mb, 3), "threshold_mb": self.session_growth_mb,
-                         "rss_mb": [round(r / 2**20, 2) for r in rss], "differing": differing[:5]}))
+            problems.append(
+                f"{len(differing)} sessions answered the same question differently, e.g. "
+                f"{_short(differing[0]['answer'])}"
+            )
+        evidence = (
+            f"{self.sessions} open/generate/close cycles: RSS {start / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MB "
+            f"({growth_mb:+.1f} MB, threshold {self.session_growth_mb:g} MB); every session gave the same answer"
+        )
+        self._add(
+            Check(
+                "sessions",
+                "Many sessions opened and closed",
+                "fail" if problems else "pass",
+                "; ".join(problems) or evidence,
+                {
+                    "cycles": self.sessions,
+                    "growth_mb": round(growth_mb, 3),
+                    "threshold_mb": self.session_growth_mb,
+                    "rss_mb": [round(r / 2**20, 2) for r in rss],
+                    "differing": differing[:5],
+                },
+            )
+        )
 
 
-def run_validate(open_session: Callable[[], ChatSession], folder: Path, *, strict: bool = False,
-                 **options: Any) -> dict[str, Any]:
+def run_validate(
+    open_session: Callable[[], ChatSession], folder: Path, *, strict: bool = False, **options: Any
+) -> dict[str, Any]:
     """Run every check; the report's ``ok`` is False when a check failed (or warned, with ``strict``)."""
     start = time.perf_counter()
     checks = Validator(open_session, folder, **options).run()
     failing = ("fail", "warn") if strict else ("fail",)
     counts = {status: sum(c.status == status for c in checks) for status in ("pass", "fail", "warn", "skip")}
-    return {"ok": not any(c.status in failing for c in checks), "strict": strict, "counts": counts,
-            "seconds": round(time.perf_counter() - start, 2), "checks": [c.as_dict() for c in checks]}
+    return {
+        "ok": not any(c.status in failing for c in checks),
+        "strict": strict,
+        "counts": counts,
+        "seconds": round(time.perf_counter() - start, 2),
+        "checks": [c.as_dict() for c in checks],
+    }
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     marks = {"pass": "PASS", "fail": "**FAIL**", "warn": "WARN", "skip": "skip"}
-    lines = [f"# Validation of {report.get('target', '?')}", "",
-             f"- folder: `{report.get('folder', '?')}`",
-             f"- runtime: {report.get('runtime', '?')}, execution provider: {report.get('execution_provider', '?')}",
-             f"- eval file: {report.get('eval_file') or 'none'}",
-             f"- date: {report.get('date', '?')}",
-             f"- result: **{'PASSED' if report['ok'] else 'FAILED'}** "
-             f"({', '.join(f'{n} {s}' for s, n in report['counts'].items() if n)}; {report['seconds']} s)", "",
-             "| status | check | evidence |", "|---|---|---|"]
+    lines = [
+        f"# Validation of {report.get('target', '?')}",
+        "",
+        f"- folder: `{report.get('folder', '?')}`",
+        f"- runtime: {report.get('runtime', '?')}, execution provider: {report.get('execution_provider', '?')}",
+        f"- eval file: {report.get('eval_file') or 'none'}",
+        f"- date: {report.get('date', '?')}",
+        f"- result: **{'PASSED' if report['ok'] else 'FAILED'}** "
+        f"({', '.join(f'{n} {s}' for s, n in report['counts'].items() if n)}; {report['seconds']} s)",
+        "",
+        "| status | check | evidence |",
+        "|---|---|---|",
+    ]
     for check in report["checks"]:
         evidence = check["evidence"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {marks.get(check['status'], check['status'])} | {check['title']} | {evidence} |")
-    wrong = next((c["data"].get("wrong") for c in report["checks"] if c["id"] == "domain" and c["data"].get("wrong")), None)
+    wrong = next(
+        (c["data"].get("wrong") for c in report["checks"] if c["id"] == "domain" and c["data"].get("wrong")), None
+    )
     if wrong:
         lines += ["", "## Wrong domain answers", "", "| line | question | wanted | answer |", "|---|---|---|---|"]
         for item in wrong:

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=None)
+@cache
 def published(name: str) -> str:
     """The chat template ``<name>.jinja`` shipped beside this module."""
     return (Path(__file__).parent / f"{name}.jinja").read_text(encoding="utf-8")
