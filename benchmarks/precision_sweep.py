@@ -124,7 +124,7 @@ def prompt_texts(model: Path, lengths: list[int]) -> list[dict]:
     """Filler prompts whose chat-templated token count is as close to each length as possible."""
     from transformers import AutoTokenizer
 
-    from slmk.measure.driver import filler
+    from slmk_measure.driver import filler
 
     tokenizer = AutoTokenizer.from_pretrained(model)
 
@@ -154,7 +154,7 @@ def prompt_texts(model: Path, lengths: list[int]) -> list[dict]:
 # --------------------------------------------------------------------------- children
 def child_ortgenai(build: str, prompts: list[dict], new_tokens: int, repeats: int) -> dict:
     from slmk import app
-    from slmk.measure.driver import Driver
+    from slmk_measure.driver import Driver
 
     start = time.perf_counter()
     session = app.open_session(build)
@@ -384,8 +384,8 @@ def print_shaped(report: dict) -> None:
 def tiny_sweep(work: Path) -> dict:
     os.environ.setdefault("SLMK_CACHE_DIR", str(work / "slmk-cache"))
     from slmk import app
-    from slmk.measure.compare import run_compare
-    from slmk.measure.evalset import load_eval
+    from slmk_measure.compare import run_compare
+    from slmk_measure.evalset import load_eval
     from slmk.plugins import get_registry
 
     report = run_compare(

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from slmk import app
-from slmk.measure.compare import run_compare
+from slmk_measure.compare import run_compare
 from slmk.plugins import get_registry
 
 SHORT = ["--leak-runs", "10", "--max-slowdown", "4"]  # timing on a loaded CI machine is noisy
@@ -18,7 +18,7 @@ SHORT = ["--leak-runs", "10", "--max-slowdown", "4"]  # timing on a loaded CI ma
 @pytest.fixture(scope="module")
 def table(tiny_model_dir, tiny_build, tiny_eval):
     """The measured precisions of the tiny model, as deploy's gate sees them."""
-    from slmk.measure.evalset import load_eval
+    from slmk_measure.evalset import load_eval
 
     for precision in ("fp32", "int8", "int4"):
         tiny_build(precision)  # the shared step cache makes deploy's builds copies of links

@@ -13,9 +13,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from slmk import docgen
+from slmk_authoring import docgen
 from slmk.modelinfo import ModelInfo
-from slmk.plugins import RECORD_TYPES
+from slmk.records import RECORD_TYPES
 from slmk.progress import Progress
 from slmk.records import (
     FORMAT_HF,
@@ -69,7 +69,7 @@ def test_hooks_md_is_up_to_date():
 def test_the_generator_runs_as_documented_and_imports_nothing_heavy():
     code = (
         "import runpy, sys, io, contextlib; out = io.StringIO()\n"
-        "with contextlib.redirect_stdout(out): runpy.run_module('slmk.docgen', run_name='__main__')\n"
+        "with contextlib.redirect_stdout(out): runpy.run_module('slmk_authoring.docgen', run_name='__main__')\n"
         "heavy = ('torch', 'transformers', 'onnxruntime', 'onnxruntime_genai', 'olive')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -116,9 +116,14 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
                 assert all(isinstance(piece, str) for piece in session.generate([{"role": "user", "content": "hi"}]))
             finally:
                 session.close()
-        elif hook_name == "slmk_cli_commands":
-            result = CliRunner().invoke(record, [])
+        elif hook_name == "slmk_commands":
+            result = CliRunner().invoke(record.load(), [])
             assert result.exit_code == 0, result.output
+        elif hook_name == "slmk_settings":
+            from slmk.config import load_settings
+
+            settings = load_settings({}, environ={}, plugin_settings=records.values())
+            assert settings[record.key] == record.default
         else:  # a new hook: teach this test how to use its records
             raise AssertionError(f"no check for the records of {hook_name}")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from slmk.errors import UsageError
-from slmk.measure.bench import geometric_lengths, parse_lengths
-from slmk.measure.evalset import load_eval, schema_problem
-from slmk.measure.gate import parse_gate
-from slmk.measure.stats import percentile, slope, summary
+from slmk_measure.bench import geometric_lengths, parse_lengths
+from slmk_measure.evalset import load_eval, schema_problem
+from slmk_measure.gate import parse_gate
+from slmk_measure.stats import percentile, slope, summary
 
 REPO = Path(__file__).resolve().parent.parent
 WRONG_FAMILY_TEMPLATE = REPO / "plugins" / "slmk_families" / "chat_templates" / "phi-3.5-mini.jinja"
@@ -359,7 +359,7 @@ def test_compare_refuses_a_precision_the_ep_cannot_run(tiny_model_dir, run_slmk)
 
 
 def test_speed_cliff_detection_against_the_linear_trend():
-    from slmk.measure.validate import Validator
+    from slmk_measure.validate import Validator
 
     linear = {16: [1.00e-4, 1.2e-4], 64: [1.05e-4], 256: [1.25e-4], 480: [1.48e-4]}
     worst, lengths, _, predictions = Validator._worst_slowdown(linear)

@@ -24,7 +24,7 @@ else:  # pragma: no cover
 
 import pytest
 
-from slmk import scaffold
+from slmk_authoring import scaffold
 from slmk.errors import SlmkError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent

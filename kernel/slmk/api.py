@@ -18,9 +18,12 @@ Groups:
 
 from __future__ import annotations
 
-from . import PROJECT, __version__
+from . import PROJECT, __version__, hookspecs
 from .app import (
     build_info,
+    inspect_model,
+    run_doctor,
+    show_template,
     convert,
     find_installed,
     get_registry,
@@ -31,6 +34,22 @@ from .app import (
     resolve_ep,
     resolve_target,
 )
+from .cli.options import (
+    PRECISION_CHOICES,
+    State,
+    cache_dir_option,
+    emit_json,
+    generation_options,
+    human_size,
+    installer_cache,
+    json_option,
+    pass_state,
+    quiet_option,
+    runtime_options,
+    search_from,
+    write_text_atomic,
+)
+from .config import Settings, load_settings
 from .errors import ConfigError, PluginError, SlmkError, StepFailed, UsageError
 from .fsutil import (
     TMP_PREFIX,
@@ -57,12 +76,16 @@ from .genai_format import (
 from .hookspecs import hookimpl
 from .messages import check_messages, installed_version
 from .modelinfo import ModelInfo
+from .planner import Plan, check_precision, make_plan
+from .plugins import PluginInfo, Registry
 from .progress import QUIET, Progress
 from .records import (
     FORMAT_HF,
+    RECORD_TYPES,
     FORMAT_ORTGENAI,
     PRECISIONS,
     ChatSession,
+    Command,
     Converter,
     ExecutionProvider,
     GenerationStats,
@@ -76,9 +99,12 @@ from .records import (
     PromptTemplate,
     Quantizer,
     Runtime,
+    ScoringSession,
+    Setting,
     StepRequest,
     Usability,
 )
+from .testing import make_registry
 from .templates import (
     ChatTemplateError,
     TemplateError,
@@ -89,87 +115,39 @@ from .templates import (
     derive_prompt_template,
     model_identity,
     render_chat_template,
+    resolve_family,
+    resolve_template,
     sample_rendering,
     special_tokens_for,
 )
 
 __all__ = [
     # contract
-    "PROJECT",
-    "__version__",
-    "hookimpl",
-    "FORMAT_HF",
-    "FORMAT_ORTGENAI",
-    "PRECISIONS",
-    "ChatSession",
-    "Converter",
-    "ExecutionProvider",
-    "GenerationStats",
-    "InstalledModel",
-    "Installer",
-    "InstallRequest",
-    "LoadRequest",
-    "ModelFamily",
-    "Probe",
-    "ProbeResult",
-    "PromptTemplate",
-    "Quantizer",
-    "Runtime",
-    "StepRequest",
-    "Usability",
+    "PROJECT", "RECORD_TYPES", "__version__", "hookimpl", "hookspecs",
+    "FORMAT_HF", "FORMAT_ORTGENAI", "PRECISIONS",
+    "ChatSession", "Command", "Converter", "ExecutionProvider", "GenerationStats", "InstallRequest",
+    "InstalledModel", "Installer", "LoadRequest", "ModelFamily", "Probe", "ProbeResult", "PromptTemplate",
+    "Quantizer", "Runtime", "ScoringSession", "Setting", "StepRequest", "Usability",
     # errors
-    "ConfigError",
-    "PluginError",
-    "SlmkError",
-    "StepFailed",
-    "UsageError",
+    "ConfigError", "PluginError", "SlmkError", "StepFailed", "UsageError",
     # model folders and the build format
-    "ModelInfo",
-    "GENAI_CONFIG",
-    "SEARCH_OPTIONS",
-    "build_problems",
-    "context_length",
-    "missing_search_defaults",
-    "read_genai_config",
-    "read_search",
-    "search_defaults",
-    "write_search",
+    "GENAI_CONFIG", "SEARCH_OPTIONS", "ModelInfo", "build_problems", "context_length", "missing_search_defaults",
+    "read_genai_config", "read_search", "search_defaults", "write_search",
     # files
-    "TMP_PREFIX",
-    "atomic_dir",
-    "cache_root",
-    "clean_stale_tmp",
-    "dir_size",
-    "file_lock",
-    "hash_json",
-    "link_or_copy_tree",
-    "write_json_atomic",
+    "TMP_PREFIX", "atomic_dir", "cache_root", "clean_stale_tmp", "dir_size", "file_lock", "hash_json",
+    "link_or_copy_tree", "write_json_atomic",
     # progress and messages
-    "QUIET",
-    "Progress",
-    "check_messages",
-    "installed_version",
+    "QUIET", "Progress", "check_messages", "installed_version",
     # chat templates
-    "ChatTemplateError",
-    "TemplateError",
-    "TemplateMismatch",
-    "analyse_chat_template",
-    "as_special_tokens",
-    "check_round_trip",
-    "derive_prompt_template",
-    "model_identity",
-    "render_chat_template",
-    "sample_rendering",
-    "special_tokens_for",
-    # operations
-    "build_info",
-    "convert",
-    "find_installed",
-    "get_registry",
-    "install",
-    "open_session",
-    "parse_ref",
-    "require_usable",
-    "resolve_ep",
-    "resolve_target",
+    "ChatTemplateError", "TemplateError", "TemplateMismatch", "analyse_chat_template", "as_special_tokens",
+    "check_round_trip", "derive_prompt_template", "model_identity", "render_chat_template", "resolve_family",
+    "resolve_template", "sample_rendering", "special_tokens_for",
+    # plugins, settings and operations
+    "Plan", "PluginInfo", "Registry", "Settings", "check_precision", "make_plan", "make_registry", "build_info", "convert", "find_installed", "get_registry",
+    "inspect_model", "install", "load_settings", "open_session", "parse_ref", "require_usable", "resolve_ep",
+    "resolve_target", "run_doctor", "show_template",
+    # command line, for slmk_commands plugins
+    "PRECISION_CHOICES", "State", "cache_dir_option", "emit_json", "generation_options", "human_size",
+    "installer_cache", "json_option", "pass_state", "quiet_option", "runtime_options", "search_from",
+    "write_text_atomic",
 ]

@@ -16,11 +16,44 @@ from .pipeline import BuildResult, run_plan
 from .planner import Plan, make_plan
 from .plugins import Registry, get_registry
 from .progress import Progress
-from .records import FORMAT_HF, ChatSession, ExecutionProvider, LoadRequest
+from .records import FORMAT_HF, ChatSession, ExecutionProvider, LoadRequest, ProbeResult
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
     return registry.get("slmk_execution_providers", name, "execution provider")
+
+
+def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
+    """Every probe, every execution provider's usability, every plugin problem: `slmk doctor` as data.
+
+    Each finding: probe, name, status (ok, warn, fail), detail, fix. A probe that raises
+    is a failure of its own, never the end of the run.
+    """
+    registry = registry or get_registry()
+    results: list[dict[str, Any]] = []
+    for name, probe in sorted(registry.probes.items()):
+        try:
+            findings = list(probe.check())
+        except (Exception, SystemExit) as exc:
+            owner = registry.owner("slmk_probes", name)
+            findings = [ProbeResult(name, "fail", f"probe raised {type(exc).__name__}: {exc}",
+                                    fix=f"report this to the author of plugin {owner}")]
+        results += [{"probe": name, "name": f.name, "status": f.status, "detail": f.detail, "fix": f.fix}
+                    for f in findings]
+    for name, ep in sorted(registry.execution_providers.items()):
+        try:
+            usability = ep.probe()
+            status = "ok" if usability.usable else "warn"
+            detail = ("usable: " if usability.usable else "not usable: ") + usability.reason
+            fix = usability.fix
+        except (Exception, SystemExit) as exc:
+            status, detail, fix = "fail", f"probe raised {type(exc).__name__}: {exc}", ""
+        results.append({"probe": "execution-providers", "name": f"ep:{name}", "status": status, "detail": detail,
+                        "fix": fix})
+    for plugin, error in registry.problems():
+        results.append({"probe": "plugins", "name": f"plugin:{plugin}", "status": "warn", "detail": error,
+                        "fix": "fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS=" + plugin.split(" ")[0]})
+    return results
 
 
 def require_usable(ep: ExecutionProvider, action: str) -> None:
@@ -34,8 +67,8 @@ def require_usable(ep: ExecutionProvider, action: str) -> None:
 
 
 def convert(
-    model: str | Path,
-    output: str | Path,
+    model: str | Path | None,
+    output: str | Path | None,
     *,
     precision: str = "int4",
     execution_provider: str = "cpu",
@@ -47,24 +80,45 @@ def convert(
     trust_remote_code: bool = False,
     plan_only: bool = False,
     extra_options: dict[str, Any] | None = None,
+    plugin_settings: dict[str, Any] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     cache_dir: str | Path | None = None,
 ) -> BuildResult | Plan:
-    """Plan and build ``model`` at ``precision`` for ``execution_provider`` into ``output``."""
+    """Plan and build ``model`` at ``precision`` for ``execution_provider`` into ``output``.
+
+    ``extra_options`` are converter/quantizer options (``-O KEY=VALUE``), checked against
+    what the planned steps declare. ``plugin_settings`` are plugins' settings by key; a
+    converter whose ``selected_by`` key is set there is used, with the value as its
+    option (``olive.config`` -> ``olive_config``). ``output`` None: ``build/NAME-PRECISION-EP``.
+    """
     registry = registry or get_registry()
+    extra_options = dict(extra_options or {})
+    for name, converter in registry.converters.items():
+        value = (plugin_settings or {}).get(converter.selected_by or "")
+        if value is not None:
+            via = name
+            extra_options[converter.selected_by.replace(".", "_")] = value
+            if model is None and converter.default_model is not None:
+                model = converter.default_model(extra_options)
+    if model is None:
+        raise UsageError(
+            "no model folder given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)"
+        )
     info = ModelInfo.load(model)
     if info.format != FORMAT_HF:
         raise UsageError(f"{info.path} is already an ONNX build", hint="convert takes a Hugging Face model folder")
     ep = resolve_ep(registry, execution_provider)
+    if output is None:
+        output = f"build/{info.path.resolve().name}-{precision}-{ep.name}"
     quantization = dict(quantization or {})
     algorithm = quantization.pop("algorithm", "default") or "default"
     quantization.pop("calibration", None)
     calibration_path = Path(calibration).expanduser() if calibration else None
     if calibration_path and not calibration_path.is_file():
         raise UsageError(f"calibration file {calibration_path} not found", hint="pass a .jsonl or .txt file")
-    options = {**quantization, **(extra_options or {})}
-    # the builder itself runs rtn / k_quant, so the converter needs the algorithm too
+    options = {**quantization, **extra_options}
+    # a converter that runs the algorithm itself (the builder's rtn, k_quant) needs its name too
     converter_options = {**options, "algorithm": algorithm} if algorithm != "default" else options
     plan = make_plan(
         registry,
@@ -76,6 +130,7 @@ def convert(
         calibration=calibration_path is not None,
         converter_options=converter_options,
         quantizer_options={"algorithm": algorithm, **options},
+        user_options=extra_options,
     )
     if plan_only:
         return plan
@@ -271,109 +326,6 @@ def inspect_model(model: str | Path, registry: Registry | None = None) -> dict[s
         "generation_config": info.generation_config,
         "converter_blockers": blockers,
         "matrix": matrix,
-    }
-
-
-def olive_config_input_model(config_file: str | Path) -> str:
-    """The model folder an Olive workflow file names (input_model.model_path)."""
-    path = Path(config_file).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"Olive config {path} not found", hint="pass the path of your workflow .json file") from None
-    except ValueError as exc:
-        raise UsageError(f"Olive config {path} is not valid JSON: {exc}") from None
-    model_path = (data.get("input_model") or {}).get("model_path") if isinstance(data, dict) else None
-    if not model_path:
-        raise UsageError(
-            f"{path} has no input_model.model_path", hint="set input_model.model_path to your model folder"
-        )
-    candidate = Path(model_path)
-    if not candidate.is_absolute():
-        candidate = (path.parent / candidate) if (path.parent / candidate).exists() else candidate
-    return str(candidate)
-
-
-# ------------------------------------------------------------------ demo
-def default_demo_model() -> Path:
-    # The repository ships the model under examples/; the kernel lives in kernel/slmk.
-    return Path(__file__).resolve().parents[2] / "examples" / "tiny-chat" / "model"
-
-
-def demo(
-    *,
-    model_dir=None,
-    precision: str = "int4",
-    output=None,
-    question: str | None = None,
-    progress: Progress | None = None,
-    echo=None,
-) -> dict[str, Any]:
-    """The first-run tour: convert the tiny model, load it, ask it one of its domain questions."""
-    import time
-
-    from .fsutil import cache_root
-
-    say = echo or (lambda *a, **k: None)
-    model = Path(model_dir) if model_dir else default_demo_model()
-    if not (model / "config.json").is_file():
-        raise UsageError(
-            f"demo model not found at {model}", hint="run from a clone of the slmk repository, or pass --model DIR"
-        )
-    expected = None
-    if question is None:
-        eval_file = model.parent / "data" / "eval.jsonl"
-        if eval_file.is_file():
-            first = json.loads(eval_file.read_text(encoding="utf-8").splitlines()[0])
-            question, expected = first["messages"][-1]["content"], first.get("expected")
-        else:
-            question = "Hello! Who are you?"
-    out = Path(output) if output else cache_root() / "demo" / f"{model.parent.name}-{precision}"
-    info = ModelInfo.load(model)
-    say(f"model: {model} ({info.architecture}, {info.num_parameters or 0:,} parameters, {info.dtype})")
-    result = convert(model, out, precision=precision, force=True, progress=progress)
-    say(f"plan: {result.plan.why}")
-    for step in result.steps:
-        say(f"  {step.kind} with {step.tool}: {step.status} in {step.seconds:.1f}s")
-    source_size = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-    say(f"build: {result.output}")
-    for name, size in result.files.items():
-        say(f"  {name:<28} {size / 1e6:8.2f} MB")
-    ratio = source_size / result.size_bytes if result.size_bytes else 0
-    say(
-        f"  total {result.size_bytes / 1e6:.2f} MB (safetensors weights {source_size / 1e6:.2f} MB, ratio {ratio:.2f}x)"
-    )
-    start = time.perf_counter()
-    session = open_session(result.output)
-    load_s = time.perf_counter() - start
-    say(f"loaded with ortgenai in {load_s:.2f}s")
-    say(f"question: {question}")
-    pieces = []
-    try:
-        for piece in session.generate([{"role": "user", "content": question}], do_sample=False):
-            pieces.append(piece)
-        stats = session.last_stats
-    finally:
-        session.close()
-    answer = "".join(pieces).strip()
-    say(f"answer:   {answer}")
-    correct = expected.lower() in answer.lower() if expected else None
-    if expected:
-        say(f"expected: ...{expected}... -> {'correct' if correct else 'WRONG'}")
-    if stats:
-        say(
-            f"speed: first token {stats.time_to_first_token_s * 1000:.0f} ms, {stats.generated_tokens} tokens, "
-            f"{stats.decode_tokens_per_s:.0f} tokens/s decode"
-        )
-    say("next: slmk run " + str(result.output) + "   |   slmk install " + str(result.output) + " --name tiny-chat")
-    return {
-        "build": result.as_dict(),
-        "load_seconds": round(load_s, 3),
-        "question": question,
-        "answer": answer,
-        "expected": expected,
-        "correct": correct,
-        "stats": stats.__dict__ if stats else None,
     }
 
 

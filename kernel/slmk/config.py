@@ -7,14 +7,15 @@ Unknown keys and bad values are errors that name the key and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .records import PRECISIONS, Setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,28 +25,13 @@ else:  # pragma: no cover - exercised on 3.10
 CONFIG_FILE = "slmk.toml"
 
 
-@dataclass(frozen=True)
-class Setting:
-    key: str
-    type: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-    check: Callable[[Any], bool] | None = None
-    check_help: str = ""
-
-    @property
-    def env(self) -> str:
-        return "SLMK_" + self.key.upper().replace(".", "__")
-
-
 def _positive(value: Any) -> bool:
     return value > 0
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("model", str, None, "the Hugging Face model folder to deploy"),
-    Setting("precision", str, "int4", "target precision", choices=("int4", "int8", "fp16", "bf16", "fp32")),
+    Setting("precision", str, "int4", "target precision", choices=PRECISIONS),
     Setting("execution_provider", str, "cpu", "hardware to build and run for (`slmk plugins` lists them)"),
     Setting("converter", str, "auto", "converter plugin to use, or auto to let the planner choose"),
     Setting("output", str, None, "folder the build is written to"),
@@ -55,13 +41,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", str, None, "slmk's step cache (default: $XDG_CACHE_HOME/slmk)"),
     Setting("trust_remote_code", bool, False, "allow model code from the model folder to run"),
     Setting("install.cache_dir", str, None, "the Foundry Local cache to install into"),
-    Setting(
-        "quantization.algorithm",
-        str,
-        "default",
-        "weight quantization algorithm",
-        choices=("default", "rtn", "k_quant", "gptq", "awq", "hqq"),
-    ),
+    # the algorithms come from the converters' and quantizers' records: the planner checks the name
+    Setting("quantization.algorithm", str, "default", "weight quantization algorithm (`slmk plugins` lists them)"),
     Setting("quantization.block_size", int, 32, "int4 block size", choices=(16, 32, 64, 128, 256)),
     Setting("quantization.accuracy_level", int, 4, "int4 MatMul accuracy level", choices=(0, 1, 2, 3, 4)),
     Setting("quantization.is_symmetric", bool, True, "symmetric int4 quantization"),
@@ -83,13 +64,17 @@ SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 GENERATION_KEYS = tuple(s.key.split(".", 1)[1] for s in SETTINGS if s.key.startswith("generation."))
 
 
-def _coerce(setting: Setting, value: Any, origin: str) -> Any:
-    """Turn a raw value (TOML value or environment string) into the setting's type."""
+def _coerce(setting: Setting, value: Any, origin: str, *, text: bool = False) -> Any:
+    """Turn a raw value into the setting's type.
+
+    ``text``: the value came as text (an environment variable), so ``"yes"`` may mean
+    true and ``"3"`` three; a TOML file or the Python API must give the real type.
+    """
     if value is None:
         return None
     try:
         if setting.type is bool:
-            if isinstance(value, str):
+            if isinstance(value, str) and text:
                 lowered = value.strip().lower()
                 if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                     raise ValueError
@@ -99,11 +84,15 @@ def _coerce(setting: Setting, value: Any, origin: str) -> Any:
         elif setting.type is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
+            if isinstance(value, str) and not text:
+                raise ValueError
             value = int(value)
         elif setting.type is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, str) and not text):
                 raise ValueError
             value = float(value)
+            if not math.isfinite(value):  # nan passes every comparison a check makes
+                raise ValueError
         else:
             if not isinstance(value, str):
                 raise ValueError
@@ -133,10 +122,10 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _close_matches(key: str) -> str:
+def _close_matches(key: str, known: Mapping[str, Setting] | None = None) -> str:
     import difflib
 
-    matches = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=3)
+    matches = difflib.get_close_matches(key, known or SETTINGS_BY_KEY, n=3)
     return f"did you mean {', '.join(matches)}?" if matches else "`slmk config keys` lists the known keys"
 
 
@@ -144,6 +133,7 @@ class Settings:
     """Resolved settings; ``source(key)`` says where each value came from."""
 
     def __init__(self, values: dict[str, Any], sources: dict[str, str], path: Path | None):
+        """Values and their sources by key; ``path`` is the slmk.toml read, if any."""
         self._values = values
         self._sources = sources
         self.path = path
@@ -152,10 +142,12 @@ class Settings:
         return self._values[key]
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is unset."""
         value = self._values.get(key)
         return default if value is None else value
 
     def source(self, key: str) -> str:
+        """Where the value of ``key`` came from: command line, $VAR, a file, or default."""
         return self._sources.get(key, "default")
 
     def generation(self) -> dict[str, Any]:
@@ -167,17 +159,25 @@ class Settings:
         }
 
     def quantization(self) -> dict[str, Any]:
+        """The quantization settings that are set, without the ``quantization.`` prefix."""
         return {
             s.key.split(".", 1)[1]: self._values[s.key]
             for s in SETTINGS
             if s.key.startswith("quantization.") and self._values.get(s.key) is not None
         }
 
+    def table(self, name: str) -> dict[str, Any]:
+        """The settings of one table (a plugin's ``serve.*``), without the prefix."""
+        prefix = f"{name}."
+        return {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+
     def as_dict(self) -> dict[str, Any]:
+        """Every value by key."""
         return dict(self._values)
 
 
 def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    """The slmk.toml to read: ``explicit``, else $SLMK_CONFIG, else ./slmk.toml if there."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -190,39 +190,57 @@ def find_config_file(explicit: str | Path | None = None) -> Path | None:
     return local if local.is_file() else None
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path, known: Mapping[str, Setting] | None = None) -> dict[str, Any]:
+    """The file's keys, dotted; an unknown key or a file that is not TOML is a ConfigError."""
+    known = known or SETTINGS_BY_KEY
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the line it names") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                          hint="save slmk.toml as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
     flat = _flatten(data)
     for key in flat:
-        if key not in SETTINGS_BY_KEY:
-            raise ConfigError(f"unknown key {key!r} in {path}", hint=_close_matches(key))
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in {path}", hint=_close_matches(key, known))
     return flat
+
+
+def all_settings(plugin_settings: Iterable[Setting] = ()) -> dict[str, Setting]:
+    """The kernel's settings plus those plugins declare; a plugin may not redefine a kernel key."""
+    known = dict(SETTINGS_BY_KEY)
+    for setting in plugin_settings:
+        if setting.key not in known and "." in setting.key:
+            known[setting.key] = setting
+    return known
 
 
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     config_path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
+    plugin_settings: Iterable[Setting] = (),
 ) -> Settings:
     """Resolve every setting: command line > environment > file > defaults."""
     environ = os.environ if environ is None else environ
+    known = all_settings(plugin_settings)
     path = find_config_file(config_path)
-    file_values = read_config_file(path) if path else {}
+    file_values = read_config_file(path, known) if path else {}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for setting in SETTINGS:
-        value, origin = setting.default, "default"
+    for setting in known.values():
+        value, origin, text = setting.default, "default", False
         if setting.key in file_values:
             value, origin = file_values[setting.key], str(path)
         if setting.env in environ:
-            value, origin = environ[setting.env], f"${setting.env}"
+            value, origin, text = environ[setting.env], f"${setting.env}", True
         if cli and cli.get(setting.key) is not None:
-            value, origin = cli[setting.key], "command line"
-        values[setting.key] = _coerce(setting, value, origin)
+            value, origin, text = cli[setting.key], "command line", False
+        values[setting.key] = _coerce(setting, value, origin, text=text)
         sources[setting.key] = origin
     return Settings(values, sources, path)
 

@@ -14,10 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import click
 import pluggy
 
-from .records import Converter, ExecutionProvider, Installer, ModelFamily, Probe, Quantizer, Runtime
+from .records import (
+    Command,
+    Converter,
+    ExecutionProvider,
+    Installer,
+    ModelFamily,
+    Probe,
+    Quantizer,
+    Runtime,
+    Setting,
+)
 
 hookspec = pluggy.HookspecMarker("slmk")
 hookimpl = pluggy.HookimplMarker("slmk")
@@ -33,8 +42,7 @@ def slmk_probes() -> Iterable[Probe]:
     Example::
 
         import shutil
-        from slmk import hookimpl
-        from slmk.records import Probe, ProbeResult
+        from slmk.api import Probe, ProbeResult, hookimpl
 
         def _check_git():
             found = shutil.which("git")
@@ -58,8 +66,7 @@ def slmk_execution_providers() -> Iterable[ExecutionProvider]:
 
     Example::
 
-        from slmk import hookimpl
-        from slmk.records import ExecutionProvider, Usability
+        from slmk.api import ExecutionProvider, Usability, hookimpl
 
         @hookimpl
         def slmk_execution_providers():
@@ -83,8 +90,7 @@ def slmk_model_families() -> Iterable[ModelFamily]:
 
     Example::
 
-        from slmk import hookimpl
-        from slmk.records import ModelFamily, PromptTemplate
+        from slmk.api import ModelFamily, PromptTemplate, hookimpl
 
         TEMPLATE = PromptTemplate(
             system="<|system|>\\n{Content}\\n", user="<|user|>\\n{Content}\\n",
@@ -114,8 +120,7 @@ def slmk_converters() -> Iterable[Converter]:
     Example::
 
         import shutil
-        from slmk import hookimpl
-        from slmk.records import Converter
+        from slmk.api import Converter, hookimpl
 
         def _copy_prebuilt(request):
             # a converter for folders that already hold an ONNX build
@@ -139,8 +144,7 @@ def slmk_quantizers() -> Iterable[Quantizer]:
 
     Example::
 
-        from slmk import hookimpl
-        from slmk.records import FORMAT_ORTGENAI, Quantizer
+        from slmk.api import FORMAT_ORTGENAI, Quantizer, hookimpl
 
         def _quantize(request):
             ...  # read request.source, write the quantized model into request.output
@@ -162,8 +166,7 @@ def slmk_installers() -> Iterable[Installer]:
 
     Example::
 
-        from slmk import hookimpl
-        from slmk.records import Installer
+        from slmk.api import Installer, hookimpl
 
         @hookimpl
         def slmk_installers():
@@ -184,8 +187,7 @@ def slmk_runtimes() -> Iterable[Runtime]:
 
     Example::
 
-        from slmk import hookimpl
-        from slmk.records import Runtime
+        from slmk.api import Runtime, hookimpl
 
         class EchoSession:
             last_stats = None
@@ -201,22 +203,47 @@ def slmk_runtimes() -> Iterable[Runtime]:
 
 
 @hookspec
-def slmk_cli_commands() -> Iterable[click.Command]:
-    """Extra ``slmk`` sub-commands (click commands) a plugin contributes.
+def slmk_commands() -> Iterable[Command]:
+    """``slmk`` sub-commands a plugin contributes, as records.
 
-    Keep the command module light: import heavy libraries inside the callback.
+    ``load()`` returns the click command and runs only when the command is used, so
+    ``slmk --help`` stays fast. A name a built-in command already has is refused
+    and reported by ``slmk plugins`` and ``slmk doctor``; so is the second of two
+    plugins' commands with one name. Every other command keeps working.
 
     Example::
 
-        import click
-        from slmk import hookimpl
+        from slmk.api import Command, hookimpl
 
-        @click.command(name="hello")
-        def hello():
-            \"\"\"Say hello.\"\"\"
-            click.echo("hello from a plugin")
+        def _load():
+            import click
+
+            @click.command(name="hello")
+            def hello():
+                \"\"\"Say hello.\"\"\"
+                click.echo("hello from a plugin")
+
+            return hello
 
         @hookimpl
-        def slmk_cli_commands():
-            yield hello
+        def slmk_commands():
+            yield Command(name="hello", summary="Say hello.", load=_load)
+    """
+
+
+@hookspec
+def slmk_settings() -> Iterable[Setting]:
+    """slmk.toml keys a plugin adds, under its own table, validated like the kernel's.
+
+    Values resolve as the kernel's do: command line > ``SLMK_<KEY>`` > slmk.toml >
+    default. ``flag`` adds a command-line option to the commands in ``commands``.
+
+    Example::
+
+        from slmk.api import Setting, hookimpl
+
+        @hookimpl
+        def slmk_settings():
+            yield Setting("hello.greeting", str, "hello", "what `slmk hello` says")
+            yield Setting("hello.times", int, 1, "how often", check=lambda v: v > 0, check_help="> 0")
     """

@@ -8,7 +8,7 @@ Three shapes of plan, from what the installed plugins declare:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import SlmkError, UsageError
@@ -65,13 +65,18 @@ def check_precision(ep: ExecutionProvider, precision: str) -> None:
         )
 
 
-#: Options that only shape quantization; an fp32 conversion ignores them, so they stay out
-#: of its cache key (changing the block size must not rebuild the fp32 step).
-QUANTIZATION_OPTIONS = ("algorithm", "algo_config", "block_size", "accuracy_level", "is_symmetric")
+def _without_quantization(converter: Converter, options: dict[str, Any]) -> dict[str, Any]:
+    """An fp32 conversion ignores quantization options: keep them out of its cache key, so
+    changing the block size does not rebuild the fp32 step."""
+    return {k: v for k, v in options.items() if k not in converter.quantization_options}
 
 
-def _without_quantization(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in QUANTIZATION_OPTIONS}
+def known_algorithms(registry: Registry) -> list[str]:
+    """Every weight quantization algorithm a converter or quantizer declares, plus ``default``."""
+    found = {"default"}
+    for record in (*registry.converters.values(), *registry.quantizers.values()):
+        found.update(record.algorithms)
+    return sorted(found)
 
 
 def _matches(via: str | None, registry: Registry, hook: str, record_name: str) -> bool:
@@ -93,8 +98,13 @@ def make_plan(
     calibration: bool = False,
     converter_options: dict[str, Any] | None = None,
     quantizer_options: dict[str, Any] | None = None,
+    user_options: dict[str, Any] | None = None,
 ) -> Plan:
-    """Pick the steps; raise a one-line error that says why nothing fits."""
+    """Pick the steps; raise a one-line error that says why nothing fits.
+
+    ``user_options`` (``-O KEY=VALUE``) must each be an option some step of the plan
+    declares; every step's record may check and complete its options (``prepare``).
+    """
     check_precision(ep, precision)
     via = None if via in (None, "auto") else via
     converter_options = converter_options or {}
@@ -114,8 +124,14 @@ def make_plan(
         known = sorted(set(converters) | set(quantizers))
         raise UsageError(f"unknown converter or quantizer {via!r}", hint=f"known: {', '.join(known) or 'none'}")
 
-    # An algorithm beyond what converters do natively, or calibration data, needs a quantizer step.
-    needs_quantizer = algorithm not in ("default", "rtn", "k_quant") or calibration
+    if algorithm not in known_algorithms(registry):
+        raise UsageError(
+            f"unknown quantization algorithm {algorithm!r}",
+            hint=f"the installed plugins run {', '.join(known_algorithms(registry))}",
+        )
+    # An algorithm no converter runs itself, or calibration data, needs a quantizer step.
+    native = {a for conv in converters.values() for a in conv.algorithms} | {"default"}
+    needs_quantizer = algorithm not in native or calibration
     blockers: list[str] = []
 
     def usable_converters(target: str, quantized_input: bool = False) -> list[tuple[str, Converter]]:
@@ -224,7 +240,7 @@ def make_plan(
                                     "fp32",
                                     FORMAT_HF,
                                     FORMAT_ORTGENAI,
-                                    _without_quantization(converter_options),
+                                    _without_quantization(conv, converter_options),
                                 ),
                                 PlannedStep(
                                     "quantize",
@@ -240,7 +256,7 @@ def make_plan(
                         )
                     )
     if plans:
-        return plans[0]
+        return _prepared(registry, plans[0], user_options or {})
     if blockers:
         raise UsageError(
             f"no converter supports this model: {'; '.join(dict.fromkeys(blockers))}",
@@ -257,3 +273,27 @@ def make_plan(
         f"no installed plugin can build {wanted}",
         hint="`slmk plugins` lists converters and quantizers; install the extras they need (pip install 'slmk[all]')",
     )
+
+
+def _prepared(registry: Registry, plan: Plan, user_options: dict[str, Any]) -> Plan:
+    """The plan with each step's options checked and completed by its record's ``prepare``."""
+    records = [
+        registry.converters[step.tool] if step.kind == "convert" else registry.quantizers[step.tool]
+        for step in plan.steps
+    ]
+    declared = {name for record in records for name in record.options}
+    unknown = sorted(set(user_options) - declared)
+    if unknown:
+        tools = ", ".join(step.tool for step in plan.steps)
+        raise UsageError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for {tools}",
+            hint=f"this plan takes {', '.join(sorted(declared)) or 'no options'}; `slmk plugins --json` lists each "
+            "converter's and quantizer's options",
+        )
+    steps = []
+    for step, record in zip(plan.steps, records, strict=True):
+        options = dict(step.options)
+        if record.prepare is not None:
+            options = dict(record.prepare(options))
+        steps.append(replace(step, options=options))
+    return replace(plan, steps=tuple(steps))

@@ -2,7 +2,13 @@
 
 Built-in and third-party plugins are found the same way: the ``slmk`` entry-point
 group. A plugin that fails to import, to register, or inside a hook is recorded
-(name + error) and skipped; it never takes the CLI down.
+(name + error) and skipped; it never takes the CLI down, not even by calling
+``sys.exit`` (only Ctrl-C goes through).
+
+Names are first come, built-ins first: an entry point, record or command whose
+name a built-in (the ``slmk`` distribution's own plugins) already has is refused,
+and so is the second of two third-party ones with one name. Each refusal is
+recorded on the plugin that lost, so ``slmk plugins`` and ``slmk doctor`` show it.
 
 Environment:
   SLMK_DISABLE_PLUGINS=a,b         skip these entry points
@@ -15,16 +21,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import click
 import pluggy
 
 from . import PROJECT, hookspecs
 from .errors import PluginError, SlmkError
-from .records import RECORD_TYPES as _RECORD_TYPES
+from .records import (
+    RECORD_TYPES,
+    Command,
+    Converter,
+    ExecutionProvider,
+    Installer,
+    ModelFamily,
+    Probe,
+    Quantizer,
+    Runtime,
+    Setting,
+)
 
-RECORD_TYPES: dict[str, type] = {**_RECORD_TYPES, "slmk_cli_commands": click.Command}
+R = TypeVar("R")
 
 
 @dataclass
@@ -39,13 +55,16 @@ class PluginInfo:
     records: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     loaded: bool = True
+    builtin: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """The info as JSON-ready data."""
         return {
             "name": self.name,
             "module": self.module,
             "distribution": self.distribution,
             "version": self.version,
+            "builtin": self.builtin,
             "loaded": self.loaded,
             "hooks": self.hooks,
             "records": self.records,
@@ -60,6 +79,12 @@ def _env_names(var: str) -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()}
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Registry:
     """A plugin manager plus the records its plugins contribute, collected once."""
 
@@ -70,19 +95,27 @@ class Registry:
         self._records: dict[str, dict[str, tuple[str, Any]]] = {}
 
     # ------------------------------------------------------------------ loading
-    def register(self, plugin: object, name: str | None = None, *, distribution: str = "", version: str = "") -> None:
+    def register(
+        self,
+        plugin: object,
+        name: str | None = None,
+        *,
+        distribution: str = "",
+        version: str = "",
+        builtin: bool = False,
+    ) -> None:
         """Register a plugin object or module (tests use this directly)."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         info = self.info.setdefault(name, PluginInfo(name=name))
         info.module = getattr(plugin, "__name__", type(plugin).__name__)
-        info.distribution, info.version = distribution, version
+        info.distribution, info.version, info.builtin = distribution, version, builtin
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # a bad hookimpl signature, a duplicate name ...
+        except (Exception, SystemExit) as exc:  # a bad hookimpl signature, a duplicate name ...
             info.loaded = False
-            info.errors.append(f"register: {type(exc).__name__}: {exc}")
+            info.errors.append(f"register: {_describe(exc)}")
             return
-        info.hooks = sorted(impl_caller.name for impl_caller in self.pm.get_hookcallers(plugin) or [])
+        info.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
         self._records.clear()
 
     def load_entrypoints(self) -> None:
@@ -93,37 +126,37 @@ class Registry:
 
         only = _env_names("SLMK_LOAD_PLUGINS")
         disabled = _env_names("SLMK_DISABLE_PLUGINS") or set()
-        seen: set[str] = set()
-        for ep in sorted(entry_points(group=PROJECT), key=lambda e: e.name):
-            if ep.name in seen:  # the same distribution found twice on sys.path
-                continue
-            seen.add(ep.name)
+        found = list(entry_points(group=PROJECT))
+        # built-ins first, so a third party can never take a built-in's name
+        found.sort(key=lambda e: (getattr(e.dist, "name", "") != PROJECT, e.name))
+        taken: dict[str, str] = {}
+        for ep in found:
             dist = getattr(ep, "dist", None)
-            dist_name = dist.name if dist else ""
-            dist_version = dist.version if dist else ""
-            if ep.name in disabled or (only is not None and ep.name not in only):
-                self.info[ep.name] = PluginInfo(
-                    name=ep.name,
-                    module=ep.value,
-                    distribution=dist_name,
-                    version=dist_version,
-                    loaded=False,
-                    errors=["disabled by SLMK_DISABLE_PLUGINS" if ep.name in disabled else "not in SLMK_LOAD_PLUGINS"],
+            dist_name, dist_version = (dist.name, dist.version) if dist else ("", "")
+            builtin = dist_name == PROJECT
+            if ep.name in taken:
+                if taken[ep.name] == dist_name:  # the same distribution found twice on sys.path
+                    continue
+                key = f"{ep.name} ({dist_name})"
+                self.info[key] = PluginInfo(
+                    name=key, module=ep.value, distribution=dist_name, version=dist_version, loaded=False,
+                    errors=[f"not loaded: the entry-point name {ep.name!r} is already used by "
+                            f"{taken[ep.name] or 'another plugin'}; rename the entry point"],
                 )
+                continue
+            taken[ep.name] = dist_name
+            common = {"name": ep.name, "module": ep.value, "distribution": dist_name, "version": dist_version,
+                      "builtin": builtin}
+            if ep.name in disabled or (only is not None and ep.name not in only):
+                reason = "disabled by SLMK_DISABLE_PLUGINS" if ep.name in disabled else "not in SLMK_LOAD_PLUGINS"
+                self.info[ep.name] = PluginInfo(**common, loaded=False, errors=[reason])
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
-                self.info[ep.name] = PluginInfo(
-                    name=ep.name,
-                    module=ep.value,
-                    distribution=dist_name,
-                    version=dist_version,
-                    loaded=False,
-                    errors=[f"import: {type(exc).__name__}: {exc}"],
-                )
+            except (Exception, SystemExit) as exc:  # a plugin must not end slmk, not even by sys.exit
+                self.info[ep.name] = PluginInfo(**common, loaded=False, errors=[f"import: {_describe(exc)}"])
                 continue
-            self.register(plugin, ep.name, distribution=dist_name, version=dist_version)
+            self.register(plugin, ep.name, distribution=dist_name, version=dist_version, builtin=builtin)
 
     # ------------------------------------------------------------------ records
     def _collect(self, hook_name: str) -> dict[str, tuple[str, Any]]:
@@ -132,9 +165,10 @@ class Registry:
             return self._records[hook_name]
         record_type = RECORD_TYPES[hook_name]
         found: dict[str, tuple[str, Any]] = {}
-        conflicts: list[str] = []
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        impls = list(reversed(hook.get_hookimpls()))  # registration order ...
+        impls.sort(key=lambda impl: not self._is_builtin(impl.plugin_name))  # ... built-ins first
+        for impl in impls:
             plugin_name = impl.plugin_name
             info = self.info.setdefault(plugin_name, PluginInfo(name=plugin_name))
             try:
@@ -142,65 +176,83 @@ class Registry:
                 for record in records:
                     if not isinstance(record, record_type):
                         raise TypeError(f"returned {type(record).__name__}, expected {record_type.__name__}")
-            except Exception as exc:
-                info.errors.append(str(PluginError(plugin_name, hook_name, exc).message))
+            except (Exception, SystemExit) as exc:
+                info.errors.append(PluginError(plugin_name, hook_name, _describe(exc)).message)
                 continue
             for record in records:
-                if record.name in found and found[record.name][0] != plugin_name:
-                    conflicts.append(
-                        f"{record_type.__name__} {record.name!r} is defined by both "
-                        f"{found[record.name][0]!r} and {plugin_name!r}"
+                owner = found.get(record.name, (None,))[0]
+                if owner is not None and owner != plugin_name:
+                    info.errors.append(
+                        f"{record_type.__name__} {record.name!r} not used: {owner!r} already defines it "
+                        f"(disable one of them with SLMK_DISABLE_PLUGINS)"
                     )
                     continue
                 found[record.name] = (plugin_name, record)
                 info.records.setdefault(hook_name, []).append(record.name)
-        if conflicts:
-            raise SlmkError(
-                "; ".join(conflicts),
-                hint="disable one of them with SLMK_DISABLE_PLUGINS=<plugin name>",
-            )
         self._records[hook_name] = found
         return found
 
+    def _is_builtin(self, plugin_name: str) -> bool:
+        info = self.info.get(plugin_name)
+        return bool(info and info.builtin)
+
     def records(self, hook_name: str) -> dict[str, Any]:
+        """Every record one hook returned, by name (the winner of each name)."""
         return {name: record for name, (_, record) in self._collect(hook_name).items()}
 
     def owner(self, hook_name: str, record_name: str) -> str:
+        """The plugin that contributed the record ``record_name`` of ``hook_name``."""
         return self._collect(hook_name)[record_name][0]
 
-    @property
-    def probes(self):
-        return self.records("slmk_probes")
+    def _typed(self, hook_name: str, record_type: type[R]) -> dict[str, R]:
+        return self.records(hook_name)
 
     @property
-    def execution_providers(self):
-        return self.records("slmk_execution_providers")
+    def probes(self) -> dict[str, Probe]:
+        """Environment checks, by name."""
+        return self._typed("slmk_probes", Probe)
 
     @property
-    def model_families(self):
-        return self.records("slmk_model_families")
+    def execution_providers(self) -> dict[str, ExecutionProvider]:
+        """Hardware providers, by name."""
+        return self._typed("slmk_execution_providers", ExecutionProvider)
 
     @property
-    def converters(self):
-        return self.records("slmk_converters")
+    def model_families(self) -> dict[str, ModelFamily]:
+        """Model families, by name."""
+        return self._typed("slmk_model_families", ModelFamily)
 
     @property
-    def quantizers(self):
-        return self.records("slmk_quantizers")
+    def converters(self) -> dict[str, Converter]:
+        """Converters, by name."""
+        return self._typed("slmk_converters", Converter)
 
     @property
-    def installers(self):
-        return self.records("slmk_installers")
+    def quantizers(self) -> dict[str, Quantizer]:
+        """Quantizers, by name."""
+        return self._typed("slmk_quantizers", Quantizer)
 
     @property
-    def runtimes(self):
-        return self.records("slmk_runtimes")
+    def installers(self) -> dict[str, Installer]:
+        """Installers, by name."""
+        return self._typed("slmk_installers", Installer)
 
     @property
-    def cli_commands(self):
-        return self.records("slmk_cli_commands")
+    def runtimes(self) -> dict[str, Runtime]:
+        """Runtimes, by name."""
+        return self._typed("slmk_runtimes", Runtime)
 
-    def get(self, hook_name: str, name: str, what: str):
+    @property
+    def commands(self) -> dict[str, Command]:
+        """Sub-commands plugins contribute, by name."""
+        return self._typed("slmk_commands", Command)
+
+    @property
+    def settings(self) -> dict[str, Setting]:
+        """slmk.toml keys plugins add, by key."""
+        return self._typed("slmk_settings", Setting)
+
+    def get(self, hook_name: str, name: str, what: str) -> Any:
         """One record by name, or an error that lists the names there are."""
         records = self.records(hook_name)
         if name in records:
@@ -212,18 +264,45 @@ class Registry:
         known = ", ".join(sorted(records)) or "none"
         raise SlmkError(f"unknown {what} {name!r}", hint=f"known: {known}; `slmk plugins` lists who provides what")
 
+    def execution_provider(self, name: str) -> ExecutionProvider:
+        """The execution provider ``name`` (or alias), or a one-line error listing them."""
+        return self.get("slmk_execution_providers", name, "execution provider")
+
+    def runtime(self, name: str) -> Runtime:
+        """The runtime ``name``, or a one-line error listing them."""
+        return self.get("slmk_runtimes", name, "runtime")
+
+    def installer(self, name: str) -> Installer:
+        """The installer ``name``, or a one-line error listing them."""
+        return self.get("slmk_installers", name, "installer")
+
+    def refuse_command(self, name: str, reason: str) -> None:
+        """Record that the plugin command ``name`` was not added (it shadows a built-in command)."""
+        owner = self._collect("slmk_commands").get(name, (None,))[0]
+        if owner is not None:
+            message = f"command {name!r} not added: {reason}"
+            errors = self.info.setdefault(owner, PluginInfo(name=owner)).errors
+            if message not in errors:
+                errors.append(message)
+
     def collect_all(self) -> None:
         """Call every hook once so that ``info`` holds every record and hook error."""
         for hook_name in RECORD_TYPES:
-            try:
-                self._collect(hook_name)
-            except SlmkError as exc:
-                self.info.setdefault("<conflict>", PluginInfo(name="<conflict>", loaded=False)).errors.append(
-                    exc.one_line()
-                )
+            self._collect(hook_name)
 
     def plugin_infos(self) -> Iterable[PluginInfo]:
+        """Every plugin seen (loaded or not), by name."""
         return sorted(self.info.values(), key=lambda i: i.name)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(plugin, error) for every load, hook and name problem, not counting plugins switched off on purpose."""
+        self.collect_all()
+        return [
+            (info.name, error)
+            for info in self.plugin_infos()
+            for error in info.errors
+            if info.loaded or not error.startswith(("disabled", "not in"))
+        ]
 
 
 _default: Registry | None = None
@@ -240,5 +319,6 @@ def get_registry() -> Registry:
 
 
 def reset_registry() -> None:
+    """Forget the process-wide registry (it is loaded again on next use)."""
     global _default
     _default = None

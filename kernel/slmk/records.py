@@ -7,7 +7,7 @@ them without running anything (the style of conda's plugin records).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -169,6 +169,11 @@ class Converter:
     options: Mapping[str, str] = field(default_factory=dict)  # option name -> help
     priority: int = 0  # the planner prefers higher when several can do the job
     explicit_only: bool = False  # planned only when named itself (--via NAME), e.g. it needs an option
+    algorithms: tuple[str, ...] = ()  # weight quantization algorithms it runs itself (besides "default")
+    quantization_options: tuple[str, ...] = ()  # options that only matter when it quantizes (not in an fp32 key)
+    selected_by: str | None = None  # a setting key (e.g. "olive.config"): when set, this converter is used
+    prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
+    default_model: Callable[[Mapping[str, Any]], str | None] | None = None  # the model when the user names none
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ class Quantizer:
     tool_versions: Callable[[], Mapping[str, str]] = dict
     options: Mapping[str, str] = field(default_factory=dict)
     priority: int = 0
+    prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
 
 
 # ------------------------------------------------------------------------ installers
@@ -280,6 +286,69 @@ class Runtime:
     can_load: Callable[[Path], str | None] | None = None  # None, or why not
 
 
+@runtime_checkable
+class ScoringSession(ChatSession, Protocol):
+    """What measurement needs beyond chatting (``bench``, ``validate``, ``compare``).
+
+    A runtime whose sessions offer these gets exact token counts and perplexity; one
+    that does not is measured through ``last_stats`` alone and skips perplexity.
+    """
+
+    context_length: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+
+    def score(self, text: str) -> tuple[float, int]: ...
+
+
+# --------------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class Command:
+    """An ``slmk`` sub-command a plugin contributes.
+
+    ``load()`` returns the ``click.Command``; it is called only when the command runs or
+    its own help is shown, so a plugin imports click and its heavy libraries there.
+    ``summary`` is the line ``slmk --help`` shows.
+    """
+
+    name: str
+    summary: str
+    load: Callable[[], Any]
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Setting:
+    """A key of slmk.toml, with its type, default and check.
+
+    The kernel declares its own; a plugin declares its keys through ``slmk_settings``
+    under its own table (``serve.port``). ``flag`` (``--olive-config``) adds a command-line
+    option for it to each command named in ``commands``.
+    """
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], bool] | None = None
+    check_help: str = ""
+    flag: str | None = None
+    commands: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The key: what the registry names the record by."""
+        return self.key
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it: ``serve.port`` -> ``SLMK_SERVE__PORT``."""
+        return "SLMK_" + self.key.upper().replace(".", "__")
+
+
 #: The hook name for each record type, used to validate what plugins return.
 RECORD_TYPES: dict[str, type] = {
     "slmk_probes": Probe,
@@ -289,6 +358,6 @@ RECORD_TYPES: dict[str, type] = {
     "slmk_quantizers": Quantizer,
     "slmk_installers": Installer,
     "slmk_runtimes": Runtime,
+    "slmk_commands": Command,
+    "slmk_settings": Setting,
 }
-# slmk_cli_commands returns click.Command objects; plugins.py adds that type lazily
-# so this module stays importable without click.

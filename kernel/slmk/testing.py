@@ -1,6 +1,6 @@
 """Helpers for testing slmk plugins against the real kernel.
 
-    from slmk.testing import make_registry
+    from slmk.api import make_registry
 
     def test_my_family_is_found():
         import slmk_my_family
@@ -30,6 +30,7 @@ def make_registry(*plugins: object | str) -> Registry:
     """A registry with exactly these plugins: modules/objects, or entry-point names."""
     registry = Registry()
     by_name = {ep.name: ep for ep in entry_points(group=PROJECT)}
+    builtin_modules = {ep.value for ep in by_name.values() if ep.dist and ep.dist.name == PROJECT}
     for plugin in plugins:
         if isinstance(plugin, str):
             if plugin not in by_name:
@@ -38,11 +39,12 @@ def make_registry(*plugins: object | str) -> Registry:
             registry.register(
                 ep.load(),
                 ep.name,
+                builtin=bool(ep.dist and ep.dist.name == PROJECT),
                 distribution=ep.dist.name if ep.dist else "",
                 version=ep.dist.version if ep.dist else "",
             )
         else:
-            registry.register(plugin)
+            registry.register(plugin, builtin=getattr(plugin, "__name__", None) in builtin_modules)
     return registry
 
 

@@ -13,6 +13,7 @@ Nothing here imports olive, torch or transformers at module level.
 
 from __future__ import annotations
 
+from slmk.api import Command, Setting
 from slmk.api import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, Probe, Quantizer, StepRequest, hookimpl
 
 from .versions import olive_tool_versions, workflow_tool_versions
@@ -74,6 +75,26 @@ def slmk_quantizers():
     )
 
 
+def _prepare(options):
+    from .convert import prepare
+
+    return prepare(options)
+
+
+def _input_model(options):
+    from .convert import input_model
+
+    return input_model(options)
+
+
+@hookimpl
+def slmk_settings():
+    yield Setting(
+        "olive.config", str, None, "your Olive workflow file: `slmk convert` runs it instead of planning the steps",
+        flag="--olive-config", commands=("convert",),
+    )
+
+
 @hookimpl
 def slmk_converters():
     from .convert import OPTIONS
@@ -90,6 +111,9 @@ def slmk_converters():
         options=OPTIONS,
         priority=-10,
         explicit_only=True,
+        selected_by="olive.config",
+        prepare=_prepare,
+        default_model=_input_model,
     )
 
 
@@ -100,8 +124,15 @@ def slmk_probes():
     )
 
 
-@hookimpl
-def slmk_cli_commands():
+def _olive_config_command():
     from .cli import olive_config
 
-    yield olive_config
+    return olive_config
+
+
+@hookimpl
+def slmk_commands():
+    yield Command(
+        name="olive-config", summary="Write the Olive workflow file for what `slmk convert --via olive` does.",
+        load=_olive_config_command,
+    )

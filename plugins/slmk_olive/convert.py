@@ -8,6 +8,7 @@ folder (genai_config.json); anything else is reported for what it is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,36 @@ def read_workflow(path: Path) -> dict[str, Any]:
             hint="an Olive workflow has input_model, systems, passes and output_dir",
         )
     return data
+
+
+def prepare(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the workflow file exists and add its content hash: an edited file must rebuild."""
+    options = dict(options)
+    value = options.get(OPTION)
+    if value:
+        path = Path(str(value)).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"Olive config {path} not found", hint="pass the path of your workflow .json file")
+        options[OPTION] = str(path)
+        options["olive_config_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return options
+
+
+def input_model(options: Mapping[str, Any]) -> str | None:
+    """The model folder the workflow file names (input_model.model_path), relative paths against the file."""
+    value = options.get(OPTION)
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    model_path = read_workflow(path)["input_model"].get("model_path")
+    if not model_path:
+        raise UsageError(
+            f"{path} has no input_model.model_path", hint="set input_model.model_path to your model folder"
+        )
+    candidate = Path(model_path)
+    if not candidate.is_absolute() and (path.parent / candidate).exists():
+        candidate = path.parent / candidate
+    return str(candidate)
 
 
 def convert(request: StepRequest) -> None:

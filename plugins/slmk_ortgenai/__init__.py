@@ -36,6 +36,8 @@ def slmk_converters():
         # Olive's RTN/GPTQ output (HF folders with quantized weights) converts with the 0.18 builder.
         accepts_quantized_input=True,
         options=builder.OPTIONS,
+        algorithms=("rtn", "k_quant"),
+        quantization_options=builder.QUANTIZATION_OPTIONS,
         priority=10,
     )
 

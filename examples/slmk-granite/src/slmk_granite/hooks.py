@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from slmk import hookimpl
-from slmk.modelinfo import ModelInfo
-from slmk.records import ModelFamily, PromptTemplate
-from slmk.templates import model_identity, sample_rendering
+from slmk.api import hookimpl
+from slmk.api import ModelInfo
+from slmk.api import ModelFamily, PromptTemplate
+from slmk.api import model_identity, sample_rendering
 
 FAMILY_NAME = "granite"
 

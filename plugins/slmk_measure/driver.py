@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlmkError, UsageError
-from ..records import ChatSession, GenerationStats
+from slmk.api import ChatSession, GenerationStats, SlmkError, UsageError
 
 #: Neutral English prose, cycled to make prompts of any length.
 FILLER = (

@@ -58,6 +58,9 @@ def plugin_new(name: str, kind: str, output_dir: str, force: bool, as_json: bool
         click.echo(f"note: {note}", err=True)
 
 
-def register(cli: click.Group) -> None:
-    """Add the plugin-authoring commands to the slmk group."""
-    cli.add_command(plugin_group)
+@plugin_group.command("hooks")
+def plugin_hooks() -> None:
+    """Print the hook reference (docs/hooks.md): every hook, its record and a runnable example."""
+    from .docgen import render
+
+    click.echo(render(), nl=False)

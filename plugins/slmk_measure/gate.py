@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from slmk.api import UsageError
 
 GRAMMAR = (
     "comma-separated METRIC OP VALUE terms: ppl<=12.5, ppl<=+5% (relative to fp32), accuracy>=0.9, "

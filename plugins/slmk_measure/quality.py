@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import dir_size
-from ..progress import Progress
+from slmk.api import Progress, dir_size
+
 from .driver import Driver, user
 from .evalset import EvalItem
 from .stats import finite

@@ -17,8 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import PROJECT, __version__
-from .errors import SlmkError, UsageError
+from slmk.api import PROJECT, SlmkError, UsageError, __version__
 
 
 @dataclass(frozen=True)
@@ -101,11 +100,16 @@ class NewPlugin:
 
 
 def template_root() -> Path:
-    """plugin_template/: beside the package in an installed wheel, or at the repository root."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "plugin_template", here.parent.parent / "plugin_template"):
-        if (candidate / "common").is_dir() and (candidate / "kinds").is_dir():
-            return candidate
+    """The plugin template: package data ``slmk_authoring.template`` (the repository's
+    plugin_template/ folder, mapped into the package by pyproject.toml), in a wheel and a clone alike."""
+    from importlib import resources
+
+    try:
+        candidate = Path(str(resources.files("slmk_authoring.template")))
+    except (ModuleNotFoundError, TypeError):
+        candidate = Path(__file__).resolve().parents[2] / "plugin_template"
+    if (candidate / "common").is_dir() and (candidate / "kinds").is_dir():
+        return candidate
     raise SlmkError(
         "slmk's plugin template is missing from this installation",
         hint="reinstall slmk, or run `slmk plugin new` from a checkout of its repository",
@@ -205,7 +209,7 @@ def _name_taken(name: str, distribution: str) -> str | None:
 
 def new_plugin(name: str, kind: str, output_dir: Path | str = ".", *, force: bool = False) -> NewPlugin:
     """Write ``<output_dir>/slmk-<name>/``, atomically; refuse an existing folder unless ``force``."""
-    from .fsutil import atomic_dir  # not at module level: `slmk --help` imports this module
+    from slmk.api import atomic_dir
 
     files = render_files(name, kind)
     values = placeholders(name, kind)
@@ -236,7 +240,7 @@ def new_plugin(name: str, kind: str, output_dir: Path | str = ".", *, force: boo
 def _record_name_notes(name: str, hook: str) -> tuple[str, ...]:
     """A warning when an installed plugin already contributes a record of this name: slmk
     stops on two records of one name, so one of the plugins would have to be disabled."""
-    from .plugins import get_registry
+    from slmk.api import get_registry
 
     registry = get_registry()
     try:

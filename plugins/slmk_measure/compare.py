@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..progress import Progress
-from ..records import PRECISIONS, ExecutionProvider
+from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError
+
 from .driver import Driver
 from .evalset import EvalItem
 from .gate import Gate, parse_gate
@@ -42,7 +41,7 @@ def check_precisions(precisions: Sequence[str], ep: ExecutionProvider) -> list[s
 
 def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Path:
     """Where compare and deploy keep their builds of ``model`` (hard links into the step cache)."""
-    from ..fsutil import cache_root, hash_json
+    from slmk.api import cache_root, hash_json
 
     root = Path(cache_dir) if cache_dir else cache_root()
     key = hash_json({"model": str(Path(model).resolve())})[:10]
@@ -53,7 +52,7 @@ def build(
     model: Path, precision: str, ep_name: str, *, cache_dir: Path | None = None, progress: Progress | None = None
 ) -> Path:
     """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
-    from .. import app
+    from slmk import api as app
 
     out = builds_root(model, ep_name, cache_dir) / precision
     # convert numbers its own steps: a fresh Progress on the same stream for each build

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from slmk.api import UsageError
 
 ANSWER_KEYS = ("expected", "exact", "regex")
 FORMAT_KEYS = ("format_regex", "json_schema")

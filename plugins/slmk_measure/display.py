@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from ..progress import Progress
+from slmk.api import Progress
 
 
 class _Indented:

@@ -17,19 +17,19 @@ import tokenize
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import PROJECT, hookspecs, modelinfo, progress, records
+from slmk import api
+from slmk.api import PROJECT, RECORD_TYPES, hookspecs
 
 #: pluggy marks a hookspec function with this attribute.
 SPEC_MARKER = f"{PROJECT}_spec"
 EXAMPLE_MARKER = "Example::"
-COMMAND = "python -m slmk.docgen > docs/hooks.md"
+COMMAND = "slmk plugin hooks > docs/hooks.md"
 
 #: Classes a field type may name, documented where they are first referred to.
 _DOCUMENTED: dict[str, type] = {
-    name: value
-    for module in (records, modelinfo, progress)
-    for name, value in vars(module).items()
-    if inspect.isclass(value) and value.__module__ == module.__name__ and not name.startswith("_")
+    name: getattr(api, name)
+    for name in api.__all__
+    if inspect.isclass(getattr(api, name)) and getattr(api, name).__module__ in ("slmk.records", "slmk.modelinfo", "slmk.progress")
 }
 
 
@@ -152,8 +152,6 @@ def _record_section(cls: type) -> list[str]:
 
 def _records_for(hook_name: str, seen: set[str]) -> Iterator[type]:
     """The record a hook returns, then every record its fields refer to, each once."""
-    from .plugins import RECORD_TYPES
-
     queue = [RECORD_TYPES[hook_name].__name__]
     while queue:
         name = queue.pop(0)
@@ -172,8 +170,6 @@ def _records_for(hook_name: str, seen: set[str]) -> Iterator[type]:
 
 def render() -> str:
     """The whole of docs/hooks.md."""
-    from .plugins import RECORD_TYPES
-
     hooks = hookspec_functions()
     out = [
         "# Hook reference",
@@ -182,7 +178,7 @@ def render() -> str:
         "Do not edit: change the docstrings and rerun. -->",
         "",
         "Every hook takes no arguments and returns an iterable of records. Implement one with "
-        "`from slmk import hookimpl` in a module registered under the `slmk` entry-point group; "
+        "`from slmk.api import hookimpl` in a module registered under the `slmk` entry-point group; "
         "[plugin-authors.md](plugin-authors.md) explains discovery, lifecycle, errors and testing, "
         "and `slmk plugin new NAME --kind KIND` writes a working package to start from.",
         "",
@@ -223,9 +219,9 @@ def render() -> str:
     out += [
         "## Constants",
         "",
-        f"- `slmk.records.PRECISIONS` = `{records.PRECISIONS!r}` — every precision slmk knows, smallest first",
-        f"- `slmk.records.FORMAT_HF` = `{records.FORMAT_HF!r}` — a Hugging Face folder",
-        f"- `slmk.records.FORMAT_ORTGENAI` = `{records.FORMAT_ORTGENAI!r}` — an ONNX Runtime GenAI folder",
+        f"- `slmk.api.PRECISIONS` = `{api.PRECISIONS!r}` — every precision slmk knows, smallest first",
+        f"- `slmk.api.FORMAT_HF` = `{api.FORMAT_HF!r}` — a Hugging Face folder",
+        f"- `slmk.api.FORMAT_ORTGENAI` = `{api.FORMAT_ORTGENAI!r}` — an ONNX Runtime GenAI folder",
         "",
     ]
     return "\n".join(out)

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlmkError
-from ..progress import Progress
-from ..records import ChatSession
+from slmk.api import ChatSession, Progress, SlmkError
+
 from .bench import geometric_lengths
 from .driver import SHORT_ANSWER_TOKENS, Driver, filler, user
 from .evalset import EvalItem

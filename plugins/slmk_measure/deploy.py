@@ -15,18 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import app
-from .errors import SlmkError, UsageError
-from .measure.compare import build, builds_root, measure_build
-from .measure.display import nested
-from .measure.evalset import EvalItem, default_file, load_eval
-from .measure.gate import Gate, parse_gate
-from .measure.quality import Measurement
-from .measure.validate import run_validate
-from .modelinfo import ModelInfo
-from .plugins import Registry, get_registry
-from .progress import Progress
-from .records import FORMAT_HF, PRECISIONS, ExecutionProvider
+from slmk import api as app
+from slmk.api import (
+    FORMAT_HF,
+    PRECISIONS,
+    ExecutionProvider,
+    ModelInfo,
+    Progress,
+    Registry,
+    SlmkError,
+    UsageError,
+    get_registry,
+)
+
+from .compare import build, builds_root, measure_build
+from .display import nested
+from .evalset import EvalItem, default_file, load_eval
+from .gate import Gate, parse_gate
+from .quality import Measurement
+from .validate import run_validate
 
 #: The precision deployed when no quality gate is given.
 DEFAULT_PRECISION = "int4"
@@ -92,17 +99,12 @@ class NoPrecisionPasses(SlmkError):
 
 
 def required_checks(registry: Registry, ep: ExecutionProvider) -> list[str]:
-    """The failed required checks of `slmk doctor` (warnings do not stop a deploy)."""
-    failures = []
-    for name, probe in sorted(registry.probes.items()):
-        try:
-            findings = list(probe.check())
-        except Exception as exc:  # a broken probe is reported, as doctor does
-            failures.append(f"{name}: the probe raised {type(exc).__name__}: {exc}")
-            continue
-        failures += [
-            f"{f.name}: {f.detail}" + (f" (fix: {f.fix})" if f.fix else "") for f in findings if f.status == "fail"
-        ]
+    """The failed required checks of `slmk doctor` (warnings do not stop a deploy), and the EP's usability."""
+    failures = [
+        f"{r['name']}: {r['detail']}" + (f" (fix: {r['fix']})" if r["fix"] else "")
+        for r in app.run_doctor(registry)
+        if r["status"] == "fail"
+    ]
     usability = ep.probe()
     if not usability.usable:
         failures.append(f"ep:{ep.name}: {usability.reason}" + (f" (fix: {usability.fix})" if usability.fix else ""))
@@ -174,7 +176,7 @@ def deploy(
                 hint="`slmk doctor` lists every check with its fix",
             )
     with progress.step("template"):
-        from .templates import resolve_template
+        from slmk.api import resolve_template
 
         resolved = resolve_template(registry, info)
         result.template = {"source": resolved.source, "family": resolved.family, "notes": list(resolved.notes)}
@@ -312,7 +314,7 @@ def _first_answer(
     installed, runtime: str, ep: ExecutionProvider, install_cache, items, registry, inst, progress: Progress
 ) -> dict[str, Any]:
     """Load the installed model as a user would and ask it one question; undo the install if that fails."""
-    from .measure.driver import Driver, user
+    from .driver import Driver, user
 
     question = list(items[0].messages) if items else user("Hello! Who are you?")
     try:

@@ -8,8 +8,8 @@ from typing import Any
 
 import psutil
 
-from ..errors import UsageError
-from ..progress import Progress
+from slmk.api import Progress, UsageError
+
 from .driver import Driver
 from .resources import ResourceSampler, rss_bytes
 from .stats import summary

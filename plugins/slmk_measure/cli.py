@@ -2,54 +2,37 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli import State, _search_from, cache_dir_option, emit_json, generation_options, human_size
-from .errors import UsageError
-
-
-def _quiet_option(f):
-    return click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress output (also: slmk -q).")(f)
-
-
-def _runtime_options(f):
-    f = click.option(
-        "--ep", "execution_provider", help="Execution provider (default: the one the model was built for)."
-    )(f)
-    f = click.option(
-        "--runtime", help="ortgenai (ONNX Runtime GenAI) or foundry (Foundry Local SDK) [default: ortgenai]."
-    )(f)
-    return f
+from slmk.api import (
+    State,
+    UsageError,
+    cache_dir_option,
+    emit_json,
+    generation_options,
+    human_size,
+    installer_cache,
+    pass_state,
+    quiet_option,
+    runtime_options,
+    search_from,
+    write_text_atomic,
+)
 
 
 def _progress(state: State, quiet: bool, as_json: bool):
     return state.progress(quiet or as_json)
 
 
-def _foundry_cache(settings) -> Path | None:
-    value = settings["install.cache_dir"]
-    return Path(value).expanduser() if value else None
-
-
-def _write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def _open_target(state: State, target: str, runtime, execution_provider, cache_dir):
     """(settings, folder, opener) for a build folder or an installed model name."""
-    from . import app
+    from slmk import api as app
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
-    foundry_cache = _foundry_cache(settings)
+    foundry_cache = installer_cache(settings)
     folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
 
     def open_session():
@@ -65,14 +48,14 @@ def _open_target(state: State, target: str, runtime, execution_provider, cache_d
 
 
 def _ep_of(folder: Path, execution_provider: str | None) -> str:
-    from .app import build_info
+    from slmk.api import build_info
 
     return execution_provider or build_info(folder).get("execution_provider") or "cpu"
 
 
 def _eval_items(folder: Path, eval_file: str | None) -> tuple[list, str | None, str]:
     """(items, file used, note when there is none)."""
-    from .measure.evalset import default_file, load_eval
+    from .evalset import default_file, load_eval
 
     path = Path(eval_file) if eval_file else default_file(folder, "eval.jsonl")
     if path is None:
@@ -85,7 +68,7 @@ def _eval_items(folder: Path, eval_file: str | None) -> tuple[list, str | None, 
 
 
 def _heldout(folder: Path, heldout_file: str | None) -> tuple[str | None, str | None]:
-    from .measure.evalset import default_file
+    from .evalset import default_file
 
     path = Path(heldout_file).expanduser() if heldout_file else default_file(folder, "heldout.txt")
     if path is None:
@@ -106,7 +89,7 @@ def _num(value: Any, fmt: str = "{:.2f}") -> str:
 # --------------------------------------------------------------------------- bench
 @click.command()
 @click.argument("target")
-@_runtime_options
+@runtime_options
 @cache_dir_option
 @click.option(
     "--lengths", help="Prompt lengths in tokens, comma-separated [default: 5 from 16 to the context, log-spaced]."
@@ -119,8 +102,8 @@ def _num(value: Any, fmt: str = "{:.2f}") -> str:
 @click.option(
     "--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw decode speed and latency to this PNG."
 )
-@_quiet_option
-@click.pass_obj
+@quiet_option
+@pass_state
 def bench(
     state: State,
     target,
@@ -139,12 +122,12 @@ def bench(
     For each prompt length (up to the model's context): time to first token, prompt
     tokens/s, decode tokens/s, CPU use and peak RSS, as median and p90 over the repeats.
     """
-    from .measure.bench import parse_lengths, run_bench
-    from .measure.driver import Driver
-    from .measure.resources import rss_bytes
+    from .bench import parse_lengths, run_bench
+    from .driver import Driver
+    from .resources import rss_bytes
 
     if plot_file:
-        from .measure.plot import require_matplotlib
+        from .plot import require_matplotlib
 
         require_matplotlib()
     planned = parse_lengths(lengths)
@@ -170,7 +153,7 @@ def bench(
         **report,
     }
     if plot_file:
-        from .measure.plot import plot_bench
+        from .plot import plot_bench
 
         report["plot"] = str(plot_bench(report, Path(plot_file), title=f"{target} ({settings['runtime']})"))
     if as_json:
@@ -210,7 +193,7 @@ def bench(
 # --------------------------------------------------------------------------- validate
 @click.command()
 @click.argument("target")
-@_runtime_options
+@runtime_options
 @cache_dir_option
 @click.option(
     "--eval",
@@ -253,8 +236,8 @@ def bench(
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the results as Markdown.")
-@_quiet_option
-@click.pass_obj
+@quiet_option
+@pass_state
 def validate(
     state: State,
     target,
@@ -289,11 +272,11 @@ def validate(
     """
     import datetime as _dt
 
-    from .measure.validate import render_markdown, run_validate
+    from .validate import render_markdown, run_validate
 
     settings, folder, open_session = _open_target(state, target, runtime, execution_provider, cache_dir)
     items, used_eval, eval_note = _eval_items(folder, eval_file)
-    search = _search_from(settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
+    search = search_from(state, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
     answer_tokens = search.pop("max_new_tokens", None) or 64
     search.pop("max_length", None)
     if greedy is None:
@@ -324,7 +307,7 @@ def validate(
         **report,
     }
     if report_file:
-        report["report_file"] = str(_write_text_atomic(report_file, render_markdown(report)))
+        report["report_file"] = str(write_text_atomic(report_file, render_markdown(report)))
     if as_json:
         emit_json(report)
     else:
@@ -358,8 +341,8 @@ def validate(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw the table to this PNG.")
-@_quiet_option
-@click.pass_obj
+@quiet_option
+@pass_state
 def compare(
     state: State,
     model_dir,
@@ -379,15 +362,14 @@ def compare(
     tokens/s (and ratio), perplexity on held-out text, greedy agreement with the
     reference, domain accuracy. Builds are cached.
     """
-    from . import app
-    from .measure.compare import run_compare
-    from .measure.display import nested
-    from .modelinfo import ModelInfo
-    from .plugins import get_registry
-    from .records import FORMAT_HF
+    from slmk import api as app
+    from slmk.api import FORMAT_HF, ModelInfo, get_registry
+
+    from .compare import run_compare
+    from .display import nested
 
     if plot_file:
-        from .measure.plot import require_matplotlib
+        from .plot import require_matplotlib
 
         require_matplotlib()
     settings = state.settings({"execution_provider": execution_provider, "runtime": runtime})
@@ -419,7 +401,7 @@ def compare(
     )
     report.update({"runtime": settings["runtime"], "eval_file": used_eval, "heldout": used_heldout})
     if plot_file:
-        from .measure.plot import plot_compare
+        from .plot import plot_compare
 
         report["plot"] = str(plot_compare(report, Path(plot_file)))
     if as_json:
@@ -502,8 +484,8 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
 )
 @click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_quiet_option
-@click.pass_obj
+@quiet_option
+@pass_state
 def deploy(
     state: State,
     model_dir,
@@ -562,7 +544,7 @@ def deploy(
             execution_provider=settings["execution_provider"],
             runtime=settings["runtime"],
             installer=settings["installer"],
-            install_cache=_foundry_cache(settings),
+            install_cache=installer_cache(settings),
             steps_cache=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
             force=force,
             eval_file=eval_file,
@@ -595,9 +577,3 @@ def deploy(
     )
     first = data["first_answer"]
     click.echo(f"first answer: {first['question']} -> {first['answer'].strip()}")
-
-
-def register(cli: click.Group) -> None:
-    """Add the measurement commands to the slmk group."""
-    for command in (bench, validate, compare, deploy):
-        cli.add_command(command)

@@ -1,0 +1,257 @@
+"""Model commands: `slmk run`, `slmk install`, `slmk list`, `slmk remove`, `slmk template`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from .options import (
+    State,
+    cache_dir_option,
+    emit_json,
+    generation_options,
+    human_size,
+    installer_cache,
+    pass_state,
+    search_from,
+)
+
+
+def _registry():
+    from ..plugins import get_registry
+
+    return get_registry()
+
+
+@click.command()
+@click.argument("target")
+@click.option("--prompt", help="Answer this one prompt and exit (otherwise: interactive chat).")
+@click.option("--system", help="System message.")
+@click.option("--runtime", help="ortgenai (ONNX Runtime GenAI) or foundry (Foundry Local SDK) [default: ortgenai].")
+@click.option("--ep", "execution_provider", help="Execution provider (default: the one the model was built for).")
+@cache_dir_option
+@generation_options
+@click.option("--json", "as_json", is_flag=True, help="With --prompt: print the answer and stats as JSON.")
+@pass_state
+def run(
+    state: State,
+    target,
+    prompt,
+    system,
+    runtime,
+    execution_provider,
+    cache_dir,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    repetition_penalty,
+    greedy,
+    as_json,
+) -> None:
+    """Chat with a build folder or an installed model (TARGET: folder or NAME[:VERSION]).
+
+    The model's own chat template is applied; tokens stream as they are generated.
+    In the interactive chat, /reset clears the conversation and /exit (or Ctrl-D) quits.
+    """
+    from .. import app
+
+    settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
+    search = search_from(state, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
+    foundry_cache = Path(settings["install.cache_dir"]) if settings["install.cache_dir"] else None
+    folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
+    session = app.open_session(
+        folder,
+        runtime=settings["runtime"],
+        execution_provider=execution_provider,
+        installed=installed,
+        cache_dir=foundry_cache,
+    )
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    try:
+        if prompt is not None:
+            messages = [*history, {"role": "user", "content": prompt}]
+            if as_json:
+                answer = "".join(session.generate(messages, **search))
+                stats = session.last_stats
+                emit_json(
+                    {
+                        "prompt": prompt,
+                        "answer": answer,
+                        "stats": stats.__dict__ if stats else None,
+                        "decode_tokens_per_s": stats.decode_tokens_per_s if stats else None,
+                    }
+                )
+            else:
+                _stream(session, messages, search)
+            return
+        click.echo(f"chatting with {target} ({settings['runtime']}); /reset clears, /exit quits", err=True)
+        base = list(history)
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                click.echo(err=True)
+                break
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if line.strip() == "/reset":
+                history = list(base)
+                continue
+            history.append({"role": "user", "content": line})
+            click.echo("model> ", nl=False)
+            history.append({"role": "assistant", "content": _stream(session, history, search)})
+    finally:
+        session.close()
+
+
+def _stream(session, messages, search) -> str:
+    pieces = []
+    for piece in session.generate(messages, **search):
+        pieces.append(piece)
+        click.echo(piece, nl=False)
+    click.echo()
+    stats = session.last_stats
+    if stats:
+        click.echo(
+            f"[{stats.prompt_tokens} prompt tokens, {stats.generated_tokens} generated, "
+            f"first token {stats.time_to_first_token_s * 1000:.0f} ms, "
+            f"{stats.decode_tokens_per_s:.1f} tokens/s]",
+            err=True,
+        )
+    return "".join(pieces)
+
+
+def _installed_dict(model) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "version": model.version,
+        "ref": model.ref,
+        "installer": model.installer,
+        "precision": model.precision,
+        "execution_provider": model.execution_provider,
+        "size_bytes": model.size_bytes,
+        "path": str(model.path),
+        "runtimes": list(model.runtimes),
+        **{k: v for k, v in model.extra.items() if isinstance(v, (str, int, float, bool))},
+    }
+
+
+@click.command()
+@click.argument("build_dir", type=click.Path())
+@click.option("--name", help="Name to install under [default: slmk.toml name].")
+@click.option(
+    "--template",
+    "template_file",
+    type=click.Path(dir_okay=False),
+    help="Prompt template: a JSON file with system/user/assistant/prompt, or a Jinja chat template.",
+)
+@click.option("--installer", help="Installer plugin [default: foundry].")
+@cache_dir_option
+@click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def install(state: State, build_dir, name, template_file, installer, cache_dir, force, as_json) -> None:
+    """Install a build into Foundry Local (legacy cache layout and the v2 SDK catalog).
+
+    The prompt template is checked against the model's own chat template before the
+    model is renamed into place; a mismatch stops the install.
+    """
+    from .. import app
+
+    settings = state.settings({"name": name, "installer": installer, "install.cache_dir": cache_dir})
+    if not settings["name"]:
+        raise UsageError("no name given", hint="pass --name NAME or set `name` in slmk.toml")
+    model = app.install(
+        build_dir,
+        settings["name"],
+        installer=settings["installer"],
+        cache_dir=installer_cache(settings),
+        force=force,
+        template_file=template_file,
+        progress=state.progress(as_json),
+    )
+    if as_json:
+        emit_json(_installed_dict(model))
+        return
+    click.echo(f"installed {model.ref} ({model.precision}, {model.execution_provider}, {human_size(model.size_bytes)})")
+    click.echo(f"  at {model.path}")
+    for key, value in model.extra.items():
+        if isinstance(value, str):
+            click.echo(f"  {key}: {value}")
+
+
+@click.command("list")
+@click.option("--installer", help="Installer plugin [default: foundry].")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def list_(state: State, installer, cache_dir, as_json) -> None:
+    """List installed models: name, version, precision, EP, size, path, runtimes."""
+    settings = state.settings({"installer": installer, "install.cache_dir": cache_dir})
+    inst = _registry().get("slmk_installers", settings["installer"], "installer")
+    cache = installer_cache(settings)
+    models = inst.list(cache)
+    if as_json:
+        emit_json([_installed_dict(m) for m in models])
+        return
+    click.echo(f"# {inst.locate(cache)}")
+    if not models:
+        click.echo("no models installed")
+    for m in models:
+        click.echo(
+            f"{m.ref:<28} {m.precision or '?':<5} {m.execution_provider or '?':<6} {human_size(m.size_bytes):>9}  "
+            f"runtimes: {','.join(m.runtimes)}  {m.path}"
+        )
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--installer", help="Installer plugin [default: foundry].")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def remove(state: State, ref, installer, cache_dir, as_json) -> None:
+    """Remove an installed model: NAME (newest version) or NAME:VERSION."""
+    from ..app import parse_ref
+
+    settings = state.settings({"installer": installer, "install.cache_dir": cache_dir})
+    inst = _registry().get("slmk_installers", settings["installer"], "installer")
+    name, version = parse_ref(ref)
+    removed = inst.remove(name, version, installer_cache(settings))
+    if as_json:
+        emit_json(_installed_dict(removed))
+    else:
+        click.echo(f"removed {removed.ref}")
+
+
+@click.group()
+def template() -> None:
+    """Prompt templates: what slmk will write for a model, and where it came from."""
+
+
+@template.command("show")
+@click.argument("target")
+@click.option("--template", "template_file", type=click.Path(dir_okay=False), help="Use this template file instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def template_show(target, template_file, as_json) -> None:
+    """Print the PromptTemplate for TARGET: a model or build folder, or a family name."""
+    from .. import app
+
+    data = app.show_template(target, Path(template_file) if template_file else None)
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"# source: {data['source']}" + (f" (family {data['family']})" if data.get("family") else ""))
+    for key in ("system", "user", "assistant", "prompt"):
+        click.echo(f"{key:<9} {json.dumps(data['prompt_template'][key])}")
+    if data.get("stop_tokens"):
+        click.echo(f"stop      {', '.join(data['stop_tokens'])}")
+    for note in data.get("notes", []):
+        click.echo(f"note: {note}")
+
+

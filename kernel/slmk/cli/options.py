@@ -1,0 +1,179 @@
+"""What every command shares: the state object, output helpers, common options.
+
+Commands from plugins get these through ``slmk.api`` (``pass_state``, ``emit_json``,
+``generation_options`` ...), so every command parses and prints the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..records import PRECISIONS
+
+PRECISION_CHOICES = click.Choice(list(PRECISIONS))
+
+
+class State:
+    """What the ``slmk`` group passes to every command: --debug, --quiet, --config."""
+
+    def __init__(self, debug: bool, quiet: bool, config: str | None):
+        """The global options as given."""
+        self.debug = debug
+        self.quiet = quiet
+        self.config = config
+
+    def settings(self, cli: dict[str, Any] | None = None):
+        """Every setting resolved (command line > environment > slmk.toml > default), plugins' too."""
+        from ..config import load_settings
+        from ..plugins import get_registry
+
+        return load_settings(cli or {}, self.config, plugin_settings=get_registry().settings.values())
+
+    def progress(self, quiet: bool = False):
+        """A Progress on stderr, silent with --quiet (or ``quiet``, e.g. for --json)."""
+        from ..progress import Progress
+
+        return Progress(quiet=self.quiet or quiet)
+
+
+pass_state = click.make_pass_decorator(State, ensure=True)
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def human_size(size: float) -> str:
+    """1536 -> '1.5 KB'."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a report file through a temporary name, so a reader never sees half of it."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def json_option(f):
+    """--json: print JSON on stdout instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def quiet_option(f):
+    """-q/--quiet on a command (as well as on `slmk`)."""
+    return click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress output (also: slmk -q).")(f)
+
+
+def cache_dir_option(f):
+    """--cache-dir: the installer's cache (the Foundry Local cache for the foundry installer)."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="Foundry Local cache (default: slmk.toml install.cache_dir, $SLMK_INSTALL__CACHE_DIR, "
+        "$SLMK_FOUNDRY_CACHE, `foundry cache location`, the platform default).",
+    )(f)
+
+
+def runtime_options(f):
+    """--runtime and --ep: which runtime loads the model, on which execution provider."""
+    f = click.option(
+        "--ep", "execution_provider", help="Execution provider (default: the one the model was built for)."
+    )(f)
+    return click.option(
+        "--runtime", help="Runtime plugin: ortgenai (ONNX Runtime GenAI), foundry (Foundry Local SDK) [default: ortgenai]."
+    )(f)
+
+
+def generation_options(f):
+    """--max-new-tokens, --temperature, --top-p, --top-k, --repetition-penalty, --greedy/--sample."""
+    f = click.option("--max-new-tokens", type=click.IntRange(min=1), help="Answer tokens at most.")(f)
+    f = click.option("--temperature", type=float, help="Sampling temperature, >= 0 (0: greedy).")(f)
+    f = click.option("--top-p", type=float, help="Nucleus sampling mass, in (0, 1].")(f)
+    f = click.option("--top-k", type=int, help="Sample from the k most likely tokens, >= 0.")(f)
+    f = click.option("--repetition-penalty", type=float, help="Penalty for repeated tokens, > 0.")(f)
+    return click.option("--greedy/--sample", "greedy", default=None, help="Greedy decoding or sampling.")(f)
+
+
+def search_from(
+    state: State, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy
+) -> dict[str, Any]:
+    """Generation options from the command line over slmk.toml's ``generation`` table.
+
+    The command-line values are checked exactly as slmk.toml's are (a negative or
+    non-finite temperature, top_p outside (0, 1] ... are one-line errors).
+    """
+    from ..config import load_settings
+
+    overrides = {
+        "generation.temperature": temperature,
+        "generation.top_p": top_p,
+        "generation.top_k": top_k,
+        "generation.repetition_penalty": repetition_penalty,
+    }
+    if greedy is not None:
+        overrides["generation.do_sample"] = not greedy
+    checked = load_settings(overrides, state.config) if any(v is not None for v in overrides.values()) else settings
+    search = checked.generation()
+    if max_new_tokens is not None:
+        search["max_new_tokens"] = max_new_tokens
+    return search
+
+
+def installer_cache(settings) -> Path | None:
+    """The installer cache from settings (install.cache_dir), or None for the installer's default."""
+    value = settings["install.cache_dir"]
+    return Path(value).expanduser() if value else None
+
+
+class PluginOptionsCommand(click.Command):
+    """A core command that also takes the flags plugins declare for it (``Setting.flag``).
+
+    ``slmk_olive`` declares ``olive.config`` with ``--olive-config`` for ``convert``: the
+    flag appears in ``slmk convert --help`` and its value reaches the callback in
+    ``plugin_flags`` as ``{"olive.config": value}``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._plugin_params: list[click.Parameter] | None = None
+        self._keys: dict[str, str] = {}
+
+    def _plugin_options(self) -> list[click.Parameter]:
+        if self._plugin_params is None:
+            from ..plugins import get_registry
+
+            self._plugin_params = []
+            for setting in sorted(get_registry().settings.values(), key=lambda s: s.key):
+                if not setting.flag or self.name not in setting.commands or not setting.flag.startswith("--"):
+                    continue
+                dest = "plugin__" + setting.key.replace(".", "__").replace("-", "_")
+                self._keys[dest] = setting.key
+                kind = click.Path() if setting.type is str else setting.type
+                self._plugin_params.append(
+                    click.Option([setting.flag, dest], type=kind, default=None, help=f"{setting.help} [{setting.key}]")
+                )
+        return self._plugin_params
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        return params[:-1] + self._plugin_options() + params[-1:]  # --help stays last
+
+    def invoke(self, ctx: click.Context) -> Any:
+        self._plugin_options()
+        flags = {self._keys[name]: ctx.params.pop(name) for name in list(ctx.params) if name in self._keys}
+        ctx.params["plugin_flags"] = {key: value for key, value in flags.items() if value is not None}
+        return super().invoke(ctx)
