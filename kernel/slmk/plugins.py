@@ -166,7 +166,7 @@ class Registry:
         record_type = RECORD_TYPES[hook_name]
         found: dict[str, tuple[str, Any]] = {}
         hook = getattr(self.pm.hook, hook_name)
-        impls = list(reversed(hook.get_hookimpls()))  # registration order ...
+        impls = list(hook.get_hookimpls())  # registration order ...
         impls.sort(key=lambda impl: not self._is_builtin(impl.plugin_name))  # ... built-ins first
         for impl in impls:
             plugin_name = impl.plugin_name
