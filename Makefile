@@ -1,6 +1,6 @@
 # Two entry points for a newcomer (see README.md):
 #   make demo   set everything up, then run `slmk demo` on the embedded tiny model
-#   make test   set everything up, then run the test suite
+#   make test   set everything up, then lint (ruff) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +14,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export OLIVE_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 setup: $(BIN)/.slmk-installed
 
@@ -30,7 +30,11 @@ $(BIN)/.slmk-installed: pyproject.toml
 demo: setup
 	$(BIN)/slmk demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

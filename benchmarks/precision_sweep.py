@@ -122,9 +122,8 @@ def make_shaped_model(folder: Path, layers: int | None = None) -> Path:
 
 def prompt_texts(model: Path, lengths: list[int]) -> list[dict]:
     """Filler prompts whose chat-templated token count is as close to each length as possible."""
-    from transformers import AutoTokenizer
-
     from slmk_measure.driver import filler
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
 
@@ -153,8 +152,9 @@ def prompt_texts(model: Path, lengths: list[int]) -> list[dict]:
 
 # --------------------------------------------------------------------------- children
 def child_ortgenai(build: str, prompts: list[dict], new_tokens: int, repeats: int) -> dict:
-    from slmk import app
     from slmk_measure.driver import Driver
+
+    from slmk import app
 
     start = time.perf_counter()
     session = app.open_session(build)
@@ -383,9 +383,10 @@ def print_shaped(report: dict) -> None:
 
 def tiny_sweep(work: Path) -> dict:
     os.environ.setdefault("SLMK_CACHE_DIR", str(work / "slmk-cache"))
-    from slmk import app
     from slmk_measure.compare import run_compare
     from slmk_measure.evalset import load_eval
+
+    from slmk import app
     from slmk.plugins import get_registry
 
     report = run_compare(

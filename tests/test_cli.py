@@ -22,9 +22,9 @@ try:
     main()
 except SystemExit:
     pass
-heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_LIST))
 print("HEAVY=" + json.dumps(heavy), file=sys.stderr)
-""" % (list(HEAVY),)
+""".replace("HEAVY_LIST", repr(list(HEAVY)))
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_light_commands_import_no_heavy_library(args):
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True, timeout=120
     )
-    line = [l for l in result.stderr.splitlines() if l.startswith("HEAVY=")][-1]
+    line = [x for x in result.stderr.splitlines() if x.startswith("HEAVY=")][-1]
     assert json.loads(line.removeprefix("HEAVY=")) == [], f"slmk {' '.join(args)} imported {line}"
 
 
@@ -77,7 +77,7 @@ def test_each_verb_has_help(run_slmk, verb):
 def _one_error_line(result) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     return errors[0]
 

@@ -7,9 +7,9 @@ import json
 import shutil
 
 import pytest
+from slmk_measure.compare import run_compare
 
 from slmk import app
-from slmk_measure.compare import run_compare
 from slmk.plugins import get_registry
 
 SHORT = ["--leak-runs", "10", "--max-slowdown", "4"]  # timing on a loaded CI machine is noisy

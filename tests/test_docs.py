@@ -12,13 +12,13 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
 from slmk_authoring import docgen
+
 from slmk.modelinfo import ModelInfo
-from slmk.records import RECORD_TYPES
 from slmk.progress import Progress
 from slmk.records import (
     FORMAT_HF,
+    RECORD_TYPES,
     ExecutionProvider,
     InstalledModel,
     LoadRequest,

@@ -9,7 +9,7 @@ import pytest
 
 def _one_error_line(result) -> str:
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
     assert len(lines) == 1, result.stderr
     return lines[0]
 

@@ -197,7 +197,10 @@ def test_unknown_template_without_family_falls_back_to_the_generic_derivation(re
     # renders <|user|> and <|assistant|> but no </s>: Zephyr's markers are there, so it claims it
     resolved = resolve_template(registry, info)
     check_round_trip(olmo, resolved.template, {"bos_token": "<|endoftext|>"})
-    weird = "{% for m in messages %}## {{ m.role }}\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}## assistant\n{% endif %}"
+    weird = (
+        "{% for m in messages %}## {{ m.role }}\n{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}## assistant\n{% endif %}"
+    )
     info = model(tmp_path / "w", weird, "mystery", "MysteryForCausalLM", {})
     resolved = resolve_template(registry, info)
     assert resolved.family is None and resolved.source == "chat_template"

@@ -117,7 +117,7 @@ def test_killed_forced_replace_shows_the_old_or_the_new_model_never_none(build, 
     cache = tmp_path / "cache"
     install = ("install", str(build), str(cache), "tiny", str(template_file))
     assert run_child(*install) == "tiny:1"
-    refs_before, visible_before, registrations_before = state(cache)
+    _, visible_before, registrations_before = state(cache)
     old = installer.list_installed(cache)[0].extra["installed_at"]
     flags = ("--force",) + (("--no-exchange",) if swap == "no-exchange" else ())
 

@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from slmk.errors import UsageError
 from slmk_measure.bench import geometric_lengths, parse_lengths
 from slmk_measure.evalset import load_eval, schema_problem
 from slmk_measure.gate import parse_gate
 from slmk_measure.stats import percentile, slope, summary
+
+from slmk.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 WRONG_FAMILY_TEMPLATE = REPO / "plugins" / "slmk_families" / "chat_templates" / "phi-3.5-mini.jinja"
@@ -362,7 +362,7 @@ def test_speed_cliff_detection_against_the_linear_trend():
     from slmk_measure.validate import Validator
 
     linear = {16: [1.00e-4, 1.2e-4], 64: [1.05e-4], 256: [1.25e-4], 480: [1.48e-4]}
-    worst, lengths, _, predictions = Validator._worst_slowdown(linear)
+    worst, lengths, _, _ = Validator._worst_slowdown(linear)
     assert lengths == [16, 64, 256, 480] and worst == pytest.approx(1.0, abs=0.05)
     cliff = {**linear, 480: [4.5e-4]}  # three times what the attention growth explains
     assert Validator._worst_slowdown(cliff)[0] > 2.9

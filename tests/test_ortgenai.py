@@ -12,9 +12,9 @@ import pytest
 import slmk_ortgenai
 import slmk_system
 from slmk_ortgenai import builder, runtime
-from slmk.api import read_search, search_defaults
 from slmk_system.providers import CPU
 
+from slmk.api import read_search, search_defaults
 from slmk.app import open_session
 from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.modelinfo import ModelInfo

@@ -78,7 +78,7 @@ def test_plugin_raising_in_hook_is_reported_and_others_still_work():
 
 def test_unknown_record_name_lists_known_ones():
     registry = make_registry(ProvidesAlpha())
-    with pytest.raises(SlmkError, match="unknown execution provider 'beta'.*known: alpha"):
+    with pytest.raises(SlmkError, match=r"unknown execution provider 'beta'.*known: alpha"):
         registry.get("slmk_execution_providers", "beta", "execution provider")
 
 

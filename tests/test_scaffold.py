@@ -23,8 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import pytest
-
 from slmk_authoring import scaffold
+
 from slmk.errors import SlmkError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent

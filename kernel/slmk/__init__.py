@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 PROJECT = "slmk"
 
-from .hookspecs import hookimpl
+from .hookspecs import hookimpl  # noqa: E402  (the one import plugin authors need)
 
 __all__ = ["PROJECT", "__version__", "hookimpl"]

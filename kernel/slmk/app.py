@@ -20,6 +20,7 @@ from .records import FORMAT_HF, ChatSession, ExecutionProvider, LoadRequest, Pro
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
+    """The execution provider ``name`` (or an alias), or a one-line error listing them."""
     return registry.get("slmk_execution_providers", name, "execution provider")
 
 
@@ -36,10 +37,17 @@ def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
             findings = list(probe.check())
         except (Exception, SystemExit) as exc:
             owner = registry.owner("slmk_probes", name)
-            findings = [ProbeResult(name, "fail", f"probe raised {type(exc).__name__}: {exc}",
-                                    fix=f"report this to the author of plugin {owner}")]
-        results += [{"probe": name, "name": f.name, "status": f.status, "detail": f.detail, "fix": f.fix}
-                    for f in findings]
+            findings = [
+                ProbeResult(
+                    name,
+                    "fail",
+                    f"probe raised {type(exc).__name__}: {exc}",
+                    fix=f"report this to the author of plugin {owner}",
+                )
+            ]
+        results += [
+            {"probe": name, "name": f.name, "status": f.status, "detail": f.detail, "fix": f.fix} for f in findings
+        ]
     for name, ep in sorted(registry.execution_providers.items()):
         try:
             usability = ep.probe()
@@ -48,11 +56,19 @@ def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
             fix = usability.fix
         except (Exception, SystemExit) as exc:
             status, detail, fix = "fail", f"probe raised {type(exc).__name__}: {exc}", ""
-        results.append({"probe": "execution-providers", "name": f"ep:{name}", "status": status, "detail": detail,
-                        "fix": fix})
+        results.append(
+            {"probe": "execution-providers", "name": f"ep:{name}", "status": status, "detail": detail, "fix": fix}
+        )
     for plugin, error in registry.problems():
-        results.append({"probe": "plugins", "name": f"plugin:{plugin}", "status": "warn", "detail": error,
-                        "fix": "fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS=" + plugin.split(" ")[0]})
+        results.append(
+            {
+                "probe": "plugins",
+                "name": f"plugin:{plugin}",
+                "status": "warn",
+                "detail": error,
+                "fix": "fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS=" + plugin.split(" ")[0],
+            }
+        )
     return results
 
 
@@ -150,6 +166,7 @@ def convert(
 
 
 def build_info(path: Path) -> dict[str, Any]:
+    """slmk_build.json of a build ({} when absent): precision, EP, source, plan."""
     try:
         return json.loads((Path(path) / "slmk_build.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

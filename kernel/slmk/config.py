@@ -169,7 +169,7 @@ class Settings:
     def table(self, name: str) -> dict[str, Any]:
         """The settings of one table (a plugin's ``serve.*``), without the prefix."""
         prefix = f"{name}."
-        return {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self._values.items() if k.startswith(prefix)}
 
     def as_dict(self) -> dict[str, Any]:
         """Every value by key."""
@@ -199,8 +199,9 @@ def read_config_file(path: Path, known: Mapping[str, Setting] | None = None) -> 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the line it names") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}",
-                          hint="save slmk.toml as UTF-8") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint="save slmk.toml as UTF-8"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
     flat = _flatten(data)

@@ -22,6 +22,7 @@ class SlmkError(Exception):
         return self.one_line()
 
     def one_line(self) -> str:
+        """The message and hint as the one line the CLI prints."""
         text = " ".join(self.message.split())
         if self.hint:
             text += f" ({' '.join(self.hint.split())})"

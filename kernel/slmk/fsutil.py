@@ -18,6 +18,7 @@ TMP_PREFIX = ".slmk-tmp-"
 
 
 def dir_size(path: Path) -> int:
+    """Bytes of every file under ``path``."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
@@ -37,6 +38,7 @@ def fingerprint_tree(path: Path) -> str:
 
 
 def hash_json(value: object) -> str:
+    """sha256 of a value's canonical JSON: stable keys for caches."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 

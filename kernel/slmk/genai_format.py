@@ -34,6 +34,7 @@ def read_search(folder: Path) -> dict[str, Any]:
 
 
 def context_length(folder: Path) -> int | None:
+    """The build's context length in tokens, or None."""
     value = read_genai_config(folder).get("model", {}).get("context_length")
     return int(value) if value else None
 

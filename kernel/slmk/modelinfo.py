@@ -86,14 +86,17 @@ class ModelInfo:
 
     @property
     def architecture(self) -> str:
+        """``architectures[0]`` of config.json, the name converters dispatch on ('' when none)."""
         return self.architectures[0] if self.architectures else ""
 
     @property
     def vocab_size(self) -> int | None:
+        """The vocabulary size from config.json or genai_config.json."""
         return self.config.get("vocab_size") or self.genai_config.get("model", {}).get("vocab_size")
 
     @property
     def context_length(self) -> int | None:
+        """The context in tokens from config.json or genai_config.json."""
         return self.config.get("max_position_embeddings") or self.genai_config.get("model", {}).get("context_length")
 
     def special_token(self, key: str) -> str | None:
@@ -105,6 +108,7 @@ class ModelInfo:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelInfo:
+        """Read a model or build folder (JSON headers only); UsageError with the reason when it is not one."""
         folder = Path(path).expanduser()
         if not folder.exists():
             raise UsageError(f"model folder {folder} does not exist", hint="pass the folder that holds config.json")

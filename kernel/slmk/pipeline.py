@@ -40,6 +40,8 @@ BUILD_INFO = "slmk_build.json"
 
 @dataclass
 class StepRun:
+    """One step of a build as it happened: ran or cached, how long, where."""
+
     kind: str
     tool: str
     precision: str
@@ -51,6 +53,8 @@ class StepRun:
 
 @dataclass
 class BuildResult:
+    """A finished build: its folder, plan, steps and files."""
+
     output: Path
     plan: Plan
     steps: list[StepRun] = field(default_factory=list)
@@ -59,9 +63,11 @@ class BuildResult:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes of every file in the build."""
         return sum(self.files.values())
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (`slmk convert --json`)."""
         return {
             "output": str(self.output),
             "plan": self.plan.as_dict(),
@@ -88,6 +94,7 @@ def step_key(
     ep: ExecutionProvider,
     calibration_fingerprint: str | None,
 ) -> str:
+    """The step-cache key: everything that changes what a step writes, hashed."""
     return hash_json(
         {
             "slmk": __version__,
@@ -122,6 +129,7 @@ def run_plan(
     search: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> BuildResult:
+    """Run ``plan`` on ``info``'s folder into ``output``: each step cached, the output written atomically."""
     progress = progress or Progress(quiet=True)
     output = Path(output).expanduser().resolve()
     if output.exists() and not force:

@@ -19,6 +19,8 @@ from .records import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, Executio
 
 @dataclass(frozen=True)
 class PlannedStep:
+    """One step of a plan: convert or quantize, with which tool, to which precision and format."""
+
     kind: str  # "convert" or "quantize"
     tool: str  # the converter or quantizer name
     plugin: str  # the plugin that provides it
@@ -28,11 +30,14 @@ class PlannedStep:
     options: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
+        """The step as one line for progress and `--plan`."""
         return f"{self.kind} with {self.tool} ({self.plugin}) -> {self.precision} {self.output_format}"
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The steps that take a model to a precision on an EP, and why they were chosen."""
+
     precision: str
     execution_provider: str
     shape: str
@@ -40,6 +45,7 @@ class Plan:
     why: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (`slmk convert --plan --json`)."""
         return {
             "precision": self.precision,
             "execution_provider": self.execution_provider,
@@ -186,7 +192,7 @@ def make_plan(
         ((n, q) for n, q in quantizers.items() if q.stage == FORMAT_HF and quantizer_fits(q)),
         key=lambda item: -item[1].priority,
     )
-    for qname, quant in hf_quantizers:
+    for qname, _quant in hf_quantizers:
         for cname, conv in usable_converters(precision, quantized_input=True):
             if _matches(via, registry, "slmk_quantizers", qname) or _matches(via, registry, "slmk_converters", cname):
                 plans.append(
@@ -222,7 +228,7 @@ def make_plan(
         key=lambda item: -item[1].priority,
     )
     if precision != "fp32":
-        for qname, quant in onnx_quantizers:
+        for qname, _quant in onnx_quantizers:
             for cname, conv in usable_converters("fp32"):
                 if _matches(via, registry, "slmk_quantizers", qname) or _matches(
                     via, registry, "slmk_converters", cname

@@ -139,14 +139,25 @@ class Registry:
                     continue
                 key = f"{ep.name} ({dist_name})"
                 self.info[key] = PluginInfo(
-                    name=key, module=ep.value, distribution=dist_name, version=dist_version, loaded=False,
-                    errors=[f"not loaded: the entry-point name {ep.name!r} is already used by "
-                            f"{taken[ep.name] or 'another plugin'}; rename the entry point"],
+                    name=key,
+                    module=ep.value,
+                    distribution=dist_name,
+                    version=dist_version,
+                    loaded=False,
+                    errors=[
+                        f"not loaded: the entry-point name {ep.name!r} is already used by "
+                        f"{taken[ep.name] or 'another plugin'}; rename the entry point"
+                    ],
                 )
                 continue
             taken[ep.name] = dist_name
-            common = {"name": ep.name, "module": ep.value, "distribution": dist_name, "version": dist_version,
-                      "builtin": builtin}
+            common = {
+                "name": ep.name,
+                "module": ep.value,
+                "distribution": dist_name,
+                "version": dist_version,
+                "builtin": builtin,
+            }
             if ep.name in disabled or (only is not None and ep.name not in only):
                 reason = "disabled by SLMK_DISABLE_PLUGINS" if ep.name in disabled else "not in SLMK_LOAD_PLUGINS"
                 self.info[ep.name] = PluginInfo(**common, loaded=False, errors=[reason])

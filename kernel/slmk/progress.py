@@ -25,11 +25,13 @@ class Progress:
         self._step = 0
 
     def log(self, message: str) -> None:
+        """One indented line under the current step."""
         if not self.quiet:
             print(f"  {message}", file=self.stream, flush=True)
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
+        """Time a step: ``[2/4] title ...`` when it starts, ``done in 1.2s`` or ``failed`` when it ends."""
         self._step += 1
         counter = f"[{self._step}/{self.total_steps}] " if self.total_steps else ""
         start = time.perf_counter()

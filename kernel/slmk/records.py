@@ -96,6 +96,7 @@ class PromptTemplate:
     source: str = ""  # where it came from: "family:qwen2", "chat_template", "file:..."
 
     def render(self, messages: Iterable[Mapping[str, str]]) -> str:
+        """The prompt text for ``messages`` (ending with a user message), filled into the pieces."""
         messages = list(messages)
         if not messages or messages[-1].get("role") != "user":
             raise ValueError("a prompt is rendered for a conversation that ends with a user message")
@@ -110,6 +111,7 @@ class PromptTemplate:
         return "".join(out)
 
     def to_foundry(self) -> dict[str, str]:
+        """The four pieces as inference_model.json's ``PromptTemplate`` object."""
         return {"system": self.system, "user": self.user, "assistant": self.assistant, "prompt": self.prompt}
 
 
@@ -210,11 +212,14 @@ class InstalledModel:
 
     @property
     def ref(self) -> str:
+        """``name:version``, the form the CLI takes."""
         return f"{self.name}:{self.version}"
 
 
 @dataclass(frozen=True)
 class InstallRequest:
+    """What an installer is asked to do: the build, the name, the template, where."""
+
     build_dir: Path
     name: str
     execution_provider: ExecutionProvider
@@ -240,6 +245,8 @@ class Installer:
 # -------------------------------------------------------------------------- runtimes
 @dataclass(frozen=True)
 class GenerationStats:
+    """Token counts and timings of one generation (``ChatSession.last_stats``)."""
+
     prompt_tokens: int
     generated_tokens: int
     time_to_first_token_s: float
@@ -247,11 +254,13 @@ class GenerationStats:
 
     @property
     def decode_tokens_per_s(self) -> float:
+        """Tokens per second after the first token (0 when fewer than two were generated)."""
         decode_time = self.total_s - self.time_to_first_token_s
         return (self.generated_tokens - 1) / decode_time if self.generated_tokens > 1 and decode_time > 0 else 0.0
 
     @property
     def prompt_tokens_per_s(self) -> float:
+        """Prompt tokens per second until the first token (prefill speed)."""
         return self.prompt_tokens / self.time_to_first_token_s if self.time_to_first_token_s > 0 else 0.0
 
 
@@ -262,13 +271,17 @@ class ChatSession(Protocol):
 
     last_stats: GenerationStats | None
 
-    def generate(self, messages: list[Mapping[str, str]], **search: Any) -> Iterator[str]: ...
+    def generate(self, messages: list[Mapping[str, str]], **search: Any) -> Iterator[str]:
+        """Stream the answer to ``messages`` as text pieces; set ``last_stats`` when it ends."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the model; the session cannot generate afterwards."""
 
 
 @dataclass(frozen=True)
 class LoadRequest:
+    """What a runtime is asked to load: a folder, the EP, and the install it belongs to."""
+
     path: Path  # a built or installed model folder
     execution_provider: ExecutionProvider
     installed: InstalledModel | None = None
@@ -296,11 +309,14 @@ class ScoringSession(ChatSession, Protocol):
 
     context_length: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, as the model's tokenizer makes them."""
 
-    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt the model's chat template makes of ``messages``."""
 
-    def score(self, text: str) -> tuple[float, int]: ...
+    def score(self, text: str) -> tuple[float, int]:
+        """Teacher-forced negative log-likelihood of ``text``: (sum in nats, tokens scored)."""
 
 
 # --------------------------------------------------------------------------- commands

@@ -357,6 +357,7 @@ class TemplateAnalysis:
 
     @property
     def system_round_trips(self) -> bool:
+        """Whether conversations with a system message round-trip through the pieces."""
         return self.system_support in ("native", "default")
 
 

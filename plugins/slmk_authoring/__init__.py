@@ -17,5 +17,6 @@ def _plugin_group():
 
 @hookimpl
 def slmk_commands():
-    yield Command("plugin", "Write slmk plugins: `slmk plugin new NAME --kind KIND`, `slmk plugin hooks`.",
-                  _plugin_group)
+    yield Command(
+        "plugin", "Write slmk plugins: `slmk plugin new NAME --kind KIND`, `slmk plugin hooks`.", _plugin_group
+    )

@@ -29,7 +29,8 @@ COMMAND = "slmk plugin hooks > docs/hooks.md"
 _DOCUMENTED: dict[str, type] = {
     name: getattr(api, name)
     for name in api.__all__
-    if inspect.isclass(getattr(api, name)) and getattr(api, name).__module__ in ("slmk.records", "slmk.modelinfo", "slmk.progress")
+    if inspect.isclass(getattr(api, name))
+    and getattr(api, name).__module__ in ("slmk.records", "slmk.modelinfo", "slmk.progress")
 }
 
 

@@ -18,5 +18,6 @@ def _demo_command():
 
 @hookimpl
 def slmk_commands():
-    yield Command("demo", "Convert the embedded tiny chat model to int4 ONNX, load it, ask it a question.",
-                  _demo_command)
+    yield Command(
+        "demo", "Convert the embedded tiny chat model to int4 ONNX, load it, ask it a question.", _demo_command
+    )

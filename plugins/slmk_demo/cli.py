@@ -34,5 +34,3 @@ def demo(state: State, model_dir, precision, output, question, as_json) -> None:
     )
     if as_json:
         emit_json(result)
-
-

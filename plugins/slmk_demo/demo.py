@@ -31,7 +31,6 @@ def demo(
     """The first-run tour: convert the tiny model, load it, ask it one of its domain questions."""
     import time
 
-
     say = echo or (lambda *a, **k: None)
     model = Path(model_dir) if model_dir else default_demo_model()
     if not (model / "config.json").is_file():
@@ -93,5 +92,3 @@ def demo(
         "correct": correct,
         "stats": stats.__dict__ if stats else None,
     }
-
-

@@ -25,11 +25,19 @@ def _command(name: str):
 
 @hookimpl
 def slmk_commands():
-    yield Command("bench", "Speed and memory of a build or installed model: first token, tokens/s, CPU, RSS.",
-                  _command("bench"))
-    yield Command("validate", "The validation checklist on a build or installed model; exit 1 if a check fails.",
-                  _command("validate"))
-    yield Command("compare", "Build a model at several precisions and compare size, speed and quality.",
-                  _command("compare"))
-    yield Command("deploy", "doctor, template, convert, quality gate, validate, install, first answer: one command.",
-                  _command("deploy"))
+    yield Command(
+        "bench", "Speed and memory of a build or installed model: first token, tokens/s, CPU, RSS.", _command("bench")
+    )
+    yield Command(
+        "validate",
+        "The validation checklist on a build or installed model; exit 1 if a check fails.",
+        _command("validate"),
+    )
+    yield Command(
+        "compare", "Build a model at several precisions and compare size, speed and quality.", _command("compare")
+    )
+    yield Command(
+        "deploy",
+        "doctor, template, convert, quality gate, validate, install, first answer: one command.",
+        _command("deploy"),
+    )

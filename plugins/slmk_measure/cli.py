@@ -431,7 +431,8 @@ def compare(
 # --------------------------------------------------------------------------- deploy
 def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"{'precision':<9} {'result':<6} {'size':>9} {'ppl':>9} {'accuracy':>8} {'agreement':>9} {'decode tok/s':>12}  why"
+        f"{'precision':<9} {'result':<6} {'size':>9} {'ppl':>9} {'accuracy':>8} {'agreement':>9} "
+        f"{'decode tok/s':>12}  why"
     ]
     for row in tried:
         reasons = "; ".join(r.removeprefix("ok: ").removeprefix("FAIL: ") for r in row["reasons"])

@@ -13,8 +13,18 @@ Nothing here imports olive, torch or transformers at module level.
 
 from __future__ import annotations
 
-from slmk.api import Command, Setting
-from slmk.api import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, Probe, Quantizer, StepRequest, hookimpl
+from slmk.api import (
+    FORMAT_HF,
+    FORMAT_ORTGENAI,
+    PRECISIONS,
+    Command,
+    Converter,
+    Probe,
+    Quantizer,
+    Setting,
+    StepRequest,
+    hookimpl,
+)
 
 from .versions import olive_tool_versions, workflow_tool_versions
 
@@ -90,8 +100,12 @@ def _input_model(options):
 @hookimpl
 def slmk_settings():
     yield Setting(
-        "olive.config", str, None, "your Olive workflow file: `slmk convert` runs it instead of planning the steps",
-        flag="--olive-config", commands=("convert",),
+        "olive.config",
+        str,
+        None,
+        "your Olive workflow file: `slmk convert` runs it instead of planning the steps",
+        flag="--olive-config",
+        commands=("convert",),
     )
 
 
@@ -133,6 +147,7 @@ def _olive_config_command():
 @hookimpl
 def slmk_commands():
     yield Command(
-        name="olive-config", summary="Write the Olive workflow file for what `slmk convert --via olive` does.",
+        name="olive-config",
+        summary="Write the Olive workflow file for what `slmk convert --via olive` does.",
         load=_olive_config_command,
     )

@@ -111,7 +111,8 @@ def olive_config(
     notes = [
         f"run it:     CI=1 OLIVE_DISABLE_TELEMETRY=1 olive run --config {config_name}",
         f"then build: slmk convert {quantized} -p {precision} --ep {ep.name} -o BUILD",
-        f"        or: python -m onnxruntime_genai.models.builder -i {quantized} -o BUILD -p {precision} -e {ep.builder_ep}",
+        f"        or: python -m onnxruntime_genai.models.builder -i {quantized} -o BUILD -p {precision} "
+        f"-e {ep.builder_ep}",
     ]
     if model_builder_pass_broken(installed("olive-ai"), installed(*GENAI_DISTRIBUTIONS)):
         notes.append("(no ModelBuilder pass in the file: olive-ai 0.13's fails with onnxruntime-genai >= 0.16)")

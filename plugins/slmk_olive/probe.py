@@ -28,7 +28,8 @@ def check() -> Iterator[ProbeResult]:
             "warn",
             f"olive-ai {olive}'s ModelBuilder pass fails with onnxruntime-genai {genai}: it imports "
             "onnxruntime_genai.models.quantized_model, which onnxruntime-genai 0.16 removed "
-            "(`olive auto-opt --use_model_builder`, `olive optimize` and workflows with a ModelBuilder pass stop there)",
+            "(`olive auto-opt --use_model_builder`, `olive optimize` and workflows with a ModelBuilder pass "
+            "stop there)",
             fix=model_builder_fix(olive, genai),
             data={"olive-ai": olive, "onnxruntime-genai": genai},
         )

@@ -107,8 +107,15 @@ OPTIONS: dict[str, str] = {
 
 BUILDER_ALGORITHMS = ("default", "rtn", "k_quant")
 #: Options that shape only quantized builds: an fp32 build's cache key leaves them out.
-QUANTIZATION_OPTIONS = ("algorithm", "block_size", "accuracy_level", "is_symmetric", "matmul_mixed_precision",
-                        "op_types_to_quantize", "nodes_to_exclude")
+QUANTIZATION_OPTIONS = (
+    "algorithm",
+    "block_size",
+    "accuracy_level",
+    "is_symmetric",
+    "matmul_mixed_precision",
+    "op_types_to_quantize",
+    "nodes_to_exclude",
+)
 #: Algorithms that belong to an HF-stage quantizer: its weights arrive already quantized.
 QUANTIZER_ALGORITHMS = ("gptq", "awq", "hqq", "quarot", "spinquant")
 _BOOLEAN_OPTIONS = ("is_symmetric", "shared_embeddings", "enable_cuda_graph")

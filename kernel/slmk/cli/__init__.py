@@ -58,9 +58,11 @@ class SlmkGroup(click.Group):
         return records
 
     def list_commands(self, ctx):
+        """Core and plugin command names, sorted."""
         return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands(ctx)))
 
     def get_command(self, ctx, name):
+        """A core command, or a plugin's, loaded now; None for an unknown name."""
         command = super().get_command(ctx, name)
         if command is not None:
             return command
@@ -81,6 +83,7 @@ class SlmkGroup(click.Group):
 
     def format_commands(self, ctx, formatter):
         # plugin commands show their record's summary, without being loaded
+        """The help's command list, plugin commands with their record's summary."""
         rows = []
         records = self._plugin_commands(ctx)
         for name in self.list_commands(ctx):

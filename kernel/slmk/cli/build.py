@@ -16,8 +16,10 @@ def validate_install_name(name: str) -> str:
     import re
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or ".." in name:
-        raise UsageError(f"invalid name {name!r}",
-                         hint="use letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit")
+        raise UsageError(
+            f"invalid name {name!r}",
+            hint="use letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit",
+        )
     return name
 
 
@@ -88,8 +90,10 @@ def init(
     if path.exists() and not force:
         raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
     if path.is_dir() or not path.parent.is_dir():
-        raise UsageError(f"cannot write {path}: {'it is a folder' if path.is_dir() else 'its folder does not exist'}",
-                         hint="pass -o PATH/slmk.toml in an existing folder")
+        raise UsageError(
+            f"cannot write {path}: {'it is a folder' if path.is_dir() else 'its folder does not exist'}",
+            hint="pass -o PATH/slmk.toml in an existing folder",
+        )
     _resolve_ep_name(execution_provider)
     if name is not None:
         name = validate_install_name(name)
@@ -187,7 +191,11 @@ def quantization_options(f):
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--via", help="Use this converter/quantizer or plugin (e.g. olive, ortquant).")
 @click.option(
-    "-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
+    "-O",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="An option of the planned converter or quantizer (their records declare them: `slmk plugins --json`).",
 )
 @click.option("--plan", "plan_only", is_flag=True, help="Print the plan and stop.")
@@ -282,6 +290,7 @@ def parse_key_values(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def render_build(result) -> None:
+    """Print a finished build: its steps, folder, size and large files."""
     for step in result.steps:
         click.echo(f"  {step.kind:<8} {step.tool:<18} {step.precision:<5} {step.status:<6} {step.seconds:7.1f}s")
     click.echo(
@@ -290,5 +299,3 @@ def render_build(result) -> None:
     for name, size in result.files.items():
         if size > 1_000_000 or name.endswith(".onnx"):
             click.echo(f"    {name:<32} {human_size(size)}")
-
-

@@ -94,7 +94,8 @@ def runtime_options(f):
         "--ep", "execution_provider", help="Execution provider (default: the one the model was built for)."
     )(f)
     return click.option(
-        "--runtime", help="Runtime plugin: ortgenai (ONNX Runtime GenAI), foundry (Foundry Local SDK) [default: ortgenai]."
+        "--runtime",
+        help="Runtime plugin: ortgenai (ONNX Runtime GenAI), foundry (Foundry Local SDK) [default: ortgenai].",
     )(f)
 
 
@@ -169,10 +170,12 @@ class PluginOptionsCommand(click.Command):
         return self._plugin_params
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        """The command's own parameters plus the plugin flags, --help last."""
         params = super().get_params(ctx)
         return params[:-1] + self._plugin_options() + params[-1:]  # --help stays last
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Collect the plugin flags into ``plugin_flags`` and run the command."""
         self._plugin_options()
         flags = {self._keys[name]: ctx.params.pop(name) for name in list(ctx.params) if name in self._keys}
         ctx.params["plugin_flags"] = {key: value for key, value in flags.items() if value is not None}

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from slmk.api import hookimpl
-from slmk.api import ModelInfo
-from slmk.api import ModelFamily, PromptTemplate
-from slmk.api import model_identity, sample_rendering
+from slmk.api import ModelFamily, ModelInfo, PromptTemplate, hookimpl, model_identity, sample_rendering
 
 FAMILY_NAME = "granite"
 
