@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -140,20 +139,27 @@ def test_interrupted_conversion_leaves_no_output_and_rerun_works(tmp_path, tiny_
     env = {**os.environ, "SLMK_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "out"
     for sig in (signal.SIGINT, signal.SIGKILL):
+        # the converter has written the step into a temporary folder and is paused before committing it
+        paused = {**env, "SLMK_TEST_PAUSE_AT": "step-written:convert", "SLMK_TEST_PAUSE_S": "300"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "slmk", "convert", str(tiny_model_dir), "-p", "fp32", "-o", str(out)],
-            env=env,
+            env=paused,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        # wait until the step is really writing into the cache, then interrupt
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list((tmp_path / "cache" / "steps").glob(".slmk-tmp-*")):
-            time.sleep(0.05)
-        time.sleep(0.5)
+        seen = []
+        for line in proc.stderr:  # blocks until the process prints; it prints the pause line before pausing
+            seen.append(line)
+            if line.startswith("SLMK_TEST_PAUSED step-written:convert"):
+                break
+        assert seen and seen[-1].startswith("SLMK_TEST_PAUSED"), "".join(seen)
+        half_steps = list((tmp_path / "cache" / "steps").glob(".slmk-tmp-*"))
+        assert any(any(p.rglob("*.onnx")) for p in half_steps), "precondition: a half-written step exists"
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
+        rest = proc.stderr.read()
+        proc.wait(timeout=120)
+        stderr = "".join(seen) + rest
         assert proc.returncode != 0
         if sig == signal.SIGINT:
             assert "interrupted" in stderr and "Traceback" not in stderr

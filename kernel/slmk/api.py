@@ -120,6 +120,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testing import make_registry
+from .testpoints import pause_point
 
 __all__ = [
     # contract
@@ -213,6 +214,7 @@ __all__ = [
     "load_settings",
     "open_session",
     "parse_ref",
+    "pause_point",
     "require_usable",
     "resolve_ep",
     "resolve_target",

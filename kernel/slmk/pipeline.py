@@ -33,6 +33,7 @@ from .planner import Plan, PlannedStep
 from .plugins import Registry
 from .progress import Progress
 from .records import ExecutionProvider, StepRequest
+from .testpoints import pause_point
 
 STEP_MARKER = "step.json"
 BUILD_INFO = "slmk_build.json"
@@ -231,6 +232,7 @@ def _run_step(
                 registry.converters[step.tool].convert(request)
             else:
                 registry.quantizers[step.tool].quantize(request)
+            pause_point(f"step-written:{step.kind}")  # output in the temporary folder, not yet committed
             if not any(model_dir.iterdir()):
                 raise StepFailed(
                     f"{step.tool} finished but wrote nothing", hint="a plugin bug: report it to its author"

@@ -22,6 +22,8 @@ from slmk.api import (
     write_text_atomic,
 )
 
+from .validate import DEFAULT_LEAK_RUNS, MIN_LEAK_RUNS
+
 
 def _progress(state: State, quiet: bool, as_json: bool):
     return state.progress(quiet or as_json)
@@ -206,7 +208,11 @@ def bench(
     "--min-accuracy", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Domain answers needed."
 )
 @click.option(
-    "--leak-runs", type=click.IntRange(min=2), default=200, show_default=True, help="Generations in the leak check."
+    "--leak-runs",
+    type=click.IntRange(min=2),
+    default=DEFAULT_LEAK_RUNS,
+    show_default=True,
+    help=f"Generations in the leak check, at least; fewer than {MIN_LEAK_RUNS} cannot judge (the check says so).",
 )
 @click.option(
     "--leak-threshold-kb",
@@ -472,7 +478,7 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
 @click.option(
     "--leak-runs",
     type=click.IntRange(min=2),
-    default=200,
+    default=DEFAULT_LEAK_RUNS,
     show_default=True,
     help="Generations in the validation's leak check.",
 )

@@ -33,7 +33,7 @@ from .display import nested
 from .evalset import EvalItem, default_file, load_eval
 from .gate import Gate, parse_gate
 from .quality import Measurement
-from .validate import run_validate
+from .validate import DEFAULT_LEAK_RUNS, run_validate
 
 #: The precision deployed when no quality gate is given.
 DEFAULT_PRECISION = "int4"
@@ -243,7 +243,7 @@ def deploy(
     result.build = str(folder)
 
     with progress.step(f"validate the {chosen} build"):
-        options = {"leak_runs": 200, **(validate_options or {})}
+        options = {"leak_runs": DEFAULT_LEAK_RUNS, **(validate_options or {})}
         report = run_validate(
             lambda: open_build(folder),
             folder,

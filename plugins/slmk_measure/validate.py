@@ -31,6 +31,12 @@ from .stats import slope
 
 DEFAULT_LEAK_RUNS = 200
 DEFAULT_LEAK_KB_PER_RUN = 10.0
+#: Fewer generations than this cannot tell warm-up growth from a leak.
+MIN_LEAK_RUNS = 100
+#: The leak check judges after each block of this many generations ...
+LEAK_BLOCK = 20
+#: ... and runs at most this many times --leak-runs while growth is still slowing down.
+LEAK_MAX_FACTOR = 5
 DEFAULT_SESSIONS = 20
 DEFAULT_SESSION_GROWTH_MB = 32.0
 DEFAULT_MIN_ACCURACY = 0.9
@@ -460,20 +466,43 @@ class Validator:
         return max(p["slowdown"] for p in predictions), lengths, times, predictions
 
     def check_leak(self, driver: Driver) -> None:
+        """RSS over many generations: a leak grows steadily; warming up (arenas, caches) levels off.
+
+        The check runs at least ``leak_runs`` generations, in blocks. It passes when the
+        RSS slope over some tail of at least half the runs is within the threshold. While
+        growth is still slowing down (the slope of the last quarter under half that of
+        the first), it keeps going, up to ``LEAK_MAX_FACTOR`` times ``leak_runs``. Fewer
+        than ``MIN_LEAK_RUNS`` runs cannot tell warm-up from a leak: the check says so.
+        """
+        if self.leak_runs < MIN_LEAK_RUNS:
+            self._add(
+                Check(
+                    "memory-leak",
+                    "No memory growth over a long run",
+                    "skip",
+                    f"not enough runs to judge: {self.leak_runs} generations, at least {MIN_LEAK_RUNS} "
+                    "are needed to tell warm-up from a leak (--leak-runs)",
+                    {"runs": self.leak_runs},
+                )
+            )
+            return
         prompts = [list(i.messages) for i in self.items if i.has_answer] or [self.reference_prompt]
-        samples = []
-        for run in self.progress.bar(range(self.leak_runs), total=self.leak_runs, label="leak"):
+        samples: list[int] = []
+        limit = self.leak_runs * LEAK_MAX_FACTOR
+        verdict = None
+        bar = self.progress.bar(range(limit), total=limit, label="leak")
+        for run in bar:
             driver.ask(prompts[run % len(prompts)], max_new_tokens=SHORT_ANSWER_TOKENS)
             samples.append(rss_bytes())
-        # The first generations grow arenas and caches once; the trend after them is what leaks.
-        warmup = max(5, len(samples) // 10) if len(samples) > 10 else 0
-        trend = samples[warmup:]
-        per_run_kb = slope(trend) / 1024 if len(trend) > 1 else 0.0
-        status = "pass" if per_run_kb <= self.leak_kb_per_run else "fail"
+            if len(samples) >= self.leak_runs and len(samples) % LEAK_BLOCK == 0:
+                verdict = judge_leak(samples, self.leak_kb_per_run * 1024, final=len(samples) >= limit)
+                if verdict is not None:
+                    break
+        bar.close()
+        status, warmup, per_run_kb = verdict or judge_leak(samples, self.leak_kb_per_run * 1024, final=True)
         evidence = (
             f"RSS {samples[0] / 2**20:.1f} -> {samples[-1] / 2**20:.1f} MB over {len(samples)} generations; "
-            f"least-squares slope after {warmup} warm-up runs {per_run_kb:.2f} KB/generation "
-            f"(threshold {self.leak_kb_per_run:g} KB)"
+            f"slope after {warmup} warm-up runs {per_run_kb:.2f} KB/generation (threshold {self.leak_kb_per_run:g} KB)"
         )
         self._add(
             Check(
@@ -486,8 +515,8 @@ class Validator:
                     "warmup_runs": warmup,
                     "slope_kb_per_run": round(per_run_kb, 4),
                     "threshold_kb_per_run": self.leak_kb_per_run,
-                    "rss_first_bytes": samples[0] if samples else None,
-                    "rss_last_bytes": samples[-1] if samples else None,
+                    "rss_first_bytes": samples[0],
+                    "rss_last_bytes": samples[-1],
                     "rss_mb": [round(s / 2**20, 2) for s in samples[:: max(1, len(samples) // 50)]],
                 },
             )
@@ -586,3 +615,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             cells = [str(item["line"]), item["question"], item["wanted"], item["answer"]]
             lines.append("| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def judge_leak(samples: Sequence[int], threshold_bytes: float, *, final: bool) -> tuple[str, int, float] | None:
+    """(status, warm-up runs, KB per run), or None to keep measuring.
+
+    Pass: the slope over some tail of at least half the samples is within the threshold
+    (warm-up is the part before that tail). Not yet: growth is still slowing down (the
+    last quarter's slope under half the first quarter's) and this is not the ``final``
+    look. Fail: otherwise, the slope of the last half as evidence.
+    """
+    n = len(samples)
+    for warmup in range(0, n // 2 + 1, LEAK_BLOCK // 2):
+        tail_slope = slope(samples[warmup:])
+        if tail_slope <= threshold_bytes:
+            return "pass", warmup, tail_slope / 1024
+    quarter = max(2, n // 4)
+    first, last = slope(samples[:quarter]), slope(samples[-quarter:])
+    if not final and last < 0.5 * first:
+        return None
+    return "fail", n // 2, slope(samples[n // 2 :]) / 1024

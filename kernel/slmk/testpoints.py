@@ -1,0 +1,24 @@
+"""Named points where a test can stop slmk deterministically (never used in normal runs).
+
+With ``SLMK_TEST_PAUSE_AT=<point>[,<point>...]`` a process that reaches one of the named
+points prints ``SLMK_TEST_PAUSED <point>`` on stderr and sleeps ``SLMK_TEST_PAUSE_S``
+seconds (default 60) there, so a test that waits for that line knows exactly where the
+process is when it sends a signal: no race against work that already finished.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+PAUSE_ENV = "SLMK_TEST_PAUSE_AT"
+PAUSE_SECONDS_ENV = "SLMK_TEST_PAUSE_S"
+
+
+def pause_point(name: str) -> None:
+    """Announce and sleep at ``name`` when SLMK_TEST_PAUSE_AT asks for it; else return at once."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if wanted and name in wanted.split(","):
+        print(f"SLMK_TEST_PAUSED {name}", file=sys.stderr, flush=True)
+        time.sleep(float(os.environ.get(PAUSE_SECONDS_ENV, "60")))
