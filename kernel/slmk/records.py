@@ -312,6 +312,9 @@ class ScoringSession(ChatSession, Protocol):
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, as the model's tokenizer makes them."""
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids``."""
+
     def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The prompt the model's chat template makes of ``messages``."""
 

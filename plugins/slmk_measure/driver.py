@@ -1,10 +1,10 @@
 """Driving a ChatSession for measurements: prompts of a given token length, timed
 generations with a fixed number of new tokens, greedy answers.
 
-Only the ``ChatSession`` protocol is required; ``encode``, ``render_prompt`` and
-``context_length`` are used when the runtime offers them (ortgenai does; foundry
-counts tokens only through its usage report, so counting there costs a one-token
-generation).
+Only the ``ChatSession`` protocol is required. A session that is also a
+``ScoringSession`` (encode, decode, render_prompt, score, context_length: ortgenai's
+is) gets exact token counts and perplexity; others (foundry, an HTTP endpoint) count
+tokens through their usage report, so counting there costs a one-token generation.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import ChatSession, GenerationStats, SlmkError, UsageError
+from slmk.api import ChatSession, GenerationStats, ScoringSession, SlmkError, UsageError
 
 #: Neutral English prose, cycled to make prompts of any length.
 FILLER = (
@@ -39,7 +39,7 @@ def filler(words: int) -> str:
 
 def context_length_of(session: ChatSession, folder: Path | None = None) -> int:
     """The model's context in tokens: the session's when it says, else genai_config.json."""
-    value = getattr(session, "context_length", None)
+    value = session.context_length if isinstance(session, ScoringSession) else getattr(session, "context_length", 0)
     if value:
         return int(value)
     if folder is not None:
@@ -61,7 +61,6 @@ class Driver:
         self.search = {"do_sample": False, **dict(search or {})}
         self.context_length = context_length_of(session, folder)
         self.forces_length = True  # min_length accepted by the runtime (foundry fixes it in the config)
-        self._overhead: int | None = None
 
     # ------------------------------------------------------------ generating
     def ask(self, messages: Sequence[Mapping[str, str]], **search: Any) -> tuple[str, GenerationStats | None]:
@@ -87,26 +86,16 @@ class Driver:
     # ------------------------------------------------------------ tokens
     @property
     def can_encode(self) -> bool:
-        return callable(getattr(self.session, "encode", None))
+        """Whether the session is a ``ScoringSession``: exact token counts, perplexity."""
+        return isinstance(self.session, ScoringSession)
 
     def tokens(self, text: str) -> list[int] | None:
         return [int(t) for t in self.session.encode(text)] if self.can_encode else None
 
-    def _template_overhead(self) -> int:
-        """Prompt tokens the chat template adds around one user message."""
-        if self._overhead is None:
-            probe = "Hello"
-            _, stats = self.ask(user(probe), max_new_tokens=1)
-            self._overhead = max(0, stats.prompt_tokens - len(self.tokens(probe))) if stats else 0
-        return self._overhead
-
     def prompt_tokens(self, content: str) -> int:
         """Tokens of the whole prompt (template included) for one user message."""
-        render = getattr(self.session, "render_prompt", None)
-        if self.can_encode and callable(render):
-            return len(self.tokens(render(user(content))))
         if self.can_encode:
-            return len(self.tokens(content)) + self._template_overhead()
+            return len(self.tokens(self.session.render_prompt(user(content))))
         _, stats = self.ask(user(content), max_new_tokens=1)
         if stats is None:
             raise SlmkError("the runtime reported no token counts", hint="use --runtime ortgenai")

@@ -91,10 +91,9 @@ def agreement_prompts(items: Sequence[EvalItem], heldout: str | None) -> list[li
 
 def perplexity(driver: Driver, text: str) -> tuple[float | None, int, str | None]:
     """(perplexity, tokens scored, note) of ``text``; the runtime must be able to score."""
-    score = getattr(driver.session, "score", None)
-    if not callable(score):
+    if not driver.can_encode:
         return None, 0, "this runtime cannot score text (no score()): perplexity not measured; use --runtime ortgenai"
-    nll, count = score(text)
+    nll, count = driver.session.score(text)
     if not count:
         return None, 0, "the held-out text has fewer than 2 tokens"
     return math.exp(nll / count), count, None

@@ -256,7 +256,7 @@ class Validator:
         problems = []
         if outcome == "crashed":
             problems.append(evidence)
-        if check_id == "edge:non-ascii" and driver.can_encode and callable(getattr(driver.session, "decode", None)):
+        if check_id == "edge:non-ascii" and driver.can_encode:
             back = driver.session.decode(driver.tokens(text))
             data["tokenizer_round_trip"] = back == text
             if back != text:
