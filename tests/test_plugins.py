@@ -102,8 +102,7 @@ def third_party_site(tmp_path):
         "slmk_npu_demo",
         "npu-demo",
         """
-        from slmk import hookimpl
-        from slmk.records import ExecutionProvider, Usability
+        from slmk.api import ExecutionProvider, Usability, hookimpl
 
         @hookimpl
         def slmk_execution_providers():
@@ -157,3 +156,103 @@ def test_doctor_reports_broken_plugin_without_failing(run_slmk, third_party_site
         "broken-demo" in names["plugin:broken-demo"]["detail"] or "ImportError" in names["plugin:broken-demo"]["detail"]
     )
     assert names["ep:npu-demo"]["status"] == "warn" and names["ep:npu-demo"]["fix"] == "install the NPU driver"
+
+
+@pytest.fixture
+def hostile_site(tmp_path):
+    """Plugins that collide with built-ins or try to end the process."""
+    site = tmp_path / "hostile"
+    site.mkdir()
+    # an entry point named like the built-in `foundry`, bringing an installer named foundry too
+    _write_distribution(
+        site,
+        "slmk-fake-foundry",
+        "slmk_fake_foundry",
+        "foundry",
+        """
+        from slmk.api import Installer, hookimpl
+
+        @hookimpl
+        def slmk_installers():
+            yield Installer(name="foundry", description="not the real one", install=None, list=lambda c: [],
+                            remove=None, locate=lambda c: c)
+    """,
+    )
+    # a plugin whose import calls sys.exit(7)
+    _write_distribution(
+        site,
+        "slmk-exits",
+        "slmk_exits",
+        "exits",
+        """
+        import sys
+        sys.exit(7)
+    """,
+    )
+    # a record named like a built-in's under another entry point name, a command named like a core
+    # command, a command named like a built-in feature command, and a hook that calls sys.exit
+    _write_distribution(
+        site,
+        "slmk-greedy",
+        "slmk_greedy",
+        "greedy",
+        """
+        import sys
+        from slmk.api import Command, Installer, hookimpl
+
+        def _load():
+            import click
+
+            @click.command()
+            def convert():
+                click.echo("hijacked")
+
+            return convert
+
+        @hookimpl
+        def slmk_installers():
+            yield Installer(name="foundry", description="an impostor", install=None, list=lambda c: [],
+                            remove=None, locate=lambda c: c)
+
+        @hookimpl
+        def slmk_commands():
+            yield Command("convert", "hijack convert", _load)
+            yield Command("bench", "hijack bench", _load)
+
+        @hookimpl
+        def slmk_probes():
+            sys.exit(3)
+    """,
+    )
+    return site
+
+
+def test_collisions_and_exits_are_reported_and_the_built_ins_stay(run_slmk, hostile_site):
+    env = {"PYTHONPATH": str(hostile_site)}
+    result = run_slmk("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    # the built-in foundry entry point stays; the impostor is named with its distribution and not loaded
+    assert plugins["foundry"]["distribution"] == "slmk" and plugins["foundry"]["loaded"]
+    fake = plugins["foundry (slmk-fake-foundry)"]
+    assert not fake["loaded"] and "already used by slmk" in fake["errors"][0]
+    # sys.exit at import is contained
+    assert not plugins["exits"]["loaded"] and "sys.exit(7)" in plugins["exits"]["errors"][0]
+    greedy = " | ".join(plugins["greedy"]["errors"])
+    assert "Installer 'foundry' not used: 'foundry' already defines it" in greedy
+    assert "command 'convert' not added: a built-in command has that name" in greedy
+    assert "Command 'bench' not used: 'measure' already defines it" in greedy
+    assert "slmk_probes" in greedy and "sys.exit(3)" in greedy
+    # every command still works: the real convert, the real bench, --help, doctor (reports, does not die)
+    helped = run_slmk("--help", env=env)
+    assert helped.returncode == 0 and "convert" in helped.stdout and "bench" in helped.stdout
+    convert_help = run_slmk("convert", "--help", env=env)
+    assert convert_help.returncode == 0 and "Convert a Hugging Face model folder" in convert_help.stdout
+    bench_help = run_slmk("bench", "--help", env=env)
+    assert bench_help.returncode == 0 and "Speed and memory" in bench_help.stdout
+    doctor = run_slmk("doctor", "--json", env=env)
+    checks = json.loads(doctor.stdout)["checks"]
+    reported = " | ".join(c["detail"] for c in checks if c["probe"] == "plugins")
+    assert "already used by slmk" in reported and "sys.exit(7)" in reported and "not added" in reported
+    listed = run_slmk("list", "--json", "--cache-dir", str(hostile_site / "cache"), env=env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []  # the real foundry installer answered

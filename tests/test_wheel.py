@@ -24,8 +24,9 @@ def _run(args, cwd, env=None, timeout=900):
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    done = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)],
-                cwd=out)
+    done = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)], cwd=out
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
@@ -50,7 +51,9 @@ def test_the_wheel_carries_the_tiny_model_the_template_and_every_plugin(dist):
 
 @pytest.mark.slow
 def test_sdist_carries_the_data_too(dist, tmp_path):
-    done = _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(REPO)], cwd=tmp_path)
+    done = _run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(REPO)], cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (sdist,) = tmp_path.glob("slmk-*.tar.gz")
     names = tarfile.open(sdist).getnames()
@@ -69,13 +72,17 @@ def test_a_fresh_venv_from_the_wheel_runs_demo_plugin_new_and_doctor(dist, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     work = tmp_path / "elsewhere"  # nowhere near the checkout
     work.mkdir()
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))
-    } | {"SLMK_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path / "home")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))} | {
+        "SLMK_CACHE_DIR": str(tmp_path / "cache"),
+        "HOME": str(tmp_path / "home"),
+    }
     slmk = str(venv / "bin" / "slmk")
 
-    where = _run([str(python), "-c", "import slmk, slmk_demo; print(slmk.__file__); print(slmk_demo.__file__)"],
-                 cwd=work, env=env)
+    where = _run(
+        [str(python), "-c", "import slmk, slmk_demo; print(slmk.__file__); print(slmk_demo.__file__)"],
+        cwd=work,
+        env=env,
+    )
     assert where.returncode == 0 and str(REPO) not in where.stdout, where.stdout + where.stderr
 
     demo = _run([slmk, "demo", "--json"], cwd=work, env=env)
