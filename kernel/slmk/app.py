@@ -176,7 +176,7 @@ def build_info(path: Path) -> dict[str, Any]:
 def open_session(
     path: str | Path,
     *,
-    runtime: str = "ortgenai",
+    runtime: str | None = None,
     execution_provider: str | None = None,
     registry: Registry | None = None,
     installed=None,
@@ -197,6 +197,7 @@ def open_session(
     ep_name = execution_provider or build_info(folder).get("execution_provider") or "cpu"
     ep = resolve_ep(registry, ep_name)
     require_usable(ep, "run the model")
+    runtime = runtime or registry.default_name("slmk_runtimes") or "none"
     rt = registry.get("slmk_runtimes", runtime, "runtime")
     if rt.can_load:
         reason = rt.can_load(folder)
@@ -213,11 +214,11 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 
 
 def find_installed(
-    ref: str, *, installer: str = "foundry", cache_dir: Path | None = None, registry: Registry | None = None
+    ref: str, *, installer: str | None = None, cache_dir: Path | None = None, registry: Registry | None = None
 ):
     """The installed model ``NAME[:VERSION]`` (the newest version when none is given)."""
     registry = registry or get_registry()
-    inst = registry.get("slmk_installers", installer, "installer")
+    inst = registry.installer(installer or registry.default_name("slmk_installers") or "none")
     name, version = parse_ref(ref)
     models = [m for m in inst.list(cache_dir) if m.name == name and (version is None or m.version == version)]
     if not models:
@@ -230,7 +231,7 @@ def find_installed(
 
 
 def resolve_target(
-    target: str, *, installer: str = "foundry", cache_dir: Path | None = None, registry: Registry | None = None
+    target: str, *, installer: str | None = None, cache_dir: Path | None = None, registry: Registry | None = None
 ):
     """A build folder, or an installed model name: returns (folder, InstalledModel | None)."""
     folder = Path(target).expanduser()
@@ -246,7 +247,7 @@ def install(
     build_dir: str | Path,
     name: str,
     *,
-    installer: str = "foundry",
+    installer: str | None = None,
     cache_dir: str | Path | None = None,
     force: bool = False,
     template_file: str | Path | None = None,
@@ -266,7 +267,7 @@ def install(
         )
     resolved = resolve_template(registry, info, Path(template_file) if template_file else None)
     ep = resolve_ep(registry, info.build_info.get("execution_provider") or "cpu")
-    inst = registry.get("slmk_installers", installer, "installer")
+    inst = registry.installer(installer or registry.default_name("slmk_installers") or "none")
     chat_template = None
     # the resolver reads any file that is not JSON as a Jinja chat template; so does install
     if template_file and Path(template_file).suffix != ".json":

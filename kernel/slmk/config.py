@@ -36,8 +36,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("converter", str, "auto", "converter plugin to use, or auto to let the planner choose"),
     Setting("output", str, None, "folder the build is written to"),
     Setting("name", str, None, "name the model is installed under"),
-    Setting("installer", str, "foundry", "installer plugin"),
-    Setting("runtime", str, "ortgenai", "runtime plugin for run, bench and validate"),
+    # default: the installer / runtime record with the highest priority (`slmk plugins` shows them)
+    Setting("installer", str, None, "installer plugin [default: the installed plugins' preferred one]"),
+    Setting("runtime", str, None, "runtime plugin for run, bench and validate [default: the preferred one]"),
     Setting("cache_dir", str, None, "slmk's step cache (default: $XDG_CACHE_HOME/slmk)"),
     Setting("trust_remote_code", bool, False, "allow model code from the model folder to run"),
     Setting("install.cache_dir", str, None, "the Foundry Local cache to install into"),
@@ -225,8 +226,13 @@ def load_settings(
     config_path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     plugin_settings: Iterable[Setting] = (),
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Resolve every setting: command line > environment > file > defaults."""
+    """Resolve every setting: command line > environment > file > defaults.
+
+    ``defaults`` replaces declared defaults that depend on the plugins installed
+    (the preferred installer and runtime).
+    """
     environ = os.environ if environ is None else environ
     known = all_settings(plugin_settings)
     path = find_config_file(config_path)
@@ -234,7 +240,7 @@ def load_settings(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for setting in known.values():
-        value, origin, text = setting.default, "default", False
+        value, origin, text = (defaults or {}).get(setting.key, setting.default), "default", False
         if setting.key in file_values:
             value, origin = file_values[setting.key], str(path)
         if setting.env in environ:

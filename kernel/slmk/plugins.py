@@ -287,6 +287,14 @@ class Registry:
         """The installer ``name``, or a one-line error listing them."""
         return self.get("slmk_installers", name, "installer")
 
+    def default_name(self, hook_name: str) -> str | None:
+        """The name of the record with the highest ``priority`` (ties: by name), e.g. the
+        installer or runtime used when slmk.toml names none; None when there is none."""
+        records = self.records(hook_name)
+        if not records:
+            return None
+        return min(records, key=lambda name: (-getattr(records[name], "priority", 0), name))
+
     def refuse_command(self, name: str, reason: str) -> None:
         """Record that the plugin command ``name`` was not added (it shadows a built-in command)."""
         owner = self._collect("slmk_commands").get(name, (None,))[0]

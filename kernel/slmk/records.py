@@ -240,6 +240,7 @@ class Installer:
     list: Callable[[Path | None], list[InstalledModel]]
     remove: Callable[[str, str | None, Path | None], InstalledModel]
     locate: Callable[[Path | None], Path]  # the cache folder it would use
+    priority: int = 0  # the default installer is the one with the highest priority
 
 
 # -------------------------------------------------------------------------- runtimes
@@ -297,6 +298,7 @@ class Runtime:
     description: str
     load: Callable[[LoadRequest], ChatSession]
     can_load: Callable[[Path], str | None] | None = None  # None, or why not
+    priority: int = 0  # the default runtime is the one with the highest priority
 
 
 @runtime_checkable

@@ -29,6 +29,7 @@ def slmk_installers():
         list=installer.list_installed,
         remove=installer.remove,
         locate=locate,
+        priority=10,
     )
 
 

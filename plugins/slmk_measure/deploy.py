@@ -123,8 +123,8 @@ def deploy(
     gate: str | None = None,
     precision: str | None = None,
     execution_provider: str = "cpu",
-    runtime: str = "ortgenai",
-    installer: str = "foundry",
+    runtime: str | None = None,
+    installer: str | None = None,
     install_cache: Path | None = None,
     steps_cache: Path | None = None,
     force: bool = False,
@@ -147,7 +147,9 @@ def deploy(
         )
     model_dir = info.path.resolve()
     ep = app.resolve_ep(registry, execution_provider)
-    inst = registry.get("slmk_installers", installer, "installer")
+    installer = installer or registry.default_name("slmk_installers") or "none"
+    runtime = runtime or registry.default_name("slmk_runtimes") or "none"
+    inst = registry.installer(installer)
     result = DeployResult(
         model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None
     )

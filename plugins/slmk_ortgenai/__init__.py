@@ -49,4 +49,5 @@ def slmk_runtimes():
         description="onnxruntime-genai in-process: streams tokens, applies the model's chat template",
         load=runtime.load,
         can_load=runtime.can_load,
+        priority=10,
     )

@@ -32,7 +32,12 @@ class State:
         from ..config import load_settings
         from ..plugins import get_registry
 
-        return load_settings(cli or {}, self.config, plugin_settings=get_registry().settings.values())
+        registry = get_registry()
+        defaults = {
+            "installer": registry.default_name("slmk_installers"),
+            "runtime": registry.default_name("slmk_runtimes"),
+        }
+        return load_settings(cli or {}, self.config, plugin_settings=registry.settings.values(), defaults=defaults)
 
     def progress(self, quiet: bool = False):
         """A Progress on stderr, silent with --quiet (or ``quiet``, e.g. for --json)."""
@@ -117,8 +122,6 @@ def search_from(
     The command-line values are checked exactly as slmk.toml's are (a negative or
     non-finite temperature, top_p outside (0, 1] ... are one-line errors).
     """
-    from ..config import load_settings
-
     overrides = {
         "generation.temperature": temperature,
         "generation.top_p": top_p,
@@ -127,7 +130,7 @@ def search_from(
     }
     if greedy is not None:
         overrides["generation.do_sample"] = not greedy
-    checked = load_settings(overrides, state.config) if any(v is not None for v in overrides.values()) else settings
+    checked = state.settings(overrides) if any(v is not None for v in overrides.values()) else settings
     search = checked.generation()
     if max_new_tokens is not None:
         search["max_new_tokens"] = max_new_tokens
