@@ -74,7 +74,7 @@ from .genai_format import (
     write_search,
 )
 from .hookspecs import hookimpl
-from .messages import check_messages, installed_version
+from .messages import check_messages, installed_version, package_data_dir
 from .modelinfo import ModelInfo
 from .planner import Plan, check_precision, make_plan
 from .plugins import PluginInfo, Registry
@@ -213,6 +213,7 @@ __all__ = [
     "install",
     "load_settings",
     "open_session",
+    "package_data_dir",
     "parse_ref",
     "pause_point",
     "require_usable",

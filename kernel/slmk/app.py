@@ -110,8 +110,13 @@ def convert(
     """
     registry = registry or get_registry()
     extra_options = dict(extra_options or {})
+    if plugin_settings is None:  # called from Python or another command: slmk.toml and the environment decide
+        from .config import load_settings
+
+        resolved = load_settings({}, plugin_settings=registry.settings.values())
+        plugin_settings = {key: resolved[key] for key in registry.settings if resolved[key] is not None}
     for name, converter in registry.converters.items():
-        value = (plugin_settings or {}).get(converter.selected_by or "")
+        value = plugin_settings.get(converter.selected_by or "")
         if value is not None:
             via = name
             extra_options[converter.selected_by.replace(".", "_")] = value
@@ -147,6 +152,7 @@ def convert(
         converter_options=converter_options,
         quantizer_options={"algorithm": algorithm, **options},
         user_options=extra_options,
+        plugin_settings=plugin_settings,
     )
     if plan_only:
         return plan

@@ -1,8 +1,9 @@
-"""Shared checks for what plugins receive: chat messages and installed versions."""
+"""Shared checks and lookups for plugins: chat messages, installed versions, package data."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from importlib_metadata import PackageNotFoundError, version
 
@@ -31,4 +32,23 @@ def installed_version(*distributions: str) -> str | None:
             return version(name)
         except PackageNotFoundError:
             continue
+    return None
+
+
+def package_data_dir(package: str) -> Path | None:
+    """The folder of a data-only package (one without ``__init__.py``, mapped in by
+    pyproject.toml), located without importing anything; None where it is not installed.
+
+    An editable install maps only packages with code, so a plugin falls back to the
+    folder's place in the repository.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
     return None

@@ -128,8 +128,8 @@ class ModelInfo:
             named = {t.get("name"): t.get("template") for t in chat_template if isinstance(t, dict)}
             chat_template = named.get("default") or next(iter(named.values()), None)
         jinja_file = folder / "chat_template.jinja"
-        if not chat_template and jinja_file.is_file():
-            chat_template = jinja_file.read_text(encoding="utf-8")
+        if jinja_file.is_file():  # transformers reads it before tokenizer_config.json's, and so do the runtimes
+            chat_template = jinja_file.read_text(encoding="utf-8") or chat_template
         if not chat_template and (folder / "chat_template.json").is_file():
             chat_template = _read_json(folder / "chat_template.json").get("chat_template")
         model_type = config.get("model_type") or genai_config.get("model", {}).get("type", "")

@@ -105,6 +105,7 @@ def make_plan(
     converter_options: dict[str, Any] | None = None,
     quantizer_options: dict[str, Any] | None = None,
     user_options: dict[str, Any] | None = None,
+    plugin_settings: dict[str, Any] | None = None,
 ) -> Plan:
     """Pick the steps; raise a one-line error that says why nothing fits.
 
@@ -262,7 +263,7 @@ def make_plan(
                         )
                     )
     if plans:
-        return _prepared(registry, plans[0], user_options or {})
+        return _prepared(registry, plans[0], user_options or {}, plugin_settings or {})
     if blockers:
         raise UsageError(
             f"no converter supports this model: {'; '.join(dict.fromkeys(blockers))}",
@@ -281,7 +282,7 @@ def make_plan(
     )
 
 
-def _prepared(registry: Registry, plan: Plan, user_options: dict[str, Any]) -> Plan:
+def _prepared(registry: Registry, plan: Plan, user_options: dict[str, Any], plugin_settings: dict[str, Any]) -> Plan:
     """The plan with each step's options checked and completed by its record's ``prepare``."""
     records = [
         registry.converters[step.tool] if step.kind == "convert" else registry.quantizers[step.tool]
@@ -298,7 +299,12 @@ def _prepared(registry: Registry, plan: Plan, user_options: dict[str, Any]) -> P
         )
     steps = []
     for step, record in zip(plan.steps, records, strict=True):
-        options = dict(step.options)
+        table = {
+            key.split(".", 1)[1]: value
+            for key, value in plugin_settings.items()
+            if key.split(".", 1)[0] == step.plugin and key.split(".", 1)[1] in record.options and value is not None
+        }
+        options = {**table, **step.options}
         if record.prepare is not None:
             options = dict(record.prepare(options))
         steps.append(replace(step, options=options))

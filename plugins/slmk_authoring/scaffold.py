@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmk.api import PROJECT, SlmkError, UsageError, __version__
+from slmk.api import PROJECT, SlmkError, UsageError, __version__, package_data_dir
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,7 @@ class NewPlugin:
 def template_root() -> Path:
     """The plugin template: package data ``slmk_authoring.template`` (the repository's
     plugin_template/ folder, mapped into the package by pyproject.toml), in a wheel and a clone alike."""
-    from importlib import resources
-
-    try:
-        candidate = Path(str(resources.files("slmk_authoring.template")))
-    except (ModuleNotFoundError, TypeError):
-        candidate = Path(__file__).resolve().parents[2] / "plugin_template"
+    candidate = package_data_dir("slmk_authoring.template") or Path(__file__).resolve().parents[2] / "plugin_template"
     if (candidate / "common").is_dir() and (candidate / "kinds").is_dir():
         return candidate
     raise SlmkError(

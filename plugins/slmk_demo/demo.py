@@ -6,17 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slmk.api import ModelInfo, Progress, UsageError, cache_root, convert, open_session
+from slmk.api import ModelInfo, Progress, UsageError, cache_root, convert, open_session, package_data_dir
 
 
 def default_demo_model() -> Path:
     """The embedded tiny chat model: package data ``slmk_demo.tiny_chat`` (examples/tiny-chat in a clone)."""
-    from importlib import resources
-
-    try:
-        return Path(str(resources.files("slmk_demo.tiny_chat"))) / "model"
-    except (ModuleNotFoundError, TypeError):
-        return Path(__file__).resolve().parents[2] / "examples" / "tiny-chat" / "model"
+    shipped = package_data_dir("slmk_demo.tiny_chat")
+    return (shipped or Path(__file__).resolve().parents[2] / "examples" / "tiny-chat") / "model"
 
 
 def demo(

@@ -10,6 +10,7 @@ from slmk.api import (
     PRECISIONS,
     Converter,
     Runtime,
+    Setting,
     context_length,
     hookimpl,
     missing_search_defaults,
@@ -39,6 +40,18 @@ def slmk_converters():
         algorithms=("rtn", "k_quant"),
         quantization_options=builder.QUANTIZATION_OPTIONS,
         priority=10,
+    )
+
+
+@hookimpl
+def slmk_settings():
+    yield Setting(
+        "ortgenai.allow_pickle",
+        bool,
+        False,
+        "read weights from pytorch_model.bin pickles (they can run code); only for models you trust",
+        flag="--allow-pickle",
+        commands=("convert",),
     )
 
 

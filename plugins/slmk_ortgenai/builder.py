@@ -103,9 +103,12 @@ OPTIONS: dict[str, str] = {
     "op_types_to_quantize": "op types to quantize, '/'-separated: MatMul or MatMul/Gather",
     "nodes_to_exclude": "comma-separated node names kept in float, e.g. /lm_head/MatMul",
     "enable_cuda_graph": "capture a CUDA graph at inference (cuda only)",
+    "allow_pickle": "read pytorch_model.bin weights (pickles can run code): --allow-pickle / [ortgenai] allow_pickle",
 }
 
 BUILDER_ALGORITHMS = ("default", "rtn", "k_quant")
+#: Options slmk reads itself; the builder never sees them.
+SLMK_ONLY_OPTIONS = ("allow_pickle",)
 #: Options that shape only quantized builds: an fp32 build's cache key leaves them out.
 QUANTIZATION_OPTIONS = (
     "algorithm",
@@ -207,7 +210,7 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
             hint=f"the ortgenai-builder converter takes {', '.join(OPTIONS)}",
         )
     for key, value in options.items():
-        if value is None:
+        if value is None or key in SLMK_ONLY_OPTIONS:
             continue
         if key == "algorithm":
             algorithm = str(value).lower()
@@ -320,6 +323,7 @@ def convert(request: StepRequest) -> None:
     ep = request.execution_provider
     pairs, notes = builder_options(request.options, trust_remote_code=request.trust_remote_code)
     info = ModelInfo.load(request.source)
+    check_weights(info, allow_pickle=_boolean("allow_pickle", request.options.get("allow_pickle") or False) == "true")
     reason = supports(info)
     if reason:
         raise UsageError(reason, hint="`slmk inspect MODEL` shows which converters fit this model")
@@ -386,3 +390,32 @@ def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> No
         else:
             (build / "chat_template.jinja").write_text(source.chat_template, encoding="utf-8")
         request.progress.log("copied the chat template from the source model (the builder dropped it)")
+
+
+# ------------------------------------------------------------------ what the folder holds
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weights(info: ModelInfo, *, allow_pickle: bool) -> None:
+    """Refuse a folder whose weights the builder would read from pickles, unless allowed.
+
+    transformers prefers safetensors where both exist; with only ``pytorch_model*.bin``
+    the builder unpickles them, and a pickle can run code. Folders with neither are
+    refused too, naming what is there.
+    """
+    folder = info.path
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.glob("pytorch_model*.bin"))
+    if pickles and not allow_pickle:
+        raise UsageError(
+            f"{folder.name} holds its weights only as pickles ({', '.join(pickles[:3])}), and loading a pickle can "
+            "run code",
+            hint="convert them to safetensors, or pass --allow-pickle (slmk.toml: [ortgenai] allow_pickle = true) "
+            "for a model you trust",
+        )
+    if not pickles:
+        raise UsageError(
+            f"{folder.name} has no weights (no *.safetensors, no pytorch_model*.bin)",
+            hint="pass the folder `save_pretrained` wrote; checkpoints/ or optimizer states are not weights",
+        )

@@ -166,10 +166,20 @@ class PluginOptionsCommand(click.Command):
                     continue
                 dest = "plugin__" + setting.key.replace(".", "__").replace("-", "_")
                 self._keys[dest] = setting.key
-                kind = click.Path() if setting.type is str else setting.type
-                self._plugin_params.append(
-                    click.Option([setting.flag, dest], type=kind, default=None, help=f"{setting.help} [{setting.key}]")
-                )
+                if setting.type is bool:  # a switch: present means true
+                    option = click.Option(
+                        [setting.flag, dest],
+                        is_flag=True,
+                        flag_value=True,
+                        default=None,
+                        help=f"{setting.help} [{setting.key}]",
+                    )
+                else:
+                    kind = click.Path() if setting.type is str else setting.type
+                    option = click.Option(
+                        [setting.flag, dest], type=kind, default=None, help=f"{setting.help} [{setting.key}]"
+                    )
+                self._plugin_params.append(option)
         return self._plugin_params
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
