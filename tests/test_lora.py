@@ -85,6 +85,15 @@ def test_the_committed_adapter_is_recognised_and_finds_its_base():
     assert adapters.resolve(ADAPTER, base=TINY_MODEL).base_source == "--base"
 
 
+def test_a_hub_id_base_is_found_with_base_and_never_downloaded(tmp_path):
+    folder = tmp_path / "hub-adapter"
+    shutil.copytree(ADAPTER, folder)
+    _rewrite_config(folder, base_model_name_or_path="Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(UsageError, match="model hub id"):
+        adapters.resolve(folder)
+    assert adapters.resolve(folder, base=TINY_MODEL).base == TINY_MODEL.resolve()
+
+
 def test_merge_equals_peft_merge_and_keeps_the_base_files(tmp_path):
     import torch
     from peft import PeftModel

@@ -345,19 +345,21 @@ def merge(adapter: Adapter, out: Path) -> None:
 
 
 # ------------------------------------------------------------------ separate adapter files
-def onnx_adapter_tensors(adapter: Adapter) -> dict[str, Any]:
-    """The adapter as the builder lays it out: A as (in x r), B as (r x out) with the scaling folded in."""
+def onnx_adapter_tensors(adapter: Adapter, dtype: str = "float32") -> dict[str, Any]:
+    """The adapter as the builder lays it out: A as (in x r), B as (r x out) with the scaling
+    folded in, computed in fp32 and stored as ``dtype`` (the build's LoRA input type)."""
     import numpy as np
     from safetensors import safe_open
 
     tensors: dict[str, Any] = {}
-    with safe_open(str(adapter.path / ADAPTER_WEIGHTS), framework="numpy") as handle:
+    # torch reads bf16 adapters too, which numpy cannot
+    with safe_open(str(adapter.path / ADAPTER_WEIGHTS), framework="pt") as handle:
         for module in adapter.modules:
             a_name, b_name = module.onnx_names()
-            a = handle.get_tensor(module.a_tensor).astype(np.float32)
-            b = handle.get_tensor(module.b_tensor).astype(np.float32) * np.float32(module.scaling)
-            tensors[a_name] = np.ascontiguousarray(a.T)
-            tensors[b_name] = np.ascontiguousarray(b.T)
+            a = handle.get_tensor(module.a_tensor).float()
+            b = handle.get_tensor(module.b_tensor).float() * module.scaling
+            tensors[a_name] = np.ascontiguousarray(a.T.numpy().astype(dtype))
+            tensors[b_name] = np.ascontiguousarray(b.T.numpy().astype(dtype))
     return tensors
 
 
@@ -376,13 +378,19 @@ def write_onnx_adapter(tensors: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-def lora_inputs(build: Path) -> dict[str, list[Any]]:
-    """The LoRA inputs of a separate-mode build (name -> shape, the rank dim symbolic)."""
+LORA_INPUTS = "lora_inputs.json"
+
+
+def _manifest(build: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads((Path(build) / ADAPTERS_DIR / "lora_inputs.json").read_text(encoding="utf-8"))
+        return json.loads((Path(build) / ADAPTERS_DIR / LORA_INPUTS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return dict(manifest.get("inputs") or {})
+
+
+def lora_inputs(build: Path) -> dict[str, list[Any]]:
+    """The LoRA inputs of a separate-mode build (name -> shape, the rank dim symbolic)."""
+    return dict(_manifest(build).get("inputs") or {})
 
 
 def export_onnx_adapter(adapter: Adapter, build: Path, name: str | None = None) -> Path:
@@ -397,7 +405,7 @@ def export_onnx_adapter(adapter: Adapter, build: Path, name: str | None = None) 
         raise UsageError(
             f"{build} has no LoRA inputs", hint="build the base with `slmk convert ADAPTER --adapter-mode separate`"
         )
-    tensors = onnx_adapter_tensors(adapter)
+    tensors = onnx_adapter_tensors(adapter, _manifest(build).get("dtype") or "float32")
     if set(tensors) != set(inputs):
         missing = sorted(set(inputs) - set(tensors))[:3]
         extra = sorted(set(tensors) - set(inputs))[:3]
@@ -420,17 +428,17 @@ def export_onnx_adapter(adapter: Adapter, build: Path, name: str | None = None) 
     return target
 
 
-def make_lora_inputs(model_path: Path, names: list[str]) -> dict[str, list[Any]]:
+def make_lora_inputs(model_path: Path, names: list[str]) -> tuple[dict[str, list[Any]], str]:
     """Turn the builder's LoRA initializers in ``model_path`` into optional graph inputs.
 
     Each LoRA weight becomes a graph input whose rank dimension is symbolic
     (``lora_rank``) with an empty default (rank 0): without an active adapter the LoRA
     branch adds zeros and the model is exactly the base; an adapter file overrides the
-    defaults per request. Returns the inputs (name -> shape) for the manifest.
+    defaults per request. Returns the inputs (name -> shape) and their element type
+    (the build's float type: float32, or float16 / bfloat16 on GPU builds).
     """
-    import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model_path = Path(model_path)
     model = onnx.load(str(model_path), load_external_data=True)
@@ -443,17 +451,21 @@ def make_lora_inputs(model_path: Path, names: list[str]) -> dict[str, list[Any]]
             hint="onnxruntime-genai 0.18 builds LoRA graphs for Llama-style models; slmk is tested with it",
         )
     inputs: dict[str, list[Any]] = {}
+    element_types = set()
     for name in names:
         init = found[name]
         rows, cols = list(init.dims)
+        # an empty slice of the real weight: its type, rank 0
+        value = numpy_helper.to_array(init)
         if ".lora_A." in name:  # (in x r)
-            shape, empty = [rows, "lora_rank"], np.zeros((rows, 0), dtype=np.float32)
+            shape, empty = [rows, "lora_rank"], value[:, :0]
         else:  # (r x out)
-            shape, empty = ["lora_rank", cols], np.zeros((0, cols), dtype=np.float32)
+            shape, empty = ["lora_rank", cols], value[:0, :]
         model.graph.initializer.remove(init)
-        model.graph.initializer.append(numpy_helper.from_array(empty, name))
-        model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        model.graph.initializer.append(numpy_helper.from_array(empty.copy(), name))
+        model.graph.input.append(helper.make_tensor_value_info(name, init.data_type, shape))
         inputs[name] = shape
+        element_types.add(init.data_type)
     data_file = model_path.with_name(model_path.name + ".data")
     data_file.unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save(
@@ -464,7 +476,9 @@ def make_lora_inputs(model_path: Path, names: list[str]) -> dict[str, list[Any]]
         location=data_file.name,
         size_threshold=1024,
     )
-    return inputs
+    if len(element_types) != 1:
+        raise UsageError("the model builder wrote LoRA weights of mixed types", hint="report this slmk bug")
+    return inputs, helper.tensor_dtype_to_np_dtype(element_types.pop()).name
 
 
 def lora_node_names(adapter: Adapter) -> list[str]:

@@ -401,12 +401,12 @@ def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> No
 def _separate_adapter(build: Path, adapter: adapters.Adapter, request: StepRequest) -> None:
     """LoRA weights -> model inputs with empty defaults; the adapter -> adapters/NAME.onnx_adapter."""
     names = [name for module in adapter.modules for name in module.onnx_names()]
-    inputs = adapters.make_lora_inputs(build / "model.onnx", names)
+    inputs, dtype = adapters.make_lora_inputs(build / "model.onnx", names)
     name = request.options.get("adapter_name") or adapter.name
     (build / adapters.ADAPTERS_DIR).mkdir(exist_ok=True)
     write_json_atomic(
-        build / adapters.ADAPTERS_DIR / "lora_inputs.json",
-        {"inputs": inputs, "target_modules": list(adapter.target_names), "built_with": name},
+        build / adapters.ADAPTERS_DIR / adapters.LORA_INPUTS,
+        {"inputs": inputs, "dtype": dtype, "target_modules": list(adapter.target_names), "built_with": name},
     )
     target = adapters.export_onnx_adapter(adapter, build, name)
     request.progress.log(
