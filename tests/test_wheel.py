@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -95,7 +96,10 @@ def test_a_fresh_venv_from_the_wheel_runs_demo_plugin_new_and_doctor(dist, tmp_p
     assert new.returncode == 0, new.stderr
     made = work / "slmk-acme"
     assert (made / "pyproject.toml").is_file() and (made / "src" / "slmk_acme" / "hooks.py").is_file()
-    assert "{{" not in (made / "src" / "slmk_acme" / "hooks.py").read_text().replace("{{Content}}", "")
+    hooks = (made / "src" / "slmk_acme" / "hooks.py").read_text()
+    assert "slmk_acme" in (made / "pyproject.toml").read_text() and not re.search(
+        r"\{\{ (module|name|kind) \}\}", hooks
+    )
 
     doctor = _run([slmk, "doctor", "--json"], cwd=work, env=env)
     report = json.loads(doctor.stdout)

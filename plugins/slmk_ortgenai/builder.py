@@ -36,6 +36,7 @@ from slmk.api import (
     write_search,
 )
 
+from . import adapters
 from .errors import first_line
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
@@ -104,7 +105,13 @@ OPTIONS: dict[str, str] = {
     "nodes_to_exclude": "comma-separated node names kept in float, e.g. /lm_head/MatMul",
     "enable_cuda_graph": "capture a CUDA graph at inference (cuda only)",
     "allow_pickle": "read pytorch_model.bin weights (pickles can run code): --allow-pickle / [ortgenai] allow_pickle",
+    # Set by slmk_ortgenai.adapters.convert_adapter for --adapter-mode separate:
+    "adapter_path": "a PEFT LoRA adapter folder: build the base with LoRA inputs and write adapters/NAME.onnx_adapter",
+    "adapter_name": "the NAME of that adapter file (default: the adapter folder's name)",
+    "adapter_digest": "sha256 of the adapter's files, so the build cache sees a changed adapter",
 }
+#: Options handled by slmk around the builder call rather than passed to it as they are.
+_ADAPTER_OPTIONS = ("adapter_path", "adapter_name", "adapter_digest")
 
 BUILDER_ALGORITHMS = ("default", "rtn", "k_quant")
 #: Options slmk reads itself; the builder never sees them.
@@ -210,7 +217,7 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
             hint=f"the ortgenai-builder converter takes {', '.join(OPTIONS)}",
         )
     for key, value in options.items():
-        if value is None or key in SLMK_ONLY_OPTIONS:
+        if value is None or key in SLMK_ONLY_OPTIONS or key in _ADAPTER_OPTIONS:
             continue
         if key == "algorithm":
             algorithm = str(value).lower()
@@ -327,11 +334,22 @@ def convert(request: StepRequest) -> None:
     reason = supports(info)
     if reason:
         raise UsageError(reason, hint="`slmk inspect MODEL` shows which converters fit this model")
+    adapter = None
+    if request.options.get("adapter_path"):
+        # The base with a LoRA branch beside every adapted MatMul (the builder's adapter_path),
+        # whose weights become model inputs afterwards; the branch stays in float so that an
+        # adapter file can feed it, whatever precision the base weights get.
+        adapter = adapters.resolve(request.options["adapter_path"], base=request.source)
+        pairs.append(f"adapter_path={adapter.path.resolve()}")
+        if request.precision in ("int4", "int8"):
+            excluded = [n for p in pairs if p.startswith("nodes_to_exclude=") for n in p.split("=", 1)[1].split(",")]
+            pairs = [p for p in pairs if not p.startswith("nodes_to_exclude=")]
+            pairs.append("nodes_to_exclude=" + ",".join([*filter(None, excluded), *adapters.lora_node_names(adapter)]))
     work = Path(request.work_dir)
     cache_dir, staging, log_path = work / "builder-cache", work / "builder-output", work / "builder.log"
     shutil.rmtree(staging, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    shown = [p for p in pairs if not p.startswith(("hf_token=", "hf_remote="))]
+    shown = [p for p in pairs if not p.startswith(("hf_token=", "hf_remote=", "nodes_to_exclude=/model"))]
     request.progress.log(
         f"model builder (onnxruntime-genai {tool_versions()['onnxruntime-genai']}): "
         f"{info.architecture} -> {request.precision} for {ep.builder_ep}"
@@ -363,6 +381,8 @@ def convert(request: StepRequest) -> None:
         gc.collect()  # the builder holds the whole model in memory until collected
     request.progress.log(f"builder wrote {dir_size(staging) / 1e6:.1f} MB in {time.perf_counter() - start:.1f}s")
     _complete_output(staging, info, request)
+    if adapter is not None:
+        _separate_adapter(staging, adapter, request)
     for item in staging.iterdir():
         shutil.move(str(item), str(Path(request.output) / item.name))
 
@@ -419,3 +439,20 @@ def check_weights(info: ModelInfo, *, allow_pickle: bool) -> None:
             f"{folder.name} has no weights (no *.safetensors, no pytorch_model*.bin)",
             hint="pass the folder `save_pretrained` wrote; checkpoints/ or optimizer states are not weights",
         )
+
+
+def _separate_adapter(build: Path, adapter: adapters.Adapter, request: StepRequest) -> None:
+    """LoRA weights -> model inputs with empty defaults; the adapter -> adapters/NAME.onnx_adapter."""
+    names = [name for module in adapter.modules for name in module.onnx_names()]
+    inputs, dtype = adapters.make_lora_inputs(build / "model.onnx", names)
+    name = request.options.get("adapter_name") or adapter.name
+    (build / adapters.ADAPTERS_DIR).mkdir(exist_ok=True)
+    write_json_atomic(
+        build / adapters.ADAPTERS_DIR / adapters.LORA_INPUTS,
+        {"inputs": inputs, "dtype": dtype, "target_modules": list(adapter.target_names), "built_with": name},
+    )
+    target = adapters.export_onnx_adapter(adapter, build, name)
+    request.progress.log(
+        f"LoRA inputs for {len(adapter.modules)} layers; adapter {name} -> "
+        f"{target.relative_to(build)} ({target.stat().st_size / 1e3:.0f} kB)"
+    )

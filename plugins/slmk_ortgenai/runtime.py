@@ -21,6 +21,7 @@ from slmk.api import (
     read_genai_config,
 )
 
+from . import adapters as lora
 from .errors import first_line
 
 #: With truncate=True and no max_new_tokens, room left for the answer (at most half the context).
@@ -54,10 +55,15 @@ class OrtGenAISession:
         self.last_token_ids: list[int] = []  # the tokens the last generate() produced, eos included
         options = dict(options or {})
         self.truncate = bool(options.pop("truncate", False))
+        default_adapter = options.pop("adapter", None)
         if options:
             raise UsageError(
-                f"unknown runtime option(s) {', '.join(sorted(options))} for ortgenai", hint="ortgenai takes truncate"
+                f"unknown runtime option(s) {', '.join(sorted(options))} for ortgenai",
+                hint="ortgenai takes truncate and adapter",
             )
+        self._adapters = None  # og.Adapters, made on the first adapter load
+        self._adapter_names: dict[str, str] = {}  # adapter file -> the name og knows it by
+        self.adapter: str | None = None  # the adapter generate() uses when none is given
         self._og = og
         precision = _build_precision(self.path)
         if precision and precision not in execution_provider.run_precisions:
@@ -82,6 +88,60 @@ class OrtGenAISession:
                 hint=self._load_hint(),
             ) from exc
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
+        if default_adapter:
+            self.adapter = self.load_adapter(default_adapter)
+
+    # ------------------------------------------------------------ adapters
+    def available_adapters(self) -> list[str]:
+        """The adapter files of this build (``adapters/NAME.onnx_adapter``), by NAME."""
+        folder = self.path / lora.ADAPTERS_DIR
+        return sorted(p.name[: -len(lora.ONNX_ADAPTER_SUFFIX)] for p in folder.glob(f"*{lora.ONNX_ADAPTER_SUFFIX}"))
+
+    def load_adapter(self, name_or_file: str | Path) -> str:
+        """Load an adapter (a NAME of this build's adapters/ or an .onnx_adapter file) once; returns its name.
+
+        The model stays loaded once: each request picks its adapter, or none (the base).
+        """
+        self._require_open()
+        if not lora.lora_inputs(self.path):
+            raise UsageError(
+                f"{self.path} was not built for separate adapters",
+                hint="build it with `slmk convert ADAPTER_DIR --adapter-mode separate`, "
+                "or run a merged build without --adapter",
+            )
+        text = str(name_or_file)
+        candidate = Path(text).expanduser()
+        if text.endswith(lora.ONNX_ADAPTER_SUFFIX) or candidate.is_file():
+            file = candidate
+            if not file.is_file():
+                raise UsageError(f"adapter file {file} does not exist", hint="pass an .onnx_adapter file or a NAME")
+        else:
+            file = self.path / lora.ADAPTERS_DIR / f"{text}{lora.ONNX_ADAPTER_SUFFIX}"
+            if not file.is_file():
+                names = self.available_adapters()
+                raise UsageError(
+                    f"{self.path} has no adapter {text!r}",
+                    hint=f"its adapters: {', '.join(names) or 'none'}; or pass an .onnx_adapter file",
+                )
+        key = str(file.resolve())
+        if key in self._adapter_names:
+            return self._adapter_names[key]
+        name = (
+            file.name[: -len(lora.ONNX_ADAPTER_SUFFIX)] if file.name.endswith(lora.ONNX_ADAPTER_SUFFIX) else file.stem
+        )
+        if name in self._adapter_names.values():  # two files with one name: keep both apart
+            name = key
+        try:
+            if self._adapters is None:
+                self._adapters = self._og.Adapters(self._model)
+            self._adapters.load(key, name)
+        except Exception as exc:
+            raise SlmkError(
+                f"onnxruntime-genai cannot load the adapter {file}: {first_line(exc)}",
+                hint="an adapter file fits the separate-mode build of its own base and target modules",
+            ) from exc
+        self._adapter_names[key] = name
+        return name
 
     def _load_hint(self) -> str:
         precision = _build_precision(self.path)
@@ -125,12 +185,20 @@ class OrtGenAISession:
 
     # ------------------------------------------------------------ generate
     def generate(self, messages: list[Mapping[str, str]], **search: Any) -> Iterator[str]:
-        """Stream the answer to ``messages``; bad options or an overlong prompt raise here, not mid-stream."""
+        """Stream the answer to ``messages``; bad options or an overlong prompt raise here, not mid-stream.
+
+        ``adapter=NAME`` (or a file) answers with that LoRA adapter, ``adapter=None`` with
+        the base; without it, the session's default adapter (``adapter`` load option) is used.
+        """
+        adapter = search.pop("adapter", self.adapter)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
-            raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
+            raise UsageError(
+                f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)} or adapter"
+            )
+        adapter_name = self.load_adapter(adapter) if adapter else None
         prompt_ids = self.encode(self.render_prompt(messages))
-        return self._stream(*self._plan(prompt_ids, search))
+        return self._stream(*self._plan(prompt_ids, search), adapter_name)
 
     def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
         search = {k: v for k, v in search.items() if v is not None}
@@ -161,7 +229,7 @@ class OrtGenAISession:
             search["do_sample"] = False
         return prompt_ids, search
 
-    def _stream(self, prompt_ids: list[int], search: dict[str, Any]) -> Iterator[str]:
+    def _stream(self, prompt_ids: list[int], search: dict[str, Any], adapter: str | None = None) -> Iterator[str]:
         og = self._og
         start = time.perf_counter()
         first_token_at = None
@@ -172,6 +240,8 @@ class OrtGenAISession:
             params = og.GeneratorParams(self._model)
             params.set_search_options(**search)
             generator = og.Generator(self._model, params)
+            if adapter:
+                generator.set_active_adapter(self._adapters, adapter)
             generator.append_tokens(prompt_ids)
             stream = self._tokenizer.create_stream()
             while not generator.is_done():
@@ -254,6 +324,8 @@ class OrtGenAISession:
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:
+        self._adapters = None
+        self._adapter_names.clear()
         self._tokenizer = None
         self._model = None
 
