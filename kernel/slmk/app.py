@@ -97,6 +97,8 @@ def convert(
     plan_only: bool = False,
     extra_options: dict[str, Any] | None = None,
     plugin_settings: dict[str, Any] | None = None,
+    base: str | Path | None = None,
+    source_mode: str | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     cache_dir: str | Path | None = None,
@@ -107,6 +109,10 @@ def convert(
     what the planned steps declare. ``plugin_settings`` are plugins' settings by key; a
     converter whose ``selected_by`` key is set there is used, with the value as its
     option (``olive.config`` -> ``olive_config``). ``output`` None: ``build/NAME-PRECISION-EP``.
+
+    A folder a model source claims (a LoRA adapter) is materialized first (merged into
+    ``base``, its own base when None); ``source_mode`` other than the first of the
+    source's modes hands the whole conversion to the source (e.g. ``separate``).
     """
     registry = registry or get_registry()
     extra_options = dict(extra_options or {})
@@ -125,6 +131,35 @@ def convert(
     if model is None:
         raise UsageError(
             "no model folder given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)"
+        )
+    source = registry.model_source(model)
+    if source is not None:
+        if output is None:
+            output = f"build/{Path(model).resolve().name}-{precision}-{execution_provider}"
+        if source_mode and source.modes and source_mode != source.modes[0]:
+            return source.convert(
+                model,
+                output,
+                base=base,
+                mode=source_mode,
+                precision=precision,
+                execution_provider=execution_provider,
+                via=via,
+                quantization=quantization,
+                calibration=calibration,
+                search=search,
+                force=force,
+                trust_remote_code=trust_remote_code,
+                plan_only=plan_only,
+                extra_options=extra_options,
+                progress=progress,
+                cache_dir=cache_dir,
+            )
+        model = source.materialize(Path(model), Path(base) if base else None, progress or Progress(quiet=True))
+    elif base is not None or source_mode:
+        raise UsageError(
+            f"{model} is not an adapter folder: --base and --adapter-mode apply to adapters only",
+            hint="drop them for a plain model folder",
         )
     info = ModelInfo.load(model)
     if info.format != FORMAT_HF:
@@ -171,6 +206,22 @@ def convert(
     )
 
 
+def materialize(
+    model: str | Path,
+    *,
+    base: str | Path | None = None,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+) -> Path:
+    """A Hugging Face folder for ``model``: itself, or what a model source makes of it (an
+    adapter merged into its base, cached)."""
+    registry = registry or get_registry()
+    source = registry.model_source(model)
+    if source is None:
+        return Path(model)
+    return source.materialize(Path(model), Path(base) if base else None, progress or Progress(quiet=True))
+
+
 def build_info(path: Path) -> dict[str, Any]:
     """slmk_build.json of a build ({} when absent): precision, EP, source, plan."""
     try:
@@ -187,6 +238,7 @@ def open_session(
     registry: Registry | None = None,
     installed=None,
     cache_dir: Path | None = None,
+    options: dict[str, Any] | None = None,
 ) -> ChatSession:
     """Load a built model folder with a runtime plugin."""
     registry = registry or get_registry()
@@ -209,7 +261,9 @@ def open_session(
         reason = rt.can_load(folder)
         if reason:
             raise UsageError(f"runtime {runtime} cannot load {folder}: {reason}")
-    return rt.load(LoadRequest(path=folder, execution_provider=ep, installed=installed, cache_dir=cache_dir))
+    return rt.load(
+        LoadRequest(path=folder, execution_provider=ep, installed=installed, cache_dir=cache_dir, options=options or {})
+    )
 
 
 # ------------------------------------------------------------------ installs
@@ -293,12 +347,23 @@ def install(
 
 
 # ------------------------------------------------------------------ inspect
-def inspect_model(model: str | Path, registry: Registry | None = None) -> dict[str, Any]:
-    """Everything `slmk inspect` shows, as data."""
+def inspect_model(
+    model: str | Path, registry: Registry | None = None, *, base: str | Path | None = None
+) -> dict[str, Any]:
+    """Everything `slmk inspect` shows, as data (for an adapter: the adapter and its base)."""
     from .planner import check_precision
     from .records import PRECISIONS
 
     registry = registry or get_registry()
+    source = registry.model_source(model)
+    if source is not None:  # the adapter, then what its base can become
+        described = dict(source.describe(Path(model), Path(base) if base else None))
+        return {
+            **inspect_model(described.get("base") or base, registry),
+            "source": source.name,
+            "adapter": described,
+            "path": str(Path(model)),
+        }
     info = ModelInfo.load(model)
     family = None
     template_error = None

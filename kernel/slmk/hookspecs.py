@@ -22,6 +22,7 @@ from .records import (
     ExecutionProvider,
     Installer,
     ModelFamily,
+    ModelSource,
     Probe,
     Quantizer,
     Runtime,
@@ -199,6 +200,36 @@ def slmk_runtimes() -> Iterable[Runtime]:
         @hookimpl
         def slmk_runtimes():
             yield Runtime(name="echo", description="Echoes the prompt", load=lambda request: EchoSession())
+    """
+
+
+@hookspec
+def slmk_model_sources() -> Iterable[ModelSource]:
+    """Folders that are not plain Hugging Face models but can become one (a LoRA adapter).
+
+    ``inspect``, ``convert``, ``compare`` and ``deploy`` ask each source's ``detect`` first;
+    the first that claims a folder describes it, materializes it into a Hugging Face
+    folder, or converts it itself for its own ``modes``.
+
+    Example::
+
+        import json
+        from pathlib import Path
+        from slmk.api import ModelSource, hookimpl
+
+        def _detect(path):
+            return (Path(path) / "delta.json").is_file()
+
+        def _describe(path, base):
+            return {"kind": "delta", "base": json.loads((Path(path) / "delta.json").read_text())["base"]}
+
+        def _materialize(path, base, progress):
+            return Path(base or _describe(path, None)["base"])  # a real source writes a merged folder
+
+        @hookimpl
+        def slmk_model_sources():
+            yield ModelSource(name="delta", description="a base plus a weight delta", detect=_detect,
+                              describe=_describe, materialize=_materialize, convert=None)
     """
 
 

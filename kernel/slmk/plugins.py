@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pluggy
@@ -34,6 +35,7 @@ from .records import (
     ExecutionProvider,
     Installer,
     ModelFamily,
+    ModelSource,
     Probe,
     Quantizer,
     Runtime,
@@ -252,6 +254,21 @@ class Registry:
     def runtimes(self) -> dict[str, Runtime]:
         """Runtimes, by name."""
         return self._typed("slmk_runtimes", Runtime)
+
+    @property
+    def model_sources(self) -> dict[str, ModelSource]:
+        """Kinds of model folders beyond plain Hugging Face ones (adapters), by name."""
+        return self._typed("slmk_model_sources", ModelSource)
+
+    def model_source(self, path: str | Path) -> ModelSource | None:
+        """The source that claims ``path`` (first by name), or None for a plain model folder."""
+        for _, source in sorted(self.model_sources.items()):
+            try:
+                if source.detect(Path(path)):
+                    return source
+            except (Exception, SystemExit):  # a broken detector must not hide the folder
+                continue
+        return None
 
     @property
     def commands(self) -> dict[str, Command]:

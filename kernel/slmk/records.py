@@ -324,6 +324,28 @@ class ScoringSession(ChatSession, Protocol):
         """Teacher-forced negative log-likelihood of ``text``: (sum in nats, tokens scored)."""
 
 
+# --------------------------------------------------------------------------- model sources
+@dataclass(frozen=True)
+class ModelSource:
+    """A kind of model folder that is not a plain Hugging Face model, e.g. a PEFT LoRA adapter.
+
+    ``detect(path)`` says whether a folder is one (cheap, JSON only). ``describe(path,
+    base)`` is what `slmk inspect` shows; ``materialize(path, base, progress)`` returns a
+    Hugging Face folder the rest of slmk can take (e.g. the adapter merged into its
+    base; cached); ``convert(path, output, base=, mode=, **convert_options)`` builds it,
+    for modes beyond materialize-then-convert (e.g. a base with separate adapter files).
+    ``base`` is the user's ``--base`` or None.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    describe: Callable[[Path, Path | None], Mapping[str, Any]]
+    materialize: Callable[[Path, Path | None, Progress], Path]
+    convert: Callable[..., Any]
+    modes: tuple[str, ...] = ()
+
+
 # --------------------------------------------------------------------------- commands
 @dataclass(frozen=True)
 class Command:
@@ -379,6 +401,7 @@ RECORD_TYPES: dict[str, type] = {
     "slmk_quantizers": Quantizer,
     "slmk_installers": Installer,
     "slmk_runtimes": Runtime,
+    "slmk_model_sources": ModelSource,
     "slmk_commands": Command,
     "slmk_settings": Setting,
 }

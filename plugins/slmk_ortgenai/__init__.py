@@ -9,6 +9,7 @@ from __future__ import annotations
 from slmk.api import (
     PRECISIONS,
     Converter,
+    ModelSource,
     Runtime,
     Setting,
     context_length,
@@ -40,6 +41,44 @@ def slmk_converters():
         algorithms=("rtn", "k_quant"),
         quantization_options=builder.QUANTIZATION_OPTIONS,
         priority=10,
+    )
+
+
+def _materialize(path, base, progress):
+    from .adapters import merged_model, resolve
+
+    return merged_model(resolve(path, base), progress=progress)
+
+
+def _describe(path, base):
+    from .adapters import describe
+
+    return describe(path, base)
+
+
+def _convert_adapter(path, output, **options):
+    from .adapters import convert_adapter
+
+    return convert_adapter(path, output, **options)
+
+
+def _is_adapter(path):
+    from .adapters import is_adapter
+
+    return is_adapter(path)
+
+
+@hookimpl
+def slmk_model_sources():
+    yield ModelSource(
+        name="peft-lora",
+        description="a PEFT LoRA adapter folder: merged into its base (merge), or the base built once with "
+        "adapters/NAME.onnx_adapter files switched per request (separate)",
+        detect=_is_adapter,
+        describe=_describe,
+        materialize=_materialize,
+        convert=_convert_adapter,
+        modes=("merge", "separate"),
     )
 
 

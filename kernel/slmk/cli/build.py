@@ -128,16 +128,24 @@ def _resolve_ep_name(name: str):
 
 @click.command()
 @click.argument("model_dir", type=click.Path())
+@click.option("--base", type=click.Path(file_okay=False), help="For an adapter folder: its base model folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect(model_dir: str, as_json: bool) -> None:
-    """Describe a model: architecture, family, size, chat template, and what can be built here."""
+def inspect(model_dir: str, base: str | None, as_json: bool) -> None:
+    """Describe a model or adapter: architecture, family, size, chat template, and what can be built here."""
     from ..app import inspect_model
 
-    report = inspect_model(model_dir)
+    report = inspect_model(model_dir, base=base)
     if as_json:
         emit_json(report)
         return
     params = report["parameters"]
+    adapter = report.get("adapter")
+    if adapter:
+        click.echo(
+            f"adapter:        {adapter['adapter']} ({report['source']}, rank {adapter.get('rank')}, "
+            f"{adapter.get('adapted_layers')} layers: {', '.join(adapter.get('target_modules', []))})"
+        )
+        click.echo(f"base:           {adapter['base']} (from {adapter.get('base_from')})")
     click.echo(f"model:          {report['path']} ({report['format']})")
     click.echo(f"architecture:   {report['architecture'] or '?'} (model_type {report['model_type'] or '?'})")
     click.echo(f"family:         {report['family'] or 'none (generic template from the chat template)'}")
@@ -198,6 +206,13 @@ def quantization_options(f):
     metavar="KEY=VALUE",
     help="An option of the planned converter or quantizer (their records declare them: `slmk plugins --json`).",
 )
+@click.option("--base", type=click.Path(file_okay=False), help="For an adapter folder: its base model folder.")
+@click.option(
+    "--adapter-mode",
+    type=click.Choice(["merge", "separate"]),
+    help="For an adapter folder: merge it into the base [default], or build the base once plus a separate "
+    "adapter file (`slmk run --adapter`).",
+)
 @click.option("--plan", "plan_only", is_flag=True, help="Print the plan and stop.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow code from the model folder to run.")
@@ -212,6 +227,8 @@ def convert(
     output,
     via,
     options,
+    base,
+    adapter_mode,
     plan_only,
     force,
     trust_remote_code,
@@ -229,6 +246,7 @@ def convert(
     slmk convert ./my-model -p int4 -o build/int4
     slmk convert ./my-model -p int4 --via olive --calibration train.jsonl -o build/gptq
     slmk convert ./my-model -p int4 -O block_size=64 -O accuracy_level=4
+    slmk convert ./my-lora-adapter --base ./base-model -p int4 [--adapter-mode separate]
     slmk convert --olive-config finetuned_conversion_config.json -o build/olive
     """
     from .. import app
@@ -261,6 +279,8 @@ def convert(
         plan_only=plan_only,
         extra_options=parse_key_values(options),
         plugin_settings=plugin_settings,
+        base=base,
+        source_mode=adapter_mode,
         progress=state.progress(as_json),
         cache_dir=settings["cache_dir"],
     )

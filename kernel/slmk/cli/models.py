@@ -33,6 +33,9 @@ def _registry():
 @click.option("--system", help="System message.")
 @click.option("--runtime", help="ortgenai (ONNX Runtime GenAI) or foundry (Foundry Local SDK) [default: ortgenai].")
 @click.option("--ep", "execution_provider", help="Execution provider (default: the one the model was built for).")
+@click.option(
+    "--adapter", help="A build's adapter (NAME in adapters/, or an .onnx_adapter file): separate-adapter builds."
+)
 @cache_dir_option
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="With --prompt: print the answer and stats as JSON.")
@@ -44,6 +47,7 @@ def run(
     system,
     runtime,
     execution_provider,
+    adapter,
     cache_dir,
     max_new_tokens,
     temperature,
@@ -70,6 +74,7 @@ def run(
         execution_provider=execution_provider,
         installed=installed,
         cache_dir=foundry_cache,
+        options={"adapter": adapter} if adapter else None,
     )
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     try:
