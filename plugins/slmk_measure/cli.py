@@ -379,7 +379,7 @@ def compare(
 
         require_matplotlib()
     settings = state.settings({"execution_provider": execution_provider, "runtime": runtime})
-    info = ModelInfo.load(model_dir)
+    info = ModelInfo.load(app.materialize(model_dir))  # an adapter is compared merged into its base
     if info.format != FORMAT_HF:
         raise UsageError(
             f"{info.path} is not a Hugging Face model folder", hint="compare builds the model: pass its folder"

@@ -140,7 +140,8 @@ def deploy(
     parsed: Gate | None = parse_gate(gate) if gate else None
     if parsed and precision:
         raise UsageError("--precision and --quality-gate both choose the precision", hint="pass one of them")
-    info = ModelInfo.load(model)
+    # an adapter folder deploys merged into its base: Foundry Local runs no separate adapters
+    info = ModelInfo.load(app.materialize(model, progress=progress, registry=registry))
     if info.format != FORMAT_HF:
         raise UsageError(
             f"{info.path} is not a Hugging Face model folder", hint="deploy takes the fine-tuned model folder"
@@ -154,7 +155,8 @@ def deploy(
         model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None
     )
 
-    items, heldout = _data(model_dir, eval_file, heldout_file, parsed)
+    # the data beside the folder the user named (an adapter's ../data, not its merged copy's)
+    items, heldout = _data(Path(model).resolve(), eval_file, heldout_file, parsed)
     candidates = candidate_precisions(ep)
     if parsed is None:
         wanted = precision or DEFAULT_PRECISION
