@@ -155,6 +155,7 @@ class ModelWorker:
         self._changed = threading.Condition(self._lock)
         self.active = 0  # generations running in worker threads
         self.history: deque[GenerationRecord] = deque(maxlen=HISTORY)
+        self.outcomes: dict[str, int] = {}  # every generation since start, by outcome
         self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"slmk-serve-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: asyncio.Queue | None = None
@@ -281,6 +282,7 @@ class ModelWorker:
             with self._lock:
                 self.active -= 1
                 self.history.append(record)
+                self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
                 self._changed.notify_all()
             try:
                 self._loop.call_soon_threadsafe(self._release, session)
@@ -295,17 +297,14 @@ class ModelWorker:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            history = list(self.history)
             active = self.active
-        outcomes: dict[str, int] = {}
-        for record in history:
-            outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
+            outcomes = dict(self.outcomes)
         return {
             "runtime": self.runtime,
             "sessions": len(self.sessions),
             "active": active,
             "queued": max(0, self.admitted - active),
-            "recent_outcomes": outcomes,
+            "outcomes": outcomes,
         }
 
     def close(self) -> None:
