@@ -426,3 +426,37 @@ def test_slmk_serve_refuses_a_missing_target_in_one_line(run_slmk, tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
+
+
+def test_deploy_can_finish_with_the_endpoint_up(tiny_model_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "slmk", "-q", "deploy", str(tiny_model_dir), "--name", "served"]
+    command += ["--cache-dir", str(tmp_path / "foundry"), "--leak-runs", "10", "--max-slowdown", "4"]
+    process = subprocess.Popen(
+        [*command, "--serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        lines = []
+        for line in process.stdout:  # deploy's summary, then the endpoint
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert lines and lines[-1].startswith("serving served at http://127.0.0.1:"), "".join(lines)
+        base_url = lines[-1].split(" at ")[1].split()[0]
+        how_to = [process.stdout.readline() for _ in range(3)]
+        assert how_to[0].strip().startswith(f"curl {base_url}/chat/completions"), how_to
+        with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0) as c:
+            reply = c.chat.completions.create(model="served", messages=user(QUESTIONS[0]), temperature=0)
+            assert "four" in reply.choices[0].message.content
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_deploy_serve_refuses_json(run_slmk, tiny_model_dir):
+    result = run_slmk("deploy", str(tiny_model_dir), "--name", "x", "--serve", "--json")
+    assert result.returncode == 2
+    assert "--serve" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
