@@ -54,6 +54,19 @@ def build_tiny(work: Path) -> Path:
     return out
 
 
+def build_shaped(work: Path) -> Path:
+    """precision_sweep.py's Qwen2.5-0.5B-shaped model (random weights), at int4: a realistic decode cost."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from precision_sweep import make_shaped_model
+
+    from slmk.api import convert
+
+    out = work / "shaped-int4"
+    if not (out / "genai_config.json").is_file():
+        convert(make_shaped_model(work / "shaped-model"), out, precision="int4")
+    return out
+
+
 def in_process(build: Path, tokens: int, repeats: int) -> dict:
     """The same request through the runtime, without HTTP: the floor the server adds to."""
     from slmk.api import open_session
@@ -238,6 +251,9 @@ def disconnects(server: Server, count: int, clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", type=Path, help="an slmk build folder [default: the tiny chat model at int4]")
+    parser.add_argument(
+        "--shaped", type=Path, metavar="WORK", help="build and serve a 0.5B-shaped int4 model in WORK (kept for reruns)"
+    )
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients per scenario")
     parser.add_argument("--requests", type=int, default=20, help="requests per client")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer (fixed with min_tokens)")
@@ -245,6 +261,7 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=64, help="server queue per model")
     parser.add_argument("--overload-clients", type=int, default=32, help="clients for the overload scenario (0: skip)")
     parser.add_argument("--overload-queue", type=int, default=4, help="--max-queue of the overload server")
+    parser.add_argument("--reference-repeats", type=int, default=20, help="in-process runs, the reference")
     parser.add_argument("--disconnects", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=120, help="per scenario")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -252,9 +269,9 @@ def main() -> None:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
     with tempfile.TemporaryDirectory(prefix="slmk-serve-load-") as work:
-        build = args.build or build_tiny(Path(work))
+        build = args.build or (build_shaped(args.shaped) if args.shaped else build_tiny(Path(work)))
         report: dict = {"build": str(build), "tokens": args.tokens, "cpus": os.cpu_count()}
-        report["in_process"] = in_process(build, args.tokens, repeats=20)
+        report["in_process"] = in_process(build, args.tokens, repeats=args.reference_repeats)
         server = Server(build, parallel=args.parallel, max_queue=args.max_queue, max_connections=512)
         try:
             load(server, 1, 3, args.tokens, args.max_seconds)  # warm-up: first-call allocations
