@@ -370,6 +370,23 @@ def test_a_client_that_leaves_mid_stream_frees_its_generation_at_once(server, bu
     assert reply.status_code == 200
 
 
+def test_the_foundry_runtime_serves_through_the_same_hook(build, reference):
+    with serve([f"tiny={build}"], port=0, runtime="foundry") as running:
+        assert running.workers["tiny"].runtime == "foundry"
+        with openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0) as c:
+            question = QUESTIONS[0]
+            text, prompt_tokens, _ = reference[question]
+            reply = c.chat.completions.create(
+                model="tiny", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
+            )
+            assert reply.choices[0].message.content == text  # the same ONNX Runtime GenAI core underneath
+            assert reply.usage.prompt_tokens == prompt_tokens
+            stream = c.chat.completions.create(
+                model="tiny", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS, stream=True
+            )
+            assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == text
+
+
 # --------------------------------------------------------------------------- endpoint runtime
 def test_the_openai_endpoint_runtime_measures_a_served_model(server, build, reference):
     registry = get_registry()

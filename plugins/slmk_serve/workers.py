@@ -185,15 +185,7 @@ class ModelWorker:
         self.admitted += 1
         handed_over = False
         try:
-            try:
-                session = await asyncio.wait_for(self._pool.get(), self.limits.queue_timeout_s)
-            except asyncio.TimeoutError:
-                raise Refused(
-                    503,
-                    f"model {self.name} stayed busy for {self.limits.queue_timeout_s:g} s",
-                    code="queue_timeout",
-                    retry_after=1,
-                ) from None
+            session = await self._take_session()
             try:
                 self._loop.run_in_executor(self._executor, self._run, job, session)
             except BaseException:
@@ -209,6 +201,35 @@ class ModelWorker:
             else:
                 self.admitted -= 1
             raise
+
+    async def _take_session(self) -> Any:
+        """A free session, waiting at most ``queue_timeout_s``.
+
+        Not ``asyncio.wait_for(queue.get())``: before Python 3.12 a cancellation that
+        lands as the get completes loses the item, and a lost session is a model that
+        never answers again. Here a session taken by a cancelled waiter goes back.
+        """
+        getter = asyncio.ensure_future(self._pool.get())
+        try:
+            done, _ = await asyncio.wait({getter}, timeout=self.limits.queue_timeout_s)
+        except BaseException:
+            self._give_back_or_cancel(getter)
+            raise
+        if not done:
+            self._give_back_or_cancel(getter)
+            raise Refused(
+                503,
+                f"model {self.name} stayed busy for {self.limits.queue_timeout_s:g} s",
+                code="queue_timeout",
+                retry_after=1,
+            )
+        return getter.result()
+
+    def _give_back_or_cancel(self, getter: asyncio.Future) -> None:
+        if getter.done() and not getter.cancelled():
+            self._pool.put_nowait(getter.result())
+        else:
+            getter.cancel()  # a cancelled Queue.get takes nothing from the queue
 
     def _release(self, session: Any) -> None:
         self._pool.put_nowait(session)
