@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/serve_load.py [--build DIR] [--clients 1,4,16] [--requests 20]
 
-1. Builds the tiny chat model at int4 (or takes ``--build``), measures the in-process
-   ortgenai runtime on the same request (the reference: no HTTP).
-2. Starts ``slmk serve`` in a subprocess on 127.0.0.1 (port 0) so its RSS is its own.
+1. Builds the tiny chat model at int4 (or takes ``--build``, or ``--shaped``).
+2. Starts ``slmk serve`` in a subprocess on 127.0.0.1 (port 0) so its RSS is its own,
+   and measures the same request in-process (the ortgenai runtime, no HTTP) and through
+   the server, interleaved: what HTTP costs.
 3. For each K in ``--clients``: K threads with the official openai client each stream M
    chat completions of exactly ``--tokens`` tokens (``min_tokens`` = ``max_tokens``):
    requests/s, tokens/s, time to first token and latency (p50, p95), errors by kind,
@@ -67,25 +68,47 @@ def build_shaped(work: Path) -> Path:
     return out
 
 
-def in_process(build: Path, tokens: int, repeats: int) -> dict:
-    """The same request through the runtime, without HTTP: the floor the server adds to."""
+def reference(build: Path, server: Server, tokens: int, repeats: int) -> dict:
+    """The same request in-process (no HTTP) and through the server, one after the other.
+
+    Interleaved, so both see the same machine: on a shared machine the load of other
+    work drifts by more than what HTTP costs a real model.
+    """
+    import openai
+
     from slmk.api import open_session
 
     session = open_session(build)
     count = len(session.encode(session.render_prompt([{"role": "user", "content": PROMPT}])))
     search = {"do_sample": False, "max_new_tokens": tokens, "min_length": count + tokens}
-    firsts, totals = [], []
+    firsts, totals, http_firsts, http_totals = [], [], [], []
     try:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _piece in session.generate([{"role": "user", "content": PROMPT}], **search):
-                pass
-            totals.append(time.perf_counter() - started)
-            # the runtime's clock: a random-weight model's tokens may decode to no text at all
-            firsts.append(session.last_stats.time_to_first_token_s)
+        with openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300) as client:
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for _piece in session.generate([{"role": "user", "content": PROMPT}], **search):
+                    pass
+                totals.append(time.perf_counter() - started)
+                # the runtime's clock: a random-weight model's tokens may decode to no text at all
+                firsts.append(session.last_stats.time_to_first_token_s)
+                first, total, _ = one_request(client, tokens)
+                http_totals.append(total)
+                if first is not None:
+                    http_firsts.append(first)
     finally:
         session.close()
-    return {"ttft_s": summary(firsts), "latency_s": summary(totals), "tokens_per_s": tokens * repeats / sum(totals)}
+    return {
+        "in_process": {
+            "ttft_s": summary(firsts),
+            "latency_s": summary(totals),
+            "tokens_per_s": tokens * repeats / sum(totals),
+        },
+        "http": {
+            "ttft_s": summary(http_firsts),
+            "latency_s": summary(http_totals),
+            "tokens_per_s": tokens * repeats / sum(http_totals),
+        },
+    }
 
 
 class Server:
@@ -265,7 +288,7 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=64, help="server queue per model")
     parser.add_argument("--overload-clients", type=int, default=32, help="clients for the overload scenario (0: skip)")
     parser.add_argument("--overload-queue", type=int, default=4, help="--max-queue of the overload server")
-    parser.add_argument("--reference-repeats", type=int, default=20, help="in-process runs, the reference")
+    parser.add_argument("--reference-repeats", type=int, default=20, help="in-process and HTTP runs, interleaved")
     parser.add_argument("--disconnects", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=120, help="per scenario")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -275,11 +298,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="slmk-serve-load-") as work:
         build = args.build or (build_shaped(args.shaped) if args.shaped else build_tiny(Path(work)))
         report: dict = {"build": str(build), "tokens": args.tokens, "cpus": os.cpu_count()}
-        report["in_process"] = in_process(build, args.tokens, repeats=args.reference_repeats)
         server = Server(build, parallel=args.parallel, max_queue=args.max_queue, max_connections=512)
         try:
             load(server, 1, 3, args.tokens, args.max_seconds)  # warm-up: first-call allocations
             report["rss_after_warmup_mb"] = server.rss_mb()
+            report["reference"] = reference(build, server, args.tokens, args.reference_repeats)
             report["load"] = [
                 load(server, int(k), args.requests, args.tokens, args.max_seconds) for k in args.clients.split(",")
             ]
@@ -297,12 +320,16 @@ def main() -> None:
                 server.stop()
 
     ms = lambda s: "-" if s is None else f"{s * 1000:.1f}"  # noqa: E731
-    ref = report["in_process"]
     print(f"build {report['build']}, {args.tokens} tokens per answer, {report['cpus']} CPUs")
-    print(
-        f"in-process ortgenai: first token p50 {ms(ref['ttft_s']['p50'])} ms, latency p50 {ms(ref['latency_s']['p50'])}"
-        f" / p95 {ms(ref['latency_s']['p95'])} ms, {ref['tokens_per_s']:.0f} tokens/s"
-    )
+    for label, ref in (
+        ("in-process ortgenai", report["reference"]["in_process"]),
+        ("slmk serve, 1 client", report["reference"]["http"]),
+    ):
+        print(
+            f"{label:<21} first token p50 {ms(ref['ttft_s']['p50'])} ms, latency p50 {ms(ref['latency_s']['p50'])}"
+            f" / p95 {ms(ref['latency_s']['p95'])} ms, {ref['tokens_per_s']:.0f} tokens/s"
+            " (interleaved)"
+        )
     print(
         f"{'clients':>7} {'requests':>8} {'errors':>8} {'req/s':>7} {'tok/s':>7} {'TTFT p50':>9} {'p95':>7}"
         f" {'latency p50':>12} {'p95':>7} {'RSS MB before/after':>20}"
