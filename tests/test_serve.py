@@ -83,7 +83,7 @@ def holding_the_session(running, name):
 
 
 def post(running, path, body, **kwargs):
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    content = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
     headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
     return httpx.post(running.url + path, content=content, headers=headers, timeout=120, **kwargs)
 
@@ -264,7 +264,16 @@ def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(server, cli
     assert_openai_error(post(server, "/v1/chat/completions", {"model": model, "messages": user("hi"), "n": 2}), 400)
     assert_openai_error(post(server, "/v1/chat/completions", {"model": model, "messages": [{"role": "x"}]}), 400)
     big = json.dumps({"model": model, "messages": user("a" * BODY_LIMIT)}).encode()
-    assert_openai_error(post(server, "/v1/chat/completions", big), 413)
+    assert_openai_error(post(server, "/v1/chat/completions", big), 413)  # declared by Content-Length
+
+    def chunked():  # no Content-Length: counted as it arrives
+        for start in range(0, len(big), 4096):
+            yield big[start : start + 4096]
+
+    assert_openai_error(post(server, "/v1/chat/completions", chunked()), 413)
+    plain = post(server, "/v1/chat/completions", b"{}", headers={"content-type": "text/plain"})
+    assert_openai_error(plain, 400)
+    assert "JSON" in plain.json()["error"]["message"]
     assert_openai_error(httpx.get(server.url + "/v1/nothing-here"), 404)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=user("hi"))

@@ -195,6 +195,8 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
             return error_response(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error')}")
+        if tuple(first.get("loc", ())) == ("body",):
+            return error_response(400, "the request body must be a JSON object, sent as Content-Type: application/json")
         where = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = ".".join(where) or None
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request"))
