@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import httpx2 as httpx
 import openai
@@ -39,16 +40,23 @@ def build(tiny_build):
     return tiny_build("int4")
 
 
+class Answer(NamedTuple):
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    pieces: list[str]
+
+
 @pytest.fixture(scope="module")
 def reference(build):
-    """The in-process runtime's greedy answers and token counts, to compare the server with."""
+    """The in-process runtime's greedy answers, pieces and token counts, to compare the server with."""
     session = open_session(build)
     answers = {}
     try:
         for question in QUESTIONS:
-            text = "".join(session.generate(user(question), do_sample=False, max_new_tokens=ANSWER_TOKENS))
+            pieces = list(session.generate(user(question), do_sample=False, max_new_tokens=ANSWER_TOKENS))
             stats = session.last_stats
-            answers[question] = (text, stats.prompt_tokens, stats.generated_tokens)
+            answers[question] = Answer("".join(pieces), stats.prompt_tokens, stats.generated_tokens, pieces)
     finally:
         session.close()
     return answers
@@ -133,7 +141,7 @@ def test_models_are_listed_by_name(server, client, build):
 
 
 def test_chat_equals_the_in_process_runtime(client, build, reference):
-    for question, (text, prompt_tokens, generated) in reference.items():
+    for question, (text, prompt_tokens, generated, _) in reference.items():
         reply = client.chat.completions.create(
             model=model_of(build), messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
         )
@@ -147,7 +155,7 @@ def test_chat_equals_the_in_process_runtime(client, build, reference):
 
 def test_streamed_chat_equals_the_in_process_runtime_piece_by_piece(client, build, reference):
     question = QUESTIONS[0]
-    text, prompt_tokens, generated = reference[question]
+    text, prompt_tokens, generated, in_process_pieces = reference[question]
     stream = client.chat.completions.create(
         model=model_of(build),
         messages=user(question),
@@ -165,35 +173,42 @@ def test_streamed_chat_equals_the_in_process_runtime_piece_by_piece(client, buil
                 pieces.append(choice.delta.content)
             if choice.finish_reason:
                 reasons.append(choice.finish_reason)
-    assert "".join(pieces) == text
-    assert len(pieces) > 1  # streamed as it was generated, not in one piece
+    assert pieces == in_process_pieces  # token for token: one event per piece the runtime streamed
+    assert "".join(pieces) == text and len(pieces) > 1
     assert reasons == ["stop"]
     assert (usage.prompt_tokens, usage.completion_tokens) == (prompt_tokens, generated)
 
 
-def test_a_second_model_is_chosen_by_name(client, reference):
+def test_a_second_model_is_chosen_by_name(server, client, build, reference):
+    def finished(name):
+        return server.workers[name].outcomes.get("finished", 0)
+
+    before = {name: finished(name) for name in server.models}
     question = QUESTIONS[1]
     reply = client.chat.completions.create(
         model="second", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
     )
     assert reply.model == "second"
-    assert reply.choices[0].message.content == reference[question][0]
+    assert reply.choices[0].message.content == reference[question].text
+    # the second model's session answered, not the first's
+    assert finished("second") == before["second"] + 1
+    assert finished(model_of(build)) == before[model_of(build)]
 
 
 def test_completions_answer_the_prompt_as_one_user_turn(client, build, reference):
     question = QUESTIONS[0]
     reply = client.completions.create(model=model_of(build), prompt=question, temperature=0, max_tokens=ANSWER_TOKENS)
     assert reply.object == "text_completion"
-    assert reply.choices[0].text == reference[question][0]
+    assert reply.choices[0].text == reference[question].text
     streamed = client.completions.create(
         model=model_of(build), prompt=question, temperature=0, max_tokens=ANSWER_TOKENS, stream=True
     )
-    assert "".join(c.choices[0].text for c in streamed if c.choices) == reference[question][0]
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == reference[question].text
 
 
 def test_stop_strings_end_the_answer_before_them(client, build, reference):
     question = QUESTIONS[0]
-    text = reference[question][0]
+    text = reference[question].text
     words = text.split()
     assert len(words) >= 3, text
     stop = " " + words[2]
@@ -203,7 +218,7 @@ def test_stop_strings_end_the_answer_before_them(client, build, reference):
     )
     assert reply.choices[0].message.content == expected
     assert reply.choices[0].finish_reason == "stop"
-    assert reply.usage.completion_tokens < reference[question][2]  # generation stopped there
+    assert reply.usage.completion_tokens < reference[question].generated_tokens  # generation stopped there
     stream = client.chat.completions.create(
         model=model_of(build), messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS, stop=stop, stream=True
     )
@@ -215,7 +230,7 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(client, build, ref
     reply = client.chat.completions.create(model=model_of(build), messages=user(question), temperature=0, max_tokens=2)
     assert reply.usage.completion_tokens == 2
     assert reply.choices[0].finish_reason == "length"
-    assert reference[question][0].startswith(reply.choices[0].message.content)
+    assert reference[question].text.startswith(reply.choices[0].message.content)
 
 
 def test_a_seed_repeats_a_sampled_answer(client, build):
@@ -239,7 +254,7 @@ def test_concurrent_requests_are_queued_and_all_answered(server, build, referenc
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(ask, QUESTIONS * 2))
-    assert all(text == reference[question][0] for question, text in results)
+    assert all(text == reference[question].text for question, text in results)
 
 
 # --------------------------------------------------------------------------- errors
@@ -284,7 +299,7 @@ def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(server, cli
     reply = client.chat.completions.create(
         model=model, messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
     )
-    assert reply.choices[0].message.content == reference[question][0]
+    assert reply.choices[0].message.content == reference[question].text
     assert server.wait_idle(30) and server.active_generations() == 0
 
 
@@ -312,7 +327,7 @@ def test_an_api_key_is_required_when_set(build, reference):
             reply = good.chat.completions.create(
                 model=model, messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
             )
-            assert reply.choices[0].message.content == reference[question][0]
+            assert reply.choices[0].message.content == reference[question].text
 
 
 def test_a_full_queue_answers_503_at_once_and_a_long_wait_503_after_the_timeout(build):
@@ -384,7 +399,7 @@ def test_the_foundry_runtime_serves_through_the_same_hook(build, reference):
         assert running.workers["tiny"].runtime == "foundry"
         with openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0) as c:
             question = QUESTIONS[0]
-            text, prompt_tokens, _ = reference[question]
+            text, prompt_tokens, _, _ = reference[question]
             reply = c.chat.completions.create(
                 model="tiny", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
             )
@@ -407,9 +422,9 @@ def test_the_openai_endpoint_runtime_measures_a_served_model(server, build, refe
         assert session.context_length == 512
         question = QUESTIONS[0]
         text = "".join(session.generate(user(question), do_sample=False, max_new_tokens=ANSWER_TOKENS))
-        assert text == reference[question][0]
-        assert session.last_stats.prompt_tokens == reference[question][1]
-        assert session.last_stats.generated_tokens == reference[question][2]
+        assert text == reference[question].text
+        assert session.last_stats.prompt_tokens == reference[question].prompt_tokens
+        assert session.last_stats.generated_tokens == reference[question].generated_tokens
         assert session.last_stats.time_to_first_token_s > 0
         with pytest.raises(UsageError, match="min_length"):
             session.generate(user(question), min_length=40)
@@ -438,7 +453,7 @@ def test_slmk_serve_listens_on_loopback_and_stops_on_ctrl_c(build, reference):
             reply = c.chat.completions.create(
                 model="tiny", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS
             )
-            assert reply.choices[0].message.content == reference[question][0]
+            assert reply.choices[0].message.content == reference[question].text
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:

@@ -298,13 +298,14 @@ class ModelWorker:
                 seconds=round(time.perf_counter() - started, 4),
                 error=_one_line(job.error) if job.error else "",
             )
-            if stream is not None:
-                self._post(job, "done")
+            # counted before the client hears "done": whoever got an answer sees it in /health
             with self._lock:
                 self.active -= 1
                 self.history.append(record)
                 self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
                 self._changed.notify_all()
+            if stream is not None:
+                self._post(job, "done")
             try:
                 self._loop.call_soon_threadsafe(self._release, session)
             except RuntimeError:
