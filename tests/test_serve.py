@@ -362,6 +362,17 @@ def test_a_full_queue_answers_503_at_once_and_a_long_wait_503_after_the_timeout(
         assert results["first"].status_code == 200  # the waiting request was served once the session came back
 
 
+def test_parallel_sessions_answer_while_one_is_busy(build, reference):
+    with serve([f"tiny={build}"], port=0, limits=Limits(parallel=2, max_queue=0, queue_timeout_s=60)) as running:
+        assert len(running.workers["tiny"].sessions) == 2
+        with holding_the_session(running, "tiny"):  # one session busy: the other answers at once
+            question = QUESTIONS[0]
+            body = {"model": "tiny", "messages": user(question), "temperature": 0, "max_tokens": ANSWER_TOKENS}
+            reply = post(running, "/v1/chat/completions", body)
+            assert reply.status_code == 200
+            assert reply.json()["choices"][0]["message"]["content"] == reference[question].text
+
+
 async def _until(condition) -> None:
     """Wait on the server's own loop until ``condition`` holds (checked after each loop turn)."""
     while not condition():
