@@ -276,6 +276,8 @@ def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(server, cli
     over = post(server, "/v1/chat/completions", {"model": model, "messages": user("hi"), "max_tokens": 100_000})
     assert_openai_error(over, 400)
     assert_openai_error(post(server, "/v1/chat/completions", {"model": model, "messages": []}), 400)
+    fewer = {"model": model, "messages": user("hi"), "max_tokens": 4, "min_tokens": 8}
+    assert_openai_error(post(server, "/v1/chat/completions", fewer), 400)
     assert_openai_error(post(server, "/v1/chat/completions", {"model": model, "messages": user("hi"), "n": 2}), 400)
     assert_openai_error(post(server, "/v1/chat/completions", {"model": model, "messages": [{"role": "x"}]}), 400)
     big = json.dumps({"model": model, "messages": user("a" * BODY_LIMIT)}).encode()

@@ -252,6 +252,13 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
                 param="max_tokens",
             )
         search: dict[str, Any] = {"max_new_tokens": max_tokens or max_tokens_limit}
+        if body.min_tokens and body.min_tokens > search["max_new_tokens"]:
+            raise Refused(
+                400,
+                f"min_tokens ({body.min_tokens}) is more than max_tokens ({search['max_new_tokens']})",
+                code="invalid_value",
+                param="min_tokens",
+            )
         if body.temperature is not None:
             search["temperature"] = body.temperature
             # OpenAI's temperature samples; 0 is greedy (the runtimes read 0 so too).
