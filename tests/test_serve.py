@@ -21,7 +21,7 @@ import openai
 import pytest
 from slmk_serve.server import is_loopback, parse_target, serve
 from slmk_serve.stops import StopScanner
-from slmk_serve.workers import Limits
+from slmk_serve.workers import MAX_AHEAD, Job, Limits, ModelWorker
 
 from slmk.api import LoadRequest, UsageError, get_registry, open_session, resolve_ep
 
@@ -422,6 +422,27 @@ def test_the_foundry_runtime_serves_through_the_same_hook(build, reference):
                 model="tiny", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS, stream=True
             )
             assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == text
+
+
+def test_a_client_that_stops_reading_frees_the_session_after_the_stall_timeout(build):
+    session = open_session(build)
+    worker = ModelWorker("tiny", build, "ortgenai", [session], Limits(stall_timeout_s=0.3))
+
+    async def scenario():
+        worker.attach(asyncio.get_running_loop())
+        job = Job(user("hi"), {"max_new_tokens": 450}, min_tokens=450)
+        await worker.start(job)  # generating, and nobody takes its pieces
+        idle = await asyncio.get_running_loop().run_in_executor(None, worker.wait_idle, 60)
+        return job, idle
+
+    try:
+        job, idle = asyncio.run(scenario())
+    finally:
+        worker.close()
+    assert idle
+    assert job.outcome == "stalled"
+    # it ran MAX_AHEAD pieces ahead of its absent reader, then gave up
+    assert MAX_AHEAD <= job.stats.generated_tokens < 450
 
 
 # --------------------------------------------------------------------------- endpoint runtime

@@ -61,6 +61,13 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
     help="Seconds a request may wait for its model; then 503.",
 )
 @click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a stream waits for a client that stopped reading; then it is cancelled.",
+)
+@click.option(
     "--max-tokens-limit",
     type=click.IntRange(min=1),
     default=2048,
@@ -105,6 +112,7 @@ def serve_command(
     parallel,
     max_queue,
     queue_timeout,
+    stall_timeout,
     max_tokens_limit,
     max_body_bytes,
     max_connections,
@@ -137,6 +145,7 @@ def serve_command(
         max_tokens_limit=max_tokens_limit,
         max_body_bytes=max_body_bytes,
         queue_timeout_s=queue_timeout,
+        stall_timeout_s=stall_timeout,
         max_connections=max_connections,
     )
     server = serve(

@@ -45,6 +45,7 @@ class Limits:
     max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
     max_body_bytes: int = 1 << 20  # request body
     queue_timeout_s: float = 60.0  # longest wait for a free session
+    stall_timeout_s: float = 60.0  # longest a generation waits for a client that stopped reading
     max_connections: int = 256  # uvicorn limit_concurrency: above it, 503 before any parsing
 
     def __post_init__(self) -> None:
@@ -53,8 +54,9 @@ class Limits:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:
             raise UsageError(f"max-queue must be 0 or more, not {self.max_queue}")
-        if self.queue_timeout_s <= 0:
-            raise UsageError(f"queue-timeout must be positive, not {self.queue_timeout_s}")
+        for name in ("queue_timeout_s", "stall_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name[:-2].replace('_', '-')} must be positive, not {getattr(self, name)}")
 
 
 class Refused(Exception):
@@ -74,8 +76,8 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class GenerationRecord:
     """How one generation ended: ``finished`` (end token or length), ``stop`` (a stop
-    string), ``cancelled`` (the client left), ``rejected`` (refused before the first
-    token) or ``error``."""
+    string), ``cancelled`` (the client left), ``stalled`` (the client stopped reading),
+    ``rejected`` (refused before the first token) or ``error``."""
 
     model: str
     outcome: str
@@ -269,7 +271,11 @@ class ModelWorker:
                         break
                     text = scanner.feed(piece)
                     if text:
-                        job.credits.acquire()  # waits while the client is MAX_AHEAD pieces behind
+                        # Wait while the client is MAX_AHEAD pieces behind; one that stops reading
+                        # altogether must not hold the session for ever.
+                        if not job.credits.acquire(timeout=self.limits.stall_timeout_s):
+                            job.outcome = "stalled"
+                            break
                         if job.cancel.is_set():
                             job.outcome = "cancelled"
                             break
@@ -279,10 +285,12 @@ class ModelWorker:
                         break
                 else:
                     tail = scanner.flush()
-                    if tail:
-                        job.credits.acquire()
-                        self._post(job, "text", tail)
                     job.outcome = "finished"
+                    if tail:
+                        if job.credits.acquire(timeout=self.limits.stall_timeout_s):
+                            self._post(job, "text", tail)
+                        else:
+                            job.outcome = "stalled"
             except BaseException as exc:
                 job.outcome, job.error = "error", exc
         finally:
