@@ -384,23 +384,23 @@ async def _until(condition) -> None:
 def test_a_client_that_leaves_mid_stream_frees_its_generation_at_once(server, build):
     model = model_of(build)
     worker = server.workers[model]
-    before = len(worker.history)
     # min_tokens holds off the end token: the answer would run to the end of the context
-    stream = httpx.stream(
-        "POST",
-        server.url + "/v1/chat/completions",
-        json={"model": model, "messages": user("hi"), "max_tokens": 450, "min_tokens": 450, "stream": True},
-        timeout=120,
-    )
-    with stream as response:
-        assert response.status_code == 200
-        # read until the first token arrived, then hang up
-        for line in response.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                break
-    assert server.wait_idle(30), "a generation is still running after its client left"
+    body = {"model": model, "messages": user("hi"), "max_tokens": 450, "min_tokens": 450, "stream": True}
+    for _attempt in range(3):
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as response:
+            assert response.status_code == 200
+            # read until the first token arrived, then hang up
+            for line in response.iter_lines():
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    break
+        assert server.wait_idle(30), "a generation is still running after its client left"
+        record = worker.history[-1]
+        # The precondition: the generation was still running when the client left. The tiny
+        # model writes 450 tokens in about 0.1 s; should it have outrun the hang-up on a busy
+        # machine, try again (a server that never cancels fails all three times).
+        if not (record.outcome == "finished" and record.generated_tokens == 450):
+            break
     assert server.active_generations() == 0
-    record = list(worker.history)[before:][-1]
     assert record.outcome == "cancelled", record
     assert 0 < record.generated_tokens < 450
     reply = post(server, "/v1/chat/completions", {"model": model, "messages": user("hi"), "max_tokens": 4})
