@@ -137,6 +137,8 @@ def test_models_are_listed_by_name(server, client, build):
     models = {m.id: m for m in client.models.list()}
     assert set(models) == {model_of(build), "second"}
     assert models["second"].owned_by == "slmk"
+    assert models["second"].model_extra["context_length"] == 512
+    assert "max_length" in models["second"].model_extra["generation_defaults"]  # from genai_config.json
     assert client.models.retrieve("second").id == "second"
 
 

@@ -229,6 +229,7 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
             # not in OpenAI's schema: what a client may want to size its requests
             "context_length": worker.context_length or None,
             "runtime": worker.runtime,
+            "generation_defaults": worker.defaults,  # the build's genai_config.json search section
         }
 
     @app.get("/health")
