@@ -490,6 +490,13 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
     help="Validation: decode time at a prompt length over the shorter prompts' linear trend, at most.",
 )
 @click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
+@click.option(
+    "--serve",
+    "serve_after",
+    is_flag=True,
+    help="Finish with the model served over the OpenAI-compatible API (slmk serve; Ctrl-C stops it).",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="With --serve: the port.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @quiet_option
 @pass_state
@@ -508,6 +515,8 @@ def deploy(
     leak_runs,
     max_slowdown,
     force,
+    serve_after,
+    port,
     as_json,
     quiet,
 ) -> None:
@@ -539,6 +548,9 @@ def deploy(
         raise UsageError("no model given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)")
     if not settings["name"]:
         raise UsageError("no name given", hint="pass --name NAME or set `name` in slmk.toml")
+    serve_command = _serve_command() if serve_after else None
+    if serve_after and as_json:
+        raise UsageError("--serve keeps running and prints how to call the model", hint="drop --json or --serve")
     if precision is None and not gate and settings.source("precision") != "default":
         precision = settings["precision"]
     progress = _progress(state, quiet, as_json)
@@ -584,3 +596,21 @@ def deploy(
     )
     first = data["first_answer"]
     click.echo(f"first answer: {first['question']} -> {first['answer'].strip()}")
+    if serve_command is not None:
+        click.get_current_context().invoke(
+            serve_command,
+            targets=(installed["ref"],),
+            port=port,
+            runtime=settings["runtime"],
+            cache_dir=settings["install.cache_dir"],
+        )
+
+
+def _serve_command() -> click.Command:
+    """The `serve` command a plugin contributes (slmk_serve), checked before any work starts."""
+    from slmk.api import get_registry
+
+    record = get_registry().commands.get("serve")
+    if record is None:
+        raise UsageError("--serve needs the serve plugin", hint="pip install 'slmk[serve]'")
+    return record.load()

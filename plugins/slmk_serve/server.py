@@ -1,0 +1,228 @@
+"""Start the endpoint in-process: load the models through the runtime hook, run uvicorn in a thread.
+
+``serve(...)`` returns a ``RunningServer`` once the socket accepts connections; the
+CLI (``slmk serve``), ``deploy --serve``, tests and benchmarks all start it so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slmk.api import SlmkError, UsageError, open_session, resolve_target
+
+from .workers import Limits, ModelWorker
+
+#: Longest wait for uvicorn to start listening (startup is a few ms; a stuck one is a bug).
+START_TIMEOUT_S = 30.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_target(target: str) -> tuple[str | None, str]:
+    """``NAME=TARGET`` names a model; a bare TARGET is named after itself."""
+    name, sep, rest = target.partition("=")
+    if sep and name and "/" not in name and rest:
+        return name, rest
+    return None, target
+
+
+def load_models(
+    targets: Sequence[str],
+    *,
+    runtime: str = "ortgenai",
+    execution_provider: str | None = None,
+    limits: Limits,
+    installer: str = "foundry",
+    cache_dir: Path | None = None,
+) -> dict[str, ModelWorker]:
+    """One worker per target, each with ``limits.parallel`` sessions loaded by ``runtime``."""
+    if not targets:
+        raise UsageError("nothing to serve", hint="pass build folders or installed model names")
+    workers: dict[str, ModelWorker] = {}
+    try:
+        for target in targets:
+            name, ref = parse_target(target)
+            folder, installed = resolve_target(ref, installer=installer, cache_dir=cache_dir)
+            name = name or (installed.name if installed else Path(folder).name)
+            if name in workers:
+                raise UsageError(
+                    f"two models are named {name!r}", hint="name them: slmk serve NAME1=TARGET1 NAME2=TARGET2"
+                )
+            sessions: list[Any] = []
+            try:
+                for _ in range(limits.parallel):
+                    sessions.append(
+                        open_session(
+                            folder,
+                            runtime=runtime,
+                            execution_provider=execution_provider,
+                            installed=installed,
+                            cache_dir=cache_dir,
+                        )
+                    )
+            except BaseException:
+                for session in sessions:
+                    session.close()
+                raise
+            workers[name] = ModelWorker(name, Path(folder), runtime, sessions, limits)
+    except BaseException:
+        for worker in workers.values():
+            worker.close()
+        raise
+    return workers
+
+
+class RunningServer:
+    """An endpoint running in a background thread; ``stop()`` (or ``with``) ends it."""
+
+    def __init__(self, server: Any, thread: threading.Thread, sock: socket.socket, workers: dict[str, ModelWorker]):
+        self._server = server
+        self._thread = thread
+        self._socket = sock
+        self.workers = workers
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.host, self.port = host, port
+        self.url = f"http://{shown}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """What the openai client takes as ``base_url``."""
+        return f"{self.url}/v1"
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.workers)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """True once no model has a generation running (within ``timeout`` seconds)."""
+        return all(worker.wait_idle(timeout) for worker in self.workers.values())
+
+    def active_generations(self) -> int:
+        return sum(worker.active for worker in self.workers.values())
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C stops it)."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)  # a timed join lets KeyboardInterrupt through
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join()
+        self._socket.close()
+        for worker in self.workers.values():
+            worker.close()
+        self.workers = {}
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve(
+    targets: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    runtime: str = "ortgenai",
+    execution_provider: str | None = None,
+    limits: Limits | None = None,
+    installer: str = "foundry",
+    cache_dir: Path | None = None,
+    log_level: str = "warning",
+) -> RunningServer:
+    """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening."""
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise UsageError(
+            f"slmk serve needs {exc.name}, which is not installed", hint="pip install 'slmk[serve]'"
+        ) from None
+    limits = limits or Limits()
+    if api_key is not None and not api_key.strip():
+        raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
+    sock = _bind(host, port)
+    try:
+        workers = load_models(
+            targets,
+            runtime=runtime,
+            execution_provider=execution_provider,
+            limits=limits,
+            installer=installer,
+            cache_dir=cache_dir,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(
+        workers, api_key=api_key, max_body_bytes=limits.max_body_bytes, max_tokens_limit=limits.max_tokens_limit
+    )
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=log_level in ("info", "debug", "trace"),
+        limit_concurrency=limits.max_connections,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    ready = threading.Event()
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            ready.set()
+
+    server = _Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="slmk-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.wait(0.1):  # woken by startup; the loop notices a thread that ended without starting
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            for worker in workers.values():
+                worker.close()
+            raise SlmkError("the HTTP server did not start", hint="run with --log-level info to see why")
+    return RunningServer(server, thread, sock, workers)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = "pick another --port (0: any free port)" if exc.errno == 98 else "check --host"
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}", hint=hint) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+logging.getLogger("slmk.serve").addHandler(logging.NullHandler())

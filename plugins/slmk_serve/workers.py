@@ -1,0 +1,359 @@
+"""One worker per served model: its loaded sessions, a bounded queue, generations in threads.
+
+Runtime sessions are not thread-safe, so a session runs one generation at a time, in
+a worker thread (generation is blocking native code). Each model has ``parallel``
+sessions (1 by default: requests queue) and admits at most ``parallel + max_queue``
+requests; one more is refused at once (the HTTP layer answers 503), and a request
+that waits longer than ``queue_timeout_s`` for a session is refused too.
+
+The event loop and a worker thread talk through an asyncio queue of events
+(``started``, ``text``, ``done``, ``error``) posted with ``call_soon_threadsafe``, and a
+``threading.Event`` the loop sets to cancel: the thread checks it between tokens and
+closes the runtime's generator (``GeneratorExit`` inside the runtime) at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmk.api import GenerationStats, SlmkError, UsageError
+
+from .stops import StopScanner
+
+#: Finished generations remembered for /health and tests.
+HISTORY = 256
+#: Text pieces a generation may run ahead of its client: a slow reader holds the session
+#: instead of making the server buffer the whole answer.
+MAX_AHEAD = 32
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts; every bound has a default that keeps a laptop responsive."""
+
+    max_queue: int = 16  # requests waiting per model, beyond those generating
+    parallel: int = 1  # sessions per model, each generating one answer at a time
+    max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
+    max_body_bytes: int = 1 << 20  # request body
+    queue_timeout_s: float = 60.0  # longest wait for a free session
+    stall_timeout_s: float = 60.0  # longest a generation waits for a client that stopped reading
+    max_connections: int = 256  # uvicorn limit_concurrency: above it, 503 before any parsing
+
+    def __post_init__(self) -> None:
+        for name in ("parallel", "max_tokens_limit", "max_body_bytes", "max_connections"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise UsageError(f"max-queue must be 0 or more, not {self.max_queue}")
+        for name in ("queue_timeout_s", "stall_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name[:-2].replace('_', '-')} must be positive, not {getattr(self, name)}")
+
+
+class Refused(Exception):
+    """A request the worker turns away: becomes an OpenAI-style error response."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None, retry_after=None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """How one generation ended: ``finished`` (end token or length), ``stop`` (a stop
+    string), ``cancelled`` (the client left), ``stalled`` (the client stopped reading),
+    ``rejected`` (refused before the first token) or ``error``."""
+
+    model: str
+    outcome: str
+    prompt_tokens: int
+    generated_tokens: int
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class Job:
+    """One request's generation, shared by the event loop and its worker thread."""
+
+    messages: list[dict[str, str]]
+    search: dict[str, Any]
+    stops: Sequence[str] = ()
+    min_tokens: int | None = None
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    credits: threading.Semaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_AHEAD))
+    outcome: str = ""
+    stats: GenerationStats | None = None
+    last_token_is_end: bool | None = None  # None: the runtime does not say
+    error: BaseException | None = None
+    done: bool = False
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The answer's text as it comes; the job is cancelled if the caller stops early."""
+        try:
+            while True:
+                kind, value = await self.events.get()
+                if kind == "text":
+                    self.credits.release()
+                    yield value
+                elif kind == "done":
+                    self.done = True
+                    return
+        finally:
+            if not self.done:
+                self.stop()
+
+    def stop(self) -> None:
+        """Cancel: the worker thread closes the runtime's generator before its next token."""
+        self.cancel.set()
+        self._unblock()
+
+    def _unblock(self) -> None:
+        # wake a worker thread waiting for room to post text
+        with contextlib.suppress(ValueError):
+            for _ in range(MAX_AHEAD):
+                self.credits.release()
+
+
+def prompt_token_count(session: Any, messages: Sequence[Mapping[str, str]]) -> int | None:
+    """Tokens of the rendered prompt, where the runtime exposes its template and tokenizer."""
+    render, encode = getattr(session, "render_prompt", None), getattr(session, "encode", None)
+    if callable(render) and callable(encode):
+        return len(encode(render(messages)))
+    return None
+
+
+class ModelWorker:
+    """A served model: ``parallel`` sessions and the queue in front of them."""
+
+    def __init__(self, name: str, folder: Path, runtime: str, sessions: list[Any], limits: Limits):
+        self.name = name
+        self.folder = folder
+        self.runtime = runtime
+        self.sessions = sessions
+        self.limits = limits
+        first = sessions[0]
+        self.context_length = int(getattr(first, "context_length", 0) or 0)
+        self.defaults = dict(getattr(first, "default_search", {}) or {})
+        self.created = int(time.time())
+        self.admitted = 0  # requests between admission and the end of their generation (loop thread only)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.active = 0  # generations running in worker threads
+        self.history: deque[GenerationRecord] = deque(maxlen=HISTORY)
+        self.outcomes: dict[str, int] = {}  # every generation since start, by outcome
+        self._executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"slmk-serve-{name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: asyncio.Queue | None = None
+
+    # ------------------------------------------------------------ event loop side
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the server's event loop (at startup)."""
+        self._loop = loop
+        self._pool = asyncio.Queue()
+        for session in self.sessions:
+            self._pool.put_nowait(session)
+
+    async def start(self, job: Job) -> None:
+        """Admit ``job``, wait for a session, and return once its first token is on the way.
+
+        Raises ``Refused`` when the queue is full or the wait too long, and the runtime's
+        own error when it refuses the request (bad options, a prompt over the context).
+        """
+        capacity = len(self.sessions) + self.limits.max_queue
+        if self.admitted >= capacity:
+            raise Refused(
+                503,
+                f"model {self.name} is busy: {self.admitted} requests generating or queued (at most {capacity})",
+                code="queue_full",
+                retry_after=1,
+            )
+        self.admitted += 1
+        handed_over = False
+        try:
+            session = await self._take_session()
+            try:
+                self._loop.run_in_executor(self._executor, self._run, job, session)
+            except BaseException:
+                self._pool.put_nowait(session)
+                raise
+            handed_over = True
+            kind, value = await job.events.get()
+            if kind == "error":
+                raise value
+        except BaseException:
+            if handed_over:
+                job.stop()  # the thread releases the session and the admission
+            else:
+                self.admitted -= 1
+            raise
+
+    async def _take_session(self) -> Any:
+        """A free session, waiting at most ``queue_timeout_s``.
+
+        Not ``asyncio.wait_for(queue.get())``: before Python 3.12 a cancellation that
+        lands as the get completes loses the item, and a lost session is a model that
+        never answers again. Here a session taken by a cancelled waiter goes back.
+        """
+        getter = asyncio.ensure_future(self._pool.get())
+        try:
+            done, _ = await asyncio.wait({getter}, timeout=self.limits.queue_timeout_s)
+        except BaseException:
+            self._give_back_or_cancel(getter)
+            raise
+        if not done:
+            self._give_back_or_cancel(getter)
+            raise Refused(
+                503,
+                f"model {self.name} stayed busy for {self.limits.queue_timeout_s:g} s",
+                code="queue_timeout",
+                retry_after=1,
+            )
+        return getter.result()
+
+    def _give_back_or_cancel(self, getter: asyncio.Future) -> None:
+        if getter.done() and not getter.cancelled():
+            self._pool.put_nowait(getter.result())
+        else:
+            getter.cancel()  # a cancelled Queue.get takes nothing from the queue
+
+    def _release(self, session: Any) -> None:
+        self._pool.put_nowait(session)
+        self.admitted -= 1
+
+    def _post(self, job: Job, kind: str, value: Any = None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(job.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: the server stopped, nobody listens
+            pass
+
+    # ------------------------------------------------------------ worker thread side
+    def _run(self, job: Job, session: Any) -> None:
+        with self._lock:
+            self.active += 1
+        started = time.perf_counter()
+        stream = None
+        scanner = StopScanner(job.stops)
+        job.outcome = "error"
+        try:
+            search = dict(job.search)
+            if job.min_tokens:
+                count = prompt_token_count(session, job.messages)
+                if count is None:
+                    raise UsageError(f"the {self.runtime} runtime cannot count prompt tokens, so not min_tokens")
+                search["min_length"] = count + job.min_tokens
+            stream = session.generate(job.messages, **search)
+        except BaseException as exc:
+            job.outcome, job.error = "rejected", exc
+            self._post(job, "error", exc)
+        else:
+            self._post(job, "started")
+            try:
+                for piece in stream:
+                    if job.cancel.is_set():
+                        job.outcome = "cancelled"
+                        break
+                    text = scanner.feed(piece)
+                    if text:
+                        # Wait while the client is MAX_AHEAD pieces behind; one that stops reading
+                        # altogether must not hold the session for ever.
+                        if not job.credits.acquire(timeout=self.limits.stall_timeout_s):
+                            job.outcome = "stalled"
+                            break
+                        if job.cancel.is_set():
+                            job.outcome = "cancelled"
+                            break
+                        self._post(job, "text", text)
+                    if scanner.stopped:
+                        job.outcome = "stop"
+                        break
+                else:
+                    tail = scanner.flush()
+                    job.outcome = "finished"
+                    if tail:
+                        if job.credits.acquire(timeout=self.limits.stall_timeout_s):
+                            self._post(job, "text", tail)
+                        else:
+                            job.outcome = "stalled"
+            except BaseException as exc:
+                job.outcome, job.error = "error", exc
+        finally:
+            if stream is not None:
+                stream.close()  # GeneratorExit inside the runtime: its native generator is freed now
+            job.stats = getattr(session, "last_stats", None) if stream is not None else None
+            job.last_token_is_end = _last_token_is_end(session) if stream is not None else None
+            record = GenerationRecord(
+                model=self.name,
+                outcome=job.outcome,
+                prompt_tokens=job.stats.prompt_tokens if job.stats else 0,
+                generated_tokens=job.stats.generated_tokens if job.stats else 0,
+                seconds=round(time.perf_counter() - started, 4),
+                error=_one_line(job.error) if job.error else "",
+            )
+            # counted before the client hears "done": whoever got an answer sees it in /health
+            with self._lock:
+                self.active -= 1
+                self.history.append(record)
+                self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
+                self._changed.notify_all()
+            if stream is not None:
+                self._post(job, "done")
+            try:
+                self._loop.call_soon_threadsafe(self._release, session)
+            except RuntimeError:
+                pass
+
+    # ------------------------------------------------------------ any thread
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no generation runs (True), or ``timeout`` seconds pass (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.active == 0, timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            active = self.active
+            outcomes = dict(self.outcomes)
+        return {
+            "runtime": self.runtime,
+            "sessions": len(self.sessions),
+            "active": active,
+            "queued": max(0, self.admitted - active),
+            "outcomes": outcomes,
+        }
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for session in self.sessions:
+            try:
+                session.close()
+            except Exception:  # closing is best effort at shutdown; one failure must not keep others open
+                pass
+
+
+def _last_token_is_end(session: Any) -> bool | None:
+    tokens, ends = getattr(session, "last_token_ids", None), getattr(session, "eos_token_ids", None)
+    if tokens is None or ends is None:
+        return None
+    return bool(tokens) and int(tokens[-1]) in ends
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SlmkError):
+        return exc.one_line()
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
