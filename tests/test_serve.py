@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 import httpx2 as httpx
@@ -537,3 +538,49 @@ def test_deploy_serve_refuses_json(run_slmk, tiny_model_dir):
     result = run_slmk("deploy", str(tiny_model_dir), "--name", "x", "--serve", "--json")
     assert result.returncode == 2
     assert "--serve" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bench_and_validate_measure_the_endpoint_an_app_will_call(server, build, run_slmk):
+    """`slmk bench/validate --endpoint URL --model NAME`: the same figures and checklist over HTTP."""
+    eval_file = Path(__file__).resolve().parent.parent / "examples" / "tiny-chat" / "data" / "eval.jsonl"
+    bench = run_slmk(
+        "bench",
+        "--endpoint",
+        server.base_url,
+        "--model",
+        model_of(build),
+        "--lengths",
+        "16,64",
+        "--repeats",
+        "1",
+        "--new-tokens",
+        "8",
+        "--json",
+    )
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["runtime"] == "openai-endpoint" and len(report["lengths"]) == 2
+    assert all(row["decode_tokens_per_s"]["median"] > 0 for row in report["lengths"])
+    validate = run_slmk(
+        "validate",
+        "--endpoint",
+        server.base_url,
+        "--model",
+        model_of(build),
+        "--eval",
+        str(eval_file),
+        "--leak-runs",
+        "100",
+        "--leak-threshold-kb",
+        "256",
+        "--sessions",
+        "2",
+        "--json",
+    )
+    checks = {c["id"]: c for c in json.loads(validate.stdout)["checks"]}
+    assert checks["domain"]["status"] == "pass" and checks["domain"]["data"]["accuracy"] >= 0.9, checks["domain"]
+    assert validate.returncode == 0, [c for c in checks.values() if c["status"] == "fail"]
+    both = run_slmk("bench", str(build), "--endpoint", server.base_url, "--model", "x")
+    assert both.returncode == 2 and "not both" in both.stderr
+    nameless = run_slmk("validate", "--endpoint", server.base_url)
+    assert nameless.returncode == 2 and "--model" in nameless.stderr

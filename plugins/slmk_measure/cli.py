@@ -29,11 +29,52 @@ def _progress(state: State, quiet: bool, as_json: bool):
     return state.progress(quiet or as_json)
 
 
-def _open_target(state: State, target: str, runtime, execution_provider, cache_dir):
-    """(settings, folder, opener) for a build folder or an installed model name."""
+#: The runtime (from the serve plugin) whose sessions talk to an OpenAI-compatible endpoint.
+ENDPOINT_RUNTIME = "openai-endpoint"
+
+
+def endpoint_options(f):
+    """--endpoint URL --model NAME [--api-key KEY]: measure a running OpenAI-compatible service instead."""
+    f = click.option("--api-key", envvar="SLMK_ENDPOINT_API_KEY", help="With --endpoint: the Bearer key.")(f)
+    f = click.option("--model", "endpoint_model", help="With --endpoint: the model name the service knows.")(f)
+    return click.option(
+        "--endpoint",
+        help="Measure an OpenAI-compatible endpoint (slmk serve, Ollama, Foundry Local's service) instead of "
+        "TARGET, e.g. http://127.0.0.1:8000/v1.",
+    )(f)
+
+
+def _open_target(state: State, target, runtime, execution_provider, cache_dir, endpoint=None, model=None, key=None):
+    """(settings, folder, opener) for a build folder, an installed model name, or an endpoint."""
     from slmk import api as app
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
+    if endpoint:
+        if target:
+            raise UsageError("pass TARGET or --endpoint, not both", hint="--endpoint measures a running service")
+        if not model:
+            raise UsageError("--endpoint needs --model NAME", hint="the name the service lists under /v1/models")
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="slmk-endpoint-"))  # no build files: the service has them
+        registry = app.get_registry()
+        if ENDPOINT_RUNTIME not in registry.runtimes:
+            raise UsageError(
+                "--endpoint needs the serve plugin's openai-endpoint runtime", hint="pip install 'slmk[serve]'"
+            )
+
+        def open_endpoint():
+            return registry.runtime(ENDPOINT_RUNTIME).load(
+                app.LoadRequest(
+                    path=folder,
+                    execution_provider=registry.execution_provider(execution_provider or "cpu"),
+                    options={"base_url": endpoint, "model": model, "api_key": key},
+                )
+            )
+
+        return settings, folder, open_endpoint
+    if not target:
+        raise UsageError("no TARGET given", hint="pass a build folder or an installed model name, or --endpoint URL")
     foundry_cache = installer_cache(settings)
     folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
 
@@ -90,9 +131,10 @@ def _num(value: Any, fmt: str = "{:.2f}") -> str:
 
 # --------------------------------------------------------------------------- bench
 @click.command()
-@click.argument("target")
+@click.argument("target", required=False)
 @runtime_options
 @cache_dir_option
+@endpoint_options
 @click.option(
     "--lengths", help="Prompt lengths in tokens, comma-separated [default: 5 from 16 to the context, log-spaced]."
 )
@@ -112,6 +154,9 @@ def bench(
     runtime,
     execution_provider,
     cache_dir,
+    endpoint,
+    endpoint_model,
+    api_key,
     lengths,
     repeats,
     new_tokens,
@@ -119,7 +164,7 @@ def bench(
     plot_file,
     quiet,
 ) -> None:
-    """Speed and memory of a build folder or installed model (TARGET: folder or NAME[:VERSION]).
+    """Speed and memory of a build folder, installed model (TARGET: folder or NAME[:VERSION]) or endpoint.
 
     For each prompt length (up to the model's context): time to first token, prompt
     tokens/s, decode tokens/s, CPU use and peak RSS, as median and p90 over the repeats.
@@ -133,7 +178,9 @@ def bench(
 
         require_matplotlib()
     planned = parse_lengths(lengths)
-    settings, folder, open_session = _open_target(state, target, runtime, execution_provider, cache_dir)
+    settings, folder, open_session = _open_target(
+        state, target, runtime, execution_provider, cache_dir, endpoint, endpoint_model, api_key
+    )
     baseline = rss_bytes()
     session = open_session()
     try:
@@ -150,7 +197,7 @@ def bench(
     report = {
         "target": target,
         "folder": str(folder),
-        "runtime": settings["runtime"],
+        "runtime": ENDPOINT_RUNTIME if endpoint else settings["runtime"],
         "execution_provider": _ep_of(folder, execution_provider),
         **report,
     }
@@ -194,9 +241,10 @@ def bench(
 
 # --------------------------------------------------------------------------- validate
 @click.command()
-@click.argument("target")
+@click.argument("target", required=False)
 @runtime_options
 @cache_dir_option
+@endpoint_options
 @click.option(
     "--eval",
     "eval_file",
@@ -250,6 +298,9 @@ def validate(
     runtime,
     execution_provider,
     cache_dir,
+    endpoint,
+    endpoint_model,
+    api_key,
     eval_file,
     min_accuracy,
     leak_runs,
@@ -268,7 +319,7 @@ def validate(
     report_file,
     quiet,
 ) -> None:
-    """Run the validation checklist on a build folder or installed model; exit 1 if a check fails.
+    """Run the validation checklist on a build folder, installed model or endpoint; exit 1 if a check fails.
 
     \b
     Checks: domain answers and output format (the eval file); edge cases (empty,
@@ -280,7 +331,9 @@ def validate(
 
     from .validate import render_markdown, run_validate
 
-    settings, folder, open_session = _open_target(state, target, runtime, execution_provider, cache_dir)
+    settings, folder, open_session = _open_target(
+        state, target, runtime, execution_provider, cache_dir, endpoint, endpoint_model, api_key
+    )
     items, used_eval, eval_note = _eval_items(folder, eval_file)
     search = search_from(state, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
     answer_tokens = search.pop("max_new_tokens", None) or 64
@@ -306,7 +359,7 @@ def validate(
     report = {
         "target": target,
         "folder": str(folder),
-        "runtime": settings["runtime"],
+        "runtime": ENDPOINT_RUNTIME if endpoint else settings["runtime"],
         "execution_provider": _ep_of(folder, execution_provider),
         "eval_file": used_eval,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -405,7 +458,7 @@ def compare(
         progress=progress,
         sub_progress=nested(progress),
     )
-    report.update({"runtime": settings["runtime"], "eval_file": used_eval, "heldout": used_heldout})
+    report.update({"runtime": ENDPOINT_RUNTIME if endpoint else settings["runtime"], "eval_file": used_eval, "heldout": used_heldout})
     if plot_file:
         from .plot import plot_compare
 
