@@ -56,10 +56,12 @@ from .fsutil import (
     atomic_dir,
     cache_root,
     clean_stale_tmp,
+    copy_tree,
     dir_size,
     file_lock,
     hash_json,
     link_or_copy_tree,
+    tree_entries,
 )
 from .genai_format import (
     GENAI_CONFIG,
@@ -135,7 +137,7 @@ __all__ = [
     "read_genai_config", "read_search", "search_defaults", "write_search",
     # files
     "TMP_PREFIX", "atomic_dir", "cache_root", "clean_stale_tmp", "dir_size", "file_lock", "hash_json",
-    "link_or_copy_tree", "write_json_atomic",
+    "link_or_copy_tree", "write_json_atomic", "copy_tree", "tree_entries",
     # progress and messages
     "QUIET", "Progress", "check_messages", "installed_version",
     # chat templates

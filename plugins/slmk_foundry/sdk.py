@@ -127,7 +127,48 @@ def manager(cache: Path):
                 hint="check that the cache folder is writable; `slmk doctor` checks the SDK",
             ) from exc
         _state.update(manager=fl.FoundryLocalManager.instance, cache=cache)
+        _guard_exit(_state["manager"])
         return _state["manager"]
+
+
+def _guard_exit(started: Any) -> None:
+    """Shut the SDK down at exit with Ctrl-C held back.
+
+    The SDK closes its manager in an atexit hook (its native shutdown must run before
+    the interpreter tears down). A Ctrl-C in that moment, after the command's work
+    is done, printed a KeyboardInterrupt traceback and still exited 0. slmk's own
+    hook replaces it: it finishes the shutdown, then reports the interruption in
+    one line and exits 130, like any other Ctrl-C.
+    """
+    import atexit
+
+    atexit.unregister(started.close)
+    atexit.unregister(_close_at_exit)
+    atexit.register(_close_at_exit)
+
+
+def _close_at_exit() -> None:
+    import signal
+
+    from .hooks import pause
+
+    interrupted: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    except ValueError:  # not the main thread: nothing to hold back
+        previous = None
+    try:
+        pause("closing", until=lambda: bool(interrupted))
+        with contextlib.suppress(Exception):
+            close()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("interrupted: slmk had finished its work; nothing half-written was left", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(130)  # an exit status from an atexit hook: the interpreter would report 0
 
 
 def _serves(current: Any, cache: Path) -> bool:

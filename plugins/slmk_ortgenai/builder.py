@@ -165,6 +165,13 @@ def supports(info: ModelInfo) -> str | None:
         return (
             f"the onnxruntime-genai model builder does not support {info.architecture} (it builds {_family_summary()})"
         )
+    # Without tokenizer files the builder writes a placeholder and the build fails only when run.
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+    if not any((info.path / name).is_file() for name in tokenizer_files):
+        return (
+            f"{info.path} has no tokenizer (none of {', '.join(tokenizer_files)}): copy the tokenizer files "
+            "of the base model into the folder"
+        )
     return None
 
 

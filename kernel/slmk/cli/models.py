@@ -203,9 +203,10 @@ def list_(state: State, installer, cache_dir, as_json) -> None:
     if not models:
         click.echo("no models installed")
     for m in models:
+        state = m.extra.get("state", "ok")
         click.echo(
             f"{m.ref:<28} {m.precision or '?':<5} {m.execution_provider or '?':<6} {human_size(m.size_bytes):>9}  "
-            f"runtimes: {','.join(m.runtimes)}  {m.path}"
+            f"runtimes: {','.join(m.runtimes) or 'none'}  {m.path}" + (f"  [{state}]" if state != "ok" else "")
         )
 
 
@@ -253,5 +254,3 @@ def template_show(target, template_file, as_json) -> None:
         click.echo(f"stop      {', '.join(data['stop_tokens'])}")
     for note in data.get("notes", []):
         click.echo(f"note: {note}")
-
-
