@@ -282,6 +282,8 @@ def test_an_install_killed_before_registration_is_shown_and_repaired(run_slmk, b
     [model] = installer.list_installed(cache)
     assert model.extra["state"] == installer.STATE_OK
     assert "tiny-generic-cpu:1" in sdk.registrations(cache)
+    # list and doctor read the registrations from the SDK's file (no SDK start): it agrees with the SDK
+    assert sdk.registrations_on_disk(cache) == sdk.registrations(cache)
     again = run_slmk("repair", "--cache-dir", str(cache))
     assert again.returncode == 0 and "nothing to repair" in again.stdout
 

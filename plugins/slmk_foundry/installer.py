@@ -167,8 +167,13 @@ def installed_model(
 
 
 def _registrations_or_none(cache: Path) -> dict[str, Path | None] | None:
+    """The v2 catalog's registrations, read from the cache (no SDK start); the SDK itself
+    when slmk does not know the file's format; None when neither can tell."""
     if not sdk.available():
         return None
+    found = sdk.registrations_on_disk(cache)
+    if found is not None:
+        return found
     try:
         return sdk.registrations(cache)
     except SlmkError:
@@ -179,8 +184,8 @@ def list_installed(cache_dir: Path | None = None) -> list[InstalledModel]:
     """slmk's installs in the Foundry cache, each with its ``state`` (extra["state"]):
     ok, damaged (files missing or of another size: not runnable) or not registered.
 
-    Read-only: takes no lock, repairs nothing (``slmk repair`` does). The v2 SDK is
-    asked for its registrations only when there are installs (about 0.5 s).
+    Read-only: takes no lock, repairs nothing (``slmk repair`` does). Registrations are
+    read from the SDK's file in the cache, without starting the SDK.
     """
     cache = locate(cache_dir)
     runtimes = runtimes_here()

@@ -202,6 +202,35 @@ def registrations(cache: Path) -> dict[str, Path | None]:
     return found
 
 
+#: Where the SDK keeps a cache's local registrations (format version 2 in foundry-local-sdk 2.2.1).
+REGISTRATIONS_FILE = "foundry.local.modelinfo.json"
+
+
+def registrations_on_disk(cache: Path) -> dict[str, Path | None] | None:
+    """The registrations as the SDK stores them in the cache, read without importing the SDK
+    (``slmk doctor`` stays light); None when the file's format is not one slmk knows.
+
+    No file: nothing was ever registered in this cache.
+    """
+    import json
+
+    path = Path(cache) / REGISTRATIONS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found: dict[str, Path | None] = {}
+        if data.get("version") != 2:
+            return None
+        for model in data["models"]:
+            info = model["model_info"]
+            where = model.get("model_path") or info.get("stringProperties", {}).get(PATH_PROPERTY) or ""
+            found[str(info["id"])] = Path(where) if where else None
+        return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def register(cache: Path, model_id: str, folder: Path, display_name: str):
     """Register ``folder`` as ``model_id`` (a chat model); returns the SDK model."""
     fl = _import_sdk()
