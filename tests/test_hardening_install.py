@@ -194,25 +194,37 @@ def _user_namespaces() -> bool:
 
 
 @pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (a private tmpfs makes the disk full)")
-@pytest.mark.parametrize("command", ["install", "convert"])
+@pytest.mark.parametrize("command", ["install", "convert", "convert-step"])
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(build, tiny_model_dir, tmp_path, command):
     """A real full disk: a 512 KB tmpfs, mounted in a private mount namespace (no root needed),
-    is the Foundry cache (install) or the build's parent folder (convert); the build is 1.3 MB."""
+    is the Foundry cache (install), the build's parent folder (convert) or the step cache
+    where the model builder writes (convert-step); the build is 1.3 MB."""
     small = tmp_path / "small"
     small.mkdir()
+    env = ""
     if command == "install":
         slmk_args = f"install {build} --name tiny --cache-dir {small}/cache"
-    else:
+    elif command == "convert":
         slmk_args = f"convert {tiny_model_dir} -o {small}/out"
+    else:
+        env = f"SLMK_CACHE_DIR={small}/cache "
+        slmk_args = f"convert {tiny_model_dir} -o {tmp_path}/out"
     script = (
         f"mount -t tmpfs -o size=512k tmpfs {small} && "
-        f"{sys.executable} -m slmk -q {slmk_args}; echo rc=$?; find {small} -mindepth 1 | sort"
+        f"{env}{sys.executable} -m slmk -q {slmk_args}; echo rc=$?; find {small} -mindepth 1 | sort"
     )
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
     rc = int(done.stdout.split("rc=")[1].split()[0])
     left = done.stdout.split("rc=")[1].split("\n", 1)[1].split()
     assert rc == 1, done.stderr[-3000:]
     line = one_error_line(subprocess.CompletedProcess([], rc, "", done.stderr))
+    if command == "convert-step":
+        assert line.startswith("error: no space left on the device during convert with ortgenai-builder"), line
+        assert "nothing half-written was kept" in line and len(line) < 300, line
+        # the lock and empty folders of the cache; no step, finished or not
+        assert [p for p in left if "/steps/" in p or p.endswith("step.json")] == [], left
+        assert not (tmp_path / "out").exists()
+        return
     assert line == "error: no space left on the device (free some disk space and retry; nothing half-written was kept)"
     if command == "install":
         assert left == [f"{small}/cache", f"{small}/cache/slmk", f"{small}/cache/slmk/.slmk-install.lock"], left

@@ -14,6 +14,7 @@ genai_config.json or damaging its weights changes neither the cache nor an insta
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
@@ -228,6 +229,16 @@ def cached_step_problems(step_dir: Path) -> list[str]:
     return manifest_problems(step_dir / "model", data["files"])
 
 
+def _out_of_space(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _run_step(
     registry: Registry,
     step: PlannedStep,
@@ -274,11 +285,17 @@ def _run_step(
                 "files": manifest,
             }
             (tmp / STEP_MARKER).write_text(json.dumps(marker, indent=2))
-    except SlmkError:
-        raise
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
+        if _out_of_space(exc):  # a tool's own wording of a full disk runs long: say it plainly
+            raise StepFailed(
+                f"no space left on the device during {step.kind} with {step.tool} (step cache: {root})",
+                hint="free some disk space, or set SLMK_CACHE_DIR to a larger disk, and retry; "
+                "nothing half-written was kept",
+            ) from exc
+        if isinstance(exc, SlmkError):
+            raise
         raise StepFailed(
             f"{step.kind} with {step.tool} failed: {type(exc).__name__}: {exc}",
             hint="rerun with --debug for the traceback",

@@ -165,13 +165,6 @@ def supports(info: ModelInfo) -> str | None:
         return (
             f"the onnxruntime-genai model builder does not support {info.architecture} (it builds {_family_summary()})"
         )
-    # Without tokenizer files the builder writes a placeholder and the build fails only when run.
-    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
-    if not any((info.path / name).is_file() for name in tokenizer_files):
-        return (
-            f"{info.path} has no tokenizer (none of {', '.join(tokenizer_files)}): copy the tokenizer files "
-            "of the base model into the folder"
-        )
     return None
 
 
@@ -323,6 +316,13 @@ def convert(request: StepRequest) -> None:
     reason = supports(info)
     if reason:
         raise UsageError(reason, hint="`slmk inspect MODEL` shows which converters fit this model")
+    # Without tokenizer files the builder writes a placeholder and the build fails only when run.
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+    if not any((info.path / name).is_file() for name in tokenizer_files):
+        raise UsageError(
+            f"{info.path} has no tokenizer (none of {', '.join(tokenizer_files)})",
+            hint="copy the tokenizer files of the base model into the folder",
+        )
     work = Path(request.work_dir)
     cache_dir, staging, log_path = work / "builder-cache", work / "builder-output", work / "builder.log"
     shutil.rmtree(staging, ignore_errors=True)
