@@ -57,10 +57,12 @@ from .fsutil import (
     atomic_dir,
     cache_root,
     clean_stale_tmp,
+    copy_tree,
     dir_size,
     file_lock,
     hash_json,
     link_or_copy_tree,
+    tree_entries,
 )
 from .genai_format import (
     GENAI_CONFIG,
@@ -181,6 +183,8 @@ __all__ = [
     "hash_json",
     "link_or_copy_tree",
     "write_json_atomic",
+    "copy_tree",
+    "tree_entries",
     # progress and messages
     "QUIET",
     "Progress",

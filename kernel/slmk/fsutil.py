@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,27 +94,206 @@ def atomic_dir(final: Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def tree_entries(src: Path) -> list[tuple[Path, Path | None]]:
+    """Every entry of ``src`` as (relative path, regular file to read, or None for a folder).
+
+    Walks with ``os.scandir`` without following symbolic links and opens nothing, so a
+    link to ``/`` or a FIFO (``/proc/kmsg`` blocks whoever reads it) is never read.
+    A link to a regular file inside ``src`` stands for that file; any other link (to
+    somewhere outside ``src``, to a folder, dangling) and any special file (FIFO,
+    device, socket) is refused with one line naming it, before anything is copied.
+    """
+    root = Path(src)
+    root_real = os.path.realpath(root)
+    hint = "slmk copies only regular files that lie inside the folder: replace the link with the file itself"
+    found: list[tuple[Path, Path | None]] = []
+    pending = [Path()]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(root / rel) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            entry_rel = rel / entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not _inside(target, root_real):
+                    raise UsageError(f"{entry.path} is a symbolic link to {target}, outside {root}", hint=hint)
+                try:
+                    mode = os.stat(target).st_mode  # stat opens nothing
+                except OSError:
+                    raise UsageError(f"{entry.path} is a dangling symbolic link", hint=hint) from None
+                if not stat.S_ISREG(mode):
+                    raise UsageError(f"{entry.path} is a symbolic link to a folder or special file", hint=hint)
+                found.append((entry_rel, Path(target)))
+            elif entry.is_dir(follow_symlinks=False):
+                found.append((entry_rel, None))
+                pending.append(entry_rel)
+            elif entry.is_file(follow_symlinks=False):
+                found.append((entry_rel, Path(entry.path)))
+            else:
+                raise UsageError(
+                    f"{entry.path} is a special file (FIFO, device or socket), not a model file",
+                    hint="remove it from the folder",
+                )
+    return found
+
+
+#: Linux FICLONE ioctl: the copy shares the source's blocks until either is written (btrfs, XFS, bcachefs).
+_FICLONE = 0x40049409
+
+
+def clone_or_copy_file(source: Path, target: Path) -> None:
+    """Copy one regular file: a reflink where the filesystem has them, else a real copy.
+
+    The copy is the owner's to write (a read-only cache entry gives writable copies)
+    and keeps the source's modification time.
+    """
+    info = os.stat(source)
+    if os.path.lexists(target):
+        os.unlink(target)  # never write through a link someone else shares
+    cloned = False
+    if sys.platform.startswith("linux"):
+        import fcntl
+
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+                cloned = True
+            except OSError:
+                pass  # not a reflink filesystem (ext4, tmpfs) or across devices: copy below
+    if not cloned:
+        shutil.copyfile(source, target)  # sendfile / copy_file_range in the kernel
+    os.chmod(target, stat.S_IMODE(info.st_mode) | stat.S_IWUSR | stat.S_IRUSR)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy the folder ``src`` into ``dst`` (created; may exist): regular files only,
+    each a reflink or a real copy, so editing the copy never changes ``src``.
+
+    Refuses links leaving ``src`` and special files before writing anything (see
+    ``tree_entries``). ``dst`` is not cleaned on failure: copy into an ``atomic_dir``.
+    """
+    _copy_entries(tree_entries(src), Path(dst), link=False)
+
+
 def link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Copy a tree, hard-linking files where the filesystem allows (same device)."""
+    """Like ``copy_tree``, but hard-links files where the filesystem allows (same device).
 
-    def _copy(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
+    Only for a ``src`` nobody edits afterwards (a plugin's scratch output moved into
+    its step folder): a hard link shares the file, edits included. Builds and
+    installs are made with ``copy_tree``.
+    """
+    _copy_entries(tree_entries(src), Path(dst), link=True)
 
-    shutil.copytree(src, dst, copy_function=_copy, dirs_exist_ok=True)
+
+def _copy_entries(entries: list[tuple[Path, Path | None]], dst: Path, *, link: bool) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for rel, source in entries:
+        target = dst / rel
+        if source is None:
+            target.mkdir(exist_ok=True)
+            continue
+        if link:
+            try:
+                if os.path.lexists(target):
+                    os.unlink(target)
+                os.link(source, target)
+                continue
+            except OSError:
+                pass
+        clone_or_copy_file(source, target)
+
+
+# ------------------------------------------------------------------ manifests of read-only cache entries
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def tree_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    """Size and sha256 of every file under ``folder``, by relative path."""
+    folder = Path(folder)
+    return {
+        rel.as_posix(): {"size": source.stat().st_size, "sha256": file_sha256(source)}
+        for rel, source in tree_entries(folder)
+        if source is not None
+    }
+
+
+def manifest_problems(folder: Path, manifest: dict[str, dict[str, object]]) -> list[str]:
+    """How ``folder`` differs from ``manifest`` (empty when every file is whole and unchanged).
+
+    Sizes first (cheap, catches truncation), then every file's sha256 (catches edits in place).
+    """
+    folder = Path(folder)
+    try:
+        present = {rel.as_posix(): source for rel, source in tree_entries(folder) if source is not None}
+    except (OSError, UsageError) as exc:
+        return [str(exc)]
+    problems = [f"{name} is missing" for name in sorted(set(manifest) - set(present))]
+    problems += [f"{name} was added" for name in sorted(set(present) - set(manifest))]
+    for name in sorted(set(manifest) & set(present)):
+        expected = manifest[name]
+        size = present[name].stat().st_size
+        if size != expected.get("size"):
+            problems.append(f"{name} is {size} bytes, not {expected.get('size')}")
+        elif file_sha256(present[name]) != expected.get("sha256"):
+            problems.append(f"{name} was changed")
+    return problems
+
+
+def protect_tree(folder: Path) -> None:
+    """Make every file under ``folder`` read-only (folders stay writable, so it can be deleted)."""
+    for rel, source in tree_entries(folder):
+        if source is not None and not os.path.islink(Path(folder) / rel):
+            mode = stat.S_IMODE(os.stat(source).st_mode)
+            os.chmod(source, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+# ------------------------------------------------------------------ locks
+#: Environment variable: seconds to wait for a lock another slmk process holds.
+LOCK_TIMEOUT_ENV = "SLMK_LOCK_TIMEOUT_S"
+
+
+def lock_timeout_s(default: float) -> float:
+    value = os.environ.get(LOCK_TIMEOUT_ENV)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (seconds >= 0 and seconds != float("inf")):
+        raise UsageError(
+            f"{LOCK_TIMEOUT_ENV}={value!r} is not a number of seconds", hint="e.g. SLMK_LOCK_TIMEOUT_S=600"
+        )
+    return seconds
 
 
 @contextmanager
-def file_lock(path: Path, what: str = "resource", timeout_s: float = 600.0) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl on POSIX, msvcrt on Windows), waiting up to timeout."""
+def file_lock(
+    path: Path, what: str = "resource", timeout_s: float | None = None, *, default_timeout_s: float = 600.0
+) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl on POSIX, msvcrt on Windows).
+
+    The holder writes its pid into the lock file. A process that has to wait says so
+    once on stderr (what, which pid holds it) and gives up with one line after
+    ``timeout_s`` (default: $SLMK_LOCK_TIMEOUT_S, else ``default_timeout_s``). The
+    kernel releases the lock when its holder dies, so a lock is never stale.
+    """
     import time
 
+    timeout = lock_timeout_s(default_timeout_s) if timeout_s is None else timeout_s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout
+    told = False
     try:
         while True:
             try:
@@ -126,21 +307,51 @@ def file_lock(path: Path, what: str = "resource", timeout_s: float = 600.0) -> I
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError:
+                holder = _lock_holder(path)
                 if time.monotonic() > deadline:
                     raise SlmkError(
-                        f"timed out waiting for the lock on {what} ({path})",
-                        hint="another slmk process is using it; wait for it or remove the stale lock file",
+                        f"timed out after {timeout:g}s waiting for the lock on {what}, held by {holder}",
+                        hint=f"wait for that process to finish, or raise {LOCK_TIMEOUT_ENV}",
+                    ) from None
+                if not told:
+                    print(
+                        f"waiting for the lock on {what}, held by {holder} ({path}; up to {timeout:g}s, "
+                        f"{LOCK_TIMEOUT_ENV} sets it)",
+                        file=sys.stderr,
+                        flush=True,
                     )
+                    told = True
                 time.sleep(0.1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         yield
     finally:
         handle.close()  # closing releases the lock
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = Path(path).read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "another slmk process"
 
 
 def cache_root() -> Path:
     """slmk's own cache: $SLMK_CACHE_DIR, else $XDG_CACHE_HOME/slmk, else ~/.cache/slmk."""
     env = os.environ.get("SLMK_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "slmk"
+        root = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "slmk"
+    require_folder(root, "SLMK_CACHE_DIR" if env else "slmk's cache folder")
+    return root
+
+
+def require_folder(path: Path, what: str) -> None:
+    """Refuse a cache path that exists but is not a folder (a file, a FIFO) in one line."""
+    if os.path.lexists(path) and not Path(path).is_dir():
+        raise UsageError(f"{what} {path} is not a folder", hint="point it at a folder (it is created when missing)")

@@ -4,10 +4,17 @@ A step writes into a temporary folder in the cache and is renamed into place whe
 finishes, so a completed step is reused by any later run with the same inputs (an
 identical rerun does no work) and an interrupted run resumes at the first step that
 had not finished. The final output is assembled beside its destination and renamed.
+
+Isolation: a finished step's files are made read-only and its ``step.json`` records
+the size and sha256 of each; a step is reused only when its files still match
+(otherwise it is rebuilt, and the log says why). The build receives copies
+(reflinks where the filesystem has them), never hard links, so editing a build's
+genai_config.json or damaging its weights changes neither the cache nor an install.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
@@ -21,11 +28,14 @@ from .fsutil import (
     atomic_dir,
     cache_root,
     clean_stale_tmp,
-    dir_size,
+    copy_tree,
     file_lock,
     fingerprint_tree,
     hash_json,
-    link_or_copy_tree,
+    manifest_problems,
+    protect_tree,
+    require_folder,
+    tree_manifest,
 )
 from .genai_format import write_json_atomic, write_search
 from .modelinfo import ModelInfo
@@ -37,6 +47,10 @@ from .testpoints import pause_point
 
 STEP_MARKER = "step.json"
 BUILD_INFO = "slmk_build.json"
+#: A step's format: entries written by an older slmk carry no manifest and are rebuilt.
+STEP_FORMAT = 2
+#: How long a build waits for another process building the same step (SLMK_LOCK_TIMEOUT_S overrides).
+STEP_LOCK_TIMEOUT_S = 6 * 3600.0
 
 
 @dataclass
@@ -94,11 +108,14 @@ def step_key(
     input_fingerprint: str,
     ep: ExecutionProvider,
     calibration_fingerprint: str | None,
+    trust_remote_code: bool = False,
 ) -> str:
-    """The step-cache key: everything that changes what a step writes, hashed."""
+    """Everything that changes a step's result: tool, versions, precision, EP, options, input, remote code."""
     return hash_json(
         {
             "slmk": __version__,
+            "format": STEP_FORMAT,
+            "trust_remote_code": bool(trust_remote_code),
             "kind": step.kind,
             "tool": step.tool,
             "versions": _tool_versions(registry, step),
@@ -140,6 +157,7 @@ def run_plan(
             f"output {output} already exists", hint="choose another -o folder or pass --force to replace it"
         )
     root = Path(cache_dir) if cache_dir else cache_root()
+    require_folder(root, "the step cache (SLMK_CACHE_DIR)")
     steps_dir = root / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(steps_dir)
@@ -151,16 +169,22 @@ def run_plan(
     calibration_fp = _file_fingerprint(calibration) if calibration else None
     progress.total_steps = len(plan.steps) + 1
     for step in plan.steps:
-        key = step_key(registry, step, fingerprint, ep, calibration_fp)
+        key = step_key(registry, step, fingerprint, ep, calibration_fp, trust_remote_code)
         step_dir = steps_dir / f"{key}-{step.kind}-{step.tool}"
         title = step.describe()
-        with progress.step(title), file_lock(root / "locks" / f"{key}.lock", what=f"step {step.tool}"):
+        lock = file_lock(
+            root / "locks" / f"{key}.lock", what=f"step {step.tool}", default_timeout_s=STEP_LOCK_TIMEOUT_S
+        )
+        with progress.step(title), lock:
             step_start = time.perf_counter()
-            if (step_dir / STEP_MARKER).is_file():
-                progress.log(f"cached: {step_dir}")
+            damage = cached_step_problems(step_dir)
+            if not damage:
+                progress.log(f"cached: {step_dir} (verified)")
                 status = "cached"
             else:
-                shutil.rmtree(step_dir, ignore_errors=True)  # an unmarked folder is an old half-step
+                if step_dir.exists():
+                    progress.log(f"not reusing {step_dir}: {'; '.join(damage[:3])}; building it again")
+                shutil.rmtree(step_dir, ignore_errors=True)
                 _run_step(registry, step, source, step_dir, ep, root, progress, calibration, trust_remote_code, key)
                 status = "ran"
         result.steps.append(
@@ -177,7 +201,7 @@ def run_plan(
         source = step_dir / "model"
         fingerprint = key
     with progress.step(f"write {output}"), atomic_dir(output, force=force) as tmp:
-        link_or_copy_tree(source, tmp)
+        copy_tree(source, tmp)  # copies: editing the build never reaches the cache
         write_search(tmp, search or {})
         write_json_atomic(
             tmp / BUILD_INFO,
@@ -197,6 +221,30 @@ def run_plan(
     }
     result.seconds = time.perf_counter() - start
     return result
+
+
+def cached_step_problems(step_dir: Path) -> list[str]:
+    """Why the cached step in ``step_dir`` cannot be reused (empty: it is whole and unchanged)."""
+    marker = step_dir / STEP_MARKER
+    if not marker.is_file():
+        return ["not finished"]
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"{STEP_MARKER} is unreadable"]
+    if not isinstance(data, dict) or data.get("format") != STEP_FORMAT or not isinstance(data.get("files"), dict):
+        return [f"written by another slmk version (no file manifest in {STEP_MARKER})"]
+    return manifest_problems(step_dir / "model", data["files"])
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _run_step(
@@ -237,12 +285,26 @@ def _run_step(
                 raise StepFailed(
                     f"{step.tool} finished but wrote nothing", hint="a plugin bug: report it to its author"
                 )
-            (tmp / STEP_MARKER).write_text(json.dumps({"step": asdict(step), "size": dir_size(model_dir)}, indent=2))
-    except SlmkError:
-        raise
+            manifest = tree_manifest(model_dir)
+            protect_tree(model_dir)
+            marker = {
+                "format": STEP_FORMAT,
+                "step": asdict(step),
+                "size": sum(int(f["size"]) for f in manifest.values()),
+                "files": manifest,
+            }
+            (tmp / STEP_MARKER).write_text(json.dumps(marker, indent=2))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
+        if _out_of_space(exc):  # a tool's own wording of a full disk runs long: say it plainly
+            raise StepFailed(
+                f"no space left on the device during {step.kind} with {step.tool} (step cache: {root})",
+                hint="free some disk space, or set SLMK_CACHE_DIR to a larger disk, and retry; "
+                "nothing half-written was kept",
+            ) from exc
+        if isinstance(exc, SlmkError):
+            raise
         raise StepFailed(
             f"{step.kind} with {step.tool} failed: {type(exc).__name__}: {exc}",
             hint="rerun with --debug for the traceback",

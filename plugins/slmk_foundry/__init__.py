@@ -12,12 +12,52 @@ Module level stays light: the SDK is imported inside the functions that use it.
 
 from __future__ import annotations
 
-from slmk.api import Installer, Runtime, hookimpl
+from slmk.api import Command, Installer, Probe, ProbeResult, Runtime, SlmkError, hookimpl
 
 from . import installer, runtime
 from .layout import locate
 
 __all__ = ["locate"]
+
+
+def _repair_command():
+    from .cli import repair
+
+    return repair
+
+
+def check_installs():
+    """Each slmk install in the default Foundry cache that is damaged or unregistered."""
+    try:
+        cache = locate(None)
+        models = installer.list_installed(cache)
+    except SlmkError as exc:
+        yield ProbeResult("foundry-installs", "warn", exc.one_line(), fix="check SLMK_FOUNDRY_CACHE or --cache-dir")
+        return
+    bad = [m for m in models if m.extra.get("state") != installer.STATE_OK]
+    if not bad:
+        yield ProbeResult("foundry-installs", "ok", f"{len(models)} install(s) in {cache}, all whole and registered")
+        return
+    for model in bad:
+        state = str(model.extra.get("state"))
+        fix = (
+            f"slmk install {model.extra.get('source_build') or 'BUILD'} --name {model.name} --force"
+            if state.startswith("damaged")
+            else "slmk repair"
+        )
+        yield ProbeResult("foundry-installs", "warn", f"{model.ref} in {cache}: {state}", fix=fix)
+
+
+@hookimpl
+def slmk_probes():
+    yield Probe("foundry-installs", "slmk's installs in the Foundry cache are whole and registered", check_installs)
+
+
+@hookimpl
+def slmk_commands():
+    yield Command(
+        "repair", "Finish interrupted installs/removes in the Foundry cache; register what v2 misses.", _repair_command
+    )
 
 
 @hookimpl

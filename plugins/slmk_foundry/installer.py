@@ -17,7 +17,14 @@ deleted after (``scan`` shows only the newer of two copies meanwhile).
 Removing marks the folder (the commit point), renames it away, drops the SDK
 registration and deletes it. Installs and removals of one cache take a lock on
 ``<cache>/slmk/.slmk-install.lock``; the first thing each does under it is to
-finish what an interrupted one left (``recover``).
+finish what an interrupted one left (``recover``). ``repair`` does only that.
+
+Isolation: the install holds copies of the build's regular files (reflinks where
+the filesystem has them), never hard links or symbolic links, and nothing from
+outside the build: a link leaving the build or a special file is refused before
+the lock is taken. Before the commit the staged ONNX files are checked whole (the
+graph parses, every external-data range lies inside its file); ``slmk_install.json``
+records every file's size so ``list`` can tell a damaged install from a runnable one.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ import datetime as _dt
 import os
 import shutil
 import sys
-import time
 import uuid
 from collections.abc import Iterable
 from importlib import util
@@ -48,13 +54,15 @@ from slmk.api import (
     UsageError,
     build_problems,
     clean_stale_tmp,
+    copy_tree,
     dir_size,
     file_lock,
-    link_or_copy_tree,
+    tree_entries,
 )
 from slmk.api import __version__ as slmk_version
 
 from . import sdk
+from .hooks import PAUSE_ENV, PAUSE_POINTS, pause
 from .layout import (
     INFERENCE_MODEL,
     INSTALL_RECORD,
@@ -79,22 +87,8 @@ from .layout import (
 
 INSTALLER_NAME = "foundry"
 
-#: Test hook (documented in docs and tests/test_foundry_kill.py): with
-#: SLMK_TEST_PAUSE_AT=<point>[,<point>...] an install announces
-#: ``SLMK_TEST_PAUSED <point>`` on stderr and sleeps SLMK_TEST_PAUSE_S seconds there,
-#: so a test can SIGKILL it at a known step. Points: copied (files staged),
-#: checked (staged install verified), renamed (in place, not committed),
-#: committed (visible, not yet registered with the v2 SDK); removed (remove: folder
-#: set aside, registration not yet dropped).
-PAUSE_ENV = "SLMK_TEST_PAUSE_AT"
-PAUSE_POINTS = ("copied", "checked", "renamed", "committed", "removed")
-
-
-def _pause(point: str) -> None:
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted and point in wanted.split(","):
-        print(f"SLMK_TEST_PAUSED {point}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("SLMK_TEST_PAUSE_S", "60")))
+__all__ = ["PAUSE_ENV", "PAUSE_POINTS", "install", "list_installed", "remove", "repair"]
+_pause = pause
 
 
 # ------------------------------------------------------------------ list
@@ -110,14 +104,54 @@ def runtimes_here() -> tuple[str, ...]:
     return tuple(found)
 
 
-def installed_model(entry: Entry, cache: Path, runtimes: tuple[str, ...] | None = None) -> InstalledModel:
+#: ``state`` of an install whose files and registration are as installed.
+STATE_OK = "ok"
+#: ``state`` of an install the v2 SDK catalog does not list (an install or remove was interrupted).
+STATE_UNREGISTERED = "not registered in Foundry Local v2 (run `slmk repair`)"
+
+
+def install_problems(entry: Entry) -> list[str]:
+    """What is missing or has another size than when ``entry`` was installed (cheap: stat only)."""
+    files = entry.record.get("files")
+    if not isinstance(files, dict):
+        return []  # installed by an slmk that recorded no sizes
+    problems = []
+    for name, size in sorted(files.items()):
+        path = entry.leaf / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{name} is {path.stat().st_size} bytes, not {size}")
+    return problems
+
+
+def install_state(entry: Entry, registered: dict[str, Path | None] | None) -> str:
+    """``ok``, ``damaged: ...`` or not registered (``registered`` None: the SDK cannot tell)."""
+    problems = install_problems(entry)
+    if problems:
+        return f"damaged: {'; '.join(problems[:3])} (reinstall it with --force)"
+    if registered is not None:
+        path = registered.get(entry.foundry_id, False)
+        if path is False or (path is not None and not sdk._same_path(path, entry.leaf)):
+            return STATE_UNREGISTERED
+    return STATE_OK
+
+
+def installed_model(
+    entry: Entry, cache: Path, runtimes: tuple[str, ...] | None = None, state: str | None = None
+) -> InstalledModel:
     record = entry.record
+    state = state if state is not None else install_state(entry, None)
+    runtimes = runtimes_here() if runtimes is None else runtimes
+    if state.startswith("damaged"):
+        runtimes = ()  # never advertise a damaged install as runnable
     extra = {
         "foundry_id": entry.foundry_id,
         "legacy_name": record.get("legacy_name", entry.name),
         "cache": str(cache),
         "installed_at": record.get("installed_at", ""),
         "source_build": record.get("source_build", ""),
+        "state": state,
     }
     return InstalledModel(
         name=entry.name,
@@ -127,22 +161,46 @@ def installed_model(entry: Entry, cache: Path, runtimes: tuple[str, ...] | None 
         precision=record.get("precision"),
         execution_provider=record.get("execution_provider"),
         size_bytes=dir_size(entry.leaf),
-        runtimes=runtimes_here() if runtimes is None else runtimes,
+        runtimes=runtimes,
         extra=extra,
     )
 
 
+def _registrations_or_none(cache: Path) -> dict[str, Path | None] | None:
+    """The v2 catalog's registrations, read from the cache (no SDK start); the SDK itself
+    when slmk does not know the file's format; None when neither can tell."""
+    if not sdk.available():
+        return None
+    found = sdk.registrations_on_disk(cache)
+    if found is not None:
+        return found
+    try:
+        return sdk.registrations(cache)
+    except SlmkError:
+        return None
+
+
 def list_installed(cache_dir: Path | None = None) -> list[InstalledModel]:
-    """slmk's installs in the Foundry cache (read-only: takes no lock, repairs nothing)."""
+    """slmk's installs in the Foundry cache, each with its ``state`` (extra["state"]):
+    ok, damaged (files missing or of another size: not runnable) or not registered.
+
+    Read-only: takes no lock, repairs nothing (``slmk repair`` does). Registrations are
+    read from the SDK's file in the cache, without starting the SDK.
+    """
     cache = locate(cache_dir)
     runtimes = runtimes_here()
-    return [installed_model(e, cache, runtimes) for e in scan(cache)]
+    entries = scan(cache)
+    registered = _registrations_or_none(cache) if entries else None
+    return [installed_model(e, cache, runtimes, install_state(e, registered)) for e in entries]
 
 
 # ------------------------------------------------------------------ checks
 def _check_build(build: Path) -> dict[str, Any]:
     if not build.is_dir():
+        if build.exists():
+            raise UsageError(f"{build} is a file, not a build folder", hint="pass the output folder of `slmk convert`")
         raise UsageError(f"build folder {build} does not exist", hint="pass the output folder of `slmk convert`")
+    tree_entries(build)  # refuses links leaving the build and special files, before any lock or copy
     config = read_json(build / "genai_config.json")
     if config is None:
         if (build / "config.json").is_file():
@@ -201,15 +259,63 @@ def _round_trip(leaf: Path, template: PromptTemplate, progress: Progress) -> Non
         progress.log(f"template: {note}")
 
 
+def onnx_problems(folder: Path) -> list[str]:
+    """Why the ONNX files in ``folder`` are not whole (empty when they are).
+
+    Each ``*.onnx`` must parse as a model with a graph, and every tensor kept in an
+    external data file must lie within that file, inside ``folder``. Reads the
+    graphs, not the weights: milliseconds even for a multi-GB model.
+    """
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors
+    except ImportError as exc:
+        return [f"onnx is not installed, so the model files cannot be checked ({exc}): pip install 'slmk[foundry]'"]
+    folder = Path(folder)
+    problems: list[str] = []
+    for path in sorted(folder.glob("*.onnx")):
+        if path.stat().st_size == 0:
+            problems.append(f"{path.name} is empty")
+            continue
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+            problems.append(f"{path.name} is not an ONNX model ({type(exc).__name__})")
+            continue
+        if not model.graph.node or not model.opset_import:
+            problems.append(f"{path.name} holds no ONNX graph")
+            continue
+        sizes: dict[str, int] = {}
+        for tensor in _get_all_tensors(model):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {item.key: item.value for item in tensor.external_data}
+            location = info.get("location", "")
+            data = (folder / location).resolve()
+            if not location or not data.is_relative_to(folder.resolve()):
+                problems.append(f"{path.name} keeps {tensor.name} outside the model folder ({location!r})")
+                break
+            if location not in sizes:
+                sizes[location] = data.stat().st_size if data.is_file() else -1
+            if sizes[location] < 0:
+                problems.append(f"{location}, the weights of {path.name}, is missing")
+                break
+            end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+            if end > sizes[location]:
+                problems.append(f"{location} is {sizes[location]} bytes, {path.name} needs at least {end} (truncated?)")
+                break
+    return problems
+
+
 def _check_staged(leaf: Path, build: Path, name: str, template: PromptTemplate, progress: Progress) -> None:
     problems = []
-    for source in build.rglob("*"):
-        if source.is_file():
-            copy = leaf / source.relative_to(build)
+    for rel, source in tree_entries(build):
+        if source is not None:
+            copy = leaf / rel
             if not copy.is_file():
-                problems.append(f"{copy.name} was not copied")
+                problems.append(f"{rel} was not copied")
             elif copy.stat().st_size != source.stat().st_size and copy.name not in _REWRITTEN:
-                problems.append(f"{copy.name} is {copy.stat().st_size} bytes, the build's is {source.stat().st_size}")
+                problems.append(f"{rel} is {copy.stat().st_size} bytes, the build's is {source.stat().st_size}")
     config = read_json(leaf / "genai_config.json")
     if config is None:
         problems.append("genai_config.json does not parse")
@@ -223,6 +329,9 @@ def _check_staged(leaf: Path, build: Path, name: str, template: PromptTemplate, 
             f"the staged install of {name} is incomplete: {'; '.join(problems)}",
             hint="check free disk space in the Foundry cache and retry",
         )
+    damaged = onnx_problems(leaf)
+    if damaged:
+        raise UsageError(f"{build} is damaged: {'; '.join(damaged[:3])}", hint="rebuild it with `slmk convert --force`")
     _round_trip(leaf, template, progress)
 
 
@@ -372,6 +481,42 @@ def _lock(cache: Path):
     return file_lock(publisher_dir(cache) / LOCK_NAME, what=f"the Foundry Local cache {cache}")
 
 
+def _file_sizes(leaf: Path) -> dict[str, int]:
+    return {
+        rel.as_posix(): source.stat().st_size
+        for rel, source in tree_entries(leaf)
+        if source is not None and rel.as_posix() not in (INSTALL_RECORD, MARKER)
+    }
+
+
+# ------------------------------------------------------------------ repair
+def repair(cache_dir: Path | None = None, progress: Progress | None = None) -> list[str]:
+    """Finish what interrupted installs and removals left, and register every install
+    with the v2 SDK (or drop registrations of removed ones), without installing anything.
+
+    Returns what it changed (empty when the cache was in order).
+    """
+    progress = progress or Progress(quiet=True)
+    cache = locate(cache_dir)
+    root = publisher_dir(cache)
+    if not root.is_dir():
+        return []
+    changes: list[str] = []
+
+    class _Collect(Progress):
+        def log(self, message: str) -> None:
+            changes.append(message)
+            progress.log(message)
+
+    collect = _Collect(quiet=True)
+    with _lock(cache):
+        recover(cache, collect)
+        if sdk.available():
+            for change in sdk.reconcile(cache, scan(cache)):
+                collect.log(change)
+    return changes
+
+
 # ------------------------------------------------------------------ install
 def install(request: InstallRequest) -> InstalledModel:
     name = validate_name(request.name)
@@ -414,11 +559,12 @@ def install(request: InstallRequest) -> InstalledModel:
         try:
             leaf.mkdir(parents=True)
             (leaf / MARKER).write_text("slmk install in progress\n")
-            link_or_copy_tree(build, leaf)
+            copy_tree(build, leaf)  # copies: editing or damaging the build never reaches the install
             _pause("copied")
             if request.chat_template:
                 _replace_chat_template(leaf, request.chat_template)
             write_json(leaf / INFERENCE_MODEL, {"Name": name, "PromptTemplate": pieces})
+            record["files"] = _file_sizes(leaf)
             write_json(leaf / INSTALL_RECORD, record)
             _check_staged(leaf, build, name, request.template, progress)
             _pause("checked")
@@ -438,7 +584,7 @@ def install(request: InstallRequest) -> InstalledModel:
         entry = read_entry(leaf_of(final, version))
         if entry is None:  # pragma: no cover - the folder was checked and committed under the lock
             raise StepFailed(f"{final} vanished after it was installed", hint="check the Foundry cache folder")
-        return installed_model(entry, cache)
+        return installed_model(entry, cache, state=STATE_OK)  # checked, committed and registered just now
 
 
 # ------------------------------------------------------------------ remove
@@ -460,7 +606,7 @@ def remove(
         if not matches:
             raise _unknown(name, version, cache, entries)
         entry = max(matches, key=lambda e: e.version)
-        removed = installed_model(entry, cache)
+        removed = installed_model(entry, cache, state=STATE_OK)
         _mark(entry.model_dir)  # the commit point: from here every scanner skips it
         trash = _aside_name(root, "rm", entry.model_dir.name)
         os.replace(entry.model_dir, trash)

@@ -62,14 +62,21 @@ def locate(cache_dir: Path | str | None = None) -> Path:
     prints when a ``foundry`` executable is on PATH, and ``~/.foundry/cache/models``.
     """
     if cache_dir:
-        return Path(cache_dir).expanduser().absolute()
+        return _folder(Path(cache_dir).expanduser().absolute(), "the Foundry cache")
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser().absolute()
+        return _folder(Path(env).expanduser().absolute(), CACHE_ENV)
     from_cli = cache_location_from_cli()
     if from_cli is not None:
-        return from_cli
-    return DEFAULT_CACHE.expanduser().absolute()
+        return _folder(from_cli, "the Foundry cache (from `foundry cache location`)")
+    return _folder(DEFAULT_CACHE.expanduser().absolute(), "the Foundry cache")
+
+
+def _folder(path: Path, what: str) -> Path:
+    """A cache that exists but is not a folder would read as empty: refuse it in one line."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise UsageError(f"{what} {path} is not a folder", hint="point it at a folder (it is created when missing)")
+    return path
 
 
 def cache_location_from_cli(executable: str = "foundry") -> Path | None:
@@ -182,8 +189,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_json(path: Path, data: Any) -> None:
     """Write a new file and rename it over ``path``.
 
-    Installed files may be hard links into the build (link_or_copy_tree): writing
-    in place would change the build too, a rename gives the installed copy its own inode.
+    Never written in place: a rename gives the file its own inode, whatever links to the old one.
     """
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")

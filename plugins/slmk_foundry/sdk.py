@@ -127,7 +127,48 @@ def manager(cache: Path):
                 hint="check that the cache folder is writable; `slmk doctor` checks the SDK",
             ) from exc
         _state.update(manager=fl.FoundryLocalManager.instance, cache=cache)
+        _guard_exit(_state["manager"])
         return _state["manager"]
+
+
+def _guard_exit(started: Any) -> None:
+    """Shut the SDK down at exit with Ctrl-C held back.
+
+    The SDK closes its manager in an atexit hook (its native shutdown must run before
+    the interpreter tears down). A Ctrl-C in that moment, after the command's work
+    is done, printed a KeyboardInterrupt traceback and still exited 0. slmk's own
+    hook replaces it: it finishes the shutdown, then reports the interruption in
+    one line and exits 130, like any other Ctrl-C.
+    """
+    import atexit
+
+    atexit.unregister(started.close)
+    atexit.unregister(_close_at_exit)
+    atexit.register(_close_at_exit)
+
+
+def _close_at_exit() -> None:
+    import signal
+
+    from .hooks import pause
+
+    interrupted: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    except ValueError:  # not the main thread: nothing to hold back
+        previous = None
+    try:
+        pause("closing", until=lambda: bool(interrupted))
+        with contextlib.suppress(Exception):
+            close()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("interrupted: slmk had finished its work; nothing half-written was left", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(130)  # an exit status from an atexit hook: the interpreter would report 0
 
 
 def _serves(current: Any, cache: Path) -> bool:
@@ -159,6 +200,35 @@ def registrations(cache: Path) -> dict[str, Path | None]:
             path = variant.get_path() or variant.get_string_property(PATH_PROPERTY) or ""
             found[variant.id] = Path(path) if path else None
     return found
+
+
+#: Where the SDK keeps a cache's local registrations (format version 2 in foundry-local-sdk 2.2.1).
+REGISTRATIONS_FILE = "foundry.local.modelinfo.json"
+
+
+def registrations_on_disk(cache: Path) -> dict[str, Path | None] | None:
+    """The registrations as the SDK stores them in the cache, read without importing the SDK
+    (``slmk doctor`` stays light); None when the file's format is not one slmk knows.
+
+    No file: nothing was ever registered in this cache.
+    """
+    import json
+
+    path = Path(cache) / REGISTRATIONS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found: dict[str, Path | None] = {}
+        if data.get("version") != 2:
+            return None
+        for model in data["models"]:
+            info = model["model_info"]
+            where = model.get("model_path") or info.get("stringProperties", {}).get(PATH_PROPERTY) or ""
+            found[str(info["id"])] = Path(where) if where else None
+        return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def register(cache: Path, model_id: str, folder: Path, display_name: str):

@@ -458,7 +458,13 @@ def compare(
         progress=progress,
         sub_progress=nested(progress),
     )
-    report.update({"runtime": ENDPOINT_RUNTIME if endpoint else settings["runtime"], "eval_file": used_eval, "heldout": used_heldout})
+    report.update(
+        {
+            "runtime": ENDPOINT_RUNTIME if endpoint else settings["runtime"],
+            "eval_file": used_eval,
+            "heldout": used_heldout,
+        }
+    )
     if plot_file:
         from .plot import plot_compare
 

@@ -334,6 +334,13 @@ def convert(request: StepRequest) -> None:
     reason = supports(info)
     if reason:
         raise UsageError(reason, hint="`slmk inspect MODEL` shows which converters fit this model")
+    # Without tokenizer files the builder writes a placeholder and the build fails only when run.
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+    if not any((info.path / name).is_file() for name in tokenizer_files):
+        raise UsageError(
+            f"{info.path} has no tokenizer (none of {', '.join(tokenizer_files)})",
+            hint="copy the tokenizer files of the base model into the folder",
+        )
     adapter = None
     if request.options.get("adapter_path"):
         # The base with a LoRA branch beside every adapted MatMul (the builder's adapter_path),

@@ -208,9 +208,10 @@ def list_(state: State, installer, cache_dir, as_json) -> None:
     if not models:
         click.echo("no models installed")
     for m in models:
+        state = m.extra.get("state", "ok")
         click.echo(
             f"{m.ref:<28} {m.precision or '?':<5} {m.execution_provider or '?':<6} {human_size(m.size_bytes):>9}  "
-            f"runtimes: {','.join(m.runtimes)}  {m.path}"
+            f"runtimes: {','.join(m.runtimes) or 'none'}  {m.path}" + (f"  [{state}]" if state != "ok" else "")
         )
 
 
