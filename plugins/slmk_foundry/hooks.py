@@ -13,24 +13,9 @@ exiting and about to shut the Foundry Local SDK down).
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-from collections.abc import Callable
+from slmk.api import pause_point as pause
 
 PAUSE_ENV = "SLMK_TEST_PAUSE_AT"
 PAUSE_POINTS = ("copied", "checked", "renamed", "committed", "removed", "closing")
 
-
-def pause(point: str, until: Callable[[], bool] | None = None) -> None:
-    """Hold here when the test hook names ``point``; ``until`` ends the wait early when it turns true."""
-    wanted = os.environ.get(PAUSE_ENV)
-    if not wanted or point not in wanted.split(","):
-        return
-    print(f"SLMK_TEST_PAUSED {point}", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + float(os.environ.get("SLMK_TEST_PAUSE_S", "60"))
-    if until is None:
-        time.sleep(max(0.0, deadline - time.monotonic()))
-        return
-    while time.monotonic() < deadline and not until():
-        time.sleep(0.02)  # a test hook only: polls for the signal the test sends
+__all__ = ["PAUSE_ENV", "PAUSE_POINTS", "pause"]

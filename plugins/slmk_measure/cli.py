@@ -460,7 +460,7 @@ def compare(
     )
     report.update(
         {
-            "runtime": ENDPOINT_RUNTIME if endpoint else settings["runtime"],
+            "runtime": settings["runtime"],
             "eval_file": used_eval,
             "heldout": used_heldout,
         }

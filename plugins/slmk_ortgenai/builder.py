@@ -229,7 +229,8 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
             if algorithm not in BUILDER_ALGORITHMS:
                 raise UsageError(
                     f"unknown algorithm {value!r} for the model builder",
-                    hint=f"use one of {', '.join(BUILDER_ALGORITHMS)}, or {', '.join(QUANTIZER_ALGORITHMS)} through a quantizer plugin",
+                    hint=f"use one of {', '.join(BUILDER_ALGORITHMS)}, or {', '.join(QUANTIZER_ALGORITHMS)} "
+                    "through a quantizer plugin",
                 )
             if algorithm != "default":
                 pairs.append(f"algo_config={algorithm}")
@@ -399,7 +400,8 @@ def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> No
     if not (build / "genai_config.json").is_file():
         raise StepFailed(
             "the model builder finished but wrote no genai_config.json",
-            hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; slmk is tested with 0.18.0",
+            hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; "
+            "slmk is tested with 0.18.0",
         )
     missing = missing_search_defaults(build, source.generation_config)
     if missing:
