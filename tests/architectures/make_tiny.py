@@ -107,7 +107,7 @@ def _token_id(tok, value):
     if isinstance(value, list):
         return [_token_id(tok, v) for v in value]
     token_id = tok.convert_tokens_to_ids(value)
-    if token_id is None or token_id == tok.unk_token_id and value != tok.unk_token:
+    if token_id is None or (token_id == tok.unk_token_id and value != tok.unk_token):
         raise ValueError(f"{value!r} is not a token of this tokenizer")
     return token_id
 
