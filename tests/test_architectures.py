@@ -262,6 +262,14 @@ def test_template_show_round_trips_the_chat_template(name, matrix):
     assert app.show_template(str(matrix.build(name, "int4")))["prompt_template"] == shown["prompt_template"]
 
 
+@pytest.mark.parametrize("name", ["granite", "smollm3"])
+def test_the_template_show_command_prints_the_same(name, matrix, run_slmk):
+    """`slmk template show MODEL --json`: what the command prints is what the test above checked."""
+    done = run_slmk("template", "show", str(matrix.model(name)), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(json.dumps(app.show_template(str(matrix.model(name)))))
+
+
 # ------------------------------------------------------------------ Foundry Local
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_install_into_foundry_and_answer_through_the_sdk(name, matrix, tmp_path):
