@@ -31,7 +31,7 @@ from slmk import app
 from slmk.fsutil import dir_size
 from slmk.progress import Progress
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 ARCHITECTURES = make_tiny.names()
 PRECISIONS = ("fp32", "int8", "int4")
