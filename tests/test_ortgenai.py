@@ -304,3 +304,34 @@ def test_a_build_the_provider_cannot_run_is_refused_at_load(tiny_build, tmp_path
     with pytest.raises(SlmkError) as caught:
         runtime.load(LoadRequest(path=copy, execution_provider=CPU))
     assert "fp16 build" in caught.value.message and "-p int4" in caught.value.hint
+
+
+# ------------------------------------------------------------------ sliding windows and builder fixes
+@pytest.mark.parametrize(
+    ("sliding_window", "context", "expected"),
+    [
+        ({"window_size": 4096, "layers": [0]}, 8192, 4096),  # Gemma 2: a sliding layer
+        ({"window_size": 2047, "layers": []}, 4096, 0),  # Phi-3: a window, no sliding layer
+        ({"window_size": 262144, "layers": []}, 131072, 0),  # Phi-3.5: never a 131072-token cache
+        ({"window_size": 4096}, 2048, 2048),  # an older build slides every layer; capped at the context
+        (None, 4096, 0),
+    ],
+)
+def test_the_kv_cache_is_at_least_a_sliding_layers_window(sliding_window, context, expected):
+    decoder = {"sliding_window": sliding_window} if sliding_window else {}
+    config = {"model": {"context_length": context, "decoder": decoder}}
+    assert runtime._min_cache_length(config) == expected
+
+
+def test_per_layer_type_rope_parameters_are_flattened_for_the_builder():
+    """transformers 5 loads Gemma 3's RoPE per layer type, even from a 4.x config.json."""
+    from transformers import AutoConfig
+
+    v4_fields = {"rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": None}
+    config = AutoConfig.for_model("gemma3_text", num_hidden_layers=2, sliding_window_pattern=2, **v4_fields)
+    assert "rope_type" not in config.rope_parameters  # what the 0.18 builder fails on
+    builder.flatten_rope_parameters(config)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 1000000.0}
+    assert config.rope_local_base_freq == 10000.0
+    llama = AutoConfig.for_model("llama", rope_theta=500000.0)
+    assert builder.flatten_rope_parameters(llama).rope_parameters == {"rope_type": "default", "rope_theta": 500000.0}

@@ -15,6 +15,7 @@ from slmk.modelinfo import ModelInfo
 from slmk.records import PromptTemplate
 from slmk.templates import (
     ChatTemplateError,
+    TemplateError,
     TemplateMismatch,
     analyse_chat_template,
     as_special_tokens,
@@ -49,8 +50,20 @@ SPECIAL_TOKENS: dict[str, dict[str, str]] = {
     "gemma-3": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
     "deepseek-r1-distill": {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>"},
     "zephyr": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+    "granite-3.1": {
+        "bos_token": "<|end_of_text|>",
+        "eos_token": "<|end_of_text|>",
+        "pad_token": "<|end_of_text|>",
+        "unk_token": "<|end_of_text|>",
+    },
+    "smollm3": {"eos_token": "<|im_end|>", "pad_token": "<|im_end|>"},
 }
 NAMES = sorted(SPECIAL_TOKENS)
+#: Templates four PromptTemplate pieces cannot express, and the analysis' reason. SmolLM3
+#: writes today's date and the reasoning mode into a metadata system block, leaves an
+#: explicit system block unclosed (no <|im_end|>) and words its default system block
+#: differently: Foundry Local v2 renders the real template; the legacy pieces are ChatML.
+CANNOT_BE_FOUR_PIECES = {"smollm3": "default system message that differs from an explicit system message"}
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}],
@@ -215,6 +228,10 @@ def test_the_kernel_module_imports_nothing_heavy():
 # ------------------------------------------------------------------ the generic derivation
 @pytest.mark.parametrize("name", NAMES)
 def test_generic_derivation_round_trips_for_every_family_template(name):
+    if name in CANNOT_BE_FOUR_PIECES:
+        with pytest.raises(TemplateError, match=CANNOT_BE_FOUR_PIECES[name]):
+            derive_prompt_template(chat_template(name), SPECIAL_TOKENS[name])
+        return
     template = derive_prompt_template(chat_template(name), SPECIAL_TOKENS[name])
     for key, piece in template.to_foundry().items():
         assert piece.count("{Content}") == 1, (name, key)

@@ -107,6 +107,15 @@ DEEPSEEK_R1 = _pieces(
     "<｜User｜>{Content}<｜Assistant｜><think>\n",
     "deepseek-r1",
 )
+# Granite 3.x: role markers, every turn closed by <|end_of_text|> and a newline; the
+# template writes a dated default system message when the conversation has none.
+GRANITE = _pieces(
+    "<|start_of_role|>system<|end_of_role|>{Content}<|end_of_text|>\n",
+    "<|start_of_role|>user<|end_of_role|>{Content}<|end_of_text|>\n",
+    "<|start_of_role|>assistant<|end_of_role|>{Content}<|end_of_text|>\n",
+    "<|start_of_role|>user<|end_of_role|>{Content}<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>",
+    "granite",
+)
 ZEPHYR = _pieces(
     "<|system|>\n{Content}</s>\n",
     "<|user|>\n{Content}</s>\n",
@@ -245,6 +254,35 @@ SPECS: tuple[FamilySpec, ...] = (
         claims_by_type=False,  # a llama without a template is Llama 3's
         bonus=_in_template("SmolLM", points=10),
         bonus_required=True,  # any other ChatML Llama fine-tune is plain ChatML (qwen2)
+    ),
+    FamilySpec(
+        name="smollm3",
+        description="SmolLM3 (ChatML; a metadata system block with the date and /think or /no_think reasoning)",
+        markers=("<|im_start|>", "<|im_end|>"),
+        pieces=_chatml("smollm3"),
+        chat_template_file="smollm3",
+        special_tokens={"eos_token": "<|im_end|>", "pad_token": "<|im_end|>"},
+        stop_tokens=("<|im_end|>",),
+        # SmolLM3-3B model card: "We recommend setting temperature=0.6 and top_p=0.95"
+        generation_defaults={"do_sample": True, "temperature": 0.6, "top_p": 0.95},
+        model_types=("smollm3",),
+        architectures=("SmolLM3ForCausalLM",),
+        bonus=_in_template("SmolLM", points=10),
+        bonus_required=True,  # ChatML with another name is plain ChatML (qwen2)
+    ),
+    FamilySpec(
+        name="granite",
+        description="IBM Granite 3.x (<|start_of_role|>role<|end_of_role|> ... <|end_of_text|>)",
+        markers=("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
+        pieces=GRANITE,
+        chat_template_file="granite-3.1",
+        special_tokens={"bos_token": "<|end_of_text|>", "eos_token": "<|end_of_text|>"},
+        stop_tokens=("<|end_of_text|>",),
+        # Granite 3.1 instruct generation_config.json sets no sampling and the model card's
+        # example calls generate() without sampling arguments: greedy
+        generation_defaults={"do_sample": False},
+        model_types=("granite",),
+        architectures=("GraniteForCausalLM",),
     ),
     FamilySpec(
         name="phi3",

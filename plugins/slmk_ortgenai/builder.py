@@ -325,6 +325,94 @@ def _import_builder():
     return parse_extra_options, create_model
 
 
+# ------------------------------------------------------------------ builder fixes
+#: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
+FIXED_BUILDER_VERSIONS = ("0.18.",)
+
+
+def flatten_rope_parameters(config: Any) -> Any:
+    """Give the 0.18 builder the flat ``rope_parameters`` it reads, on the loaded config object.
+
+    transformers 5 loads Gemma 3's RoPE settings per layer type
+    (``{"full_attention": {...}, "sliding_attention": {...}}``) whatever ``config.json``
+    says (``rope_scaling`` + ``rope_local_base_freq`` of transformers 4.x included), so no
+    rewrite of ``config.json`` can reach the builder: it reads ``rope_parameters["rope_type"]``
+    (KeyError) and ``rope_local_base_freq``. The global layers' parameters become the flat
+    dict and the local layers' theta ``rope_local_base_freq``, as transformers 4.x had them.
+    """
+    rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict) or "rope_type" in rope:
+        return config
+    per_type = {key: value for key, value in rope.items() if isinstance(value, dict)}
+    if "full_attention" not in per_type:
+        return config
+    config.rope_parameters = dict(per_type["full_attention"])
+    sliding = per_type.get("sliding_attention") or {}
+    if "rope_theta" in sliding and getattr(config, "rope_local_base_freq", None) is None:
+        config.rope_local_base_freq = sliding["rope_theta"]
+    return config
+
+
+def _smollm3_nope_layers(smollm3_class: type) -> Any:
+    """SmolLM3's ``make_attention`` with its NoPE layers (``no_rope_layers[i] == 0``) built without RoPE.
+
+    The 0.18 builder turns off only RoPE *inside* GroupQueryAttention for those layers,
+    so the base class then builds a separate RotaryEmbedding op that reads
+    ``position_ids``, an input the fused-RoPE model does not have (KeyError
+    'position_ids'). Turning RoPE off for the layer builds what transformers computes.
+    """
+
+    def make_attention(self: Any, layer_id: int, attention: Any, root_input: Any, **kwargs: Any) -> Any:
+        saved = (self.attention_attrs["rope"], self.attention_attrs["use_rope_in_attn"], self.window_size)
+        uses_rope = bool(self.no_rope_layers[layer_id])
+        self.attention_attrs["rope"] = saved[0] and uses_rope
+        self.attention_attrs["use_rope_in_attn"] = saved[1] and uses_rope
+        if self.layer_types[layer_id] == "full_attention":
+            self.window_size = -1
+        try:
+            return super(smollm3_class, self).make_attention(layer_id, attention, root_input, **kwargs)
+        finally:
+            self.attention_attrs["rope"], self.attention_attrs["use_rope_in_attn"], self.window_size = saved
+
+    return make_attention
+
+
+@contextlib.contextmanager
+def _builder_fixes() -> Iterator[list[str]]:
+    """Fixes for what the 0.18 builder gets wrong, applied for the duration of one build.
+
+    Each is in-process and undone afterwards; none touches the user's files. Yields the
+    names of the fixes applied (logged). A builder outside FIXED_BUILDER_VERSIONS is left alone.
+    """
+    applied: list[str] = []
+    version = tool_versions()["onnxruntime-genai"]
+    if not version.startswith(FIXED_BUILDER_VERSIONS):
+        yield applied
+        return
+    import onnxruntime_genai.models.builder as module
+
+    real_auto_config = module.AutoConfig
+
+    class AutoConfig:
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+            return flatten_rope_parameters(real_auto_config.from_pretrained(*args, **kwargs))
+
+    smollm3_class = getattr(module, "SmolLM3Model", None)
+    smollm3 = smollm3_class.__dict__.get("make_attention") if smollm3_class else None
+    module.AutoConfig = AutoConfig
+    applied.append("per-layer-type rope_parameters")
+    if smollm3 is not None:
+        smollm3_class.make_attention = _smollm3_nope_layers(smollm3_class)
+        applied.append("SmolLM3 NoPE layers")
+    try:
+        yield applied
+    finally:
+        module.AutoConfig = real_auto_config
+        if smollm3 is not None:
+            smollm3_class.make_attention = smollm3
+
+
 # ------------------------------------------------------------------ convert
 def convert(request: StepRequest) -> None:
     """Build ``request.source`` into ``request.output`` with the model builder."""
@@ -370,12 +458,14 @@ def convert(request: StepRequest) -> None:
         with _output_to(log_path):
             # Imported inside: importing it configures the root logger and prints.
             parse_extra_options, create_model = _import_builder()
-            extra = parse_extra_options(
-                None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), pairs
-            )
-            create_model(
-                None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), **extra
-            )
+            # parse_extra_options loads the config the builder then works from: fixes cover both
+            with _builder_fixes() as fixes:
+                extra = parse_extra_options(
+                    None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), pairs
+                )
+                create_model(
+                    None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), **extra
+                )
     except (KeyboardInterrupt, SystemExit, SlmkError):
         raise
     except Exception as exc:
@@ -388,6 +478,8 @@ def convert(request: StepRequest) -> None:
     finally:
         gc.collect()  # the builder holds the whole model in memory until collected
     request.progress.log(f"builder wrote {dir_size(staging) / 1e6:.1f} MB in {time.perf_counter() - start:.1f}s")
+    if fixes:
+        request.progress.log(f"with slmk's fixes to the builder: {', '.join(fixes)}")
     _complete_output(staging, info, request)
     if adapter is not None:
         _separate_adapter(staging, adapter, request)

@@ -75,6 +75,7 @@ class OrtGenAISession:
         config = read_genai_config(self.path)
         self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
         self.default_search: dict[str, Any] = dict(config.get("search") or {})
+        self.min_cache_length = _min_cache_length(config)
         try:
             og_config = og.Config(str(self.path))
             og_config.clear_providers()
@@ -198,9 +199,18 @@ class OrtGenAISession:
             )
         adapter_name = self.load_adapter(adapter) if adapter else None
         prompt_ids = self.encode(self.render_prompt(messages))
-        return self._stream(*self._plan(prompt_ids, search), adapter_name)
+        return self._stream(*self._plan(prompt_ids, search), adapter=adapter_name)
 
-    def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+    def generate_ids(self, prompt_ids: Sequence[int], **search: Any) -> Iterator[str]:
+        """Stream the answer to a prompt given as token ids: no chat template, no tokenizer on the
+        way in (parity checks feed another tokenizer's ids; ``last_token_ids`` holds the answer)."""
+        unknown = sorted(set(search) - set(SEARCH_OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
+        self._require_open()
+        return self._stream(*self._plan([int(t) for t in prompt_ids], search))
+
+    def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any], int]:
         search = {k: v for k, v in search.items() if v is not None}
         truncate = bool(search.pop("truncate", self.truncate))
         new_tokens = search.pop("max_new_tokens", None)
@@ -224,12 +234,19 @@ class OrtGenAISession:
                 hint="raise max_length or use max_new_tokens",
             )
         search["max_length"] = min(max_length, context)
+        new_token_limit = search["max_length"] - len(prompt_ids)
+        # The KV cache holds max_length tokens, and a sliding-window layer refuses a cache
+        # shorter than its window ("KV cache capacity (N) must be at least local_window_size"):
+        # ask for the window and stop at the requested length here.
+        search["max_length"] = max(search["max_length"], self.min_cache_length)
         if search.get("temperature") == 0:  # the usual spelling of greedy decoding
             search.pop("temperature")
             search["do_sample"] = False
-        return prompt_ids, search
+        return prompt_ids, search, new_token_limit
 
-    def _stream(self, prompt_ids: list[int], search: dict[str, Any], adapter: str | None = None) -> Iterator[str]:
+    def _stream(
+        self, prompt_ids: list[int], search: dict[str, Any], new_token_limit: int, adapter: str | None = None
+    ) -> Iterator[str]:
         og = self._og
         start = time.perf_counter()
         first_token_at = None
@@ -244,7 +261,7 @@ class OrtGenAISession:
                 generator.set_active_adapter(self._adapters, adapter)
             generator.append_tokens(prompt_ids)
             stream = self._tokenizer.create_stream()
-            while not generator.is_done():
+            while not generator.is_done() and len(produced) < new_token_limit:
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 if first_token_at is None:
@@ -294,7 +311,7 @@ class OrtGenAISession:
         while scored_until < len(ids):
             end = min(begin + window, len(ids))
             params = og.GeneratorParams(self._model)
-            params.set_search_options(max_length=end - begin)
+            params.set_search_options(max_length=max(end - begin, self.min_cache_length))
             generator = og.Generator(self._model, params)
             for chunk_start in range(begin, end, SCORE_CHUNK):
                 chunk_end = min(chunk_start + SCORE_CHUNK, end)
@@ -334,6 +351,24 @@ class OrtGenAISession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _min_cache_length(config: Mapping[str, Any]) -> int:
+    """The shortest KV cache the build's sliding-window layers accept (0: any).
+
+    onnxruntime's GroupQueryAttention refuses a cache (``max_length``) shorter than a sliding
+    layer's window ("KV cache capacity (N) must be at least local_window_size"). Only layers
+    in ``sliding_window.layers`` slide: Phi-3 builds carry a window (2047; 262144 for
+    Phi-3.5) with an empty list and must not get a cache that long. A build without the
+    list (older builders) slides every layer.
+    """
+    model = config.get("model") or {}
+    window = (model.get("decoder") or {}).get("sliding_window") or {}
+    if not isinstance(window, dict) or ("layers" in window and not window["layers"]):
+        return 0
+    size = int(window.get("window_size") or 0)
+    context = int(model.get("context_length") or 0)
+    return min(size, context) if context else size
 
 
 def _build_precision(folder: Path) -> str | None:
