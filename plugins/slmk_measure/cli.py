@@ -22,7 +22,14 @@ from slmk.api import (
     write_text_atomic,
 )
 
-from .validate import DEFAULT_LEAK_RUNS, MIN_LEAK_RUNS
+from .validate import (
+    DEFAULT_LEAK_KB_PER_RUN,
+    DEFAULT_LEAK_RUNS,
+    DEFAULT_MAX_SLOWDOWN,
+    DEFAULT_SESSION_GROWTH_MB,
+    DEFAULT_SESSIONS,
+    MIN_LEAK_RUNS,
+)
 
 
 def _progress(state: State, quiet: bool, as_json: bool):
@@ -265,24 +272,28 @@ def bench(
 @click.option(
     "--leak-threshold-kb",
     type=click.FloatRange(min=0),
-    default=10.0,
+    default=DEFAULT_LEAK_KB_PER_RUN,
     show_default=True,
     help="Largest RSS slope allowed, KB per generation.",
 )
 @click.option(
-    "--sessions", type=click.IntRange(min=2), default=20, show_default=True, help="Open/generate/close cycles."
+    "--sessions",
+    type=click.IntRange(min=2),
+    default=DEFAULT_SESSIONS,
+    show_default=True,
+    help="Open/generate/close cycles.",
 )
 @click.option(
     "--session-growth-mb",
     type=click.FloatRange(min=0),
-    default=32.0,
+    default=DEFAULT_SESSION_GROWTH_MB,
     show_default=True,
     help="Largest RSS growth allowed over the cycles, MB.",
 )
 @click.option(
     "--max-slowdown",
     type=click.FloatRange(min=1),
-    default=1.5,
+    default=DEFAULT_MAX_SLOWDOWN,
     show_default=True,
     help="Decode time per token at a prompt length over what the shorter prompts' linear trend predicts, at most.",
 )
@@ -544,7 +555,7 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
 @click.option(
     "--max-slowdown",
     type=click.FloatRange(min=1),
-    default=1.5,
+    default=DEFAULT_MAX_SLOWDOWN,
     show_default=True,
     help="Validation: decode time at a prompt length over the shorter prompts' linear trend, at most.",
 )
