@@ -224,14 +224,16 @@ def test_a_non_utf8_slmk_toml_is_one_line(tmp_path):
     assert_one_line_error(proc, "not UTF-8")
 
 
-@pytest.mark.parametrize(("content", "needle"), [("{}", "empty JSON object"), ("[]", "holds an array")])
-def test_config_json_of_an_empty_object_or_array_says_so(tmp_path, content, needle):
+def test_config_json_of_an_empty_object_or_array_says_so(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text(content)
+    (model / "config.json").write_text("[]")
     for command in ("inspect", "convert"):
-        line = assert_one_line_error(slmk(command, str(model), cwd=tmp_path), needle, "config.json")
+        line = assert_one_line_error(slmk(command, str(model), cwd=tmp_path), "config.json", "holds an array")
         assert "has no config.json" not in line
+    (model / "config.json").write_text("{}")  # a folder slmk can describe, but not build
+    line = assert_one_line_error(slmk("convert", str(model), cwd=tmp_path), "config.json names no architectures")
+    assert "has no config.json" not in line
 
 
 @pytest.mark.parametrize("content", ["{}", "[]"])

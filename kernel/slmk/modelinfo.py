@@ -149,11 +149,6 @@ class ModelInfo:
                 f"{folder} has no config.json",
                 hint="pass a Hugging Face model folder (config.json, weights, tokenizer files) or an slmk build",
             )
-        elif not config:
-            raise UsageError(
-                f"{config_path} is an empty JSON object",
-                hint="a Hugging Face config.json names the model (model_type, architectures); copy the model's own",
-            )
         fmt = FORMAT_ORTGENAI if genai_path.is_file() else FORMAT_HF
         tokenizer_config = _read_json(folder / "tokenizer_config.json")
         chat_template = tokenizer_config.get("chat_template")
