@@ -502,7 +502,7 @@ def _compile(chat_template: str):
     class GenerationTag(Extension):
         # transformers' {% generation %} only marks assistant spans for training masks;
         # rendering is the body unchanged.
-        tags = {"generation"}
+        tags = frozenset({"generation"})
 
         def parse(self, parser):
             lineno = next(parser.stream).lineno

@@ -264,5 +264,3 @@ def template_show(target, template_file, as_json) -> None:
         click.echo(f"stop      {', '.join(data['stop_tokens'])}")
     for note in data.get("notes", []):
         click.echo(f"note: {note}")
-
-
