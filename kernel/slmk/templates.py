@@ -364,7 +364,7 @@ def _metered_filter(name: str, func: Any) -> Any:
         budget.step()
         args = list(args)
         subject = args[skip:]
-        if name in ("join", "sum") and subject and not isinstance(subject[0], (str, bytes)):
+        if name in ("join", "sum") and subject and (name == "join" or not isinstance(subject[0], (str, bytes))):
             # materialize once (a generator cannot be measured and then joined)
             items = list(subject[0])
             if name == "join" and kwargs.get("attribute") is None and len(subject) < 3:
@@ -606,7 +606,9 @@ def render_chat_template(
         raise _limit_error(_EXCEEDED[chat_template])
     variables = {**as_special_tokens(special_tokens), **template_vars}
     plain = _plain_messages(messages)
-    budget = _RenderBudget(_weight([plain, variables], RENDER_VALUE_CHARS * RENDER_STEPS))
+    # str(), not _weight(): a caller's conversation may hold anything, a cycle included
+    conversation_chars = sum(len(str(value)) for message in plain for value in message.values())
+    budget = _RenderBudget(conversation_chars + sum(len(str(value)) for value in variables.values()))
     token = _BUDGET.set(budget)
     try:
         try:
