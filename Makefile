@@ -14,7 +14,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export OLIVE_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo lint test test-fast bench clean
+.PHONY: setup test-tools demo lint test test-fast bench clean
 
 setup: $(BIN)/.slmk-installed
 
@@ -34,7 +34,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+# tests/test_no_network.py watches every command with strace; installed only when missing
+test-tools:
+	@command -v strace >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq strace; } \
+		|| echo "warning: strace is missing and could not be installed; tests/test_no_network.py will fail" >&2
+
+test: setup test-tools lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

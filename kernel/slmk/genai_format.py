@@ -113,9 +113,14 @@ def build_problems(folder: Path) -> list[str]:
     folder = Path(folder)
     if not (folder / GENAI_CONFIG).is_file():
         return [f"no {GENAI_CONFIG} (not an ONNX Runtime GenAI folder)"]
-    config = read_genai_config(folder)
-    if not config:
-        return [f"{GENAI_CONFIG} is not a JSON object"]
+    try:
+        config = json.loads((folder / GENAI_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return [f"{GENAI_CONFIG} is not valid JSON"]
+    if not isinstance(config, dict):
+        return [f"{GENAI_CONFIG} holds {type(config).__name__}, not a JSON object"]
+    if not isinstance(config.get("model"), dict):
+        return [f"{GENAI_CONFIG} has no model section (a build's config describes its model)"]
     problems = []
     filename = config.get("model", {}).get("decoder", {}).get("filename")
     if filename and not (folder / filename).is_file():

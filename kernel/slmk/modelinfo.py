@@ -27,12 +27,26 @@ _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file as a dict: {} when the file is absent; a file that does not
+    parse or holds something else than an object is a one-line UsageError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", hint="the file must be valid JSON") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint="save it as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a file", hint=f"{path.name} must be a JSON file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}", hint="fix the line and column it names") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise UsageError(f"{path} holds {kind}, not a JSON object", hint=f"{path.name} must be a JSON object {{...}}")
+    return data
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
@@ -53,18 +67,29 @@ def _count_parameters(folder: Path) -> tuple[int | None, str | None]:
     for file in files:
         try:
             header = _safetensors_header(file)
-        except (OSError, ValueError, struct.error):
-            return None, None
-        for name, tensor in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in tensor["shape"]:
-                count *= dim
-            total += count
-            by_dtype[tensor["dtype"]] = by_dtype.get(tensor["dtype"], 0) + count
+            for name, tensor in header.items():
+                if name == "__metadata__":
+                    continue
+                count = 1
+                for dim in tensor["shape"]:
+                    count *= int(dim)
+                total += count
+                by_dtype[tensor["dtype"]] = by_dtype.get(tensor["dtype"], 0) + count
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, struct.error):
+            return None, None  # a damaged header: the size is unknown, the converter will say more
     dominant = max(by_dtype, key=by_dtype.get) if by_dtype else None
     return total, _DTYPE_NAMES.get(dominant, dominant)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint="save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from None
 
 
 @dataclass(frozen=True)
@@ -114,14 +139,21 @@ class ModelInfo:
             raise UsageError(f"model folder {folder} does not exist", hint="pass the folder that holds config.json")
         if not folder.is_dir():
             raise UsageError(f"{folder} is not a folder", hint="pass the model folder, not a file in it")
-        genai_config = _read_json(folder / "genai_config.json")
-        config = _read_json(folder / "config.json")
-        if not config and not genai_config:
+        genai_path, config_path = folder / "genai_config.json", folder / "config.json"
+        genai_config = _read_json(genai_path)
+        config = _read_json(config_path)
+        if genai_path.is_file():
+            if not isinstance(genai_config.get("model"), dict):
+                raise UsageError(
+                    f"{genai_path} has no model section",
+                    hint="a build's genai_config.json describes its model (a model section); rebuild it",
+                )
+        elif not config_path.is_file():
             raise UsageError(
                 f"{folder} has no config.json",
                 hint="pass a Hugging Face model folder (config.json, weights, tokenizer files) or an slmk build",
             )
-        fmt = FORMAT_ORTGENAI if genai_config else FORMAT_HF
+        fmt = FORMAT_ORTGENAI if genai_path.is_file() else FORMAT_HF
         tokenizer_config = _read_json(folder / "tokenizer_config.json")
         chat_template = tokenizer_config.get("chat_template")
         if isinstance(chat_template, list):  # named templates: [{"name": "default", "template": ...}]
@@ -129,9 +161,21 @@ class ModelInfo:
             chat_template = named.get("default") or next(iter(named.values()), None)
         jinja_file = folder / "chat_template.jinja"
         if jinja_file.is_file():  # transformers reads it before tokenizer_config.json's, and so do the runtimes
-            chat_template = jinja_file.read_text(encoding="utf-8") or chat_template
+            chat_template = _read_text(jinja_file) or chat_template
         if not chat_template and (folder / "chat_template.json").is_file():
             chat_template = _read_json(folder / "chat_template.json").get("chat_template")
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise UsageError(
+                f"the chat template of {folder} is {type(chat_template).__name__}, not text",
+                hint="chat_template in tokenizer_config.json holds a Jinja string",
+            )
+        for name, value in (("model_type", config.get("model_type")), ("architectures", config.get("architectures"))):
+            expected = str if name == "model_type" else list
+            if value is not None and not isinstance(value, expected):
+                raise UsageError(
+                    f"{config_path}: {name} is {type(value).__name__}, not {expected.__name__}",
+                    hint="copy the model's own config.json",
+                )
         model_type = config.get("model_type") or genai_config.get("model", {}).get("type", "")
         architectures = tuple(config.get("architectures") or ())
         num_parameters, dtype = _count_parameters(folder) if fmt == FORMAT_HF else (None, None)

@@ -31,8 +31,12 @@ the ``template`` command rely on):
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -116,18 +120,389 @@ class TemplateMismatch(TemplateError):
         self.conversation, self.offset, self.expected, self.got = conversation, offset, expected, got
 
 
+# --------------------------------------------------------------------------- render limits
+# A chat template is code that ships with the model folder: slmk renders it for `template
+# show`, `inspect` and `install`. These limits bound one rendering, so a hostile or broken
+# template ends in a one-line ChatTemplateError instead of hanging slmk or eating memory.
+# Published templates stay far below them (a few hundred steps and a few KB per rendering).
+
+#: Loop iterations, calls, filters and intercepted operators one rendering may take
+#: (plus one per character of the conversation). Counting steps, not seconds, makes the
+#: stop deterministic: the same template fails the same way on a fast or a busy machine.
+RENDER_STEPS = 1_000_000
+#: The largest string or list (in characters, items counted as characters) one operation
+#: may make, plus 8 per character of the conversation.
+RENDER_VALUE_CHARS = 1_000_000
+#: Everything the operations and the output make together, in units of the largest value.
+RENDER_TOTAL_FACTOR = 16
+#: A backstop for the step count: no rendering runs longer than this.
+RENDER_SECONDS = 10.0
+#: The widest JSON indent tojson takes: indents repeat once per nesting level and line.
+TOJSON_MAX_INDENT = 64
+#: Templates that exceeded a limit in this process fail at once on their next rendering:
+#: the template analysis renders a template a dozen times and each would run to the limit.
+_EXCEEDED: dict[str, str] = {}
+_EXCEEDED_MAX = 64
+
+
+class RenderLimitExceeded(Exception):
+    """Raised inside a rendering that went over a limit (a plain Exception, so no Jinja
+    filter that catches ValueError or TypeError can swallow it)."""
+
+
+class _RenderBudget:
+    """What one rendering may still spend: steps, characters made, and time."""
+
+    def __init__(self, conversation_chars: int = 0):
+        self.step_limit = RENDER_STEPS + conversation_chars
+        self.value_limit = RENDER_VALUE_CHARS + 8 * conversation_chars
+        self.total_limit = self.value_limit * RENDER_TOTAL_FACTOR
+        self.steps = self.step_limit
+        self.total = self.total_limit
+        self.deadline = time.monotonic() + RENDER_SECONDS
+
+    def step(self) -> None:
+        self.steps -= 1
+        if self.steps < 0:
+            raise RenderLimitExceeded(f"it took more than {self.step_limit:,} steps (loop iterations and calls)")
+        if time.monotonic() > self.deadline:
+            raise RenderLimitExceeded(f"it ran for more than {RENDER_SECONDS:g} s")
+
+    def check_size(self, size: int, what: str = "a value") -> None:
+        if size > self.value_limit:
+            raise RenderLimitExceeded(f"{what} of {size:,} characters (at most {self.value_limit:,})")
+
+    def produce(self, size: int, what: str = "a value") -> None:
+        self.check_size(size, what)
+        self.total -= size
+        if self.total < 0:
+            raise RenderLimitExceeded(f"it made more than {self.total_limit:,} characters in all")
+
+
+_BUDGET: ContextVar[_RenderBudget | None] = ContextVar("slmk_render_budget", default=None)
+
+
+def _budget() -> _RenderBudget:
+    # No rendering under way: Jinja folds constant filter calls while compiling. Give that
+    # call a budget of its own, so a folded `'x'|center(10**9)` is refused too.
+    return _BUDGET.get() or _RenderBudget()
+
+
+#: An int over this many bits is refused (a number nobody prints, and squaring it is slow).
+_MAX_INT_BITS = 1 << 16
+
+
+def _weight(value: Any, limit: int) -> int:
+    """About how many characters ``str(value)`` makes: strings by length, containers by
+    their items (a list holding one long string 1000 times weighs 1000 strings). Stops
+    counting past ``limit``, so weighing is cheap even for a huge container."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += 2
+            for key, val in item.items():
+                stack.append(key)
+                stack.append(val)
+                if len(stack) > limit:
+                    return limit + 1
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 1
+        else:
+            total += 8
+    return total
+
+
+def _produce(budget: _RenderBudget, value: Any, what: str = "a value") -> Any:
+    budget.produce(_weight(value, budget.value_limit), what)
+    return value
+
+
+def _check_int_bits(bits: int) -> None:
+    if bits > _MAX_INT_BITS:
+        raise RenderLimitExceeded(f"a number of about {bits:,} bits (at most {_MAX_INT_BITS:,})")
+
+
+def _check_width(budget: _RenderBudget, width: Any, what: str) -> None:
+    if isinstance(width, int) and not isinstance(width, bool):
+        budget.check_size(abs(width), what)
+    elif isinstance(width, str):
+        budget.check_size(len(width), what)
+
+
+_PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?([a-zA-Z%])")
+
+
+def _check_printf(budget: _RenderBudget, fmt: str, args: Any) -> None:
+    """``'%1000000000s' % x`` allocates before any hook sees the result: check the widths."""
+    star = False
+    for width, precision, _ in _PRINTF_SPEC.findall(fmt):
+        for number in (width, precision):
+            if number == "*":
+                star = True
+            elif number:
+                budget.check_size(int(number), "a %-format width")
+    if star:
+        for arg in args if isinstance(args, tuple) else (args,):
+            _check_width(budget, arg, "a %-format width")
+
+
+def _check_str_format(budget: _RenderBudget, fmt: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """``'{:>1000000000}'.format(x)``: the widths in the replacement fields."""
+    import string
+
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # str.format raises the same error itself
+    for _, _, spec, _ in fields:
+        if not spec:
+            continue
+        for number in re.findall(r"\d+", spec):
+            budget.check_size(int(number), "a format width")
+        if "{" in spec:  # a nested width: {:{}} takes it from the arguments
+            for arg in (*args, *kwargs.values()):
+                _check_width(budget, arg, "a format width")
+
+
+def _check_replace(budget: _RenderBudget, text: Any, old: Any, new: Any, count: Any = None) -> None:
+    if not isinstance(text, (str, bytes)) or not isinstance(old, type(text)) or not isinstance(new, type(text)):
+        return
+    hits = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    budget.check_size(len(text) + hits * max(0, len(new) - len(old)), "replace() making a string")
+
+
+def _check_join(budget: _RenderBudget, separator: Any, items: Sequence[Any]) -> None:
+    size = sum(_weight(item, budget.value_limit) for item in items)
+    budget.check_size(size + len(separator) * max(0, len(items) - 1), "join() making a string")
+
+
+def _check_method(budget: _RenderBudget, method: Any, args: tuple, kwargs: dict) -> tuple:
+    """Checks before a str/bytes method runs: its result is allocated in one go, in C."""
+    wrapped = getattr(method, "__wrapped__", method)  # the sandbox wraps str.format
+    owner = getattr(wrapped, "__self__", None)
+    if not isinstance(owner, (str, bytes)):
+        return args
+    name = getattr(wrapped, "__name__", "")
+    if name in ("center", "ljust", "rjust", "zfill"):
+        _check_width(budget, args[0] if args else kwargs.get("width"), f"{name}() width")
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int):
+            budget.check_size(
+                len(owner) + owner.count("\t" if isinstance(owner, str) else b"\t") * size,
+                "expandtabs() making a string",
+            )
+    elif name == "replace":
+        _check_replace(budget, owner, *args[:3])
+    elif name == "join" and args:
+        items = list(args[0])
+        _check_join(budget, owner, items)
+        args = (items, *args[1:])
+    elif name == "translate" and args and isinstance(args[0], Mapping):
+        widest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+        budget.check_size(len(owner) * widest, "translate() making a string")
+    elif name in ("format", "format_map") and isinstance(owner, str):
+        values = args[0] if name == "format_map" and args else kwargs
+        _check_str_format(
+            budget, owner, args if name == "format" else (), values if isinstance(values, Mapping) else {}
+        )
+    return args
+
+
+def _check_filter(budget: _RenderBudget, name: str, args: list, kwargs: dict) -> None:
+    """Checks before a size-making Jinja filter runs; ``args[0]`` is the filtered value."""
+    value = args[0] if args else None
+
+    def arg(index: int, key: str, default: Any = None) -> Any:
+        return args[index] if len(args) > index else kwargs.get(key, default)
+
+    if name == "center":
+        _check_width(budget, arg(1, "width", 80), "center width")
+    elif name == "indent":
+        width = arg(1, "width", 4)
+        if isinstance(value, str):
+            indent = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+            budget.check_size(len(value) + (value.count("\n") + 1) * max(0, indent), "indent making a string")
+    elif name == "wordwrap":
+        wrapstring = arg(3, "wrapstring")
+        width = arg(1, "width", 79)
+        if isinstance(value, str) and isinstance(wrapstring, str) and isinstance(width, int) and width > 0:
+            budget.check_size(len(value) + (len(value) // width + 1) * len(wrapstring), "wordwrap making a string")
+    elif name in ("batch", "slice"):
+        _check_width(budget, arg(1, "linecount" if name == "batch" else "slices"), f"{name} count")
+    elif name == "truncate":
+        _check_width(budget, arg(1, "length", 255), "truncate length")
+    elif name == "replace":
+        _check_replace(budget, value, arg(1, "old"), arg(2, "new"), arg(3, "count"))
+    elif name == "format" and isinstance(value, str):
+        _check_printf(budget, value, tuple(args[1:]) or dict(kwargs))
+    elif name == "tojson":
+        indent = arg(2, "indent")
+        if isinstance(indent, (int, str)) and not isinstance(indent, bool):
+            size = len(indent) if isinstance(indent, str) else indent
+            if size > TOJSON_MAX_INDENT:
+                raise RenderLimitExceeded(f"a tojson indent of {size:,} (at most {TOJSON_MAX_INDENT})")
+
+
+def _metered_filter(name: str, func: Any) -> Any:
+    """A filter that counts as a step, is checked before it runs and measured after."""
+    from jinja2.utils import _PassArg
+
+    skip = 1 if _PassArg.from_obj(func) is not None else 0  # context / environment comes first
+
+    @functools.wraps(func)
+    def metered(*args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        budget.step()
+        args = list(args)
+        subject = args[skip:]
+        if name in ("join", "sum") and subject and (name == "join" or not isinstance(subject[0], (str, bytes))):
+            # materialize once (a generator cannot be measured and then joined)
+            items = list(subject[0])
+            if name == "join" and kwargs.get("attribute") is None and len(subject) < 3:
+                separator = subject[1] if len(subject) > 1 else kwargs.get("d", "")
+                _check_join(budget, separator if isinstance(separator, str) else "", items)
+            elif name == "sum":
+                budget.check_size(sum(_weight(item, budget.value_limit) for item in items), "sum making a value")
+            args[skip] = subject[0] = items
+        _check_filter(budget, name, subject, kwargs)
+        return _produce(budget, func(*args, **kwargs), f"the {name} filter making a value")
+
+    return metered
+
+
+def _metered_iterate(iterable: Any) -> Iterator[Any]:
+    """What every {% for %} loops over: each iteration is a step."""
+    budget = _budget()
+    for item in iterable:
+        budget.step()
+        yield item
+
+
+def _measured(value: Any) -> Any:
+    """The result of ``a ~ b`` (a Jinja concatenation no sandbox hook sees), measured."""
+    return _produce(_budget(), value, "a ~ concatenation")
+
+
+@lru_cache(maxsize=1)
+def _environment_class() -> type:
+    """The sandboxed environment with its limits (built on first use: jinja2 loads lazily)."""
+    from jinja2 import nodes
+    from jinja2.compiler import CodeGenerator
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class MeteredBuffer(list):
+        """The output buffer of a macro, {% set %} block or filter block: every write counts."""
+
+        __slots__ = ()
+
+        def append(self, piece: Any) -> None:
+            budget = _budget()
+            budget.step()
+            budget.produce(len(piece), "output")
+            list.append(self, piece)
+
+        def extend(self, pieces: Iterable[Any]) -> None:
+            pieces = tuple(pieces)
+            budget = _budget()
+            budget.step()
+            budget.produce(sum(len(piece) for piece in pieces), "output")
+            list.extend(self, pieces)
+
+    class BoundedCodeGenerator(CodeGenerator):
+        # Python loops inside a rendering all run through here: buffered output, {% for %}
+        # and ~. Everything else goes through the sandbox's call and binop hooks.
+        def buffer(self, frame):
+            frame.buffer = self.temporary_identifier()
+            self.writeline(f"{frame.buffer} = environment.slmk_buffer()")
+
+        def visit_For(self, node, frame):
+            iterate = nodes.EnvironmentAttribute("slmk_iterate", lineno=node.lineno)
+            node.iter = nodes.Call(iterate, [node.iter], [], None, None, lineno=node.lineno)
+            super().visit_For(node, frame)
+
+        def visit_Concat(self, node, frame):
+            self.write("environment.slmk_measured(")
+            super().visit_Concat(node, frame)
+            self.write(")")
+
+    class BoundedSandboxedEnvironment(ImmutableSandboxedEnvironment):
+        """transformers' sandbox, with every way to loop or to make a big value metered."""
+
+        code_generator_class = BoundedCodeGenerator
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
+        slmk_buffer = MeteredBuffer
+
+        @staticmethod
+        def slmk_iterate(iterable: Any) -> Iterator[Any]:
+            return _metered_iterate(iterable)
+
+        @staticmethod
+        def slmk_measured(value: Any) -> Any:
+            return _measured(value)
+
+        def call_binop(self, context, operator, left, right):
+            budget = _budget()
+            budget.step()
+            if operator == "*":
+                for sequence, times in ((left, right), (right, left)):
+                    if isinstance(sequence, (str, bytes, list, tuple)) and isinstance(times, int):
+                        unit = (
+                            len(sequence)
+                            if isinstance(sequence, (str, bytes))
+                            else _weight(sequence, budget.value_limit)
+                        )
+                        budget.check_size(unit * max(times, 0), "a * repetition")
+                if isinstance(left, int) and isinstance(right, int):
+                    _check_int_bits(left.bit_length() + right.bit_length())
+            elif operator == "**":
+                if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+                    _check_int_bits(left.bit_length() * min(right, _MAX_INT_BITS + 1))
+            elif operator == "%" and isinstance(left, str):
+                _check_printf(budget, left, right)
+            elif operator == "+" and isinstance(left, (str, bytes, list, tuple)) and isinstance(right, type(left)):
+                budget.check_size(len(left) + len(right), "a + concatenation")
+            return _produce(budget, super().call_binop(context, operator, left, right), f"a {operator} operation")
+
+        def call(__self, __context, __obj, *args, **kwargs):
+            budget = _budget()
+            budget.step()
+            args = _check_method(budget, __obj, args, kwargs)
+            return _produce(budget, super().call(__context, __obj, *args, **kwargs), "a call's result")
+
+    return BoundedSandboxedEnvironment
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    """Jinja's lipsum global, its sizes checked (it loops n x max times in one call)."""
+    from jinja2.utils import generate_lorem_ipsum
+
+    budget = _budget()
+    for value in (n, min, max):
+        _check_width(budget, value, "lipsum size")
+    budget.check_size(n * max * 12, "lipsum text")
+    return generate_lorem_ipsum(n, html, min, max)
+
+
 # --------------------------------------------------------------------------- rendering
 @lru_cache(maxsize=64)
 def _compile(chat_template: str):
     """The template compiled in transformers' environment (same sandbox, globals, filters)."""
     import jinja2
     from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationTag(Extension):
         # transformers' {% generation %} only marks assistant spans for training masks;
         # rendering is the body unchanged.
-        tags = {"generation"}
+        tags = frozenset({"generation"})
 
         def parse(self, parser):
             lineno = next(parser.stream).lineno
@@ -173,12 +548,15 @@ def _compile(chat_template: str):
     def strftime_now(fmt):
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    environment_class = _environment_class()
+    env = environment_class(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
     env.filters["tojson"] = tojson
+    env.filters = {name: _metered_filter(name, func) for name, func in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = TemplateDict()
     env.globals["namespace"] = TemplateNamespace
+    env.globals["lipsum"] = _lipsum
     return env.from_string(chat_template)
 
 
@@ -212,33 +590,88 @@ def render_chat_template(
 
     ``special_tokens`` are the tokenizer's ``special_tokens_map`` (``bos_token``,
     ``eos_token`` ...); ``template_vars`` are extra variables (``enable_thinking``,
-    ``date_string`` ...). Raises ``ChatTemplateError`` when the template does not parse
-    or raises for this conversation.
+    ``date_string`` ...). The rendering is bounded (``RENDER_STEPS``, ``RENDER_VALUE_CHARS``,
+    ``RENDER_SECONDS``). Raises ``ChatTemplateError``, one line, whenever the template does
+    not parse, raises, goes over a limit, or fails in any other way for this conversation.
     """
     import jinja2
 
     messages = list(messages)
-    try:
-        compiled = _compile(chat_template)
-    except jinja2.TemplateError as exc:
+    if not isinstance(chat_template, str):
         raise ChatTemplateError(
-            f"the chat template does not parse: {exc}", hint="fix the Jinja syntax, or pass --template FILE"
-        ) from exc
-    variables = {**as_special_tokens(special_tokens), **template_vars}
-    try:
-        return compiled.render(
-            messages=_plain_messages(messages),
-            tools=None,
-            documents=None,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
+            f"the chat template is a {type(chat_template).__name__}, not text",
+            hint="chat_template holds a Jinja string",
         )
+    if chat_template in _EXCEEDED:
+        raise _limit_error(_EXCEEDED[chat_template])
+    variables = {**as_special_tokens(special_tokens), **template_vars}
+    plain = _plain_messages(messages)
+    # str(), not _weight(): a caller's conversation may hold anything, a cycle included
+    conversation_chars = sum(len(str(value)) for message in plain for value in message.values())
+    budget = _RenderBudget(conversation_chars + sum(len(str(value)) for value in variables.values()))
+    token = _BUDGET.set(budget)
+    try:
+        try:
+            compiled = _compile(chat_template)
+        except jinja2.TemplateError as exc:
+            raise ChatTemplateError(
+                f"the chat template does not parse: {_short(exc)}", hint="fix the Jinja syntax, or pass --template FILE"
+            ) from exc
+        except (RecursionError, MemoryError) as exc:
+            raise ChatTemplateError(
+                f"the chat template does not parse: it is nested too deeply ({type(exc).__name__})",
+                hint="fix the Jinja syntax, or pass --template FILE",
+            ) from exc
+        pieces = []
+        for piece in compiled.generate(
+            messages=plain, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+        ):
+            budget.step()
+            budget.produce(len(piece), "output")
+            pieces.append(piece)
+        return "".join(pieces)
+    except RenderLimitExceeded as exc:
+        if len(_EXCEEDED) >= _EXCEEDED_MAX:
+            _EXCEEDED.clear()
+        _EXCEEDED[chat_template] = str(exc)
+        raise _limit_error(str(exc)) from None
+    except ChatTemplateError:
+        raise
     except jinja2.TemplateError as exc:
-        roles = ", ".join(str(m.get("role")) for m in messages)
         raise ChatTemplateError(
-            f"the chat template raised for a conversation of {roles}: {exc}",
+            f"the chat template raised for a conversation of {_roles(messages)}: {_short(exc)}",
             hint="the model's chat template does not accept this conversation",
         ) from exc
+    except RecursionError as exc:
+        raise ChatTemplateError(
+            f"the chat template recursed too deeply for a conversation of {_roles(messages)}",
+            hint="a macro or recursive loop in the chat template does not stop; fix it or pass --template FILE",
+        ) from exc
+    except Exception as exc:  # MemoryError, OverflowError, TypeError ...: still one line
+        raise ChatTemplateError(
+            f"the chat template failed for a conversation of {_roles(messages)}: {type(exc).__name__}: {_short(exc)}",
+            hint="fix the chat template, or pass --template FILE",
+        ) from exc
+    finally:
+        _BUDGET.reset(token)
+
+
+def _limit_error(reason: str) -> ChatTemplateError:
+    return ChatTemplateError(
+        f"the chat template went over a render limit: {reason}",
+        hint="a chat template loops, recurses or builds text far beyond what a prompt needs; "
+        "fix it, or pass --template FILE",
+    )
+
+
+def _roles(messages: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(str(m.get("role")) for m in messages if isinstance(m, Mapping))[:200]
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line, cut (a template can raise a megabyte of message)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def as_special_tokens(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str, str]:
@@ -704,7 +1137,14 @@ def _read_template_file(path: Path) -> tuple[PromptTemplate | None, str | None]:
             f"template file {path} not found",
             hint="pass a JSON file with system, user, assistant and prompt, or a .jinja chat template",
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"template file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint="save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read template file {path}: {exc.strerror}", hint="pass a readable file") from None
     data = None
     if path.suffix.lower() == ".json" or text.lstrip().startswith('{"'):
         try:
@@ -739,8 +1179,24 @@ def resolve_template(registry: Registry, info: ModelInfo, template_file: Path | 
     the generic derivation from the model's chat template.
 
     Notes say what the pieces cannot express and whether they round-trip against the
-    chat template the runtimes will use (the installer enforces that check).
+    chat template the runtimes will use (the installer enforces that check). A template
+    error names the model folder.
     """
+    try:
+        return _resolve_template(registry, info, template_file)
+    except TemplateError as exc:
+        raise _naming_model(exc, info.path) from exc.__cause__
+
+
+def _naming_model(exc: TemplateError, path: Path) -> TemplateError:
+    """The same error, its message starting with the model folder it is about."""
+    if not exc.message.startswith(f"{path}: "):
+        exc.message = f"{path}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
+
+
+def _resolve_template(registry: Registry, info: ModelInfo, template_file: Path | None) -> ResolvedTemplate:
     tokens = special_tokens_for(info)
     template = None
     if template_file is not None:

@@ -89,6 +89,23 @@ def _telemetry_store_redirected(folder: Path) -> Iterator[None]:
             os.environ["XDG_CACHE_HOME"] = old
 
 
+@contextlib.contextmanager
+def _telemetry_upload_off() -> Iterator[None]:
+    """The SDK's native core uploads a ProcessInfo event to mobile.events.data.microsoft.com
+    (a DNS lookup about a second after start, then every few seconds) even with
+    ``disable_nonessential_telemetry`` and ORT_TELEMETRY_DISABLED; its only full switch is
+    its CI detection ("CI environment detected; 1DS upload disabled"), read once when the
+    manager starts. Set CI for that moment, unless the user set it (CI=false keeps uploads)."""
+    if "CI" in os.environ:
+        yield
+        return
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop("CI", None)
+
+
 def manager(cache: Path):
     """The SDK manager for ``cache``, started (or restarted for another cache) as needed."""
     fl = _import_sdk()
@@ -119,7 +136,7 @@ def manager(cache: Path):
             disable_nonessential_telemetry=True,
         )
         try:
-            with _telemetry_store_redirected(dirs["telemetry"]):
+            with _telemetry_store_redirected(dirs["telemetry"]), _telemetry_upload_off():
                 fl.FoundryLocalManager.initialize(config)
         except Exception as exc:
             raise SlmkError(

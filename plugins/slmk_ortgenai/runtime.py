@@ -197,6 +197,7 @@ class OrtGenAISession:
             raise UsageError(
                 f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)} or adapter"
             )
+        check_search_values(search)
         adapter_name = self.load_adapter(adapter) if adapter else None
         prompt_ids = self.encode(self.render_prompt(messages))
         return self._stream(*self._plan(prompt_ids, search), adapter=adapter_name)
@@ -207,6 +208,7 @@ class OrtGenAISession:
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
+        check_search_values(search)
         self._require_open()
         return self._stream(*self._plan([int(t) for t in prompt_ids], search))
 
@@ -369,6 +371,39 @@ def _min_cache_length(config: Mapping[str, Any]) -> int:
     size = int(window.get("window_size") or 0)
     context = int(model.get("context_length") or 0)
     return min(size, context) if context else size
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    # nan passes no comparison and inf is no temperature: finite numbers only
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+#: What each search option takes: the checks slmk.toml and the command line apply, for
+#: callers of the Python API too (onnxruntime-genai itself takes a temperature of -1 or nan).
+_SEARCH_VALUES: dict[str, tuple[Any, str]] = {
+    "max_length": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
+    "max_new_tokens": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
+    "min_length": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "random_seed": (_is_int, "an integer"),
+    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
+    "truncate": (lambda v: isinstance(v, bool), "true or false"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+}
+
+
+def check_search_values(search: Mapping[str, Any]) -> None:
+    """A UsageError for the first search option whose value is out of range (None: unset)."""
+    for key, value in search.items():
+        check, allowed = _SEARCH_VALUES.get(key, (None, ""))
+        if value is not None and check is not None and not check(value):
+            raise UsageError(f"search option {key} = {value!r} is not allowed", hint=f"{key} must be {allowed}")
 
 
 def _build_precision(folder: Path) -> str | None:
