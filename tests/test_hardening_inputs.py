@@ -273,3 +273,17 @@ def test_damaged_model_files_are_one_line_naming_the_file(tmp_path, name, conten
     target = model / name
     target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
     assert_one_line_error(slmk("inspect", str(model), cwd=tmp_path), needle)
+
+
+def test_run_refuses_a_build_whose_chat_template_never_ends_instead_of_hanging(tiny_build, tmp_path, run_slmk):
+    """The runtimes render templates in engines without limits: slmk renders it first, bounded."""
+    import shutil
+
+    build = tmp_path / "looping"
+    shutil.copytree(tiny_build("int4"), build)
+    (build / "chat_template.jinja").write_text(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}"
+    )
+    result = run_slmk("run", str(build), "--prompt", "hi", timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and str(build) in errors[0], result.stderr

@@ -24,6 +24,22 @@ def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
     return registry.get("slmk_execution_providers", name, "execution provider")
 
 
+def _check_chat_template(folder: Path) -> None:
+    """Render the build's chat template once through slmk's bounded renderer before a runtime
+    does: the runtimes' own template engines have no time or memory limit, so a template that
+    loops or explodes is refused here with one line instead of hanging the runtime."""
+    from .templates import TemplateError, _naming_model, render_chat_template, special_tokens_for
+
+    info = ModelInfo.load(folder)
+    if info.chat_template:
+        try:
+            render_chat_template(
+                info.chat_template, [{"role": "user", "content": "Hello"}], special_tokens=special_tokens_for(info)
+            )
+        except TemplateError as exc:
+            raise _naming_model(exc, folder) from None
+
+
 def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
     """Every probe, every execution provider's usability, every plugin problem: `slmk doctor` as data.
 
@@ -255,6 +271,7 @@ def open_session(
     ep_name = execution_provider or build_info(folder).get("execution_provider") or "cpu"
     ep = resolve_ep(registry, ep_name)
     require_usable(ep, "run the model")
+    _check_chat_template(folder)
     runtime = runtime or registry.default_name("slmk_runtimes") or "none"
     rt = registry.get("slmk_runtimes", runtime, "runtime")
     if rt.can_load:
