@@ -159,6 +159,11 @@ class ModelInfo:
         if isinstance(chat_template, list):  # named templates: [{"name": "default", "template": ...}]
             named = {t.get("name"): t.get("template") for t in chat_template if isinstance(t, dict)}
             chat_template = named.get("default") or next(iter(named.values()), None)
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise UsageError(
+                f"the chat template of {folder} is {type(chat_template).__name__}, not text",
+                hint="chat_template in tokenizer_config.json holds a Jinja string",
+            )
         jinja_file = folder / "chat_template.jinja"
         if jinja_file.is_file():  # transformers reads it before tokenizer_config.json's, and so do the runtimes
             chat_template = _read_text(jinja_file) or chat_template
