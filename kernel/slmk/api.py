@@ -65,6 +65,9 @@ from .records import (
     ChatSession,
     Converter,
     ExecutionProvider,
+    Executor,
+    ExecutorOptions,
+    ExecutorSession,
     GenerationStats,
     InstalledModel,
     Installer,
@@ -77,6 +80,8 @@ from .records import (
     Quantizer,
     Runtime,
     StepRequest,
+    Task,
+    TaskResult,
     Usability,
 )
 from .templates import (
@@ -104,6 +109,9 @@ __all__ = [
     "ChatSession",
     "Converter",
     "ExecutionProvider",
+    "Executor",
+    "ExecutorOptions",
+    "ExecutorSession",
     "GenerationStats",
     "InstalledModel",
     "Installer",
@@ -116,6 +124,8 @@ __all__ = [
     "Quantizer",
     "Runtime",
     "StepRequest",
+    "Task",
+    "TaskResult",
     "Usability",
     # errors
     "ConfigError",

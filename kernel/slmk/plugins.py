@@ -197,6 +197,10 @@ class Registry:
         return self.records("slmk_runtimes")
 
     @property
+    def executors(self):
+        return self.records("slmk_executors")
+
+    @property
     def cli_commands(self):
         return self.records("slmk_cli_commands")
 
