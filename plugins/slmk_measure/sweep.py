@@ -31,6 +31,7 @@ from slmk.api import (
     ExecutorOptions,
     ModelInfo,
     Progress,
+    SlmkError,
     Task,
     UsageError,
     cache_root,
@@ -291,14 +292,23 @@ def check_config(config: SweepConfig) -> None:
     if unknown:
         raise UsageError(f"unknown precision {unknown[0]!r}", hint=f"precisions: {', '.join(PRECISIONS)}")
     for name in config.execution_providers:
-        ep = registry.get("slmk_execution_providers", name, "execution provider")
+        try:
+            ep = registry.get("slmk_execution_providers", name, "execution provider")
+        except SlmkError as exc:
+            raise UsageError(exc.message, hint=exc.hint) from None
         bad = [p for p in config.precisions if p not in ep.run_precisions]
         if bad:
             raise UsageError(
                 f"{bad[0]} builds do not run on {ep.name}", hint=f"{ep.name} runs {', '.join(ep.run_precisions)}"
             )
-    registry.get("slmk_executors", config.executor, "executor")
-    registry.get("slmk_runtimes", config.runtime, "runtime")
+    for hook, name, what in (
+        ("slmk_executors", config.executor, "executor"),
+        ("slmk_runtimes", config.runtime, "runtime"),
+    ):
+        try:
+            registry.get(hook, name, what)
+        except SlmkError as exc:  # a name the user typed: bad input
+            raise UsageError(exc.message, hint=exc.hint) from None
     sweep_cells.check_gate(config.quality_gate)
     if config.executor_options.workers < 1:
         raise UsageError("workers must be at least 1")
