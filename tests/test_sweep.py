@@ -62,7 +62,7 @@ def random_model(tmp_path_factory) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    root = tmp_path_factory.mktemp("random-chat")
+    root = tmp_path_factory.mktemp("random") / "random-chat"
     model_dir = root / "model"
     shutil.copytree(TINY_MODEL.parent / "data", root / "data")
     config = Qwen2Config(
@@ -458,3 +458,23 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
         for entry in reversed(started):
             _kill_tree(entry[1])
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ temporary folders on a shared cache
+def test_stale_cleanup_leaves_another_machines_temporary_folders(tmp_path):
+    from slmk.fsutil import FOREIGN_TMP_MAX_AGE_S, HOST_TAG, TMP_PREFIX, clean_stale_tmp
+
+    dead_pid = 2**22 + 1  # above Linux's pid_max default: no such process here
+    ours = tmp_path / f"{TMP_PREFIX}{dead_pid}@{HOST_TAG}-abcd1234-step"
+    theirs = tmp_path / f"{TMP_PREFIX}{dead_pid}@0123beef-abcd1234-step"
+    theirs_old = tmp_path / f"{TMP_PREFIX}{dead_pid}@0123beef-dcba4321-step"
+    for folder in (ours, theirs, theirs_old):
+        folder.mkdir()
+    old = time.time() - FOREIGN_TMP_MAX_AGE_S - 60
+    os.utime(theirs_old, (old, old))
+
+    clean_stale_tmp(tmp_path)
+
+    # ours was left by a dead process of this machine; theirs may be written right now on
+    # another node sharing the cache (its pid means nothing here) unless it is a day old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]

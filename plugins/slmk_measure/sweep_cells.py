@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from typing import Any
 HOLD_ENV = "SLMK_SWEEP_HOLD_FILE"
 #: Tasks note their start here (cell id, node, pid), so a driver or test sees what runs where.
 STARTED_DIR = "started"
+#: The record slmk convert writes beside a build (not part of the model).
+BUILD_RECORD = "slmk_build.json"
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def _note_start(spec: dict[str, Any], phase: str) -> None:
         folder = Path(marks) / STARTED_DIR
         folder.mkdir(parents=True, exist_ok=True)
         record = {"cell": spec["id"], "phase": phase, "node": os.environ.get("SLMK_NODE_NAME"), "pid": os.getpid()}
-        (folder / f"{spec['id']}-{phase}-{os.getpid()}.json").write_text(json.dumps(record))
+        (folder / f"{spec['id']}-{phase}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json").write_text(json.dumps(record))
     hold = os.environ.get(HOLD_ENV)
     while hold and Path(hold).exists():
         time.sleep(0.2)
@@ -67,7 +70,8 @@ def build_cell(spec: dict[str, Any]) -> dict[str, Any]:
         return _error(exc)
     return {
         "build": str(result.output),
-        "size_bytes": result.size_bytes,
+        # the model's files: slmk_build.json records timings and cache hits, which differ per run
+        "size_bytes": sum(size for name, size in result.files.items() if name != BUILD_RECORD),
         "build_seconds": round(result.seconds, 3),
         "steps": [{"kind": s.kind, "tool": s.tool, "status": s.status, "seconds": s.seconds} for s in result.steps],
     }
