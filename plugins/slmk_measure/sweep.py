@@ -214,6 +214,13 @@ def config_from_dict(data: Mapping[str, Any], base: Path | None = None) -> Sweep
     if not models:
         raise UsageError("the sweep names no models", hint='models = ["path/to/model", ...]')
     config = SweepConfig(models=[model_spec(m, base) for m in models])
+    names = [m.name for m in config.models]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(
+            f"two models are both named {twice[0]!r} in the table",
+            hint='name them: models = [{path = "DIR", name = "NAME"}, ...]',
+        )
     if "precisions" in data:
         config.precisions = _str_list(data["precisions"], "precisions")
     if "execution_providers" in data:

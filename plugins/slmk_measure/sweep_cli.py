@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -101,7 +102,10 @@ def sweep(
             overrides["executor"] = executor_settings
         config = quick_config(list(targets), **overrides)
     progress = Progress(quiet=quiet or as_json)
-    result = run_sweep(config, resume=resume, progress=progress)
+    # an executor's own chatter (Ray prints retried tasks on stdout) goes to stderr: stdout
+    # holds only the table, so --json output stays parseable
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_sweep(config, resume=resume, progress=progress)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
     else:

@@ -84,7 +84,7 @@ class RaySession:
         elif options.address is None:
             # embedded: a one-node cluster for this process, on the loopback only
             init: dict[str, Any] = {
-                "num_cpus": options.num_cpus or options.workers or None,
+                "num_cpus": options.num_cpus,  # None: every CPU of this machine
                 "resources": node_resources(),
                 "include_dashboard": False,
                 "log_to_driver": False,
