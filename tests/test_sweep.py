@@ -486,3 +486,12 @@ def test_stale_cleanup_leaves_another_machines_temporary_folders(tmp_path):
     # ours was left by a dead process of this machine; theirs may be written right now on
     # another node sharing the cache (its pid means nothing here) unless it is a day old
     assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+
+
+def test_ray_resources_publishes_a_measurement_slot_and_only_usable_accelerators(run_slmk):
+    done = run_slmk("ray-resources")
+    assert done.returncode == 0, done.stderr
+    resources = json.loads(done.stdout)
+    assert resources["slmk_measure_slot"] == 1.0
+    usable = {name for name, ep in get_registry().execution_providers.items() if name != "cpu" and ep.probe().usable}
+    assert {name.removeprefix("slmk_") for name in resources if name != "slmk_measure_slot"} == usable
