@@ -144,6 +144,26 @@ def test_local_and_embedded_ray_give_the_same_table(tmp_path, sweep_cache, rando
     assert "tiny-chat" in Path(local["files"]["markdown"]).read_text()
 
 
+def test_quantizer_options_are_a_dimension_of_the_sweep(tmp_path, sweep_cache):
+    config = _config(
+        tmp_path,
+        sweep_cache,
+        [TINY_MODEL],
+        precisions=["fp32", "int4"],
+        quantizers=[{"name": "b32"}, {"name": "b128", "block_size": 128}],
+    )
+    result = run_sweep(config)
+
+    assert result["failed"] == 0, [r.get("error") for r in result["rows"]]
+    cells = {(r["precision"], r["quantizer"]): r for r in result["rows"]}
+    # full precision ignores quantizer options: planned once, not once per option set
+    assert set(cells) == {("fp32", "none"), ("int4", "b32"), ("int4", "b128")}
+    assert cells[("int4", "b128")]["quantization"] == {"block_size": 128}
+    # one scale per 128 weights instead of per 32: a smaller build
+    assert cells[("int4", "b128")]["size_bytes"] < cells[("int4", "b32")]["size_bytes"]
+    assert cells[("int4", "b128")]["agreement"] is not None
+
+
 # ------------------------------------------------------------------ failures and resume
 def test_a_failed_cell_is_reported_and_the_sweep_goes_on(tmp_path, sweep_cache):
     broken = tmp_path / "broken-model"
