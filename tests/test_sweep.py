@@ -371,7 +371,7 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
     ray_bin = Path(sys.executable).with_name("ray")
     temp_dir = Path(tempfile.mkdtemp(prefix="slmkcl", dir="/tmp"))
     hold = tmp_path / "hold"
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     env = dict(os.environ)
 
     def node(name: str, *args: str) -> tuple[str, subprocess.Popen, Path]:
@@ -403,7 +403,18 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
 
     started = []
     try:
-        head = node("head", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp_dir))
+        head = node(
+            "head",
+            "--head",
+            "--port",
+            str(port),
+            "--ray-client-server-port",
+            str(client_port),
+            "--include-dashboard",
+            "false",
+            "--temp-dir",
+            str(temp_dir),
+        )
         started.append(head)
 
         def gcs_up():
@@ -422,7 +433,7 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
             started,
         )
 
-        def sweep(out: Path) -> subprocess.Popen:
+        def sweep(out: Path, address: str) -> subprocess.Popen:
             command = [
                 sys.executable,
                 "-c",
@@ -434,7 +445,7 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
                 "--executor",
                 "ray",
                 "--address",
-                f"127.0.0.1:{port}",
+                address,
                 "--cache-dir",
                 str(sweep_cache),
                 "--no-validate",
@@ -445,7 +456,8 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
             return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
         # 1. both nodes take tasks (each has one CPU; four cells' builds queue at once)
-        first = sweep(tmp_path / "first")
+        # the first sweep joins through Ray Client (ray://), the second through the GCS address
+        first = sweep(tmp_path / "first", f"ray://127.0.0.1:{client_port}")
         stdout, stderr = first.communicate(timeout=600)
         assert first.returncode == 0, stderr[-3000:]
         rows = json.loads(stdout)["rows"]
@@ -456,7 +468,7 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
         # exists, so kill it once one of them has started, then let the rest go
         hold.write_text("hold")
         second_out = tmp_path / "second"
-        second = sweep(second_out)
+        second = sweep(second_out, f"127.0.0.1:{port}")
 
         def held_on_worker():
             marks = second_out / "started"
