@@ -85,9 +85,10 @@ def random_model(tmp_path_factory) -> Path:
     return model_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_session():
-    """One embedded Ray (2 CPUs) for the module; its files under a short temp folder."""
+    """An embedded Ray (2 CPUs), its files under a short temp folder. Stopped after the
+    test that uses it: the cluster test later in this module wants the cores."""
     temp_dir = Path(tempfile.mkdtemp(prefix="slmkray", dir="/tmp"))  # Ray's socket paths must stay short
     session = get_registry().executors["ray"].open(ExecutorOptions(num_cpus=2, temp_dir=temp_dir))
     try:
@@ -459,7 +460,7 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path, swee
         # the first sweep joins through Ray Client (ray://), the second through the GCS address
         first = sweep(tmp_path / "first", f"ray://127.0.0.1:{client_port}")
         stdout, stderr = first.communicate(timeout=600)
-        assert first.returncode == 0, stderr[-3000:]
+        assert first.returncode == 0, stderr[-8000:]
         rows = json.loads(stdout)["rows"]
         nodes = {r["node"] for r in rows} | {r["measure_node"] for r in rows}
         assert nodes == {"head", "worker"}, nodes
