@@ -4,6 +4,7 @@ docs/hooks.md is what `python -m slmk.docgen` renders from them."""
 from __future__ import annotations
 
 import inspect
+import operator
 import subprocess
 import sys
 import types
@@ -20,11 +21,14 @@ from slmk.records import (
     FORMAT_HF,
     RECORD_TYPES,
     ExecutionProvider,
+    ExecutorOptions,
     InstalledModel,
     LoadRequest,
     ProbeResult,
     PromptTemplate,
     StepRequest,
+    Task,
+    TaskResult,
     Usability,
 )
 from slmk.testing import make_registry
@@ -118,6 +122,13 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
                 session.close()
         elif hook_name == "slmk_commands":
             result = CliRunner().invoke(record.load(), [])
+        elif hook_name == "slmk_executors":
+            session = record.open(ExecutorOptions())
+            try:
+                outcome = session.submit(Task(name="add", function=operator.add, args=(2, 3))).result(timeout=60)
+            finally:
+                session.close()
+            assert isinstance(outcome, TaskResult) and outcome.value == 5 and outcome.node
             assert result.exit_code == 0, result.output
         elif hook_name == "slmk_settings":
             from slmk.config import load_settings

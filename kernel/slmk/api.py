@@ -91,6 +91,9 @@ from .records import (
     Command,
     Converter,
     ExecutionProvider,
+    Executor,
+    ExecutorOptions,
+    ExecutorSession,
     GenerationStats,
     InstalledModel,
     Installer,
@@ -106,6 +109,8 @@ from .records import (
     ScoringSession,
     Setting,
     StepRequest,
+    Task,
+    TaskResult,
     Usability,
 )
 from .templates import (
@@ -140,6 +145,9 @@ __all__ = [
     "Command",
     "Converter",
     "ExecutionProvider",
+    "Executor",
+    "ExecutorOptions",
+    "ExecutorSession",
     "GenerationStats",
     "InstallRequest",
     "InstalledModel",
@@ -155,6 +163,8 @@ __all__ = [
     "ScoringSession",
     "Setting",
     "StepRequest",
+    "Task",
+    "TaskResult",
     "Usability",
     # errors
     "ConfigError",

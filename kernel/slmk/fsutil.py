@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,11 @@ from pathlib import Path
 from .errors import SlmkError, UsageError
 
 TMP_PREFIX = ".slmk-tmp-"
+#: This machine in temporary names (``.slmk-tmp-PID@HOST-...``): on a cache shared by
+#: several machines a process id means something only on the machine that wrote it.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+#: A temporary folder another machine left is removed only when it is this old (seconds).
+FOREIGN_TMP_MAX_AGE_S = 24 * 3600
 
 
 def dir_size(path: Path) -> int:
@@ -50,8 +57,16 @@ def clean_stale_tmp(parent: Path) -> None:
         return
     for entry in parent.iterdir():
         if entry.name.startswith(TMP_PREFIX):
-            pid = entry.name[len(TMP_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and _pid_alive(int(pid)):
+            pid, _, host = entry.name[len(TMP_PREFIX) :].split("-", 1)[0].partition("@")
+            if host and host != HOST_TAG:
+                # another machine's: its writer may be alive there; only a day-old one is stale
+                try:
+                    age = time.time() - entry.stat().st_mtime
+                except OSError:
+                    continue
+                if age < FOREIGN_TMP_MAX_AGE_S:
+                    continue
+            elif pid.isdigit() and _pid_alive(int(pid)):
                 continue  # another live process is writing it
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -78,12 +93,12 @@ def atomic_dir(final: Path, force: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not force:
         raise UsageError(f"{final} already exists", hint="choose another output or pass --force to replace it")
-    tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}"
+    tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}-{uuid.uuid4().hex[:8]}-{final.name}"
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f"{TMP_PREFIX}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
+            old = final.parent / f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}-old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -211,8 +226,12 @@ def _copy_entries(entries: list[tuple[Path, Path | None]], dst: Path, *, link: b
 
 # ------------------------------------------------------------------ manifests of read-only cache entries
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, read in 1 MiB blocks (hashlib.file_digest is 3.11+)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def tree_manifest(folder: Path) -> dict[str, dict[str, object]]:
@@ -261,6 +280,7 @@ LOCK_TIMEOUT_ENV = "SLMK_LOCK_TIMEOUT_S"
 
 
 def lock_timeout_s(default: float) -> float:
+    """$SLMK_LOCK_TIMEOUT_S when set (a test makes waits short), else ``default``."""
     value = os.environ.get(LOCK_TIMEOUT_ENV)
     if not value:
         return default

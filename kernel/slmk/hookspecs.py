@@ -20,6 +20,7 @@ from .records import (
     Command,
     Converter,
     ExecutionProvider,
+    Executor,
     Installer,
     ModelFamily,
     ModelSource,
@@ -200,6 +201,44 @@ def slmk_runtimes() -> Iterable[Runtime]:
         @hookimpl
         def slmk_runtimes():
             yield Runtime(name="echo", description="Echoes the prompt", load=lambda request: EchoSession())
+    """
+
+
+@hookspec
+def slmk_executors() -> Iterable[Executor]:
+    """Executors: where the tasks of a sweep run (this process, local workers, a cluster).
+
+    ``open(options)`` returns a session whose ``submit(task)`` gives a
+    ``concurrent.futures.Future`` resolving to a ``TaskResult``; ``close()`` stops
+    everything the session started. Honour ``Task.exclusive`` (run alone),
+    ``num_cpus``/``memory_bytes``, ``accelerator`` and ``retries`` as far as the
+    engine can; import the engine inside ``open``.
+
+    Example::
+
+        import socket
+        import time
+        from concurrent.futures import Future
+        from slmk.api import Executor, TaskResult, hookimpl
+
+        class InlineSession:
+            def submit(self, task):
+                future = Future()
+                start = time.perf_counter()
+                try:
+                    value = task.function(*task.args, **task.kwargs)
+                except Exception as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(TaskResult(value, socket.gethostname(), time.perf_counter() - start))
+                return future
+
+            def close(self):
+                pass
+
+        @hookimpl
+        def slmk_executors():
+            yield Executor(name="inline", description="Runs each task at once", open=lambda options: InlineSession())
     """
 
 

@@ -33,6 +33,7 @@ from .records import (
     Command,
     Converter,
     ExecutionProvider,
+    Executor,
     Installer,
     ModelFamily,
     ModelSource,
@@ -254,6 +255,11 @@ class Registry:
     def runtimes(self) -> dict[str, Runtime]:
         """Runtimes, by name."""
         return self._typed("slmk_runtimes", Runtime)
+
+    @property
+    def executors(self) -> dict[str, Executor]:
+        """Where the tasks of a sweep run, by name."""
+        return self._typed("slmk_executors", Executor)
 
     @property
     def model_sources(self) -> dict[str, ModelSource]:

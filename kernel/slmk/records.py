@@ -392,6 +392,75 @@ class Setting:
         return "SLMK_" + self.key.upper().replace(".", "__")
 
 
+# ------------------------------------------------------------------------ executors
+@dataclass(frozen=True)
+class Task:
+    """One unit of work an executor runs: a top-level function and plain-data arguments.
+
+    ``function`` must be importable by name (a module-level function), and ``args``
+    plain data (paths, strings, dicts): executors ship both to other processes or
+    nodes. ``num_cpus`` and ``memory_bytes`` are what it needs; an ``exclusive``
+    task (a measurement) runs alone so its figures are not disturbed; a task with an
+    ``accelerator`` ("cuda") goes only where that accelerator is usable; a task whose
+    worker dies is run again up to ``retries`` times.
+    """
+
+    name: str
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    num_cpus: float = 1.0
+    memory_bytes: int = 0
+    exclusive: bool = False
+    accelerator: str | None = None
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What a finished task returned, and where it ran (``node``: a name a person can read)."""
+
+    value: Any
+    node: str
+    seconds: float
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How to open an executor: ``workers`` at once (local), a cluster ``address``
+    (``None``: start one embedded), ``num_cpus`` of an embedded cluster, a ``temp_dir``
+    for the executor's own files, and executor-specific ``extra`` settings."""
+
+    workers: int = 1
+    address: str | None = None
+    num_cpus: int | None = None
+    temp_dir: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ExecutorSession(Protocol):
+    """An open executor. ``submit`` returns a ``concurrent.futures.Future`` that
+    resolves to a ``TaskResult`` (or raises the task's error); ``close`` stops it and
+    everything it started."""
+
+    def submit(self, task: Task) -> Any:
+        """Start ``task``; a ``concurrent.futures.Future`` of its ``TaskResult``."""
+
+    def close(self) -> None:
+        """Stop the session and everything it started."""
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Runs tasks somewhere: in this process, in local worker processes, on a cluster."""
+
+    name: str
+    description: str
+    open: Callable[[ExecutorOptions], ExecutorSession]
+
+
 #: The hook name for each record type, used to validate what plugins return.
 RECORD_TYPES: dict[str, type] = {
     "slmk_probes": Probe,
@@ -401,6 +470,7 @@ RECORD_TYPES: dict[str, type] = {
     "slmk_quantizers": Quantizer,
     "slmk_installers": Installer,
     "slmk_runtimes": Runtime,
+    "slmk_executors": Executor,
     "slmk_model_sources": ModelSource,
     "slmk_commands": Command,
     "slmk_settings": Setting,

@@ -23,6 +23,12 @@ def _command(name: str):
     return load
 
 
+def _sweep_command():
+    from .sweep_cli import sweep
+
+    return sweep
+
+
 @hookimpl
 def slmk_commands():
     yield Command(
@@ -40,4 +46,7 @@ def slmk_commands():
         "deploy",
         "doctor, template, convert, quality gate, validate, install, first answer: one command.",
         _command("deploy"),
+    )
+    yield Command(
+        "sweep", "Models x precisions x execution providers: convert, validate and measure every cell.", _sweep_command
     )

@@ -1,0 +1,764 @@
+"""`slmk sweep`: models x precisions x execution providers x quantizer options, each cell
+built, measured (and validated), on an executor (this process, local workers, Ray).
+
+The driver (this module) plans the cells, submits each cell's build task, and when
+it finishes, the cell's measurement task (exclusive: it runs alone on its node, so
+the figures are not disturbed). Every finished row is written at once to
+``OUTPUT/results.jsonl`` (atomically), so ``resume=True`` after a crash skips the
+cells already there. At the end: agreement with each model's reference precision,
+the table (JSON, CSV, Markdown), the plots, and per model and EP the cell a quality
+gate chooses (``install_best`` installs it).
+
+The cell functions live in ``sweep_cells`` (top-level functions on plain data).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from slmk.api import (
+    PRECISIONS,
+    ExecutorOptions,
+    ModelInfo,
+    Progress,
+    SlmkError,
+    Task,
+    UsageError,
+    cache_root,
+    get_registry,
+    hash_json,
+)
+
+from . import sweep_cells
+
+RESULTS_FILE = "results.jsonl"
+#: The columns that depend only on the models and the tools, never on timing: two
+#: executors must agree on them.
+DETERMINISTIC_COLUMNS = (
+    "cell",
+    "model",
+    "precision",
+    "execution_provider",
+    "quantizer",
+    "size_bytes",
+    "ppl",
+    "accuracy",
+)
+#: The table's columns, in order (rows carry more: steps, notes, validation detail).
+COLUMNS = (
+    "model",
+    "precision",
+    "execution_provider",
+    "quantizer",
+    "size_bytes",
+    "ppl",
+    "ppl_change_pct",
+    "accuracy",
+    "agreement",
+    "decode_tps",
+    "time_to_first_token_s",
+    "prompt_tps",
+    "peak_rss_bytes",
+    "validation_ok",
+    "build_seconds",
+    "measure_seconds",
+    "node",
+    "measure_node",
+    "error",
+)
+DEFAULT_GATE = "ppl<=+5%,accuracy>=-5%"
+#: A short validation per cell (the full one is `slmk validate`): enough to catch a
+#: build that leaks or breaks on edge cases, seconds on a small model.
+DEFAULT_VALIDATE = {"leak_runs": 20, "leak_kb_per_run": 64.0, "sessions": 3, "max_slowdown": 4.0}
+SWEEP_KEYS = {
+    "models",
+    "precisions",
+    "execution_providers",
+    "quantizers",
+    "runtime",
+    "eval",
+    "heldout",
+    "cache_dir",
+    "output",
+    "quality_gate",
+    "install_best",
+    "executor",
+    "resources",
+    "validate",
+    "bench",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: Path
+    name: str
+    eval_file: Path | None = None
+    heldout_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    models: list[ModelSpec]
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
+    execution_providers: list[str] = field(default_factory=lambda: ["cpu"])
+    quantizers: list[QuantizerSpec] = field(default_factory=lambda: [QuantizerSpec("default")])
+    runtime: str = "ortgenai"
+    cache_dir: Path | None = None
+    output: Path = Path("sweep-out")
+    quality_gate: str = DEFAULT_GATE
+    install_best: bool = False
+    executor: str = "local"
+    executor_options: ExecutorOptions = field(default_factory=ExecutorOptions)
+    build_cpus: float = 1.0
+    build_memory_bytes: int | None = None  # None: estimated from the model's parameters
+    measure_cpus: float = 1.0
+    retries: int = 2
+    validate: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_VALIDATE))
+    bench: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ configuration
+def _table(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be a table", hint="see docs/sweep.md for the SWEEP.toml format")
+    return data
+
+
+def _str_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+        raise UsageError(f"{key} must be a non-empty list of names", hint=f'e.g. {key} = ["fp32", "int4"]')
+    return list(dict.fromkeys(value))
+
+
+def model_spec(entry: Any, base: Path) -> ModelSpec:
+    """A model folder (a string, or a table with path/name/eval/heldout), relative to ``base``."""
+    if isinstance(entry, str):
+        entry = {"path": entry}
+    entry = _table(entry, "a models entry")
+    unknown = set(entry) - {"path", "name", "eval", "heldout"}
+    if unknown or "path" not in entry:
+        raise UsageError(
+            f"models entry {entry!r}: " + (f"unknown key {sorted(unknown)[0]!r}" if unknown else "no path"),
+            hint='write models = ["DIR", {path = "DIR", name = "NAME", eval = "FILE", heldout = "FILE"}]',
+        )
+    path = (base / Path(entry["path"]).expanduser()).resolve()
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise UsageError(
+            f"{path} is a LoRA adapter: sweeps take full model folders",
+            hint="merge the adapter into its base model first (peft: merge_and_unload, then save_pretrained)",
+        )
+    if not (path / "config.json").is_file():
+        raise UsageError(f"model {path} is not a Hugging Face model folder (no config.json)", hint="pass its folder")
+
+    def data_file(key: str, default_name: str) -> Path | None:
+        if entry.get(key):
+            found = (base / Path(entry[key]).expanduser()).resolve()
+            if not found.is_file():
+                raise UsageError(f"{key} file {found} of model {path} not found")
+            return found
+        return sweep_cells.model_data_file(path, default_name)
+
+    return ModelSpec(
+        path=path,
+        name=str(entry.get("name") or path.name if path.name != "model" else path.parent.name),
+        eval_file=data_file("eval", "eval.jsonl"),
+        heldout_file=data_file("heldout", "heldout.txt"),
+    )
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read a SWEEP.toml (see docs/sweep.md); paths in it are relative to its folder."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    file = Path(path).expanduser()
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"sweep file {file} not found", hint="pass a SWEEP.toml or model folders") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{file} is not valid TOML: {exc}") from None
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(data, base=file.parent.resolve())
+
+
+def config_from_dict(data: Mapping[str, Any], base: Path | None = None) -> SweepConfig:
+    base = base or Path.cwd()
+    unknown = set(data) - SWEEP_KEYS
+    if unknown:
+        raise UsageError(f"unknown sweep key {sorted(unknown)[0]!r}", hint=f"keys: {', '.join(sorted(SWEEP_KEYS))}")
+    models = data.get("models")
+    if isinstance(models, (str, dict)):
+        models = [models]
+    if not models:
+        raise UsageError("the sweep names no models", hint='models = ["path/to/model", ...]')
+    config = SweepConfig(models=[model_spec(m, base) for m in models])
+    names = [m.name for m in config.models]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(
+            f"two models are both named {twice[0]!r} in the table",
+            hint='name them: models = [{path = "DIR", name = "NAME"}, ...]',
+        )
+    if "precisions" in data:
+        config.precisions = _str_list(data["precisions"], "precisions")
+    if "execution_providers" in data:
+        config.execution_providers = _str_list(data["execution_providers"], "execution_providers")
+    if "quantizers" in data:
+        entries = data["quantizers"]
+        if not isinstance(entries, list) or not entries:
+            raise UsageError(
+                "quantizers must be a list of tables", hint='[[quantizers]] name = "rtn" algorithm = "rtn"'
+            )
+        config.quantizers = []
+        for entry in entries:
+            entry = dict(_table(entry, "a quantizers entry"))
+            name = entry.pop("name", None) or (
+                "default" if not entry else ",".join(f"{k}={v}" for k, v in sorted(entry.items()))
+            )
+            config.quantizers.append(QuantizerSpec(str(name), entry))
+        names = [q.name for q in config.quantizers]
+        if len(set(names)) != len(names):
+            raise UsageError("two quantizers entries have the same name", hint="give each a distinct name")
+    for key in ("runtime", "quality_gate"):
+        if key in data:
+            setattr(config, key, str(data[key]))
+    if data.get("cache_dir"):
+        config.cache_dir = (base / Path(data["cache_dir"]).expanduser()).resolve()
+    if data.get("output"):
+        config.output = (base / Path(data["output"]).expanduser()).resolve()
+    config.install_best = bool(data.get("install_best", False))
+    for key in ("eval", "heldout"):  # one file for every model that names none
+        if data.get(key):
+            found = (base / Path(data[key]).expanduser()).resolve()
+            if not found.is_file():
+                raise UsageError(f"{key} file {found} not found")
+            field_name = "eval_file" if key == "eval" else "heldout_file"
+            config.models = [
+                replace(m, **{field_name: found}) if getattr(m, field_name) is None else m for m in config.models
+            ]
+    executor = data.get("executor") or {}
+    if isinstance(executor, str):
+        executor = {"name": executor}
+    executor = dict(_table(executor, "[executor]"))
+    config.executor = str(executor.pop("name", "local"))
+    known = {"address", "workers", "num_cpus", "temp_dir"}
+    config.executor_options = ExecutorOptions(
+        workers=int(executor.pop("workers", 1)),
+        address=executor.pop("address", None) or None,
+        num_cpus=executor.pop("num_cpus", None),
+        temp_dir=Path(executor.pop("temp_dir")) if executor.get("temp_dir") else None,
+        extra={k: v for k, v in executor.items() if k not in known},
+    )
+    resources = dict(_table(data.get("resources") or {}, "[resources]"))
+    config.build_cpus = float(resources.pop("build_cpus", 1))
+    if resources.get("build_memory_gb"):
+        config.build_memory_bytes = int(float(resources.pop("build_memory_gb")) * 2**30)
+    config.measure_cpus = float(resources.pop("measure_cpus", 1))
+    config.retries = int(resources.pop("retries", 2))
+    resources.pop("build_memory_gb", None)
+    if resources:
+        raise UsageError(
+            f"unknown [resources] key {sorted(resources)[0]!r}",
+            hint="keys: build_cpus, build_memory_gb, measure_cpus, retries",
+        )
+    validate = data.get("validate", {})
+    if validate is False:
+        config.validate = None
+    else:
+        config.validate = {**DEFAULT_VALIDATE, **_table(validate if validate is not True else {}, "[validate]")}
+    config.bench = dict(_table(data.get("bench") or {}, "[bench]"))
+    return config
+
+
+def check_config(config: SweepConfig) -> None:
+    """Every name and term known before any work starts: bad input fails in one line."""
+    registry = get_registry()
+    unknown = [p for p in config.precisions if p not in PRECISIONS]
+    if unknown:
+        raise UsageError(f"unknown precision {unknown[0]!r}", hint=f"precisions: {', '.join(PRECISIONS)}")
+    for name in config.execution_providers:
+        try:
+            ep = registry.get("slmk_execution_providers", name, "execution provider")
+        except SlmkError as exc:
+            raise UsageError(exc.message, hint=exc.hint) from None
+        bad = [p for p in config.precisions if p not in ep.run_precisions]
+        if bad:
+            raise UsageError(
+                f"{bad[0]} builds do not run on {ep.name}", hint=f"{ep.name} runs {', '.join(ep.run_precisions)}"
+            )
+    for hook, name, what in (
+        ("slmk_executors", config.executor, "executor"),
+        ("slmk_runtimes", config.runtime, "runtime"),
+    ):
+        try:
+            registry.get(hook, name, what)
+        except SlmkError as exc:  # a name the user typed: bad input
+            raise UsageError(exc.message, hint=exc.hint) from None
+    sweep_cells.check_gate(config.quality_gate)
+    if config.executor_options.workers < 1:
+        raise UsageError("workers must be at least 1")
+
+
+# ------------------------------------------------------------------ cells
+def build_memory_estimate(model: Path) -> int:
+    """Bytes a conversion needs: the builder holds the fp32 weights and the graph it
+    writes (about 6 bytes per parameter: 3 GB for 0.5 B parameters), plus the runtime."""
+    info = ModelInfo.load(model)
+    parameters = info.num_parameters or 0
+    return 6 * parameters + 512 * 2**20
+
+
+def plan_cells(config: SweepConfig) -> list[dict[str, Any]]:
+    """One plain-data spec per cell. A full-precision cell ignores quantizer options,
+    so it is planned once per model and EP, not once per quantizer."""
+    cache = Path(config.cache_dir) if config.cache_dir else cache_root()
+    cells = []
+    for model in config.models:
+        memory = config.build_memory_bytes or build_memory_estimate(model.path)
+        for ep in config.execution_providers:
+            for precision in sorted(config.precisions, key=PRECISIONS.index, reverse=True):
+                quantized = precision in ("int4", "int8")
+                for quantizer in config.quantizers if quantized else [QuantizerSpec("none")]:
+                    identity = {
+                        "model": str(model.path),
+                        "precision": precision,
+                        "execution_provider": ep,
+                        "quantization": dict(quantizer.options),
+                        "runtime": config.runtime,
+                        "eval": str(model.eval_file),
+                        "heldout": str(model.heldout_file),
+                        "validate": config.validate,
+                        "bench": config.bench,
+                    }
+                    cell_id = f"{model.name}-{ep}-{precision}-{quantizer.name}-{hash_json(identity)[:8]}"
+                    cell_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in cell_id)
+                    cells.append(
+                        {
+                            "id": cell_id,
+                            "model": str(model.path),
+                            "model_name": model.name,
+                            "precision": precision,
+                            "execution_provider": ep,
+                            "quantizer": quantizer.name,
+                            "quantization": dict(quantizer.options),
+                            "runtime": config.runtime,
+                            "cache_dir": str(cache),
+                            "build_dir": str(cache / "sweep-builds" / cell_id),
+                            "eval_file": str(model.eval_file) if model.eval_file else None,
+                            "heldout_file": str(model.heldout_file) if model.heldout_file else None,
+                            "validate": config.validate,
+                            "bench": config.bench,
+                            "marks_dir": str(Path(config.output).resolve()),
+                            "build_memory_bytes": memory,
+                        }
+                    )
+    return cells
+
+
+# ------------------------------------------------------------------ results file
+def read_results(output: Path) -> dict[str, dict[str, Any]]:
+    """The rows already finished (by cell id); unreadable lines are ignored."""
+    rows = {}
+    path = Path(output) / RESULTS_FILE
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("cell"):
+                rows[row["cell"]] = row
+    return rows
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_results(output: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _write_text_atomic(Path(output) / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+# ------------------------------------------------------------------ running
+class SweepProgress:
+    """One line per cell state change and an overall bar, on the Progress stream."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self.failed = 0
+
+    def state(self, cell: dict[str, Any], state: str, detail: str = "") -> None:
+        self.progress.log(f"{cell['id']}: {state}" + (f" ({detail})" if detail else ""))
+
+    def finished(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += failed
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        failed_text = f", {self.failed} failed" if self.failed else ""
+        self.progress.log(f"sweep [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} cells{failed_text}")
+
+
+def _base_row(cell: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "cell": cell["id"],
+        "model": cell["model_name"],
+        "model_path": cell["model"],
+        "precision": cell["precision"],
+        "execution_provider": cell["execution_provider"],
+        "quantizer": cell["quantizer"],
+        "quantization": cell["quantization"],
+    }
+
+
+def _build_task(config: SweepConfig, cell: dict[str, Any]) -> Task:
+    return Task(
+        name=f"build {cell['id']}",
+        function=sweep_cells.build_cell,
+        args=(cell,),
+        num_cpus=config.build_cpus,
+        memory_bytes=cell["build_memory_bytes"],
+        accelerator=None if cell["execution_provider"] == "cpu" else cell["execution_provider"],
+        retries=config.retries,
+    )
+
+
+def _measure_task(config: SweepConfig, cell: dict[str, Any], build: str) -> Task:
+    return Task(
+        name=f"measure {cell['id']}",
+        function=sweep_cells.measure_cell,
+        args=(cell, build),
+        num_cpus=config.measure_cpus,
+        exclusive=True,
+        accelerator=None if cell["execution_provider"] == "cpu" else cell["execution_provider"],
+        retries=config.retries,
+    )
+
+
+def run_cells(
+    config: SweepConfig,
+    cells: Sequence[dict[str, Any]],
+    session,
+    *,
+    finished: dict[str, dict[str, Any]],
+    on_row: Callable[[dict[str, Any]], None],
+    progress: SweepProgress,
+) -> None:
+    """Submit every cell's build, then its measurement when the build is in; rows go to ``on_row``."""
+    pending: dict[Future, tuple[str, dict[str, Any], dict[str, Any]]] = {}
+
+    def fail(cell, row, message):
+        row.update({"error": message, "state": "failed"})
+        progress.state(cell, "failed", message)
+        on_row(row)
+        progress.finished(failed=True)
+
+    def submit(phase, cell, row, task):
+        try:
+            pending[session.submit(task)] = (phase, cell, row)
+        except Exception as exc:  # the executor refused it (e.g. no node has the accelerator)
+            fail(cell, row, _one_line(exc))
+
+    for cell in cells:
+        if cell["id"] in finished:
+            continue
+        progress.state(cell, "building")
+        submit("build", cell, _base_row(cell), _build_task(config, cell))
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for future in done:
+            phase, cell, row = pending.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # the task could not run (its retries used up, a lost cluster)
+                fail(cell, row, f"{phase}: {_one_line(exc)}")
+                continue
+            value = result.value
+            if value.get("error"):
+                fail(cell, row, f"{phase}: {value['error']}")
+                continue
+            if phase == "build":
+                row.update({k: value[k] for k in ("build", "size_bytes", "build_seconds", "steps")})
+                row["node"] = result.node
+                cached = all(s["status"] == "cached" for s in value["steps"])
+                progress.state(cell, "built", f"{'cached' if cached else 'built'} on {result.node}; measuring")
+                submit("measure", cell, row, _measure_task(config, cell, value["build"]))
+            else:
+                row.update(value)
+                row["measure_node"] = result.node
+                row["state"] = "done"
+                detail = f"on {result.node}"
+                if value.get("decode_tps") is not None:
+                    detail += f", {value['decode_tps']:.1f} tok/s"
+                progress.state(cell, "done", detail)
+                on_row(row)
+                progress.finished(failed=False)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+    return " ".join(str(text).split())[:500]
+
+
+def finish_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add what needs several cells: agreement and perplexity change against each model's
+    reference precision (the most precise measured) on the same EP. Sorted for reading."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["execution_provider"]), []).append(row)
+    for group in groups.values():
+        measured = [r for r in group if not r.get("error") and r.get("answer_tokens") is not None]
+        if not measured:
+            continue
+        reference = max(measured, key=lambda r: (PRECISIONS.index(r["precision"]), r["quantizer"] == "none"))
+        for row in measured:
+            if row is reference:
+                row["agreement"], row["exact_agreement"] = 1.0, 1.0
+            else:
+                token, exact = sweep_cells.agreement(row["answer_tokens"], reference["answer_tokens"])
+                row["agreement"], row["exact_agreement"] = round(token, 4), round(exact, 4)
+            if row.get("ppl") and reference.get("ppl"):
+                row["ppl_change_pct"] = round(100 * (row["ppl"] / reference["ppl"] - 1), 3)
+            row["reference"] = reference["precision"]
+    return sorted(
+        rows,
+        key=lambda r: (r["model"], r["execution_provider"], -PRECISIONS.index(r["precision"]), r["quantizer"]),
+    )
+
+
+def choices(rows: list[dict[str, Any]], gate: str) -> dict[str, dict[str, Any]]:
+    """Per model and EP, the cell the quality gate chooses."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(f"{row['model']}@{row['execution_provider']}", []).append(row)
+    chosen = {}
+    for key, group in groups.items():
+        choice = sweep_cells.choose(group, gate)
+        choice.update({"model": group[0]["model"], "execution_provider": group[0]["execution_provider"]})
+        chosen[key] = choice
+    return chosen
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    session=None,
+) -> dict[str, Any]:
+    """Run the sweep; returns ``{"rows", "choices", "failed", "output", "files", ...}``.
+
+    ``session``: an executor session opened by the caller (kept open); otherwise the
+    configured executor is opened and closed here.
+    """
+    check_config(config)
+    progress = progress or Progress(quiet=True)
+    output = Path(config.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    cells = plan_cells(config)
+    previous = read_results(output)
+    planned_ids = {c["id"] for c in cells}
+    # resume skips the cells that finished (a failed cell is tried again); without
+    # resume the results of an earlier sweep into this folder are replaced
+    finished = {k: r for k, r in previous.items() if k in planned_ids and not r.get("error")} if resume else {}
+    rows: dict[str, dict[str, Any]] = dict(finished)
+    tracker = SweepProgress(progress, len(cells))
+    for cell in cells:
+        if cell["id"] in finished:
+            tracker.state(cell, "finished earlier: skipped (--resume)")
+            tracker.finished(failed=False)
+    write_results(output, rows.values())
+
+    def on_row(row: dict[str, Any]) -> None:
+        rows[row["cell"]] = row
+        write_results(output, rows.values())  # each finished row is on disk at once
+
+    start = time.perf_counter()
+    own_session = session is None
+    if own_session:
+        executor = get_registry().get("slmk_executors", config.executor, "executor")
+        session = executor.open(config.executor_options)
+    try:
+        run_cells(config, cells, session, finished=finished, on_row=on_row, progress=tracker)
+    finally:
+        if own_session:
+            session.close()
+    table = finish_table([rows[c["id"]] for c in cells if c["id"] in rows])
+    picked = choices(table, config.quality_gate)
+    result = {
+        "executor": config.executor,
+        "quality_gate": config.quality_gate,
+        "cells": len(cells),
+        "skipped": len(finished),
+        "failed": sum(1 for r in table if r.get("error")),
+        "seconds": round(time.perf_counter() - start, 3),
+        "output": str(output),
+        "rows": [{k: v for k, v in r.items() if k != "answer_tokens"} for r in table],
+        "choices": picked,
+    }
+    write_results(output, table)
+    result["files"] = write_outputs(output, result)
+    if config.install_best:
+        result["installed"] = install_best(picked, progress)
+    return result
+
+
+# ------------------------------------------------------------------ outputs
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_cell_text(row.get(c)) for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def table_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Sweep: {result['cells']} cells on {result['executor']}, quality gate `{result['quality_gate']}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for row in result["rows"]:
+        lines.append("| " + " | ".join(_cell_text(row.get(c)).replace("|", "/") for c in COLUMNS) + " |")
+    lines += ["", "## Chosen by the quality gate", ""]
+    for choice in result["choices"].values():
+        lines.append(
+            f"- {choice['model']} on {choice['execution_provider']}: {choice['precision'] or 'none'} — {choice['why']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(output: Path, result: dict[str, Any]) -> dict[str, str]:
+    files = {
+        "json": output / "table.json",
+        "csv": output / "table.csv",
+        "markdown": output / "table.md",
+    }
+    _write_text_atomic(files["json"], json.dumps(result, indent=2, default=str) + "\n")
+    _write_text_atomic(files["csv"], table_csv(result["rows"]))
+    _write_text_atomic(files["markdown"], table_markdown(result))
+    written = {k: str(v) for k, v in files.items()}
+    plot = plot_sweep(result, output / "sweep.png")
+    if plot:
+        written["plot"] = str(plot)
+    return written
+
+
+def plot_sweep(result: dict[str, Any], path: Path) -> Path | None:
+    """Size against decode speed and against perplexity, one marker per cell; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in result["rows"] if not r.get("error")]
+    if not rows:
+        return None
+    figure, (speed, quality) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        sizes = [r["size_bytes"] / 2**20 for r in mine]
+        speed.scatter(sizes, [r.get("decode_tps") or 0 for r in mine], label=model)
+        quality.scatter(sizes, [r.get("ppl") or 0 for r in mine], label=model)
+        for r, size in zip(mine, sizes, strict=True):
+            label = r["precision"] + ("" if r["quantizer"] in ("none", "default") else f" {r['quantizer']}")
+            speed.annotate(label, (size, r.get("decode_tps") or 0), fontsize=7)
+            quality.annotate(label, (size, r.get("ppl") or 0), fontsize=7)
+    speed.set(xlabel="size on disk (MB)", ylabel="decode tokens/s", title="speed")
+    quality.set(xlabel="size on disk (MB)", ylabel="perplexity (held-out)", title="quality")
+    speed.legend(fontsize=8)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
+def install_best(picked: dict[str, dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
+    """Install each chosen build under its model's name (a new version when installed already)."""
+    from slmk.api import install
+
+    installed = []
+    for choice in picked.values():
+        if not choice.get("build"):
+            installed.append({"model": choice["model"], "installed": None, "why": choice["why"]})
+            continue
+        model = install(choice["build"], choice["model"], progress=progress)
+        installed.append({"model": choice["model"], "installed": model.ref, "path": str(model.path)})
+        progress.log(f"installed {model.ref} ({choice['precision']}, {choice['execution_provider']})")
+    return installed
+
+
+def quick_config(
+    models: Sequence[str],
+    *,
+    precisions: str | None = None,
+    execution_providers: str | None = None,
+    **settings: Any,
+) -> SweepConfig:
+    """The simple case from the command line: model folders and comma-separated names."""
+    data: dict[str, Any] = {"models": list(models)}
+    if precisions:
+        data["precisions"] = precisions
+    if execution_providers:
+        data["execution_providers"] = execution_providers
+    data.update({k: v for k, v in settings.items() if v is not None})
+    return config_from_dict(data, base=Path.cwd())
+
+
+__all__ = [
+    "COLUMNS",
+    "DETERMINISTIC_COLUMNS",
+    "SweepConfig",
+    "config_from_dict",
+    "load_config",
+    "quick_config",
+    "read_results",
+    "run_sweep",
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `slmk sweep` (plugins/slmk_measure/sweep_cli.py)")
