@@ -122,6 +122,15 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
                 session.close()
         elif hook_name == "slmk_commands":
             result = CliRunner().invoke(record.load(), [])
+            assert result.exit_code == 0, result.output
+        elif hook_name == "slmk_model_sources":
+            folder = tmp_path / "claimed"
+            folder.mkdir()
+            assert record.detect(tmp_path / "not-claimed") is False
+            (folder / "delta.json").write_text('{"base": "' + str(tmp_path / "base") + '"}')
+            assert record.detect(folder) is True
+            assert record.describe(folder, None)["base"] == str(tmp_path / "base")
+            assert record.materialize(folder, None, Progress(quiet=True)) == tmp_path / "base"
         elif hook_name == "slmk_executors":
             session = record.open(ExecutorOptions())
             try:
@@ -129,7 +138,6 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
             finally:
                 session.close()
             assert isinstance(outcome, TaskResult) and outcome.value == 5 and outcome.node
-            assert result.exit_code == 0, result.output
         elif hook_name == "slmk_settings":
             from slmk.config import load_settings
 
