@@ -194,7 +194,7 @@ def test_slmk_plugins_lists_every_generated_plugin(site):
         assert info["loaded"] and not info["errors"], info
         assert info["distribution"].replace("_", "-") == f"slmk-{NAMES[kind]}" and info["version"] == "0.1.0"
         assert info["records"] == {scaffold.KINDS[kind].hook: [NAMES[kind]]}
-    assert infos["granite"]["records"] == {"slmk_model_families": ["granite"]}
+    assert infos["granite"]["records"] == {"slmk_model_families": ["granite-plugin"]}
     assert not [name for name, info in infos.items() if info["errors"]]  # the built-ins are unharmed
 
 
@@ -342,11 +342,11 @@ def test_the_granite_family_claims_granite_models_and_round_trips(site, tmp_path
         json.dumps({"chat_template": hooks.CHAT_TEMPLATE, "eos_token": "<|end_of_text|>"})
     )
     shown = json.loads(slmk("template", "show", str(model), "--json", env=pythonpath(site)).stdout)
-    assert shown["family"] == "granite"
+    assert shown["family"] == "granite-plugin"  # the plugin outscores the built-in granite family
     assert shown["prompt_template"] == hooks.PROMPT_TEMPLATE.to_foundry()
     assert not [note for note in shown.get("notes", []) if "round-trip" in note]
     without = json.loads(slmk("template", "show", str(model), "--json").stdout)
-    assert without["family"] is None  # no built-in family claims Granite
+    assert without["family"] == "granite"  # without the plugin, slmk's built-in Granite family
 
 
 @pytest.mark.slow

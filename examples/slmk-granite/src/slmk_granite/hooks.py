@@ -22,7 +22,9 @@ from collections.abc import Iterator
 
 from slmk.api import ModelFamily, ModelInfo, PromptTemplate, hookimpl, model_identity, sample_rendering
 
-FAMILY_NAME = "granite"
+# slmk has a built-in "granite" family since; a plugin's record may not take a built-in's name
+# (it would be refused), so this one is "granite-plugin" and wins by scoring higher
+FAMILY_NAME = "granite-plugin"
 
 #: ``model_type`` values in config.json that belong to this family.
 MODEL_TYPES: tuple[str, ...] = ("granite",)
