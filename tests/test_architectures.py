@@ -31,7 +31,7 @@ from slmk import app
 from slmk.fsutil import dir_size
 from slmk.progress import Progress
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 ARCHITECTURES = make_tiny.names()
 PRECISIONS = ("fp32", "int8", "int4")
@@ -168,6 +168,7 @@ def transformers_greedy(matrix):
 
 
 # ------------------------------------------------------------------ parity
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_fp32_greedy_equals_transformers(name, matrix, transformers_greedy):
     """The fp32 ONNX model, fed transformers' prompt tokens, picks the same greedy tokens."""

@@ -52,6 +52,7 @@ def _installed(run_slmk, cache) -> list[dict]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_path):
     gate = separating_gate(table)
     cache = tmp_path / "foundry"
@@ -78,6 +79,7 @@ def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_p
     assert data["installed"]["ref"] == "tiny-chat:1"
 
 
+@pytest.mark.slow
 def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tmp_path):
     gate = separating_gate(table)
     result = run_slmk(
@@ -126,6 +128,7 @@ def test_an_impossible_gate_installs_nothing(tiny_model_dir, table, run_slmk, tm
     assert _installed(run_slmk, cache) == []
 
 
+@pytest.mark.slow
 def test_without_a_gate_deploys_int4_from_slmk_toml(tiny_model_dir, tiny_build, run_slmk, tmp_path):
     tiny_build("int4")
     assert run_slmk("init", str(tiny_model_dir), "--name", "tiny").returncode == 0

@@ -369,6 +369,7 @@ def test_parse_cache_location(output, expected):
 
 
 # ------------------------------------------------------------------ concurrency
+@pytest.mark.slow
 def test_two_installs_at_once_both_succeed_one_waiting_for_the_lock(build, cache, tmp_path):
     template_file = tmp_path / "template.json"
     template_file.write_text(json.dumps(CHATML.to_foundry()))

@@ -77,6 +77,7 @@ def leftovers(cache: Path) -> list[str]:
     return sorted(p.name for p in (cache / "slmk").iterdir() if p.name.startswith(TMP_PREFIX))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["copied", "checked", "renamed"])
 def test_killed_install_leaves_the_cache_as_it_was(build, tmp_path, template_file, point):
     cache = tmp_path / "cache"
@@ -109,6 +110,7 @@ def test_install_killed_after_commit_is_complete_and_registered_by_the_next_run(
     assert set(registered(cache)) == {"tiny-generic-cpu:1", "tiny-generic-cpu:2"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swap", ["exchange", "no-exchange"])
 @pytest.mark.parametrize("point", ["checked", "renamed", "committed"])
 def test_killed_forced_replace_shows_the_old_or_the_new_model_never_none(build, tmp_path, template_file, swap, point):
@@ -141,6 +143,7 @@ def test_killed_forced_replace_shows_the_old_or_the_new_model_never_none(build, 
     assert registrations == {"tiny-generic-cpu:1": str(installer.list_installed(cache)[0].path)}
 
 
+@pytest.mark.slow
 def test_killed_remove_is_finished_by_the_next_run(build, tmp_path, template_file):
     cache = tmp_path / "cache"
     install = ("install", str(build), str(cache), "tiny", str(template_file))

@@ -141,7 +141,6 @@ def test_inspect_reports_a_hostile_template_on_its_line_and_goes_on(tmp_path):
     assert len(template_lines) == 1 and str(model) in template_lines[0]
 
 
-@pytest.mark.slow
 def test_install_with_a_hostile_template_file_is_one_line_and_installs_nothing(tmp_path, tiny_build):
     hostile = tmp_path / "hostile.jinja"
     hostile.write_text(HOSTILE["huge-indent"])
@@ -155,7 +154,6 @@ def test_install_with_a_hostile_template_file_is_one_line_and_installs_nothing(t
 
 
 # ------------------------------------------------------------------ point 6: values
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flag", "value", "key"),
     [
@@ -174,7 +172,6 @@ def test_run_refuses_out_of_range_generation_flags(tmp_path, tiny_build, flag, v
     assert_one_line_error(proc, key)
 
 
-@pytest.mark.slow
 def test_the_ortgenai_runtime_refuses_bad_search_values_from_python(tiny_build):
     from slmk.app import open_session
     from slmk.errors import UsageError

@@ -193,6 +193,7 @@ def _user_namespaces() -> bool:
     return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (a private tmpfs makes the disk full)")
 @pytest.mark.parametrize("command", ["install", "convert", "convert-step"])
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(build, tiny_model_dir, tmp_path, command):

@@ -118,6 +118,7 @@ def test_merge_equals_peft_merge_and_keeps_the_base_files(tmp_path):
 
 
 # ------------------------------------------------------------------ the rates
+@pytest.mark.slow
 def test_merged_build_answers_the_new_domain_and_the_base_alone_does_not(builds, tiny_build, tiny_eval):
     with app.open_session(builds["merge-int4"]) as merged:
         merged_rate = rate(answers(merged, KESSA_EVAL), KESSA_EVAL)

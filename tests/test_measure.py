@@ -197,6 +197,7 @@ def test_plot_draws_a_png(tiny_build, run_slmk, tmp_path):
 
 
 # ------------------------------------------------------------------ validate
+@pytest.mark.slow
 def test_validate_passes_the_good_build(tiny_build, run_slmk, tmp_path):
     report_file = tmp_path / "report.md"
     result = run_slmk("validate", str(tiny_build("int4")), *SHORT_VALIDATE, "--json", "--report", str(report_file))
@@ -293,6 +294,7 @@ def test_validate_without_an_eval_file_skips_the_domain_check(tiny_build, run_sl
     assert domain["status"] == "skip" and "--eval" in domain["evidence"]
 
 
+@pytest.mark.slow
 def test_validate_and_bench_an_installed_model_through_foundry_local(tiny_build, run_slmk, tmp_path):
     from slmk import app
 
@@ -344,6 +346,7 @@ def test_validate_and_bench_an_installed_model_through_foundry_local(tiny_build,
 
 
 # ------------------------------------------------------------------ compare
+@pytest.mark.slow
 def test_compare_json(tiny_model_dir, tiny_build, run_slmk):
     for precision in ("fp32", "int8", "int4"):
         tiny_build(precision)  # warm the shared step cache

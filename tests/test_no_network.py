@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parent.parent
 EVAL = REPO / "examples" / "tiny-chat" / "data" / "eval.jsonl"
 
@@ -173,6 +171,7 @@ def test_run_stays_offline(work, user_env, converted, installed, runtime):
     assert calls == [], f"slmk run --runtime {runtime} reached the network: {calls[:5]}"
 
 
+@pytest.mark.slow
 def test_validate_on_foundry_stays_offline(work, user_env, installed):
     """The command that showed the telemetry lookup in 6 of 6 runs: it keeps the SDK
     running for several seconds, long enough for the native core's first upload."""

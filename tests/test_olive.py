@@ -23,7 +23,7 @@ import pytest
 from slmk import app
 from slmk.errors import SlmkError, StepFailed, UsageError
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 DATA = Path(__file__).resolve().parent / "data" / "olive"
 
@@ -112,6 +112,7 @@ def test_gptq_without_calibration_is_refused(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_gptq_calibrated_on_own_data_vs_rtn(
     olive_rtn_build, tiny_build, tiny_model_dir, tiny_eval, tmp_path, clean_cwd
 ):
@@ -155,6 +156,7 @@ def test_gptq_calibrated_on_own_data_vs_rtn(
     assert not (clean_cwd / ".olive-cache").exists()
 
 
+@pytest.mark.slow
 def test_killed_convert_resumes_from_the_quantize_step(tiny_model_dir, tmp_path):
     """SIGKILL during the convert step; the rerun reuses the finished quantize step."""
     cache, out, home_cache = tmp_path / "cache", tmp_path / "out", tmp_path / "xdg-cache"
@@ -196,6 +198,7 @@ def test_killed_convert_resumes_from_the_quantize_step(tiny_model_dir, tmp_path)
 
 
 # ------------------------------------------------------------------ Method 2: --olive-config
+@pytest.mark.slow
 def test_tutorial_workflow_fails_naming_the_model_builder_pass(run_slmk, tmp_path):
     """The tutorial's finetuned_conversion_config.json: a ModelBuilder pass, relative cache and output dirs."""
     result = run_slmk(
@@ -253,6 +256,7 @@ def test_olive_workflow_is_planned_only_when_named(tiny_model_dir, tmp_path):
 
 
 # ------------------------------------------------------------------ slmk olive-config
+@pytest.mark.slow
 def test_olive_config_file_runs_with_the_olive_cli(run_slmk, tiny_model_dir, tmp_path):
     config_file = tmp_path / "olive_int4.json"
     written = run_slmk(

@@ -148,7 +148,6 @@ def test_search_defaults_cap_max_length():
 
 
 # ------------------------------------------------------------------ real builds
-@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int4", "int8", "fp32"])
 def test_build_loads_and_answers(tiny_build, tiny_eval, precision):
     build = tiny_build(precision)
@@ -181,7 +180,6 @@ def test_build_carries_generation_defaults_and_chat_template(tiny_build, tiny_mo
     assert source.chat_template and ModelInfo.load(build).chat_template == source.chat_template
 
 
-@pytest.mark.slow
 def test_a_dropped_chat_template_is_restored(tiny_build, tiny_model_dir, tmp_path):
     copy = tmp_path / "build"
     shutil.copytree(tiny_build("int4"), copy)
@@ -197,7 +195,6 @@ def test_a_dropped_chat_template_is_restored(tiny_build, tiny_model_dir, tmp_pat
         assert session.render_prompt([{"role": "user", "content": "hi"}]).endswith("assistant\n")
 
 
-@pytest.mark.slow
 def test_fp32_greedy_matches_transformers_token_for_token(tiny_build, tiny_model_dir, tiny_eval):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -228,7 +225,6 @@ def test_fp32_greedy_matches_transformers_token_for_token(tiny_build, tiny_model
             assert session.last_token_ids == expected, messages[-1]["content"]
 
 
-@pytest.mark.slow
 def test_fp32_score_matches_transformers_loss(tiny_build, tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
@@ -251,7 +247,6 @@ def test_fp32_score_matches_transformers_loss(tiny_build, tiny_model_dir):
         print(f"fp32 perplexity on heldout: {session.perplexity(text):.2f} over {count} tokens")
 
 
-@pytest.mark.slow
 def test_int4_answers_most_eval_questions(tiny_build, tiny_eval):
     correct = 0
     with open_session(tiny_build("int4")) as session:
@@ -263,7 +258,6 @@ def test_int4_answers_most_eval_questions(tiny_build, tiny_eval):
     assert rate >= 0.7
 
 
-@pytest.mark.slow
 def test_too_long_prompt_is_a_clean_error_or_truncated(tiny_build):
     with open_session(tiny_build("int4")) as session:
         long_text = "tell me more " * (session.context_length // 2)
@@ -279,7 +273,6 @@ def test_too_long_prompt_is_a_clean_error_or_truncated(tiny_build):
             session.generate([{"role": "user"}])
 
 
-@pytest.mark.slow
 def test_builder_failure_leaves_the_output_empty(tiny_model_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)

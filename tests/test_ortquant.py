@@ -11,7 +11,7 @@ import pytest
 from slmk import app
 from slmk.errors import UsageError
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _model_bytes(build: Path) -> int:

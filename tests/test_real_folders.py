@@ -15,8 +15,6 @@ import pytest
 
 from slmk.api import ModelInfo, UsageError, convert, open_session
 
-pytestmark = pytest.mark.slow  # every test here builds a model
-
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -114,6 +112,7 @@ def test_several_eos_ids_all_end_the_answer(resaved, tmp_path):
         session.close()
 
 
+@pytest.mark.slow
 def test_pickled_weights_are_refused_unless_allowed(resaved, tmp_path, run_slmk):
     import torch
 

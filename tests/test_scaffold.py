@@ -178,6 +178,7 @@ def test_the_granite_example_is_what_the_generator_writes_plus_granite_data():
 
 
 # ------------------------------------------------------------------ installed
+@pytest.mark.slow
 def test_every_generated_plugin_installs_with_its_entry_point(site, packages):
     for kind in packages:
         module = "slmk_granite" if kind == "granite" else f"slmk_{NAMES[kind].replace('-', '_')}"

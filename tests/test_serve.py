@@ -506,6 +506,7 @@ def test_slmk_serve_refuses_a_missing_target_in_one_line(run_slmk, tmp_path):
     assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_deploy_can_finish_with_the_endpoint_up(tiny_model_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "slmk", "-q", "deploy", str(tiny_model_dir), "--name", "served"]
@@ -540,6 +541,7 @@ def test_deploy_serve_refuses_json(run_slmk, tiny_model_dir):
     assert "--serve" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_bench_and_validate_measure_the_endpoint_an_app_will_call(server, build, run_slmk):
     """`slmk bench/validate --endpoint URL --model NAME`: the same figures and checklist over HTTP."""
     eval_file = Path(__file__).resolve().parent.parent / "examples" / "tiny-chat" / "data" / "eval.jsonl"

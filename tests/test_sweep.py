@@ -108,6 +108,7 @@ def _deterministic(rows):
 
 
 # ------------------------------------------------------------------ local vs Ray
+@pytest.mark.slow
 def test_local_and_embedded_ray_give_the_same_table(tmp_path, sweep_cache, random_model, ray_session):
     local = run_sweep(_config(tmp_path / "local", sweep_cache, [TINY_MODEL, random_model]))
     ray = run_sweep(
@@ -138,6 +139,7 @@ def test_local_and_embedded_ray_give_the_same_table(tmp_path, sweep_cache, rando
     assert "tiny-chat" in Path(local["files"]["markdown"]).read_text()
 
 
+@pytest.mark.slow
 def test_quantizer_options_are_a_dimension_of_the_sweep(tmp_path, sweep_cache):
     config = _config(
         tmp_path,
@@ -159,6 +161,7 @@ def test_quantizer_options_are_a_dimension_of_the_sweep(tmp_path, sweep_cache):
 
 
 # ------------------------------------------------------------------ failures and resume
+@pytest.mark.slow
 def test_a_failed_cell_is_reported_and_the_sweep_goes_on(tmp_path, sweep_cache):
     broken = tmp_path / "broken-model"
     shutil.copytree(TINY_MODEL, broken)
@@ -176,6 +179,7 @@ def test_a_failed_cell_is_reported_and_the_sweep_goes_on(tmp_path, sweep_cache):
     assert set(read_results(tmp_path / "out")) == {r["cell"] for r in result["rows"]}
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells(tmp_path, sweep_cache):
     out = tmp_path / "out"
     first = run_sweep(_config(out, sweep_cache, [TINY_MODEL], precisions=["int8", "int4"]))
@@ -212,6 +216,7 @@ def test_bad_sweep_input_fails_before_any_work(tmp_path):
 # ------------------------------------------------------------------ the command line
 
 
+@pytest.mark.slow
 def test_cli_sweep_file_validates_and_resumes(tmp_path, sweep_cache):
     sweep_file = tmp_path / "SWEEP.toml"
     sweep_file.write_text(
@@ -252,6 +257,7 @@ def test_cli_sweep_file_validates_and_resumes(tmp_path, sweep_cache):
 
 
 # ------------------------------------------------------------------ the step cache across processes
+@pytest.mark.slow
 def test_two_processes_building_the_same_step_build_it_once(tmp_path, tiny_model_dir):
     cache = tmp_path / "cache"
     code = (
@@ -290,6 +296,7 @@ def die_once(marker: str) -> str:
     return "second attempt"
 
 
+@pytest.mark.slow
 def test_local_workers_run_exclusive_tasks_alone_and_retry_lost_workers(tmp_path):
     session = get_registry().executors["local"].open(ExecutorOptions(workers=2))
     try:

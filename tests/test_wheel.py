@@ -50,7 +50,6 @@ def test_the_wheel_carries_the_tiny_model_the_template_and_every_plugin(dist):
     assert not [n for n in names if n.endswith((".onnx", ".pyc")) or "__pycache__" in n]
 
 
-@pytest.mark.slow
 def test_sdist_carries_the_data_too(dist, tmp_path):
     done = _run(
         [sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(REPO)], cwd=tmp_path
