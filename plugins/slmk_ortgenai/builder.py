@@ -37,6 +37,7 @@ from slmk.api import (
 )
 
 from .errors import first_line
+from .session_options import SESSION_OPTIONS, default_session_options, parse_session_options, write_session_options
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
 GENAI_DISTRIBUTIONS = (
@@ -103,6 +104,8 @@ OPTIONS: dict[str, str] = {
     "op_types_to_quantize": "op types to quantize, '/'-separated: MatMul or MatMul/Gather",
     "nodes_to_exclude": "comma-separated node names kept in float, e.g. /lm_head/MatMul",
     "enable_cuda_graph": "capture a CUDA graph at inference (cuda only)",
+    # Not builder options: written into genai_config.json session_options after the build.
+    **SESSION_OPTIONS,
 }
 
 BUILDER_ALGORITHMS = ("default", "rtn", "k_quant")
@@ -196,8 +199,9 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the model builder",
             hint=f"the ortgenai-builder converter takes {', '.join(OPTIONS)}",
         )
+    parse_session_options(options)  # validated here, written by _complete_output
     for key, value in options.items():
-        if value is None:
+        if value is None or key in SESSION_OPTIONS:
             continue
         if key == "algorithm":
             algorithm = str(value).lower()
@@ -360,6 +364,11 @@ def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> No
             "the model builder finished but wrote no genai_config.json",
             hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; slmk is tested with 0.18.0",
         )
+    # onnxruntime-genai 0.18 runs the CPU provider on one intra-op thread unless the config
+    # names a count: write one (the user's, else this machine's logical cores).
+    session = {**default_session_options(), **parse_session_options(request.options)}
+    write_session_options(build, session)
+    request.progress.log("genai_config.json session_options: " + ", ".join(f"{k}={v}" for k, v in session.items()))
     missing = missing_search_defaults(build, source.generation_config)
     if missing:
         write_search(build, missing)
