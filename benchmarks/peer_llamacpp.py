@@ -251,6 +251,13 @@ def ort_child(spec: dict) -> dict:
         params.set_search_options(max_length=max_length, do_sample=False)
         return og.Generator(model, params)
 
+    # as slmk's runtime feeds a prompt: in calls of PREFILL_CHUNK tokens (0: one call)
+    chunk = spec.get("prefill_chunk") or longest
+
+    def feed(gen, tokens: list[int]) -> None:
+        for begin in range(0, len(tokens), chunk):
+            gen.append_tokens(tokens[begin : begin + chunk])
+
     warm = generator(16)
     warm.append_tokens(ids[:8])
     warm.generate_next_token()
@@ -259,13 +266,13 @@ def ort_child(spec: dict) -> dict:
     for length in lengths:
         gen = generator(length + 1)
         begin = time.perf_counter()
-        gen.append_tokens(ids[:length])
+        feed(gen, ids[:length])
         prefill[str(length)] = length / (time.perf_counter() - begin)
         del gen
     decode = {}
     for depth in depths:
         gen = generator(depth + new_tokens + 1)
-        gen.append_tokens(ids[:depth])
+        feed(gen, ids[:depth])
         gen.generate_next_token()  # samples from the prefill's logits: no model run
         begin = time.perf_counter()
         for _ in range(new_tokens):
@@ -281,8 +288,9 @@ def ort_baseline_child() -> dict:
     return {}
 
 
-def measure_ort(build: Path, lengths: list[int], depths: list[int], new_tokens: int) -> dict:
+def measure_ort(build: Path, lengths: list[int], depths: list[int], new_tokens: int, prefill_chunk: int) -> dict:
     spec = {"build": str(build), "lengths": lengths, "depths": depths, "new_tokens": new_tokens}
+    spec["prefill_chunk"] = prefill_chunk
     measured = run_measured([sys.executable, __file__, "--ort-child", json.dumps(spec)])
     data = json.loads(measured["stdout"].strip().splitlines()[-1])
     data["peak_rss_bytes"] = measured["peak_rss_bytes"]
@@ -439,6 +447,9 @@ def main() -> None:
     parser.add_argument("--skip-ppl", action="store_true")
     parser.add_argument("--skip-variants", action="store_true", help="no before/after rows of slmk settings")
     parser.add_argument("--ppl-ctx", type=int, default=64)
+    parser.add_argument(
+        "--prefill-chunk", type=int, default=128, help="prompt tokens per call, as slmk's runtime (PREFILL_CHUNK)"
+    )
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     work = args.work.resolve()
@@ -519,12 +530,15 @@ def main() -> None:
             "path": variant_folder(int4, {"intra_op_num_threads": None}, {}, work, "no-threads"),
             "size_bytes": size,
         }
+        targets["slmk int4, prompt in one call"] = {
+            "kind": "ort",
+            "path": targets["slmk int4"]["path"],
+            "size_bytes": size,
+            "prefill_chunk": 0,
+        }
         # onnxruntime-genai 0.18 reads only these memory switches from session_options (it rejects
         # config_entries, so session.disable_prepacking cannot be set from genai_config.json).
-        for label, extra in (
-            ("arena off", {"enable_cpu_mem_arena": False}),
-            ("arena + mem pattern off", {"enable_cpu_mem_arena": False, "enable_mem_pattern": False}),
-        ):
+        for label, extra in (("arena off", {"enable_cpu_mem_arena": False}),):
             targets[f"slmk int4, {label}"] = {
                 "kind": "ort",
                 "path": variant_folder(
@@ -542,7 +556,8 @@ def main() -> None:
         for name in order:
             target = targets[name]
             if target["kind"] == "ort":
-                data = measure_ort(target["path"], lengths, lengths, args.new_tokens)
+                chunk = target.get("prefill_chunk", args.prefill_chunk)
+                data = measure_ort(target["path"], lengths, lengths, args.new_tokens, chunk)
             else:
                 data = measure_llama(binaries, target["path"], lengths, lengths, args.new_tokens, args.threads)
             samples[name].append(data)
