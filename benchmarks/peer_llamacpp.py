@@ -536,19 +536,12 @@ def main() -> None:
             "size_bytes": size,
             "prefill_chunk": 0,
         }
-        # onnxruntime-genai 0.18 reads only these memory switches from session_options (it rejects
-        # config_entries, so session.disable_prepacking cannot be set from genai_config.json).
-        for label, extra in (("arena off", {"enable_cpu_mem_arena": False}),):
-            targets[f"slmk int4, {label}"] = {
-                "kind": "ort",
-                "path": variant_folder(
-                    int4, {"intra_op_num_threads": args.threads, **extra}, {}, work, label.replace(" ", "-")
-                ),
-                "size_bytes": size,
-            }
     samples: dict[str, list[dict]] = {name: [] for name in targets}
     baseline = run_measured([sys.executable, __file__, "--ort-baseline"])
     report["python_baseline_rss_bytes"] = baseline["peak_rss_bytes"]
+    if not args.skip_ppl:
+        report["perplexity"] = perplexity_side_by_side(work, binaries, source, args.threads, args.ppl_ctx)
+    out = args.json or work / "peer.json"
     names = list(targets)
     for round_index in range(args.rounds):
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
@@ -561,6 +554,16 @@ def main() -> None:
             else:
                 data = measure_llama(binaries, target["path"], lengths, lengths, args.new_tokens, args.threads)
             samples[name].append(data)
+        # after every round: the medians so far, printed and written (a stopped run keeps its rounds)
+        report["rounds_done"] = round_index + 1
+        report["rows"] = summarize(targets, samples, lengths)
+        report["load_average_after"] = os.getloadavg()
+        out.write_text(json.dumps(report, indent=2, default=str))
+        print_report(report)
+    print(f"\nJSON: {out}")
+
+
+def summarize(targets: dict, samples: dict, lengths: list[int]) -> dict:
     rows = {}
     for name, target in targets.items():
         runs = samples[name]
@@ -572,12 +575,11 @@ def main() -> None:
             "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in runs),
             "samples": runs,
         }
-    report["rows"] = rows
-    report["load_average_after"] = os.getloadavg()
-    if not args.skip_ppl:
-        report["perplexity"] = perplexity_side_by_side(work, binaries, source, args.threads, args.ppl_ctx)
+    return rows
 
-    # ---- print
+
+def print_report(report: dict) -> None:
+    print(f"\nmedians of {report['rounds_done']} rounds; load average now {report['load_average_after']}")
     print_table(report)
     print(
         f"\nslmk rows: a Python process; Python + onnxruntime_genai alone peak at "
@@ -586,6 +588,7 @@ def main() -> None:
     print(f"fp32 safetensors: {mib(report['fp32_bytes'])} MiB; HF -> file for llama.cpp = convert to f16 + quantize.")
     if "perplexity" in report:
         ppl = report["perplexity"]
+        print(f"perplexity on tiny-chat heldout.txt (chunks of {ppl['ctx']} tokens, second halves scored):")
         for side, (low, high) in (("slmk", ("fp32", "int4")), ("llama.cpp", ("f32", "q4_0"))):
             rows = ppl[side]
             ratio = rows[high]["ppl"] / rows[low]["ppl"]
@@ -593,9 +596,6 @@ def main() -> None:
                 f"  {side}: {low} {rows[low]['ppl']:.3f} -> {high} {rows[high]['ppl']:.3f} ({ratio:.3f}x); "
                 f"{rows[low]['chunks']} chunks of {ppl['ctx']} tokens"
             )
-    out = args.json or work / "peer.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nJSON: {out}")
 
 
 if __name__ == "__main__":
