@@ -33,8 +33,13 @@ Same definitions on both sides (both count model tokens, never text):
 - threads: ``--threads`` (default: this machine's logical cores) for llama.cpp ``-t`` and
   for ONNX Runtime ``intra_op_num_threads`` in genai_config.json.
 
-Extra slmk rows measure settings before/after: the build as 0.18 writes it (no thread count:
-one intra-op thread), and memory settings (CPU memory arena off, prepacking off).
+- prompt feeding: slmk's runtime feeds a prompt in calls of 128 tokens (its PREFILL_CHUNK:
+  the builder's graph computes logits at every position, 297 MiB for 512 tokens of a
+  151936-word vocabulary); the prefill rate counts all calls. llama-bench uses one batch of
+  up to 2048 tokens and computes the logits of the last position only.
+
+Extra slmk rows measure settings before/after: the build as the 0.18 builder writes it (no
+thread count: one intra-op thread), and the prompt in one call.
 
 Usage: python benchmarks/peer_llamacpp.py [--work DIR] [--llama-dir DIR] [--rounds 5]
            [--lengths 64,512] [--new-tokens 64] [--threads N] [--json FILE] [--reuse]
