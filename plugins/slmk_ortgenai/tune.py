@@ -7,10 +7,10 @@ What is tried, in order (a coordinate search: each stage starts from the best so
 2. with ``rebuild_options``, options that need the model builder again (from the source
    folder recorded in slmk_build.json): the int4/int8 ``block_size`` (32, 64, 128),
    ``accuracy_level`` (4: int8 compute, 1: fp32 compute), the output layer at int8
-   (``matmul_mixed_precision=last_matmul:int8``) and, for models that tie the embedding
-   to the output layer, one shared int4 table (``shared_embeddings`` with
-   ``op_types_to_quantize=MatMul/Gather``). A rebuild is kept only if it passes the
-   quality gate the caller gives (``slmk compare``'s checks).
+   (``matmul_mixed_precision=last_matmul:int8``) and, at int4, the embedding kept in float
+   (``op_types_to_quantize=MatMul``; by default 0.18 quantizes it at int4, one table shared
+   with the output layer when the model ties them). A rebuild is kept only if it passes
+   the quality gate the caller gives (``slmk compare``'s checks).
 
 Each candidate is measured the same way, interleaved over ``rounds`` (every round loads
 and times every candidate once, so the shared machine's drift spreads over all of them):
@@ -58,8 +58,12 @@ REBUILD_STAGES: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (
     ("block_size", ({"block_size": 32}, {"block_size": 64}, {"block_size": 128})),
     ("accuracy_level", ({"accuracy_level": 4}, {"accuracy_level": 1})),
     ("lm_head", ({}, {"matmul_mixed_precision": "last_matmul:int8"})),
+    # int4 only: the 0.18 builder quantizes the embedding at int4 (shared with the output layer
+    # when the model ties them); the alternative keeps it in float (bigger, exact lookups).
+    ("embedding", ({}, {"op_types_to_quantize": "MatMul"})),
 )
-TIED_STAGE = ("tied embedding", ({}, {"shared_embeddings": True, "op_types_to_quantize": "MatMul/Gather"}))
+#: Stages that change nothing below int4 (the builder quantizes no embedding at int8).
+INT4_ONLY_STAGES = ("embedding",)
 FILLER = "The morning was cool and the market opened early, and traders set out bread, fruit and fish. "
 
 #: A quality gate: given a candidate build folder, None when it passes, else why it fails.
@@ -337,12 +341,10 @@ def _rebuild_stages(
     build, source, info, best, best_folder, trials, scratch, quality_gate, ep, content, prompt_tokens, new_tokens,
     rounds, progress,
 ):  # fmt: skip
-    from slmk.api import ModelInfo, convert
+    from slmk.api import convert
 
     precision = info.get("precision") or "int4"
-    stages = list(REBUILD_STAGES)
-    if ModelInfo.load(source).config.get("tie_word_embeddings") and precision == "int4":
-        stages.append(TIED_STAGE)
+    stages = [stage for stage in REBUILD_STAGES if precision == "int4" or stage[0] not in INT4_ONLY_STAGES]
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
     # and a candidate's label names only what differs from them.
     built = _built_options(info)
