@@ -341,8 +341,6 @@ def _rebuild_stages(
     build, source, info, best, best_folder, trials, scratch, quality_gate, ep, content, prompt_tokens, new_tokens,
     rounds, progress,
 ):  # fmt: skip
-    from slmk.api import convert
-
     precision = info.get("precision") or "int4"
     stages = [stage for stage in REBUILD_STAGES if precision == "int4" or stage[0] not in INT4_ONLY_STAGES]
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
@@ -363,20 +361,18 @@ def _rebuild_stages(
             everything = {**built, **options}
             quantization = {k: v for k, v in everything.items() if k in _QUANTIZATION_KEYS}
             extra = {k: v for k, v in everything.items() if k not in _QUANTIZATION_KEYS}
-            convert(
-                source,
-                out,
-                precision=precision,
-                execution_provider=ep.name,
-                quantization=quantization,
-                extra_options={**extra, **best.settings},
-                force=True,
-            )
             trial = Trial(settings=dict(best.settings), build_options=options)
-            trial.quality = "not checked"
-            if quality_gate is not None:
+            # Some option combinations build but do not load (0.18: int4 with a tied embedding and
+            # last_matmul:int8 names a missing lm_head.MatMul.weight_Q8G* initializer): such a
+            # candidate is reported as failed and the search goes on.
+            problem = _build_and_load(source, out, precision, ep, quantization, {**extra, **best.settings})
+            if problem:
+                trial.quality = f"fail: {problem}"
+            elif quality_gate is not None:
                 reason = quality_gate(out)
                 trial.quality = "pass" if reason is None else f"fail: {reason}"
+            else:
+                trial.quality = "not checked"
             stage.append(trial)
             folders.append(out)
         if not stage:
@@ -395,6 +391,29 @@ def _rebuild_stages(
         best, best_folder = winner, folders[stage.index(winner)]
         current = dict(best.build_options)
     return best, best_folder
+
+
+def _build_and_load(source, out, precision, ep, quantization, extra) -> str | None:
+    """Build a candidate and load it once; why it failed (one line), or None."""
+    from slmk.api import SlmkError, convert
+
+    from .runtime import OrtGenAISession
+
+    try:
+        convert(
+            source,
+            out,
+            precision=precision,
+            execution_provider=ep.name,
+            quantization=quantization,
+            extra_options=extra,
+            force=True,
+        )
+        OrtGenAISession(out, ep).close()
+    except SlmkError as exc:
+        text = str(exc).splitlines()[0].replace("|", "/")  # it lands in a Markdown table cell
+        return "does not build or load" if not text else text[:160]
+    return None
 
 
 _QUANTIZATION_KEYS = ("block_size", "accuracy_level", "is_symmetric", "algorithm")
