@@ -451,6 +451,13 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep conversions (and their figures) from a last run")
     parser.add_argument("--skip-ppl", action="store_true")
     parser.add_argument("--skip-variants", action="store_true", help="no before/after rows of slmk settings")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=BUILD",
+        help="another slmk build to measure in the same rounds (e.g. one `slmk tune` rebuilt); repeatable",
+    )
     parser.add_argument("--ppl-ctx", type=int, default=64)
     parser.add_argument(
         "--prefill-chunk", type=int, default=128, help="prompt tokens per call, as slmk's runtime (PREFILL_CHUNK)"
@@ -541,6 +548,13 @@ def main() -> None:
             "size_bytes": size,
             "prefill_chunk": 0,
         }
+    for index, item in enumerate(args.extra):
+        label, _, path = item.partition("=")
+        build = Path(path).expanduser().resolve()
+        if not label or not (build / "genai_config.json").is_file():
+            raise SystemExit(f"--extra {item!r}: expected LABEL=BUILD with a genai_config.json in BUILD")
+        folder = variant_folder(build, {"intra_op_num_threads": args.threads}, {}, work, f"extra-{index}")
+        targets[label] = {"kind": "ort", "path": folder, "size_bytes": size_of(build)}
     samples: dict[str, list[dict]] = {name: [] for name in targets}
     baseline = run_measured([sys.executable, __file__, "--ort-baseline"])
     report["python_baseline_rss_bytes"] = baseline["peak_rss_bytes"]
