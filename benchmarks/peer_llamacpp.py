@@ -549,7 +549,7 @@ def main() -> None:
             "prefill_chunk": 0,
         }
     for index, item in enumerate(args.extra):
-        label, _, path = item.partition("=")
+        label, _, path = item.rpartition("=")  # the label may hold "=", a path rarely does
         build = Path(path).expanduser().resolve()
         if not label or not (build / "genai_config.json").is_file():
             raise SystemExit(f"--extra {item!r}: expected LABEL=BUILD with a genai_config.json in BUILD")
