@@ -561,6 +561,12 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
 )
 @click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
 @click.option(
+    "--tune",
+    "tune_build",
+    is_flag=True,
+    help="Before installing, measure the chosen build's thread count here and keep the fastest (slmk tune).",
+)
+@click.option(
     "--serve",
     "serve_after",
     is_flag=True,
@@ -585,6 +591,7 @@ def deploy(
     leak_runs,
     max_slowdown,
     force,
+    tune_build,
     serve_after,
     port,
     as_json,
@@ -619,6 +626,7 @@ def deploy(
     if not settings["name"]:
         raise UsageError("no name given", hint="pass --name NAME or set `name` in slmk.toml")
     serve_command = _serve_command() if serve_after else None
+    tuner = _plugin_command("tune", "the ortgenai plugin's tune command") if tune_build else None
     if serve_after and as_json:
         raise UsageError("--serve keeps running and prints how to call the model", hint="drop --json or --serve")
     if precision is None and not gate and settings.source("precision") != "default":
@@ -639,6 +647,7 @@ def deploy(
             eval_file=eval_file,
             heldout_file=heldout_file,
             validate_options={"leak_runs": leak_runs, "max_slowdown": max_slowdown},
+            tune=_tuning(tuner) if tuner else None,
             progress=progress,
         )
     except NoPrecisionPasses as exc:
@@ -674,6 +683,28 @@ def deploy(
             runtime=settings["runtime"],
             cache_dir=settings["install.cache_dir"],
         )
+
+
+def _plugin_command(name: str, what: str) -> click.Command:
+    """A command another plugin contributes, looked up by name (plugins never import each other)."""
+    from slmk.api import get_registry
+
+    record = get_registry().commands.get(name)
+    if record is None:
+        raise UsageError(f"this needs {what}, which is not installed", hint="pip install 'slmk[all]'")
+    return record.load()
+
+
+def _tuning(tuner: click.Command):
+    """deploy's tune step: `slmk tune BUILD` (threads only), its table on stderr so --json stays clean."""
+    import contextlib
+    import sys
+
+    def tune(folder: Path) -> None:
+        with contextlib.redirect_stdout(sys.stderr):
+            click.get_current_context().invoke(tuner, build_dir=str(folder))
+
+    return tune
 
 
 def _serve_command() -> click.Command:

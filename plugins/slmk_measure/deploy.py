@@ -11,6 +11,7 @@ installed and the command fails with the table of what was tried.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,7 @@ def deploy(
     eval_file: str | Path | None = None,
     heldout_file: str | Path | None = None,
     validate_options: dict[str, Any] | None = None,
+    tune: Callable[[Path], Any] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
 ) -> DeployResult:
@@ -167,7 +169,7 @@ def deploy(
         candidates = [wanted]
     reference_name = max(candidates, key=PRECISIONS.index) if parsed and parsed.needs_reference else None
     result.reference = reference_name
-    progress.total_steps = 2 + (reference_name not in (None, candidates[0])) + len(candidates) + 3
+    progress.total_steps = 2 + (reference_name not in (None, candidates[0])) + len(candidates) + 3 + (tune is not None)
 
     def open_build(folder: Path):
         return app.open_session(folder, runtime=runtime, execution_provider=ep.name, registry=registry)
@@ -265,6 +267,9 @@ def deploy(
                 f"{failed[0]['title']}: {failed[0]['evidence']}{more}",
                 hint=f"`slmk validate {folder}` shows every check",
             )
+    if tune is not None:
+        with progress.step(f"tune the {chosen} build for this machine"):
+            tune(folder)
     with progress.step(f"install {name}"):
         installed = app.install(
             folder, name, installer=installer, cache_dir=install_cache, force=force, progress=inner, registry=registry

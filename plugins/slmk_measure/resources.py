@@ -1,4 +1,5 @@
-"""Memory and CPU of this process while a model runs (psutil, sampled in a thread)."""
+"""Memory and CPU of this process while a model runs: RSS sampled in a thread, and the
+kernel's high-water mark (VmHWM, reset per window) for peaks shorter than a sample."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from dataclasses import dataclass
 
 import psutil
+
+from .peak_memory import peak_rss_bytes, reset_peak_rss
 
 #: Seconds between samples: fine enough to catch a generation's peak, light on 2 cores.
 SAMPLE_INTERVAL_S = 0.01
@@ -70,6 +73,7 @@ class ResourceSampler:
         if self._thread is not None:
             self._thread.join()
         self._sample()
+        self.peak_rss_bytes = max(self.peak_rss_bytes, peak_rss_bytes())  # exact where the OS keeps it
 
     def window(self) -> _WindowContext:
         return _WindowContext(self)
@@ -82,6 +86,9 @@ class _WindowContext:
 
     def __enter__(self) -> Window:
         self.sampler._window_peak = 0
+        # the kernel's high-water mark catches peaks shorter than the sampling interval
+        # (a long prompt's logits): reset it here, read it on exit
+        self._exact = reset_peak_rss()
         self.sampler._sample()
         self._cpu = time.process_time()
         self._start = time.perf_counter()
@@ -91,6 +98,9 @@ class _WindowContext:
         wall = time.perf_counter() - self._start
         busy = time.process_time() - self._cpu
         self.sampler._sample()
+        if self._exact:
+            self.sampler._window_peak = max(self.sampler._window_peak, peak_rss_bytes())
+            self.sampler.peak_rss_bytes = max(self.sampler.peak_rss_bytes, self.sampler._window_peak)
         self.result.seconds = wall
         self.result.peak_rss_bytes = self.sampler._window_peak
         self.result.cpu_percent = 100.0 * busy / wall if wall > 0 else 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from slmk.api import (
     PRECISIONS,
+    Command,
     Converter,
     ModelSource,
     Runtime,
@@ -79,6 +80,19 @@ def slmk_model_sources():
         materialize=_materialize,
         convert=_convert_adapter,
         modes=("merge", "separate"),
+    )
+
+
+def _tune_command():
+    from .tune_cli import tune_command
+
+    return tune_command
+
+
+@hookimpl
+def slmk_commands():
+    yield Command(
+        "tune", "Measure a build's settings (threads; builder options) here and keep the fastest.", _tune_command
     )
 
 

@@ -38,6 +38,7 @@ from slmk.api import (
 
 from . import adapters
 from .errors import first_line
+from .session_options import SESSION_OPTIONS, default_session_options, parse_session_options, write_session_options
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
 GENAI_DISTRIBUTIONS = (
@@ -109,6 +110,8 @@ OPTIONS: dict[str, str] = {
     "adapter_path": "a PEFT LoRA adapter folder: build the base with LoRA inputs and write adapters/NAME.onnx_adapter",
     "adapter_name": "the NAME of that adapter file (default: the adapter folder's name)",
     "adapter_digest": "sha256 of the adapter's files, so the build cache sees a changed adapter",
+    # Not builder options: written into genai_config.json session_options after the build.
+    **SESSION_OPTIONS,
 }
 #: Options handled by slmk around the builder call rather than passed to it as they are.
 _ADAPTER_OPTIONS = ("adapter_path", "adapter_name", "adapter_digest")
@@ -216,8 +219,9 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the model builder",
             hint=f"the ortgenai-builder converter takes {', '.join(OPTIONS)}",
         )
+    parse_session_options(options)  # validated here, written by _complete_output
     for key, value in options.items():
-        if value is None or key in SLMK_ONLY_OPTIONS or key in _ADAPTER_OPTIONS:
+        if value is None or key in SLMK_ONLY_OPTIONS or key in _ADAPTER_OPTIONS or key in SESSION_OPTIONS:
             continue
         if key == "algorithm":
             algorithm = str(value).lower()
@@ -495,6 +499,11 @@ def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> No
             hint=f"onnxruntime-genai {tool_versions()['onnxruntime-genai']} may not support this model; "
             "slmk is tested with 0.18.0",
         )
+    # onnxruntime-genai 0.18 runs the CPU provider on one intra-op thread unless the config
+    # names a count: write one (the user's, else this machine's logical cores).
+    session = {**default_session_options(), **parse_session_options(request.options)}
+    write_session_options(build, session)
+    request.progress.log("genai_config.json session_options: " + ", ".join(f"{k}={v}" for k, v in session.items()))
     missing = missing_search_defaults(build, source.generation_config)
     if missing:
         write_search(build, missing)

@@ -28,6 +28,11 @@ from .errors import first_line
 TRUNCATE_RESERVE = 256
 #: Tokens fed per model call when scoring: bounds the logits held in memory (chunk x vocab).
 SCORE_CHUNK = 128
+#: Prompt tokens fed per model call when generating. The builder's graphs compute logits for
+#: every input position, so one call on a 512-token prompt of a 151936-word model holds a
+#: 512 x 151936 fp32 logits tensor (297 MiB); in calls of 128 the peak RSS of a 0.5B int4
+#: build at a 512-token prompt fell from 946 to 661 MiB (benchmarks/peer_llamacpp.py).
+PREFILL_CHUNK = 128
 
 
 def can_load(path: Path) -> str | None:
@@ -261,7 +266,8 @@ class OrtGenAISession:
             generator = og.Generator(self._model, params)
             if adapter:
                 generator.set_active_adapter(self._adapters, adapter)
-            generator.append_tokens(prompt_ids)
+            for begin in range(0, len(prompt_ids), PREFILL_CHUNK):
+                generator.append_tokens(prompt_ids[begin : begin + PREFILL_CHUNK])
             stream = self._tokenizer.create_stream()
             while not generator.is_done() and len(produced) < new_token_limit:
                 generator.generate_next_token()
