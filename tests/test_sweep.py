@@ -512,3 +512,11 @@ def test_ray_resources_publishes_a_measurement_slot_and_only_usable_accelerators
     assert resources["slmk_measure_slot"] == 1.0
     usable = {name for name, ep in get_registry().execution_providers.items() if name != "cpu" and ep.probe().usable}
     assert {name.removeprefix("slmk_") for name in resources if name != "slmk_measure_slot"} == usable
+
+
+def test_an_adapter_folder_is_swept_merged_into_its_base():
+    from slmk_measure.sweep import model_spec
+
+    spec = model_spec("examples/tiny-chat-lora/adapter", REPO)
+    assert spec.name == "tiny-chat-lora" and (spec.path / "config.json").is_file()
+    assert spec.eval_file == REPO / "examples" / "tiny-chat-lora" / "data" / "eval.jsonl"

@@ -150,8 +150,8 @@ def _item(data: Any, number: int, where: str) -> EvalItem:
 def model_data_dir(folder: str | Path) -> Path | None:
     """The ``data`` folder beside the model a folder was built from (``<model>/../data``).
 
-    An HF folder is its own source; a build or an install names its source in
-    slmk_build.json.
+    An HF folder (or an adapter folder) is its own source; a build or an install names
+    its source in slmk_build.json.
     """
     folder = Path(folder)
     source = folder
@@ -159,7 +159,8 @@ def model_data_dir(folder: str | Path) -> Path | None:
         try:
             source = Path(json.loads((folder / "slmk_build.json").read_text(encoding="utf-8"))["source"])
         except (OSError, ValueError, KeyError, TypeError):
-            return None
+            if (folder / "genai_config.json").is_file():
+                return None  # a build that does not say where it came from
     data = source.parent / "data"
     return data if data.is_dir() else None
 

@@ -37,6 +37,7 @@ from slmk.api import (
     cache_root,
     get_registry,
     hash_json,
+    materialize,
 )
 
 from . import sweep_cells
@@ -161,11 +162,9 @@ def model_spec(entry: Any, base: Path) -> ModelSpec:
             hint='write models = ["DIR", {path = "DIR", name = "NAME", eval = "FILE", heldout = "FILE"}]',
         )
     path = (base / Path(entry["path"]).expanduser()).resolve()
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        raise UsageError(
-            f"{path} is a LoRA adapter: sweeps take full model folders",
-            hint="merge the adapter into its base model first (peft: merge_and_unload, then save_pretrained)",
-        )
+    named = path  # its name and default data come from the folder the user named
+    if get_registry().model_source(path) is not None:  # an adapter: swept merged into its base (cached)
+        path = materialize(path).resolve()
     if not (path / "config.json").is_file():
         raise UsageError(f"model {path} is not a Hugging Face model folder (no config.json)", hint="pass its folder")
 
@@ -175,11 +174,11 @@ def model_spec(entry: Any, base: Path) -> ModelSpec:
             if not found.is_file():
                 raise UsageError(f"{key} file {found} of model {path} not found")
             return found
-        return sweep_cells.model_data_file(path, default_name)
+        return sweep_cells.model_data_file(named, default_name)
 
     return ModelSpec(
         path=path,
-        name=str(entry.get("name") or path.name if path.name != "model" else path.parent.name),
+        name=str(entry.get("name") or (named.name if named.name not in ("model", "adapter") else named.parent.name)),
         eval_file=data_file("eval", "eval.jsonl"),
         heldout_file=data_file("heldout", "heldout.txt"),
     )
