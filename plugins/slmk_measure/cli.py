@@ -709,9 +709,4 @@ def _tuning(tuner: click.Command):
 
 def _serve_command() -> click.Command:
     """The `serve` command a plugin contributes (slmk_serve), checked before any work starts."""
-    from slmk.api import get_registry
-
-    record = get_registry().commands.get("serve")
-    if record is None:
-        raise UsageError("--serve needs the serve plugin", hint="pip install 'slmk[serve]'")
-    return record.load()
+    return _plugin_command("serve", "the serve plugin (pip install 'slmk[serve]')")
