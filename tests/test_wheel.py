@@ -36,9 +36,9 @@ def test_the_wheel_carries_the_tiny_model_the_template_and_every_plugin(dist):
     (wheel,) = dist.glob("slmk-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for needed in (
-        "slmk_demo/tiny_chat/model/model.safetensors",
-        "slmk_demo/tiny_chat/model/tokenizer.json",
-        "slmk_demo/tiny_chat/data/eval.jsonl",
+        "slmk_demo/examples/tiny-chat/model/model.safetensors",
+        "slmk_demo/examples/tiny-chat/model/tokenizer.json",
+        "slmk_demo/examples/tiny-chat/data/eval.jsonl",
         "slmk_authoring/template/kinds/family.py.tmpl",
         "slmk_authoring/template/common/pyproject.toml.tmpl",
         "slmk_families/chat_templates/qwen2.5.jinja",

@@ -1,6 +1,6 @@
 """`slmk demo`: convert the embedded tiny chat model to int4, load it, ask it a question.
 
-The model and its data ship as package data (``slmk_demo.tiny_chat``: the repository's
+The model and its data ship as package data (``slmk_demo.examples``: the repository's
 examples/tiny-chat folder, mapped into the package by pyproject.toml), so the demo
 works from a wheel as from a clone. A built-in feature plugin on ``slmk.api``.
 """

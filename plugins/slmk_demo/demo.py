@@ -10,9 +10,9 @@ from slmk.api import ModelInfo, Progress, UsageError, cache_root, convert, open_
 
 
 def default_demo_model() -> Path:
-    """The embedded tiny chat model: package data ``slmk_demo.tiny_chat`` (examples/tiny-chat in a clone)."""
-    shipped = package_data_dir("slmk_demo.tiny_chat")
-    return (shipped or Path(__file__).resolve().parents[2] / "examples" / "tiny-chat") / "model"
+    """The embedded tiny chat model: package data ``slmk_demo.examples`` (examples/tiny-chat in a clone)."""
+    shipped = package_data_dir("slmk_demo.examples")  # the repository's examples/, tiny-chat only
+    return (shipped or Path(__file__).resolve().parents[2] / "examples") / "tiny-chat" / "model"
 
 
 def demo(
