@@ -104,3 +104,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_foundry_sdk():
+    """The Foundry Local SDK manager is a process-wide singleton bound to one cache: a module
+    that started it closes it, so the next module starts from nothing."""
+    yield
+    sdk = sys.modules.get("slmk_foundry.sdk")
+    if sdk is not None:
+        sdk.close()

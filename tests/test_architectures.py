@@ -67,14 +67,6 @@ def _write_report():
         Path(path).write_text(json.dumps(REPORT, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _release_sdk():
-    yield
-    from slmk_foundry import sdk
-
-    sdk.close()  # the SDK manager is a process-wide singleton: leave none behind for other modules
-
-
 class Matrix:
     """Tiny models and their builds, each made once per module."""
 

@@ -14,7 +14,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from slmk_foundry import sdk
 
 from slmk import app
 from slmk.pipeline import STEP_MARKER, cached_step_problems, step_key
@@ -53,12 +52,6 @@ def first(tiny_model_dir, step_cache, tmp_path_factory):
     [step] = result.steps
     assert step.status == "ran"
     return out, Path(step.path)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_sdk():
-    yield
-    sdk.close()
 
 
 def in_place(path: Path, data: bytes) -> None:

@@ -61,12 +61,6 @@ def cache(tmp_path) -> Path:
     return tmp_path / "foundry-cache"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _release_sdk():
-    yield
-    sdk.close()  # the SDK manager is a process-wide singleton: leave none behind for other modules
-
-
 def install(
     build: Path,
     cache: Path,

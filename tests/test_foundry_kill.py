@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from _install_child import wait_for_pause
-from slmk_foundry import installer, sdk
+from slmk_foundry import installer
 from test_foundry import CHATML, foundry_visible, registered, snapshot
 
 from slmk.fsutil import TMP_PREFIX
@@ -28,12 +28,6 @@ CHILD = Path(__file__).with_name("_install_child.py")
 @pytest.fixture(scope="module")
 def build(tiny_build) -> Path:
     return tiny_build("int4")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_sdk():
-    yield
-    sdk.close()
 
 
 @pytest.fixture

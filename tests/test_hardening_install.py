@@ -37,12 +37,6 @@ def build(tiny_build) -> Path:
     return tiny_build("int4")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _release_sdk():
-    yield
-    sdk.close()
-
-
 @pytest.fixture
 def cache(tmp_path) -> Path:
     return tmp_path / "foundry-cache"

@@ -314,6 +314,11 @@ def resolve_target(
     folder = Path(target).expanduser()
     if folder.is_dir():
         return folder, None
+    if folder.exists():  # a file is neither a build folder nor a model name
+        raise UsageError(
+            f"{target} is a file, not a build folder",
+            hint="pass the output folder of `slmk convert` (it holds genai_config.json) or an installed model name",
+        )
     if "/" in target or "\\" in target or target.startswith("."):
         raise UsageError(f"{target} does not exist", hint="pass a build folder or an installed model name")
     installed = find_installed(target, installer=installer, cache_dir=cache_dir, registry=registry)

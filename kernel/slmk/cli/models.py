@@ -66,8 +66,7 @@ def run(
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
     search = search_from(state, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
-    _require_folder_or_name(target)
-    foundry_cache = Path(settings["install.cache_dir"]) if settings["install.cache_dir"] else None
+    foundry_cache = installer_cache(settings)
     folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
     session = app.open_session(
         folder,
@@ -113,16 +112,6 @@ def run(
             history.append({"role": "assistant", "content": _stream(session, history, search)})
     finally:
         session.close()
-
-
-def _require_folder_or_name(target: str) -> None:
-    """A TARGET that names an existing file is neither a build folder nor a model name."""
-    path = Path(target).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UsageError(
-            f"{target} is a file, not a build folder",
-            hint="pass the output folder of `slmk convert` (it holds genai_config.json) or an installed model name",
-        )
 
 
 def _stream(session, messages, search) -> str:
