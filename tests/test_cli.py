@@ -11,7 +11,18 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime_genai", "olive", "foundry_local_sdk")
+HEAVY = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime_genai",
+    "olive",
+    "foundry_local_sdk",
+    "pytest",
+    "ray",
+    "fastapi",
+)
 
 _PROBE = """
 import json, sys

@@ -80,7 +80,7 @@ from .hookspecs import hookimpl
 from .messages import check_messages, installed_version, package_data_dir
 from .modelinfo import ModelInfo
 from .planner import Plan, check_precision, make_plan
-from .plugins import PluginInfo, Registry
+from .plugins import PluginInfo, Registry, make_registry
 from .progress import QUIET, Progress
 from .records import (
     FORMAT_HF,
@@ -128,7 +128,6 @@ from .templates import (
     sample_rendering,
     special_tokens_for,
 )
-from .testing import make_registry
 from .testpoints import pause_point
 
 __all__ = [

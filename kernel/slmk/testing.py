@@ -20,32 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from importlib_metadata import entry_points
+from .plugins import Registry, get_registry, make_registry, reset_registry
 
-from . import PROJECT
-from .plugins import Registry, get_registry, reset_registry
-
-
-def make_registry(*plugins: object | str) -> Registry:
-    """A registry with exactly these plugins: modules/objects, or entry-point names."""
-    registry = Registry()
-    by_name = {ep.name: ep for ep in entry_points(group=PROJECT)}
-    builtin_modules = {ep.value for ep in by_name.values() if ep.dist and ep.dist.name == PROJECT}
-    for plugin in plugins:
-        if isinstance(plugin, str):
-            if plugin not in by_name:
-                raise LookupError(f"no slmk entry point named {plugin!r}; installed: {', '.join(sorted(by_name))}")
-            ep = by_name[plugin]
-            registry.register(
-                ep.load(),
-                ep.name,
-                builtin=bool(ep.dist and ep.dist.name == PROJECT),
-                distribution=ep.dist.name if ep.dist else "",
-                version=ep.dist.version if ep.dist else "",
-            )
-        else:
-            registry.register(plugin, builtin=getattr(plugin, "__name__", None) in builtin_modules)
-    return registry
+__all__ = ["isolated_default_registry", "make_registry"]
 
 
 @contextmanager
