@@ -36,7 +36,7 @@ from slmk.api import (
     write_search,
 )
 
-from . import adapters
+from . import adapters, weight_quant
 from .errors import first_line
 from .session_options import SESSION_OPTIONS, default_session_options, parse_session_options, write_session_options
 
@@ -197,6 +197,7 @@ def _family_summary() -> str:
 def tool_versions() -> dict[str, str]:
     """Versions that change what the builder writes: part of the step cache key."""
     found = {
+        "slmk builder fixes": FIXES_REVISION,
         "onnxruntime-genai": installed_version(*GENAI_DISTRIBUTIONS),
         "onnx-ir": installed_version("onnx-ir"),
         "transformers": installed_version("transformers"),
@@ -330,6 +331,8 @@ def _import_builder():
 
 
 # ------------------------------------------------------------------ builder fixes
+#: Raised whenever a fix below changes what a build holds, so cached steps of before are not reused.
+FIXES_REVISION = "2"
 #: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
 FIXED_BUILDER_VERSIONS = ("0.18.",)
 
@@ -382,11 +385,13 @@ def _smollm3_nope_layers(smollm3_class: type) -> Any:
 
 
 @contextlib.contextmanager
-def _builder_fixes() -> Iterator[list[str]]:
+def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
     """Fixes for what the 0.18 builder gets wrong, applied for the duration of one build.
 
     Each is in-process and undone afterwards; none touches the user's files. Yields the
     names of the fixes applied (logged). A builder outside FIXED_BUILDER_VERSIONS is left alone.
+    ``stream_weights=False`` keeps the builder's whole-model quantization pass (the tests
+    compare the two).
     """
     applied: list[str] = []
     version = tool_versions()["onnxruntime-genai"]
@@ -409,12 +414,37 @@ def _builder_fixes() -> Iterator[list[str]]:
     if smollm3 is not None:
         smollm3_class.make_attention = _smollm3_nope_layers(smollm3_class)
         applied.append("SmolLM3 NoPE layers")
+    base = module.Model
+    saved = {name: base.__dict__[name] for name in _BASE_PATCHES}
+    base.make_tied_embeddings_init, base.make_tied_quantized_embedding_input_names = weight_quant.share_int8_embedding(
+        saved["make_tied_embeddings_init"], saved["make_tied_quantized_embedding_input_names"]
+    )
+    applied.append("int8 embedding shared with the output layer")
+    if stream_weights:
+        real_to_nbits = saved["to_nbits"]
+
+        def to_nbits(self: Any) -> Any:
+            model = weight_quant.stream_to_nbits(self, real_to_nbits)
+            counts = getattr(self, weight_quant.STREAMED_ATTR, None)
+            if counts:
+                applied.append(f"weight-by-weight quantization ({sum(counts.values())} weights)")
+            else:  # what it cannot do goes through the builder's own pass, as before
+                applied.append(f"none for quantization ({getattr(self, weight_quant.WHOLE_MODEL_ATTR, 'not needed')})")
+            return model
+
+        base.to_nbits = to_nbits
     try:
         yield applied
     finally:
         module.AutoConfig = real_auto_config
         if smollm3 is not None:
             smollm3_class.make_attention = smollm3
+        for name, method in saved.items():
+            setattr(base, name, method)
+
+
+#: Methods of the builder's base class that the fixes replace for one build.
+_BASE_PATCHES = ("to_nbits", "make_tied_embeddings_init", "make_tied_quantized_embedding_input_names")
 
 
 # ------------------------------------------------------------------ convert

@@ -1,0 +1,285 @@
+"""Weight-by-weight int4/int8 quantization for the 0.18 model builder, and a shared int8 embedding.
+
+The builder quantizes after it has built the whole float graph: ``to_nbits`` serializes
+that graph to one ModelProto (a second fp32 copy of every weight, on top of the one the
+loaded checkpoint holds), hands it to ONNX Runtime's ``MatMulNBitsQuantizer`` and parses
+the result back. For a 0.5B model that peaks at 2.8x the fp32 size. ``stream_to_nbits``
+does the same quantization on the builder's graph in place, one weight at a time: each
+float weight is read, quantized by the same ONNX Runtime functions
+(``DefaultWeightOnlyQuantizer.qbits_block_quant`` / ``quantize_ndarray``), replaced, and
+released, so the float weights are never copied as a whole. The output is the builder's:
+same nodes, names, attributes and bytes (tests/test_weight_quant.py compares them).
+
+Only the builder's default method in the QOperator format is done this way; anything
+else (rtn, k_quant, QDQ, CUDA prepacking, exact per-node overrides, several upgrade
+widths, weights inside subgraphs) is left to the builder's own pass.
+
+The 0.18 builder shares a tied embedding with the output layer only at 4 bits: at int8
+it keeps the input embedding as a separate float table (for Qwen2.5-0.5B, 519 MB of a
+1,051 MB build). ONNX Runtime's GatherBlockQuantized reads 8-bit blocks too, in the
+layout MatMulNBits uses, so ``share_int8_embedding`` lets the embedding read the output
+layer's int8 table, as the builder already does at int4.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: What the pass records on the builder for slmk's log: weights quantized by kind, or why it could not.
+STREAMED_ATTR = "_slmk_streamed_weights"
+WHOLE_MODEL_ATTR = "_slmk_whole_model_reason"
+
+#: ONNX names of the weight types the quantizer takes as they are (bf16 goes through fp32 there).
+_FLOAT_DTYPES = ("FLOAT", "FLOAT16")
+
+
+# ------------------------------------------------------------------ eligibility
+def _plan(builder: Any) -> tuple[str | None, dict[str, int]]:
+    """(why the builder's own pass must run, or None; node name -> bits for each weight to quantize)."""
+    qa = builder.quant_attrs
+    if getattr(builder, "quantization_algo", "default") != "default":
+        return f"method {builder.quantization_algo}", {}
+    if qa.get("use_qdq"):
+        return "QDQ format", {}
+    if getattr(builder, "exact_quant_override_names", None):
+        return "exact quantization overrides", {}
+    if getattr(builder, "ep", "cpu") == "cuda" and getattr(builder, "matmul_attrs", {}).get("weights_prepacked", 0) > 0:
+        return "CUDA weight prepacking", {}
+    customized = getattr(builder, "int4_customized_weight_config", None) or {}
+    upgrades = {name: int(cfg["bits"]) for name, cfg in customized.items()}
+    if len(set(upgrades.values())) > 1:
+        return "several upgrade bit widths", {}
+    excluded = set(qa.get("nodes_to_exclude") or ())
+    op_types = set(qa.get("op_types_to_quantize") or ()) or {"MatMul"}
+    graph = builder.model.graph
+    plan: dict[str, int] = {}
+    for node in graph.all_nodes():
+        if node.op_type not in ("MatMul", "Gather") or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.name in excluded or (node.op_type not in op_types and node.name not in upgrades):
+            continue
+        weight = _weight(node)
+        if weight is None:
+            continue  # not a constant: the quantizer keeps such a node as it is
+        bits = upgrades.get(node.name, qa["bits"])
+        if node.op_type == "Gather" and bits != 4:
+            continue  # ONNX Runtime's quantizer quantizes a Gather at 4 bits only
+        if node.graph is not graph:
+            return "a weight inside a subgraph", {}
+        tensor = weight.const_value
+        if tensor.dtype.name not in _FLOAT_DTYPES:
+            return f"{tensor.dtype.name} weights", {}
+        if node.op_type == "MatMul" and len(tensor.shape) != 2:
+            return f"a {len(tensor.shape)}-D MatMul weight", {}
+        plan[node.name] = bits
+    return None, plan
+
+
+def _weight(node: Any) -> Any:
+    index = 0 if node.op_type == "Gather" else 1
+    if len(node.inputs) <= index or node.inputs[index] is None:
+        return None
+    value = node.inputs[index]
+    return value if value.const_value is not None and value.is_initializer() else None
+
+
+# ------------------------------------------------------------------ the pass
+def stream_to_nbits(builder: Any, original: Any) -> Any:
+    """``Model.to_nbits`` done weight by weight on the builder's graph; the builder's own where it must."""
+    reason, plan = _plan(builder)
+    if reason is not None:
+        setattr(builder, WHOLE_MODEL_ATTR, reason)
+        print(f"slmk: the builder quantizes the whole model at once ({reason})")
+        return original(builder)
+    import numpy as np
+    import onnx_ir as ir
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+        QuantFormat,
+    )
+
+    qa = builder.quant_attrs
+    op_types = tuple(qa.get("op_types_to_quantize") or ()) or ("MatMul",)
+    quantizers: dict[int, Any] = {}
+
+    def quantizer(bits: int) -> Any:
+        if bits not in quantizers:
+            config = DefaultWeightOnlyQuantConfig(
+                block_size=qa["matmul_block_size"],
+                is_symmetric=qa["is_symmetric"],
+                accuracy_level=qa["accuracy_level"],
+                quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                bits=bits,
+            )
+            quantizers[bits] = DefaultWeightOnlyQuantizer(config)
+        return quantizers[bits]
+
+    model, graph = builder.model, builder.model.graph
+    values: dict[str, Any] = builder.values
+
+    def initializer(name: str, tensor: Any) -> Any:
+        # A placeholder of this name may already exist: the tied embedding's
+        # GatherBlockQuantized was built reading the output layer's quantized table.
+        value = values.get(name)
+        if value is None or value.producer() is not None or value.const_value is not None:
+            value = ir.Value(name=name)
+        value.const_value = tensor
+        value.dtype = tensor.dtype
+        value.shape = ir.Shape(tensor.shape)
+        graph.register_initializer(value)
+        values[name] = value
+        return value
+
+    def replace(node: Any, new: Any) -> None:
+        graph.insert_before(node, new)
+        old, out = node.outputs[0], new.outputs[0]
+        out.dtype, out.shape = old.dtype, old.shape
+        old.replace_all_uses_with(out, replace_graph_outputs=True)
+        name = old.name
+        old.name = None
+        out.name = name
+        values[name] = out
+        graph.remove(node, safe=True)
+
+    def release(weight: Any) -> None:
+        if not weight.uses() and not weight.is_graph_output():
+            graph.initializers.pop(weight.name, None)
+            if values.get(weight.name) is weight:
+                del values[weight.name]
+            weight.const_value = None  # the last reference to the float weight (the checkpoint's tensor)
+
+    counts: dict[str, int] = {}
+    for node in list(graph):
+        bits = plan.get(node.name)
+        if bits is None or node.graph is not graph:
+            continue
+        weight = _weight(node)
+        array = _contiguous(weight.const_value, ir, np)
+        if node.op_type == "MatMul":
+            new = _matmul_nbits(ir, quantizer(bits), node, weight, array, bits, initializer)
+        else:
+            new = _gather_block_quantized(ir, quantizer(bits), node, weight, array, initializer)
+        del array
+        replace(node, new)
+        release(weight)
+        key = f"{node.op_type} int{bits}"
+        counts[key] = counts.get(key, 0) + 1
+
+    for name, value in list(graph.initializers.items()):  # as the quantizer's clean_initializers
+        if not value.uses() and not value.is_graph_output():
+            graph.initializers.pop(name)
+    graph.opset_imports["com.microsoft"] = 1
+    if "Gather" in op_types and graph.opset_imports.get("", 1) < 21:
+        graph.opset_imports[""] = 21  # INT4 tensors need opset 21 and IR version 10
+    if model.ir_version < 10:
+        model.ir_version = 10
+    setattr(builder, STREAMED_ATTR, counts)
+    print("slmk: quantized weight by weight: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return model
+
+
+def _contiguous(tensor: Any, ir: Any, np: Any) -> Any:
+    """The weight as one C-contiguous array.
+
+    The builder's MatMul weights are transposed views of the checkpoint's tensors, and
+    ONNX Runtime's block quantizer reads the raw buffer, not the strides. torch makes the
+    transposed copy several times faster than numpy for the large tables (the output layer).
+    """
+    if isinstance(tensor, ir.LazyTensor):
+        tensor = tensor.raw()  # the thunk that makes the tensor
+    raw = getattr(tensor, "raw", None)
+    if type(raw).__module__.startswith("torch") and hasattr(raw, "contiguous"):
+        return raw.contiguous().numpy()
+    return np.ascontiguousarray(tensor.numpy())
+
+
+def _matmul_nbits(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, bits: int, initializer: Any) -> Any:
+    """MatMul -> MatMulNBits as ``DefaultWeightOnlyQuantizer.quantize_matmul`` writes it (QOperator)."""
+    config = quantizer.config
+    packed, scales, zero_points = quantizer.qbits_block_quant(array)
+    rows, cols = array.shape
+    inputs = [
+        node.inputs[0],
+        initializer(f"{weight.name}_Q{bits}", ir.Tensor(packed, name=f"{weight.name}_Q{bits}")),
+        initializer(f"{weight.name}_scales", ir.Tensor(scales, name=f"{weight.name}_scales")),
+    ]
+    if not config.is_symmetric:
+        zp_name = f"{weight.name}_zero_points"
+        inputs.append(initializer(zp_name, ir.Tensor(zero_points, name=zp_name)))
+    attributes: dict[str, int] = {"K": rows, "N": cols, "bits": bits, "block_size": config.block_size}
+    if config.accuracy_level:
+        attributes["accuracy_level"] = config.accuracy_level
+    return ir.node(
+        "MatMulNBits",
+        inputs,
+        dict(sorted(attributes.items())),
+        domain="com.microsoft",
+        name=f"{node.name}_Q{bits}" if node.name else "",
+        num_outputs=1,
+    )
+
+
+def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, initializer: Any) -> Any:
+    """Gather -> GatherBlockQuantized as ``DefaultWeightOnlyQuantizer.quantize_gather`` writes it."""
+    config = quantizer.config
+    rank = array.ndim
+    axis = (config.quant_axes.get("Gather", 1) + rank) % rank
+    data, scales, zero_points = quantizer.quantize_ndarray(array, axis, config.block_size, config.is_symmetric)
+    dtype = ir.DataType.INT4 if config.is_symmetric else ir.DataType.UINT4
+    inputs = [
+        initializer(f"{weight.name}_Q4", ir.PackedTensor(data, dtype, shape=array.shape, name=f"{weight.name}_Q4")),
+        node.inputs[1],
+        initializer(f"{weight.name}_scales", ir.Tensor(scales, name=f"{weight.name}_scales")),
+    ]
+    if not config.is_symmetric:
+        zp = ir.PackedTensor(zero_points, dtype, shape=scales.shape, name=f"{weight.name}_zero_points")
+        inputs.append(initializer(f"{weight.name}_zero_points", zp))
+    gather_axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+    attributes = {"block_size": config.block_size, "gather_axis": gather_axis, "quantize_axis": axis}
+    return ir.node(
+        "GatherBlockQuantized",
+        inputs,
+        attributes,
+        domain="com.microsoft",
+        name=f"{node.name}_Q4" if node.name else "",
+        num_outputs=1,
+    )
+
+
+# ------------------------------------------------------------------ int8 shared embedding
+def _shares_int8(builder: Any) -> bool:
+    import onnx_ir as ir
+
+    return (
+        builder.onnx_dtype in (ir.DataType.INT8, ir.DataType.UINT8)
+        and bool(builder.extra_options.get("shared_embeddings", False))
+        and not builder.exclude_embeds
+        and not builder.exclude_lm_head
+        and builder.is_lm_head_quantized()
+        and builder.quant_attrs["is_symmetric"]
+        and not builder.quant_attrs.get("use_qdq")
+        and getattr(builder, "quantization_algo", "default") == "default"
+        and builder.quant_type is None  # a pre-quantized checkpoint keeps the builder's layout
+        and builder.matmul_mixed_precision.get("last_matmul") in (None, "int8", "uint8")
+    )
+
+
+def share_int8_embedding(original_init: Any, original_names: Any) -> tuple[Any, Any]:
+    """Replacements for ``make_tied_embeddings_init`` and ``make_tied_quantized_embedding_input_names``."""
+
+    def make_tied_embeddings_init(self: Any, config: Any) -> None:
+        original_init(self, config)
+        if not self.tied_quantized_embeddings and _shares_int8(self):
+            self.tied_quantized_embeddings = True
+            self.tied_unquantized_embeddings = False
+
+    def make_tied_quantized_embedding_input_names(self: Any) -> tuple[int, str, str, str]:
+        if _shares_int8(self):
+            # MatMulNBits' symmetric int8 table: uint8 offset by 128 (GatherBlockQuantized's
+            # default zero point at 8 bits), scales per block, rows padded to whole blocks.
+            return 8, "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales", ""
+        return original_names(self)
+
+    return make_tied_embeddings_init, make_tied_quantized_embedding_input_names

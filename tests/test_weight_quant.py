@@ -1,0 +1,202 @@
+"""Weight-by-weight quantization and the shared int8 embedding (plugins/slmk_ortgenai/weight_quant.py).
+
+slmk replaces the 0.18 builder's whole-model quantization pass (which serializes a second
+fp32 copy of every weight) with one that quantizes weight by weight on the builder's graph.
+It must write the same model: every configuration below is built twice, once through the
+builder's own pass and once through slmk's, and the two graphs must hold the same nodes
+(names, types, inputs, outputs, attributes) and the same initializers, byte for byte.
+The memory it saves is measured by benchmarks/peer_llamacpp.py, not here.
+
+Tied models at int8 read the embedding from the output layer's int8 table
+(GatherBlockQuantized, 8 bits) instead of keeping a float copy: checked for size and
+against the fp32 build's logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from architectures import make_tiny
+
+from slmk import app
+from slmk.fsutil import dir_size
+from slmk.progress import Progress
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+import slmk_ortgenai.builder as builder_module  # noqa: E402  (the plugin package, on the test path)
+
+
+@pytest.fixture(scope="module")
+def tied_model(tmp_path_factory) -> Path:
+    """The tiny Qwen2.5 of the architecture matrix: tie_word_embeddings is true."""
+    folder = make_tiny.make_tiny_model("qwen2.5", tmp_path_factory.mktemp("tied") / "qwen2.5")
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is True
+    return folder
+
+
+def _build(model: Path, out: Path, precision: str, options: dict, *, stream: bool, log: list | None = None) -> Path:
+    """Build with slmk's quantization pass (stream) or the builder's own; separate step caches."""
+    real = builder_module._builder_fixes
+    builder_module._builder_fixes = functools.partial(real, stream_weights=stream)
+    progress = Progress(quiet=True)
+    if log is not None:
+        progress.log = log.append
+    try:
+        app.convert(
+            model,
+            out,
+            precision=precision,
+            extra_options=options,
+            cache_dir=out.parent / f"cache-{out.name}",
+            progress=progress,
+        )
+    finally:
+        builder_module._builder_fixes = real
+    return out
+
+
+def _graph(build: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(build / "model.onnx"))
+    nodes = {
+        node.name: (
+            node.op_type,
+            node.domain,
+            list(node.input),
+            list(node.output),
+            sorted((a.name, repr(onnx.helper.get_attribute_value(a))) for a in node.attribute),
+        )
+        for node in model.graph.node
+    }
+
+    def data(t):
+        return t.raw_data if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).tobytes()
+
+    initializers = {t.name: (t.data_type, list(t.dims), data(t)) for t in model.graph.initializer}
+    return {
+        "nodes": nodes,
+        "initializers": initializers,
+        "opsets": sorted((o.domain, o.version) for o in model.opset_import),
+        "ir_version": model.ir_version,
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+    }
+
+
+CONFIGURATIONS = {
+    # name: (model, precision, options)
+    "untied int4": ("tiny", "int4", {}),
+    "untied int8": ("tiny", "int8", {}),
+    "untied int4 asymmetric, block 64": ("tiny", "int4", {"is_symmetric": "false", "block_size": "64"}),
+    "untied int4, output layer int8": ("tiny", "int4", {"matmul_mixed_precision": "last_matmul:int8"}),
+    "untied int4, output layer kept float": ("tiny", "int4", {"nodes_to_exclude": "/lm_head/MatMul"}),
+    "untied int4, accuracy level 0": ("tiny", "int4", {"accuracy_level": "0"}),
+    "tied int4 (shared table)": ("tied", "int4", {}),
+    "tied int8 (shared table)": ("tied", "int8", {}),
+    "tied int4, own embedding quantized by Gather": (
+        "tied",
+        "int4",
+        {"shared_embeddings": "false", "op_types_to_quantize": "MatMul/Gather"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGURATIONS))
+def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, tied_model, tmp_path):
+    source, precision, options = CONFIGURATIONS[name]
+    model = tiny_model_dir if source == "tiny" else tied_model
+    log: list[str] = []
+    streamed = _build(model, tmp_path / "streamed", precision, options, stream=True, log=log)
+    whole = _build(model, tmp_path / "whole", precision, options, stream=False)
+    assert any("weight-by-weight quantization (" in line for line in log), log  # slmk's pass ran
+    a, b = _graph(streamed), _graph(whole)
+    assert a["nodes"].keys() == b["nodes"].keys()
+    assert [k for k in a["nodes"] if a["nodes"][k] != b["nodes"][k]] == []
+    assert a["initializers"].keys() == b["initializers"].keys()
+    assert [k for k in a["initializers"] if a["initializers"][k] != b["initializers"][k]] == []
+    assert (a["opsets"], a["ir_version"], a["inputs"], a["outputs"]) == (
+        b["opsets"],
+        b["ir_version"],
+        b["inputs"],
+        b["outputs"],
+    )
+    quantized = [n for n, v in a["nodes"].items() if v[0] in ("MatMulNBits", "GatherBlockQuantized")]
+    assert quantized, "nothing was quantized"
+
+
+def test_what_it_cannot_do_is_left_to_the_builder(tiny_model_dir, tmp_path):
+    log: list[str] = []
+    build = _build(tiny_model_dir, tmp_path / "rtn", "int4", {"algorithm": "rtn"}, stream=True, log=log)
+    assert not any("weight-by-weight" in line for line in log), log
+    assert any("none for quantization (method rtn)" in line for line in log), log
+    assert any(v[0] == "MatMulNBits" for v in _graph(build)["nodes"].values())
+
+
+# ------------------------------------------------------------------ the shared int8 embedding
+def _first_logits(build: Path, prompts: list[list[int]]) -> np.ndarray:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(build))
+    rows = []
+    for ids in prompts:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=64)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        rows.append(np.asarray(generator.get_output("logits"), dtype=np.float64)[0, -1])
+        del generator
+    return np.stack(rows)
+
+
+def test_a_tied_int8_build_reads_its_embedding_from_the_output_layer(tied_model, tmp_path):
+    import onnx
+
+    shared = _build(tied_model, tmp_path / "int8", "int8", {}, stream=True)
+    separate = _build(tied_model, tmp_path / "int8-separate", "int8", {"shared_embeddings": "false"}, stream=True)
+    fp32 = _build(tied_model, tmp_path / "fp32", "fp32", {}, stream=True)
+
+    graph = onnx.load(str(shared / "model.onnx"), load_external_data=False).graph
+    gathers = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gathers) == 1
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gathers[0].attribute}
+    assert attributes["bits"] == 8
+    assert not [t.name for t in graph.initializer if "embed_tokens" in t.name], "a separate embedding table is left"
+    # the one int8 table is read by the output layer's MatMulNBits and, reshaped, by the embedding
+    table = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head")).input[1]
+    assert any(table in n.input for n in graph.node if n.op_type == "Reshape")
+
+    config = json.loads((tied_model / "config.json").read_text())
+    table_bytes = config["vocab_size"] * config["hidden_size"] * 4
+    assert dir_size(separate) - dir_size(shared) >= 0.9 * table_bytes  # the fp32 table is gone
+
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(3, config["vocab_size"] - 1, size=n).tolist() for n in (5, 17, 40)]
+    reference = _first_logits(fp32, prompts)
+    distance = {}
+    for build in (separate, shared):
+        logits = _first_logits(build, prompts)
+        cosine = (logits * reference).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(reference, axis=-1)
+        assert (logits.argmax(-1) == reference.argmax(-1)).all(), build.name
+        distance[build.name] = float((1 - cosine).max())
+    # int8 rounding of the output layer dominates (on this random model: 1 - cosine 0.003);
+    # reading the embedding from int8 too adds next to nothing to it
+    assert distance["int8-separate"] < 0.01
+    assert distance["int8"] < 1.5 * distance["int8-separate"] + 0.001, distance
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_patch():
+    """Every build restores the builder's methods: a later build sees the builder as shipped."""
+    yield
+    with contextlib.suppress(ImportError):
+        import onnxruntime_genai.models.builder as module
+
+        for name in builder_module._BASE_PATCHES:
+            assert module.Model.__dict__[name].__module__.startswith("builders."), name
