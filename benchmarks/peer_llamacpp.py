@@ -489,8 +489,16 @@ def main() -> None:
     conversions = json.loads(conversions_file.read_text()) if args.reuse and conversions_file.is_file() else {}
     builds = work / "builds"
     builds.mkdir(exist_ok=True)
+    # slmk rows: the default build, and prune_lm_head (logits of the last position only, as
+    # llama.cpp computes them) at the default block size and at the one `slmk tune` picks here.
+    slmk_options = {
+        "slmk int4, prune_lm_head": {"prune_lm_head": "true"},
+        "slmk int4 block_size=128, prune_lm_head": {"prune_lm_head": "true", "block_size": "128"},
+    }
     plan = [
         ("slmk int4", "slmk", builds / "slmk-int4", "int4"),
+        ("slmk int4, prune_lm_head", "slmk", builds / "slmk-int4-prune", "int4"),
+        ("slmk int4 block_size=128, prune_lm_head", "slmk", builds / "slmk-int4-b128-prune", "int4"),
         ("slmk int8", "slmk", builds / "slmk-int8", "int8"),
         ("gguf f16", "gguf", builds / "f16.gguf", "f16"),
         ("llama.cpp Q8_0", "quant", builds / "q8_0.gguf", "Q8_0"),
@@ -503,7 +511,7 @@ def main() -> None:
             continue
         print(f"converting: {name}")
         if kind == "slmk":
-            measured = convert_slmk(model, out, what, work)
+            measured = convert_slmk(model, out, what, work, slmk_options.get(name))
         elif kind == "gguf":
             measured = convert_gguf(model, out, source, what, work)
         else:
@@ -531,6 +539,10 @@ def main() -> None:
         entry = {"kind": "llama" if kind == "quant" else "ort", "path": out, "size_bytes": size_of(out)}
         targets[name] = {**entry, "convert": convert}
     int4 = builds / "slmk-int4"
+    for name, _, out, _ in plan:
+        if name in slmk_options:
+            folder = variant_folder(out, {"intra_op_num_threads": args.threads}, {}, work, out.name)
+            targets[name]["path"] = folder
     targets["slmk int4"]["path"] = variant_folder(int4, {"intra_op_num_threads": args.threads}, {}, work, "threads")
     targets["slmk int8"]["path"] = variant_folder(
         builds / "slmk-int8", {"intra_op_num_threads": args.threads}, {}, work, "int8-threads"

@@ -100,6 +100,11 @@ CONFIGURATIONS = {
     "untied int4, accuracy level 0": ("tiny", "int4", {"accuracy_level": "0"}),
     "tied int4 (shared table)": ("tied", "int4", {}),
     "tied int8 (shared table)": ("tied", "int8", {}),
+    "tied int4, output layer int8 (shared int8 table)": (
+        "tied",
+        "int4",
+        {"matmul_mixed_precision": "last_matmul:int8"},
+    ),
     "tied int4, own embedding quantized by Gather": (
         "tied",
         "int4",
@@ -129,6 +134,7 @@ def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, t
     )
     quantized = [n for n, v in a["nodes"].items() if v[0] in ("MatMulNBits", "GatherBlockQuantized")]
     assert quantized, "nothing was quantized"
+    assert np.isfinite(_first_logits(streamed, [[5, 6, 7, 8]])).all()  # and it loads and runs
 
 
 def test_what_it_cannot_do_is_left_to_the_builder(tiny_model_dir, tmp_path):

@@ -105,6 +105,7 @@ OPTIONS: dict[str, str] = {
     "op_types_to_quantize": "op types to quantize, '/'-separated: MatMul or MatMul/Gather",
     "nodes_to_exclude": "comma-separated node names kept in float, e.g. /lm_head/MatMul",
     "enable_cuda_graph": "capture a CUDA graph at inference (cuda only)",
+    "prune_lm_head": "compute the logits of the last prompt position only (faster prompts, less memory)",
     "allow_pickle": "read pytorch_model.bin weights (pickles can run code): --allow-pickle / [ortgenai] allow_pickle",
     # Set by slmk_ortgenai.adapters.convert_adapter for --adapter-mode separate:
     "adapter_path": "a PEFT LoRA adapter folder: build the base with LoRA inputs and write adapters/NAME.onnx_adapter",
@@ -131,7 +132,7 @@ QUANTIZATION_OPTIONS = (
 )
 #: Algorithms that belong to an HF-stage quantizer: its weights arrive already quantized.
 QUANTIZER_ALGORITHMS = ("gptq", "awq", "hqq", "quarot", "spinquant")
-_BOOLEAN_OPTIONS = ("is_symmetric", "shared_embeddings", "enable_cuda_graph")
+_BOOLEAN_OPTIONS = ("is_symmetric", "shared_embeddings", "enable_cuda_graph", "prune_lm_head")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "block_size": ("16", "32", "64", "128", "256"),
     "accuracy_level": ("0", "1", "2", "3", "4"),

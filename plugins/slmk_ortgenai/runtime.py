@@ -18,6 +18,7 @@ from slmk.api import (
     UsageError,
     build_problems,
     check_messages,
+    last_position_logits,
     read_genai_config,
 )
 
@@ -81,6 +82,8 @@ class OrtGenAISession:
         self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
         self.default_search: dict[str, Any] = dict(config.get("search") or {})
         self.min_cache_length = _min_cache_length(config)
+        # A build with prune_lm_head gives one row of logits per call: score token by token.
+        self.score_chunk = 1 if last_position_logits(self.path) else SCORE_CHUNK
         try:
             og_config = og.Config(str(self.path))
             og_config.clear_providers()
@@ -321,8 +324,8 @@ class OrtGenAISession:
             params = og.GeneratorParams(self._model)
             params.set_search_options(max_length=max(end - begin, self.min_cache_length))
             generator = og.Generator(self._model, params)
-            for chunk_start in range(begin, end, SCORE_CHUNK):
-                chunk_end = min(chunk_start + SCORE_CHUNK, end)
+            for chunk_start in range(begin, end, self.score_chunk):
+                chunk_end = min(chunk_start + self.score_chunk, end)
                 generator.append_tokens(ids[chunk_start:chunk_end])
                 # Row r predicts token chunk_start + r + 1; score those not yet scored.
                 first = max(chunk_start + 1, scored_until)

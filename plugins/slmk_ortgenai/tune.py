@@ -7,10 +7,11 @@ What is tried, in order (a coordinate search: each stage starts from the best so
 2. with ``rebuild_options``, options that need the model builder again (from the source
    folder recorded in slmk_build.json): the int4/int8 ``block_size`` (32, 64, 128),
    ``accuracy_level`` (4: int8 compute, 1: fp32 compute), the output layer at int8
-   (``matmul_mixed_precision=last_matmul:int8``) and, at int4, the embedding kept in float
-   (``op_types_to_quantize=MatMul``; by default 0.18 quantizes it at int4, one table shared
-   with the output layer when the model ties them). A rebuild is kept only if it passes
-   the quality gate the caller gives (``slmk compare``'s checks).
+   (``matmul_mixed_precision=last_matmul:int8``), for a model that ties its embedding to its
+   output layer the embedding as its own float table (``shared_embeddings=false``; by default
+   it reads the output layer's int4/int8 table) and, when asked (``prune_lm_head``), logits
+   of the last position only. A rebuild is kept only if it passes the quality gate the
+   caller gives (``slmk compare``'s checks).
 
 Each candidate is measured the same way, interleaved over ``rounds`` (every round loads
 and times every candidate once, so the shared machine's drift spreads over all of them):
@@ -58,12 +59,14 @@ REBUILD_STAGES: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (
     ("block_size", ({"block_size": 32}, {"block_size": 64}, {"block_size": 128})),
     ("accuracy_level", ({"accuracy_level": 4}, {"accuracy_level": 1})),
     ("lm_head", ({}, {"matmul_mixed_precision": "last_matmul:int8"})),
-    # int4 only: the 0.18 builder quantizes the embedding at int4 (shared with the output layer
-    # when the model ties them); the alternative keeps it in float (bigger, exact lookups).
-    ("embedding", ({}, {"op_types_to_quantize": "MatMul"})),
+    # Tied models only: the embedding is read from the output layer's int4/int8 table; the
+    # alternative keeps it as its own float table (bigger, exact lookups).
+    ("embedding", ({}, {"shared_embeddings": "false"})),
 )
-#: Stages that change nothing below int4 (the builder quantizes no embedding at int8).
-INT4_ONLY_STAGES = ("embedding",)
+#: Stages that change something only when the source model ties its embedding to its output layer.
+TIED_ONLY_STAGES = ("embedding",)
+#: With ``prune_lm_head``: logits of the last position only (faster prompts; Foundry Local refuses it).
+PRUNE_STAGE: tuple[str, tuple[dict[str, Any], ...]] = ("logits", ({}, {"prune_lm_head": "true"}))
 FILLER = "The morning was cool and the market opened early, and traders set out bread, fruit and fish. "
 
 #: A quality gate: given a candidate build folder, None when it passes, else why it fails.
@@ -267,6 +270,7 @@ def tune(
     new_tokens: int = 32,
     rounds: int = 3,
     execution_provider: str = "cpu",
+    prune_lm_head: bool = False,
     progress: Progress = QUIET,
 ) -> TuneResult:
     """Measure ``build_dir``'s settings here, write the fastest into its genai_config.json; see the module doc.
@@ -274,6 +278,8 @@ def tune(
     ``threads``: the intra-op thread counts to try (default 1 .. logical cores).
     ``rebuild_options``: also try builder options (needs the HF source: ``source`` or slmk_build.json's).
     ``quality_gate``: checks each rebuilt candidate; the build as it is is taken to pass.
+    ``prune_lm_head``: with ``rebuild_options``, also try logits of the last position only
+    (for builds run by slmk's runtime: Foundry Local refuses such a build).
     """
     build = Path(build_dir).expanduser().resolve()
     problems = build_problems(build)
@@ -314,7 +320,7 @@ def tune(
         if rebuild_options:
             best, best_folder = _rebuild_stages(
                 build, Path(source), info, best, best_folder, trials, scratch, quality_gate, ep, content,
-                measured_tokens, new_tokens, rounds, progress,
+                measured_tokens, new_tokens, rounds, progress, prune_lm_head,
             )  # fmt: skip
         best.chosen = True
         # ---- write: session options always; the model files only when a rebuild won
@@ -339,10 +345,13 @@ def tune(
 
 def _rebuild_stages(
     build, source, info, best, best_folder, trials, scratch, quality_gate, ep, content, prompt_tokens, new_tokens,
-    rounds, progress,
+    rounds, progress, prune_lm_head,
 ):  # fmt: skip
+    tied = _ties_embeddings(source)
+    stages = [stage for stage in REBUILD_STAGES if tied or stage[0] not in TIED_ONLY_STAGES]
+    if prune_lm_head:
+        stages.append(PRUNE_STAGE)
     precision = info.get("precision") or "int4"
-    stages = [stage for stage in REBUILD_STAGES if precision == "int4" or stage[0] not in INT4_ONLY_STAGES]
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
     # and a candidate's label names only what differs from them.
     built = _built_options(info)
@@ -362,9 +371,9 @@ def _rebuild_stages(
             quantization = {k: v for k, v in everything.items() if k in _QUANTIZATION_KEYS}
             extra = {k: v for k, v in everything.items() if k not in _QUANTIZATION_KEYS}
             trial = Trial(settings=dict(best.settings), build_options=options)
-            # Some option combinations build but do not load (0.18: int4 with a tied embedding and
-            # last_matmul:int8 names a missing lm_head.MatMul.weight_Q8G* initializer): such a
-            # candidate is reported as failed and the search goes on.
+            # Should an option combination build but not load (the 0.18 builder alone wrote int4 +
+            # a tied embedding + last_matmul:int8 so; slmk's builder fixes now make it loadable),
+            # the candidate is reported as failed and the search goes on.
             problem = _build_and_load(source, out, precision, ep, quantization, {**extra, **best.settings})
             if problem:
                 trial.quality = f"fail: {problem}"
@@ -391,6 +400,14 @@ def _rebuild_stages(
         best, best_folder = winner, folders[stage.index(winner)]
         current = dict(best.build_options)
     return best, best_folder
+
+
+def _ties_embeddings(source: Path) -> bool:
+    try:
+        config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("tie_word_embeddings") is True
 
 
 def _build_and_load(source, out, precision, ep, quantization, extra) -> str | None:

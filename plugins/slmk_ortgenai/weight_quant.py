@@ -249,6 +249,22 @@ def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, arr
 
 
 # ------------------------------------------------------------------ int8 shared embedding
+def _int8_table_names(builder: Any) -> bool:
+    """Whether the output layer's table is MatMulNBits' default symmetric int8 (named ``*_Q8``)."""
+    import onnx_ir as ir
+
+    last = builder.matmul_mixed_precision.get("last_matmul")
+    int8_build = builder.onnx_dtype in (ir.DataType.INT8, ir.DataType.UINT8)
+    return (
+        (last in ("int8", "uint8") or (last is None and int8_build))
+        and builder.quant_attrs["is_symmetric"]
+        and not builder.quant_attrs.get("use_qdq")
+        and getattr(builder, "quantization_algo", "default") == "default"
+        and builder.quant_type is None  # a pre-quantized checkpoint keeps the builder's layout
+        and getattr(getattr(getattr(builder, "weights", None), "lm_head", None), "qweight", None) is None
+    )
+
+
 def _shares_int8(builder: Any) -> bool:
     import onnx_ir as ir
 
@@ -258,16 +274,18 @@ def _shares_int8(builder: Any) -> bool:
         and not builder.exclude_embeds
         and not builder.exclude_lm_head
         and builder.is_lm_head_quantized()
-        and builder.quant_attrs["is_symmetric"]
-        and not builder.quant_attrs.get("use_qdq")
-        and getattr(builder, "quantization_algo", "default") == "default"
-        and builder.quant_type is None  # a pre-quantized checkpoint keeps the builder's layout
-        and builder.matmul_mixed_precision.get("last_matmul") in (None, "int8", "uint8")
+        and _int8_table_names(builder)
     )
 
 
 def share_int8_embedding(original_init: Any, original_names: Any) -> tuple[Any, Any]:
-    """Replacements for ``make_tied_embeddings_init`` and ``make_tied_quantized_embedding_input_names``."""
+    """Replacements for ``make_tied_embeddings_init`` and ``make_tied_quantized_embedding_input_names``.
+
+    The second also fixes int4 builds whose output layer is int8
+    (``matmul_mixed_precision=last_matmul:int8``): the 0.18 builder names the shared table
+    ``lm_head.MatMul.weight_Q8G32`` (the rtn method's name) where its default quantizer writes
+    ``lm_head.MatMul.weight_Q8``, and the model does not load.
+    """
 
     def make_tied_embeddings_init(self: Any, config: Any) -> None:
         original_init(self, config)
@@ -276,7 +294,7 @@ def share_int8_embedding(original_init: Any, original_names: Any) -> tuple[Any, 
             self.tied_unquantized_embeddings = False
 
     def make_tied_quantized_embedding_input_names(self: Any) -> tuple[int, str, str, str]:
-        if _shares_int8(self):
+        if _int8_table_names(self):
             # MatMulNBits' symmetric int8 table: uint8 offset by 128 (GatherBlockQuantized's
             # default zero point at 8 bits), scales per block, rows padded to whole blocks.
             return 8, "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales", ""
