@@ -191,7 +191,7 @@ def _contiguous(tensor: Any, ir: Any, np: Any) -> Any:
         tensor = tensor.raw()  # the thunk that makes the tensor
     raw = getattr(tensor, "raw", None)
     if type(raw).__module__.startswith("torch") and hasattr(raw, "contiguous"):
-        return raw.contiguous().numpy()
+        return raw.detach().contiguous().numpy()  # detach: the builder may hold tensors that require grad
     return np.ascontiguousarray(tensor.numpy())
 
 
