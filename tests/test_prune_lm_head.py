@@ -8,6 +8,7 @@ build token by token; Foundry Local misreads it, so the installer refuses it.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -56,3 +57,23 @@ def test_foundry_local_install_is_refused_in_one_line(pruned_build, run_slmk, tm
     assert "computes the logits of the last position only (prune_lm_head)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not cache.exists() or not any(cache.rglob("genai_config.json"))
+
+
+def test_the_check_reads_no_graph_outside_the_build_and_no_huge_one(pruned_build, tmp_path, monkeypatch):
+    import shutil
+
+    from slmk import genai_format
+
+    build = tmp_path / "build"
+    shutil.copytree(pruned_build, build)
+    assert last_position_logits(build) is True
+    config = json.loads((build / "genai_config.json").read_text())
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(build / "model.onnx", outside)
+    config["model"]["decoder"]["filename"] = "../outside.onnx"
+    (build / "genai_config.json").write_text(json.dumps(config))
+    assert last_position_logits(build) is False  # a name that leaves the build is not followed
+    config["model"]["decoder"]["filename"] = "model.onnx"
+    (build / "genai_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(genai_format, "GRAPH_READ_LIMIT", 1000)
+    assert last_position_logits(build) is False  # a graph with its weights inside is not parsed

@@ -104,18 +104,24 @@ def write_search(build_dir: Path, search: Mapping[str, Any]) -> None:
     write_json_atomic(config_path, config)
 
 
+#: The largest graph file last_position_logits parses (it reads the whole protobuf into memory).
+GRAPH_READ_LIMIT = 64 * 2**20
+
+
 def last_position_logits(folder: Path) -> bool:
     """Whether the build's decoder computes logits for the last position only (``prune_lm_head``).
 
     Such a build cannot score a text in one pass (perplexity needs every position's logits),
     and a runtime that expects one row per input token misreads it. Read from the ONNX
-    graph's ``logits`` output (its second dimension is 1), without its weights.
+    graph's ``logits`` output (its second dimension is 1), without its weights. A graph file
+    over ``GRAPH_READ_LIMIT`` holds its weights inside (the model builder writes them beside
+    it) and is not parsed: False.
     """
     folder = Path(folder)
     try:
         filename = read_genai_config(folder).get("model", {}).get("decoder", {}).get("filename") or "model.onnx"
         path = (folder / filename).resolve()
-        if not path.is_relative_to(folder.resolve()):
+        if not path.is_relative_to(folder.resolve()) or path.stat().st_size > GRAPH_READ_LIMIT:
             return False
         import onnx  # imported here: the kernel imports nothing heavy at module level
 

@@ -18,7 +18,6 @@ from slmk.api import (
     UsageError,
     build_problems,
     check_messages,
-    last_position_logits,
     read_genai_config,
 )
 
@@ -82,8 +81,7 @@ class OrtGenAISession:
         self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
         self.default_search: dict[str, Any] = dict(config.get("search") or {})
         self.min_cache_length = _min_cache_length(config)
-        # A build with prune_lm_head gives one row of logits per call: score token by token.
-        self.score_chunk = 1 if last_position_logits(self.path) else SCORE_CHUNK
+        self._score_chunk: int | None = None  # known at the first score(): see score_chunk
         try:
             og_config = og.Config(str(self.path))
             og_config.clear_providers()
@@ -317,6 +315,7 @@ class OrtGenAISession:
         if not 0 < stride <= window:
             raise UsageError(f"stride must be between 1 and the window ({window}), not {stride}")
         og = self._og
+        chunk = self.score_chunk
         total, count, scored_until = 0.0, 0, 1  # token 0 has no history: it is never scored
         begin = 0
         while scored_until < len(ids):
@@ -324,8 +323,8 @@ class OrtGenAISession:
             params = og.GeneratorParams(self._model)
             params.set_search_options(max_length=max(end - begin, self.min_cache_length))
             generator = og.Generator(self._model, params)
-            for chunk_start in range(begin, end, self.score_chunk):
-                chunk_end = min(chunk_start + self.score_chunk, end)
+            for chunk_start in range(begin, end, chunk):
+                chunk_end = min(chunk_start + chunk, end)
                 generator.append_tokens(ids[chunk_start:chunk_end])
                 # Row r predicts token chunk_start + r + 1; score those not yet scored.
                 first = max(chunk_start + 1, scored_until)
@@ -345,6 +344,23 @@ class OrtGenAISession:
                 break
             begin += stride
         return total, count
+
+    @property
+    def score_chunk(self) -> int:
+        """Tokens per scoring call: SCORE_CHUNK, or 1 for a build whose graph gives the last row of logits only.
+
+        Asked of the model itself (two tokens in, how many rows out), so a pruned output
+        layer (``prune_lm_head``) is never misread as every position's logits.
+        """
+        if self._score_chunk is None:
+            params = self._og.GeneratorParams(self._model)
+            params.set_search_options(max_length=max(2, self.min_cache_length))
+            generator = self._og.Generator(self._model, params)
+            generator.append_tokens([0, 0])
+            rows = generator.get_output("logits").shape[-2]
+            del generator
+            self._score_chunk = SCORE_CHUNK if rows == 2 else 1
+        return self._score_chunk
 
     def perplexity(self, text: str, **kwargs: Any) -> float:
         nll, count = self.score(text, **kwargs)
