@@ -206,3 +206,40 @@ def _no_leftover_patch():
 
         for name in builder_module._BASE_PATCHES:
             assert module.Model.__dict__[name].__module__.startswith("builders."), name
+
+
+@pytest.fixture(scope="module")
+def padded_tied_model(tied_model, tmp_path_factory) -> Path:
+    """The tied tiny Qwen2.5 with hidden size 48: its rows are not whole blocks of 32."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tied_model)
+    config.hidden_size, config.intermediate_size = 48, 96
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 3, 1, 16
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("padded") / "qwen2.5-h48"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for item in tied_model.iterdir():
+        if item.name not in ("config.json",) and not item.name.endswith(".safetensors"):
+            shutil.copy(item, folder / item.name)
+    return folder
+
+
+def test_a_shared_int8_table_with_padded_rows_reads_the_right_values(padded_tied_model, tmp_path):
+    import onnx
+
+    fp32 = _build(padded_tied_model, tmp_path / "fp32", "fp32", {}, stream=True)
+    int8 = _build(padded_tied_model, tmp_path / "int8", "int8", {}, stream=True)
+    graph = onnx.load(str(int8 / "model.onnx"), load_external_data=False).graph
+    assert [n.op_type for n in graph.node if n.name.startswith("/model/embed_tokens/")] == [
+        "Reshape",
+        "GatherBlockQuantized",
+        "Slice",  # the padding of each row to whole blocks is cut off after the lookup
+    ]
+    prompts = [[5, 17, 33, 90, 120], [7, 8, 9]]
+    logits, reference = _first_logits(int8, prompts), _first_logits(fp32, prompts)
+    cosine = (logits * reference).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(reference, axis=-1)
+    assert cosine.min() > 0.999 and (logits.argmax(-1) == reference.argmax(-1)).all(), cosine
