@@ -34,12 +34,15 @@ Same definitions on both sides (both count model tokens, never text):
   for ONNX Runtime ``intra_op_num_threads`` in genai_config.json.
 
 - prompt feeding: slmk's runtime feeds a prompt in calls of 128 tokens (its PREFILL_CHUNK:
-  the builder's graph computes logits at every position, 297 MiB for 512 tokens of a
-  151936-word vocabulary); the prefill rate counts all calls. llama-bench uses one batch of
-  up to 2048 tokens and computes the logits of the last position only.
+  a graph that computes logits at every position needs 297 MiB for 512 tokens of a
+  151936-word vocabulary); the prefill rate counts all calls. slmk's int4/int8 builds
+  compute the logits of the last position only (prune_lm_head), as llama-bench does (one
+  batch of up to 2048 tokens).
 
-Extra slmk rows measure settings before/after: the build as the 0.18 builder writes it (no
-thread count: one intra-op thread), and the prompt in one call.
+slmk rows: the default int4 build, the same with every position's logits, block_size 128
+(what `slmk tune --rebuild` picks here) and int8. Extra rows (unless --skip-variants)
+measure settings before/after: the build as the 0.18 builder writes it (no thread count:
+one intra-op thread), and the prompt in one call.
 
 Usage: python benchmarks/peer_llamacpp.py [--work DIR] [--llama-dir DIR] [--rounds 5]
            [--lengths 64,512] [--new-tokens 64] [--threads N] [--json FILE] [--reuse]
@@ -489,16 +492,17 @@ def main() -> None:
     conversions = json.loads(conversions_file.read_text()) if args.reuse and conversions_file.is_file() else {}
     builds = work / "builds"
     builds.mkdir(exist_ok=True)
-    # slmk rows: the default build, and prune_lm_head (logits of the last position only, as
-    # llama.cpp computes them) at the default block size and at the one `slmk tune` picks here.
+    # slmk rows: the default build (logits of the last prompt position only, as llama.cpp
+    # computes them), the same with every position's logits (before/after), and the block size
+    # `slmk tune --rebuild` picks on this CPU.
     slmk_options = {
-        "slmk int4, prune_lm_head": {"prune_lm_head": "true"},
-        "slmk int4 block_size=128, prune_lm_head": {"prune_lm_head": "true", "block_size": "128"},
+        "slmk int4, every position's logits": {"prune_lm_head": "false"},
+        "slmk int4 block_size=128": {"block_size": "128"},
     }
     plan = [
         ("slmk int4", "slmk", builds / "slmk-int4", "int4"),
-        ("slmk int4, prune_lm_head", "slmk", builds / "slmk-int4-prune", "int4"),
-        ("slmk int4 block_size=128, prune_lm_head", "slmk", builds / "slmk-int4-b128-prune", "int4"),
+        ("slmk int4, every position's logits", "slmk", builds / "slmk-int4-full-logits", "int4"),
+        ("slmk int4 block_size=128", "slmk", builds / "slmk-int4-b128", "int4"),
         ("slmk int8", "slmk", builds / "slmk-int8", "int8"),
         ("gguf f16", "gguf", builds / "f16.gguf", "f16"),
         ("llama.cpp Q8_0", "quant", builds / "q8_0.gguf", "Q8_0"),

@@ -182,18 +182,11 @@ def test_the_tune_command_writes_the_choice_and_rebuilds_behind_the_accuracy_gat
 
 
 @pytest.mark.slow
-def test_stages_follow_the_model_and_the_caller(build_copy, tiny_model_dir, monkeypatch):
-    """The tiny model is untied: no shared-embedding stage; prune_lm_head is tried only when asked."""
-    stages = (tuning.REBUILD_STAGES[-1],)  # the embedding stage
-    monkeypatch.setattr(tuning, "REBUILD_STAGES", stages)
-    common = {"threads": [1], "rebuild_options": True, "source": tiny_model_dir, "rounds": 1}
-    result = tuning.tune(build_copy, prompt_tokens=16, new_tokens=3, **common)
+def test_the_embedding_stage_is_for_tied_models_only(build_copy, tiny_model_dir, monkeypatch):
+    """The tiny model is untied: keeping its embedding apart is what it has already; nothing is rebuilt."""
+    monkeypatch.setattr(tuning, "REBUILD_STAGES", (tuning.REBUILD_STAGES[-1],))
+    result = tuning.tune(
+        build_copy, threads=[1], rebuild_options=True, source=tiny_model_dir, rounds=1, prompt_tokens=16, new_tokens=3
+    )
+    assert tuning.REBUILD_STAGES[0][0] == "embedding"
     assert [t.label for t in result.trials] == ["threads=1"]
-    result = tuning.tune(build_copy, prompt_tokens=16, new_tokens=3, prune_lm_head=True, **common)
-    assert [t.label for t in result.trials] == ["threads=1", "threads=1", "prune_lm_head=true, threads=1"]
-    assert result.trials[-1].quality == "not checked" and len(result.trials[-1].request_s) == 1
-
-
-def test_prune_lm_head_needs_rebuild(build_copy, run_slmk):
-    result = run_slmk("tune", str(build_copy), "--prune-lm-head")
-    assert result.returncode == 2 and "--prune-lm-head is a rebuild option" in result.stderr

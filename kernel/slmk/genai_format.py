@@ -104,37 +104,6 @@ def write_search(build_dir: Path, search: Mapping[str, Any]) -> None:
     write_json_atomic(config_path, config)
 
 
-#: The largest graph file last_position_logits parses (it reads the whole protobuf into memory).
-GRAPH_READ_LIMIT = 64 * 2**20
-
-
-def last_position_logits(folder: Path) -> bool:
-    """Whether the build's decoder computes logits for the last position only (``prune_lm_head``).
-
-    Such a build cannot score a text in one pass (perplexity needs every position's logits),
-    and a runtime that expects one row per input token misreads it. Read from the ONNX
-    graph's ``logits`` output (its second dimension is 1), without its weights. A graph file
-    over ``GRAPH_READ_LIMIT`` holds its weights inside (the model builder writes them beside
-    it) and is not parsed: False.
-    """
-    folder = Path(folder)
-    try:
-        filename = read_genai_config(folder).get("model", {}).get("decoder", {}).get("filename") or "model.onnx"
-        path = (folder / filename).resolve()
-        if not path.is_relative_to(folder.resolve()) or path.stat().st_size > GRAPH_READ_LIMIT:
-            return False
-        import onnx  # imported here: the kernel imports nothing heavy at module level
-
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # not a readable build: build_problems says what is wrong
-        return False
-    for output in graph.output:
-        if output.name == "logits":
-            dims = output.type.tensor_type.shape.dim
-            return len(dims) == 3 and dims[1].HasField("dim_value") and dims[1].dim_value == 1
-    return False
-
-
 def build_problems(folder: Path) -> list[str]:
     """What keeps ``folder`` from being a loadable build (empty when nothing does).
 

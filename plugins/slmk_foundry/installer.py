@@ -57,7 +57,6 @@ from slmk.api import (
     copy_tree,
     dir_size,
     file_lock,
-    last_position_logits,
     tree_entries,
 )
 from slmk.api import __version__ as slmk_version
@@ -213,13 +212,6 @@ def _check_build(build: Path) -> dict[str, Any]:
     if problems:
         raise UsageError(
             f"{build} is not a complete build: {'; '.join(problems)}", hint="rebuild it with `slmk convert --force`"
-        )
-    if last_position_logits(build):
-        # Measured: Foundry Local's runtime (SDK 2.2.1) answers such a build with garbage after
-        # the first tokens, where onnxruntime-genai 0.18 answers it exactly like the full build.
-        raise UsageError(
-            f"{build} computes the logits of the last position only (prune_lm_head), which Foundry Local misreads",
-            hint="rebuild without -O prune_lm_head=true for Foundry Local; slmk run and slmk serve take it as it is",
         )
     return config
 

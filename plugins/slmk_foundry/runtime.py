@@ -13,6 +13,7 @@ SDK's sessions keep history, slmk's ``generate`` does not).
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,6 +38,19 @@ from .layout import PUBLISHER, locate, read_entry, read_json
 #: Request options the SDK takes per request (repetition_penalty and min_length are
 #: not among them: Foundry applies the build's genai_config.json ``search`` values).
 _FIXED_IN_CONFIG = ("repetition_penalty", "min_length")
+#: Sampling options sent with every request: the caller's, else the build's search values.
+_SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "random_seed")
+
+
+def _typed(key: str, value: Any) -> Any:
+    """A build's search value of the type the SDK takes, else None (the SDK's default)."""
+    if key == "do_sample":
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    if key in ("top_k", "random_seed"):
+        return int(value) if float(value).is_integer() else None
+    return float(value)
 
 
 def can_load(path: Path) -> str | None:
@@ -180,17 +194,19 @@ class FoundrySession:
                 f"max_length {max_length} leaves no room to answer a prompt of {prompt_tokens} tokens",
                 hint="raise max_length or use max_new_tokens",
             )
-        do_sample = search.pop("do_sample", None)
-        temperature = search.pop("temperature", None)
-        if temperature == 0:  # the usual spelling of greedy decoding
-            temperature, do_sample = None, False
+        # What the request leaves out comes from the build's genai_config.json search: the
+        # SDK's own defaults would sample where the model's generation config says greedy.
+        sampling = {k: _typed(k, self.default_search.get(k)) for k in _SAMPLING}
+        sampling.update({k: search.pop(k) for k in _SAMPLING if k in search})
+        if sampling["temperature"] == 0:  # the usual spelling of greedy decoding
+            sampling["temperature"], sampling["do_sample"] = None, False
         return self._fl.SearchOptions(
             max_output_tokens=room,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=search.pop("top_k", None),
-            top_p=search.pop("top_p", None),
-            seed=search.pop("random_seed", None),
+            do_sample=sampling["do_sample"],
+            temperature=sampling["temperature"],
+            top_k=sampling["top_k"],
+            top_p=sampling["top_p"],
+            seed=sampling["random_seed"],
         )
 
     def _stream(self, session: Any, request: Any, prompt_tokens: int) -> Iterator[str]:

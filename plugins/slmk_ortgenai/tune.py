@@ -9,9 +9,8 @@ What is tried, in order (a coordinate search: each stage starts from the best so
    ``accuracy_level`` (4: int8 compute, 1: fp32 compute), the output layer at int8
    (``matmul_mixed_precision=last_matmul:int8``), for a model that ties its embedding to its
    output layer the embedding as its own float table (``shared_embeddings=false``; by default
-   it reads the output layer's int4/int8 table) and, when asked (``prune_lm_head``), logits
-   of the last position only. A rebuild is kept only if it passes the quality gate the
-   caller gives (``slmk compare``'s checks).
+   it reads the output layer's int4/int8 table). A rebuild is kept only if it passes the
+   quality gate the caller gives (``slmk compare``'s checks).
 
 Each candidate is measured the same way, interleaved over ``rounds`` (every round loads
 and times every candidate once, so the shared machine's drift spreads over all of them):
@@ -65,8 +64,7 @@ REBUILD_STAGES: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (
 )
 #: Stages that change something only when the source model ties its embedding to its output layer.
 TIED_ONLY_STAGES = ("embedding",)
-#: With ``prune_lm_head``: logits of the last position only (faster prompts; Foundry Local refuses it).
-PRUNE_STAGE: tuple[str, tuple[dict[str, Any], ...]] = ("logits", ({}, {"prune_lm_head": "true"}))
+
 FILLER = "The morning was cool and the market opened early, and traders set out bread, fruit and fish. "
 
 #: A quality gate: given a candidate build folder, None when it passes, else why it fails.
@@ -270,7 +268,6 @@ def tune(
     new_tokens: int = 32,
     rounds: int = 3,
     execution_provider: str = "cpu",
-    prune_lm_head: bool = False,
     progress: Progress = QUIET,
 ) -> TuneResult:
     """Measure ``build_dir``'s settings here, write the fastest into its genai_config.json; see the module doc.
@@ -278,8 +275,6 @@ def tune(
     ``threads``: the intra-op thread counts to try (default 1 .. logical cores).
     ``rebuild_options``: also try builder options (needs the HF source: ``source`` or slmk_build.json's).
     ``quality_gate``: checks each rebuilt candidate; the build as it is is taken to pass.
-    ``prune_lm_head``: with ``rebuild_options``, also try logits of the last position only
-    (for builds run by slmk's runtime: Foundry Local refuses such a build).
     """
     build = Path(build_dir).expanduser().resolve()
     problems = build_problems(build)
@@ -320,7 +315,7 @@ def tune(
         if rebuild_options:
             best, best_folder = _rebuild_stages(
                 build, Path(source), info, best, best_folder, trials, scratch, quality_gate, ep, content,
-                measured_tokens, new_tokens, rounds, progress, prune_lm_head,
+                measured_tokens, new_tokens, rounds, progress,
             )  # fmt: skip
         best.chosen = True
         # ---- write: session options always; the model files only when a rebuild won
@@ -345,12 +340,10 @@ def tune(
 
 def _rebuild_stages(
     build, source, info, best, best_folder, trials, scratch, quality_gate, ep, content, prompt_tokens, new_tokens,
-    rounds, progress, prune_lm_head,
+    rounds, progress,
 ):  # fmt: skip
     tied = _ties_embeddings(source)
     stages = [stage for stage in REBUILD_STAGES if tied or stage[0] not in TIED_ONLY_STAGES]
-    if prune_lm_head:
-        stages.append(PRUNE_STAGE)
     precision = info.get("precision") or "int4"
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
     # and a candidate's label names only what differs from them.

@@ -83,12 +83,6 @@ def accuracy_gate(eval_file: Path, min_accuracy: float, execution_provider):
     show_default=True,
     help="With --rebuild: the accuracy a rebuilt candidate must keep on the eval items.",
 )
-@click.option(
-    "--prune-lm-head",
-    is_flag=True,
-    help="With --rebuild: also try logits of the last position only (faster prompts; for slmk run/serve, "
-    "Foundry Local refuses such a build).",
-)
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds.")
 @click.option("--prompt-tokens", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=2), default=32, show_default=True)
@@ -103,7 +97,6 @@ def tune_command(
     source,
     eval_file,
     min_accuracy,
-    prune_lm_head,
     rounds,
     prompt_tokens,
     new_tokens,
@@ -124,8 +117,6 @@ def tune_command(
         counts = [int(part) for part in threads.split(",")] if threads else None
     except ValueError:
         raise UsageError(f"--threads {threads!r} is not a list of numbers", hint="e.g. --threads 1,2") from None
-    if prune_lm_head and not rebuild:
-        raise UsageError("--prune-lm-head is a rebuild option", hint="add --rebuild")
     ep_name = execution_provider or build_info(build).get("execution_provider") or "cpu"
     gate = None
     if rebuild:
@@ -146,7 +137,6 @@ def tune_command(
         new_tokens=new_tokens,
         rounds=rounds,
         execution_provider=ep_name,
-        prune_lm_head=prune_lm_head,
         progress=state.progress(as_json),
     )
     if as_json:

@@ -151,10 +151,11 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
             weight.const_value = None  # the last reference to the float weight (the checkpoint's tensor)
 
     counts: dict[str, int] = {}
-    for node in list(graph):
-        bits = plan.get(node.name)
-        if bits is None or node.graph is not graph:
-            continue
+    # Largest first: the checkpoint's pages stay resident once read (a memory map of the
+    # file), so the big table's transient copies are cheapest before the rest is read.
+    nodes = sorted((node for node in graph if node.name in plan), key=lambda n: -_weight(n).const_value.nbytes)
+    for node in nodes:
+        bits = plan[node.name]
         weight = _weight(node)
         array = _contiguous(weight.const_value, ir, np)
         if node.op_type == "MatMul":
