@@ -185,15 +185,23 @@ def _contiguous(tensor: Any, ir: Any, np: Any) -> Any:
     """The weight as one C-contiguous array.
 
     The builder's MatMul weights are transposed views of the checkpoint's tensors, and
-    ONNX Runtime's block quantizer reads the raw buffer, not the strides. torch makes the
-    transposed copy several times faster than numpy for the large tables (the output layer).
+    ONNX Runtime's block quantizer reads the raw buffer, not the strides. torch copies the
+    view into a numpy array (its copy is several times faster than numpy's for large
+    tables; into numpy memory, freed as soon as the weight is quantized).
     """
     if isinstance(tensor, ir.LazyTensor):
         tensor = tensor.raw()  # the thunk that makes the tensor
     raw = getattr(tensor, "raw", None)
-    if type(raw).__module__.startswith("torch") and hasattr(raw, "contiguous"):
-        return raw.detach().contiguous().numpy()  # detach: the builder may hold tensors that require grad
-    return np.ascontiguousarray(tensor.numpy())
+    if not (type(raw).__module__.startswith("torch") and hasattr(raw, "detach")):
+        return np.ascontiguousarray(tensor.numpy())
+    raw = raw.detach()  # the builder may hold tensors that require grad
+    if raw.is_contiguous():
+        return raw.numpy()
+    import torch
+
+    out = np.empty(tuple(raw.shape), dtype=raw.numpy().dtype)
+    torch.from_numpy(out).copy_(raw)
+    return out
 
 
 def _matmul_nbits(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, bits: int, initializer: Any) -> Any:
