@@ -164,8 +164,13 @@ def _first_logits(build: Path, prompts: list[list[int]]) -> np.ndarray:
 def test_a_tied_int8_build_reads_its_embedding_from_the_output_layer(tied_model, tmp_path):
     import onnx
 
-    shared = _build(tied_model, tmp_path / "int8", "int8", {}, stream=True)
-    separate = _build(tied_model, tmp_path / "int8-separate", "int8", {"shared_embeddings": "false"}, stream=True)
+    log: list[str] = []
+    shared = _build(tied_model, tmp_path / "int8", "int8", {}, stream=True, log=log)
+    assert any("int8 embedding shared with the output layer" in line for line in log), log
+    log.clear()
+    apart = {"shared_embeddings": "false"}
+    separate = _build(tied_model, tmp_path / "int8-separate", "int8", apart, stream=True, log=log)
+    assert not any("int8 embedding shared" in line for line in log), log
     fp32 = _build(tied_model, tmp_path / "fp32", "fp32", {}, stream=True)
 
     graph = onnx.load(str(shared / "model.onnx"), load_external_data=False).graph

@@ -423,9 +423,8 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
     base = module.Model
     saved = {name: base.__dict__[name] for name in _BASE_PATCHES}
     base.make_tied_embeddings_init, base.make_tied_quantized_embedding_input_names = weight_quant.share_int8_embedding(
-        saved["make_tied_embeddings_init"], saved["make_tied_quantized_embedding_input_names"]
+        saved["make_tied_embeddings_init"], saved["make_tied_quantized_embedding_input_names"], applied
     )
-    applied.append("int8 embedding shared with the output layer")
     if stream_weights:
         real_to_nbits = saved["to_nbits"]
 

@@ -258,12 +258,16 @@ def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, arr
 
 
 # ------------------------------------------------------------------ int8 shared embedding
-def _int8_table_names(builder: Any) -> bool:
-    """Whether the output layer's table is MatMulNBits' default symmetric int8 (named ``*_Q8``)."""
+def _int8_dtypes() -> tuple[Any, ...]:
     import onnx_ir as ir
 
+    return (ir.DataType.INT8, ir.DataType.UINT8)
+
+
+def _int8_table_names(builder: Any) -> bool:
+    """Whether the output layer's table is MatMulNBits' default symmetric int8 (named ``*_Q8``)."""
     last = builder.matmul_mixed_precision.get("last_matmul")
-    int8_build = builder.onnx_dtype in (ir.DataType.INT8, ir.DataType.UINT8)
+    int8_build = builder.onnx_dtype in _int8_dtypes()
     return (
         (last in ("int8", "uint8") or (last is None and int8_build))
         and builder.quant_attrs["is_symmetric"]
@@ -275,10 +279,8 @@ def _int8_table_names(builder: Any) -> bool:
 
 
 def _shares_int8(builder: Any) -> bool:
-    import onnx_ir as ir
-
     return (
-        builder.onnx_dtype in (ir.DataType.INT8, ir.DataType.UINT8)
+        builder.onnx_dtype in _int8_dtypes()
         and bool(builder.extra_options.get("shared_embeddings", False))
         and not builder.exclude_embeds
         and not builder.exclude_lm_head
@@ -287,13 +289,14 @@ def _shares_int8(builder: Any) -> bool:
     )
 
 
-def share_int8_embedding(original_init: Any, original_names: Any) -> tuple[Any, Any]:
+def share_int8_embedding(original_init: Any, original_names: Any, applied: list[str]) -> tuple[Any, Any]:
     """Replacements for ``make_tied_embeddings_init`` and ``make_tied_quantized_embedding_input_names``.
 
     The second also fixes int4 builds whose output layer is int8
     (``matmul_mixed_precision=last_matmul:int8``): the 0.18 builder names the shared table
     ``lm_head.MatMul.weight_Q8G32`` (the rtn method's name) where its default quantizer writes
-    ``lm_head.MatMul.weight_Q8``, and the model does not load.
+    ``lm_head.MatMul.weight_Q8``, and the model does not load. What a build used is
+    appended to ``applied`` (slmk's log line).
     """
 
     def make_tied_embeddings_init(self: Any, config: Any) -> None:
@@ -301,11 +304,14 @@ def share_int8_embedding(original_init: Any, original_names: Any) -> tuple[Any, 
         if not self.tied_quantized_embeddings and _shares_int8(self):
             self.tied_quantized_embeddings = True
             self.tied_unquantized_embeddings = False
+            applied.append("int8 embedding shared with the output layer")
 
     def make_tied_quantized_embedding_input_names(self: Any) -> tuple[int, str, str, str]:
         if _int8_table_names(self):
             # MatMulNBits' symmetric int8 table: uint8 offset by 128 (GatherBlockQuantized's
             # default zero point at 8 bits), scales per block, rows padded to whole blocks.
+            if self.onnx_dtype not in _int8_dtypes():
+                applied.append("the int8 output layer's table named as the quantizer writes it")
             return 8, "lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales", ""
         return original_names(self)
 
