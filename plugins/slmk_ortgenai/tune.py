@@ -40,6 +40,7 @@ from typing import Any
 from slmk.api import (
     QUIET,
     TMP_PREFIX,
+    ModelInfo,
     Progress,
     UsageError,
     build_info,
@@ -342,7 +343,7 @@ def _rebuild_stages(
     build, source, info, best, best_folder, trials, scratch, quality_gate, ep, content, prompt_tokens, new_tokens,
     rounds, progress,
 ):  # fmt: skip
-    tied = _ties_embeddings(source)
+    tied = ModelInfo.load(source).config.get("tie_word_embeddings") is True
     stages = [stage for stage in REBUILD_STAGES if tied or stage[0] not in TIED_ONLY_STAGES]
     precision = info.get("precision") or "int4"
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
@@ -393,14 +394,6 @@ def _rebuild_stages(
         best, best_folder = winner, folders[stage.index(winner)]
         current = dict(best.build_options)
     return best, best_folder
-
-
-def _ties_embeddings(source: Path) -> bool:
-    try:
-        config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("tie_word_embeddings") is True
 
 
 def _build_and_load(source, out, precision, ep, quantization, extra) -> str | None:
