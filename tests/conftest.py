@@ -9,10 +9,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from _signals import default_signals
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / "examples" / "tiny-chat" / "model"
 TINY_DATA = REPO / "examples" / "tiny-chat" / "data"
+
+# The suite sets slmk's environment itself: a SLMK_* setting the shell that runs the tests
+# carries (SLMK_CONFIG, SLMK_RUNTIME, SLMK_DISABLE_PLUGINS, SLMK_TEST_PAUSE_AT ...) would change
+# what every test sees. SLMK_ARCH_REPORT asks tests/test_architectures.py for a report.
+for _name in [name for name in os.environ if name.startswith("SLMK_") and name != "SLMK_ARCH_REPORT"]:
+    del os.environ[_name]
 
 # Set before any tool is imported: the tools read these at import time.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="slmk-tests-"))
@@ -85,6 +92,7 @@ def run_slmk(tmp_path):
             [sys.executable, "-m", "slmk", *args],
             cwd=cwd or tmp_path,
             env=full_env,
+            preexec_fn=default_signals,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from _signals import default_signals
 
 HEAVY = (
     "torch",
@@ -84,6 +85,33 @@ def test_each_verb_has_help(run_slmk, verb):
     assert result.returncode == 0 and "Usage: slmk" in result.stdout and len(result.stdout.splitlines()) > 4
 
 
+@pytest.mark.parametrize(
+    ("args", "option", "hook_name"),
+    [
+        (("run", "--help"), "--runtime", "slmk_runtimes"),
+        (("bench", "--help"), "--runtime", "slmk_runtimes"),
+        (("install", "--help"), "--installer", "slmk_installers"),
+        (("list", "--help"), "--installer", "slmk_installers"),
+    ],
+)
+def test_record_options_list_what_the_plugins_contribute_and_the_default(args, option, hook_name):
+    from click.testing import CliRunner
+
+    from slmk.cli import cli
+    from slmk.plugins import get_registry
+
+    registry = get_registry()
+    names = ", ".join(sorted(registry.records(hook_name)))
+    assert hook_name != "slmk_installers" or names, "a built-in installer exists"
+    assert hook_name != "slmk_runtimes" or {"ortgenai", "foundry", "openai-endpoint"} <= set(names.split(", "))
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # help lines wrap
+    default = registry.default_name(hook_name)
+    assert f"{option} NAME {option[2:].capitalize()} plugin: {names} [default: " in text, text
+    assert f"else {default}]." in text, text
+
+
 def _one_error_line(result) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
@@ -155,6 +183,7 @@ def test_interrupted_conversion_leaves_no_output_and_rerun_works(tmp_path, tiny_
         proc = subprocess.Popen(
             [sys.executable, "-m", "slmk", "convert", str(tiny_model_dir), "-p", "fp32", "-o", str(out)],
             env=paused,
+            preexec_fn=default_signals,  # Ctrl-C works even when the suite runs with SIGINT ignored
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

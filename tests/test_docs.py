@@ -1,10 +1,11 @@
 """The hook reference: every hookspec is documented with an example that runs, and
-docs/hooks.md is what `python -m slmk.docgen` renders from them."""
+docs/hooks.md is what `slmk plugin hooks` (`python -m slmk_authoring.docgen`) renders from them."""
 
 from __future__ import annotations
 
 import inspect
 import operator
+import re
 import subprocess
 import sys
 import types
@@ -178,3 +179,52 @@ def test_record_fields_and_their_comments_are_in_the_reference():
             assert f"### {record.__name__}" in text
     assert isinstance(InstalledModel.ref, property)  # documented as a property
     assert "- `ref` (property): `str`" in text
+
+
+# ------------------------------------------------------------------ the docs draw the tree as it is
+PLUGIN_PACKAGES = sorted(p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.py").is_file())
+#: Repository paths as the docs cite them: a top-level folder of the repository, then a path.
+#: A path with a wildcard or a placeholder (``plugins/slmk_*``, ``benchmarks/<name>.py``) is no single path.
+_REPO_PATH = re.compile(
+    r"(?<![\w./~-])((?:tests|benchmarks|plugins|kernel|examples|docs|plugin_template|\.ci)/[\w./-]*)(?![\w./*<{-])"
+)
+#: Paths the docs name that are not in this repository, and why.
+_NOT_OURS = {
+    ("docs/plugin-authors.md", "tests/test_plugin.py"): "a file of the package `slmk plugin new` generates",
+}
+
+
+def _readme_plugin_table() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `slmk_")]
+    assert rows, "README.md has no plugin table (rows starting with | `slmk_...`)"
+    return "\n".join(rows)
+
+
+@pytest.mark.parametrize("where", ["docs/architecture.md", "docs/plugins.md", "README.md plugin table"])
+def test_every_plugin_package_is_named_in_the_docs(where):
+    text = _readme_plugin_table() if where.startswith("README") else (REPO / where).read_text(encoding="utf-8")
+    missing = [name for name in PLUGIN_PACKAGES if not re.search(rf"\b{name}\b", text)]
+    assert PLUGIN_PACKAGES and not missing, f"{where} does not name the plugin packages {missing}"
+
+
+def _cited_paths() -> list[tuple[str, str]]:
+    cited = []
+    for doc in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]:
+        name = doc.relative_to(REPO).as_posix()
+        cited += [(name, m.group(1)) for m in _REPO_PATH.finditer(doc.read_text(encoding="utf-8"))]
+    for line in (REPO / "pyproject.toml").read_text(encoding="utf-8").splitlines():
+        if "#" in line:  # comments only: the tables' own paths are checked by test_layout
+            cited += [("pyproject.toml", m.group(1)) for m in _REPO_PATH.finditer(line[line.index("#") :])]
+    return cited
+
+
+def test_every_repository_path_the_docs_cite_exists():
+    cited = _cited_paths()
+    assert any(path == "tests/test_docs.py" for _, path in cited), "the path pattern finds nothing: fix the test"
+    missing = sorted(
+        f"{doc}: {path}"
+        for doc, path in cited
+        if not (REPO / path.rstrip(".,:;")).exists() and (doc, path) not in _NOT_OURS
+    )
+    assert not missing, "the docs cite paths that do not exist:\n" + "\n".join(missing)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from _install_child import wait_for_pause
+from _signals import default_signals
 from slmk_foundry import installer, sdk
 
 from slmk.fsutil import file_lock
@@ -232,6 +233,7 @@ def test_ctrl_c_while_the_sdk_shuts_down_is_one_line_and_exit_130(build, cache):
     env = {**os.environ, installer.PAUSE_ENV: "closing", "SLMK_TEST_PAUSE_S": "120"}
     process = subprocess.Popen(
         [sys.executable, "-m", "slmk", "install", str(build), "--name", "tiny", "--cache-dir", str(cache)],
+        preexec_fn=default_signals,  # Ctrl-C works even when the suite runs with SIGINT ignored
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -123,3 +123,20 @@ def test_every_plugin_package_is_packaged_and_registered():
         assert plugin.name in entry_points.values(), f"{plugin.name} has no entry point in the slmk group"
         for sub in (p for p in plugin.iterdir() if (p / "__init__.py").is_file()):
             assert f"{plugin.name}.{sub.name}" in packages, f"{plugin.name}.{sub.name} is not packaged"
+
+
+def test_every_test_that_sends_sigint_restores_its_default_in_the_child():
+    """A suite run from a background job has SIGINT ignored, and children inherit that: a test
+    that interrupts a child must start it with ``preexec_fn=default_signals`` (tests/_signals.py)."""
+    wrong = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef) or not any(
+                isinstance(n, ast.Attribute) and n.attr == "SIGINT" for n in ast.walk(node)
+            ):
+                continue
+            for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+                popen = isinstance(call.func, ast.Attribute) and call.func.attr == "Popen"
+                if popen and not any(k.arg == "preexec_fn" for k in call.keywords):
+                    wrong.append(f"{path.relative_to(REPO)}:{call.lineno}: {node.name}")
+    assert not wrong, "children a test interrupts need preexec_fn=default_signals:\n" + "\n".join(wrong)

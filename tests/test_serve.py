@@ -20,6 +20,7 @@ from typing import NamedTuple
 import httpx2 as httpx
 import openai
 import pytest
+from _signals import default_signals
 from slmk_serve.server import is_loopback, parse_target, serve
 from slmk_serve.stops import StopScanner
 from slmk_serve.workers import MAX_AHEAD, Job, Limits, ModelWorker
@@ -476,6 +477,7 @@ def test_slmk_serve_listens_on_loopback_and_stops_on_ctrl_c(build, reference):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "slmk", "serve", f"tiny={build}", "--port", "0"],
+        preexec_fn=default_signals,  # Ctrl-C works even when the suite runs with SIGINT ignored
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -512,7 +514,12 @@ def test_deploy_can_finish_with_the_endpoint_up(tiny_model_dir, tmp_path):
     command = [sys.executable, "-m", "slmk", "-q", "deploy", str(tiny_model_dir), "--name", "served"]
     command += ["--cache-dir", str(tmp_path / "foundry"), "--leak-runs", "10", "--max-slowdown", "4"]
     process = subprocess.Popen(
-        [*command, "--serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [*command, "--serve", "--port", "0"],
+        preexec_fn=default_signals,  # Ctrl-C works even when the suite runs with SIGINT ignored
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         lines = []

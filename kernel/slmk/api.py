@@ -48,13 +48,13 @@ from .cli.options import (
     quiet_option,
     runtime_options,
     search_from,
-    write_text_atomic,
 )
 from .config import Settings, load_settings
 from .errors import ConfigError, PluginError, SlmkError, StepFailed, UsageError
 from .fsutil import (
     TMP_PREFIX,
     atomic_dir,
+    atomic_file,
     cache_root,
     clean_stale_tmp,
     copy_tree,
@@ -63,6 +63,9 @@ from .fsutil import (
     hash_json,
     link_or_copy_tree,
     tree_entries,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
 )
 from .genai_format import (
     GENAI_CONFIG,
@@ -73,7 +76,6 @@ from .genai_format import (
     read_genai_config,
     read_search,
     search_defaults,
-    write_json_atomic,
     write_search,
 )
 from .hookspecs import hookimpl
@@ -191,9 +193,12 @@ __all__ = [
     "file_lock",
     "hash_json",
     "link_or_copy_tree",
-    "write_json_atomic",
     "copy_tree",
     "tree_entries",
+    "atomic_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
     # progress and messages
     "QUIET",
     "Progress",
@@ -251,5 +256,4 @@ __all__ = [
     "quiet_option",
     "runtime_options",
     "search_from",
-    "write_text_atomic",
 ]

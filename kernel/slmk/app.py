@@ -20,8 +20,8 @@ from .records import FORMAT_HF, ChatSession, ExecutionProvider, LoadRequest, Pro
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
-    """The execution provider ``name`` (or an alias), or a one-line error listing them."""
-    return registry.get("slmk_execution_providers", name, "execution provider")
+    """``registry.get("slmk_execution_providers", name)``, under the name plugins call it by."""
+    return registry.get("slmk_execution_providers", name)
 
 
 def _check_chat_template(folder: Path) -> None:
@@ -180,7 +180,7 @@ def convert(
     info = ModelInfo.load(model)
     if info.format != FORMAT_HF:
         raise UsageError(f"{info.path} is already an ONNX build", hint="convert takes a Hugging Face model folder")
-    ep = resolve_ep(registry, execution_provider)
+    ep = registry.get("slmk_execution_providers", execution_provider)
     if output is None:
         output = f"build/{info.path.resolve().name}-{precision}-{ep.name}"
     quantization = dict(quantization or {})
@@ -269,11 +269,11 @@ def open_session(
             hint="pass the output folder of `slmk convert` or an installed model name",
         )
     ep_name = execution_provider or build_info(folder).get("execution_provider") or "cpu"
-    ep = resolve_ep(registry, ep_name)
+    ep = registry.get("slmk_execution_providers", ep_name)
     require_usable(ep, "run the model")
     _check_chat_template(folder)
-    runtime = runtime or registry.default_name("slmk_runtimes") or "none"
-    rt = registry.get("slmk_runtimes", runtime, "runtime")
+    rt = registry.get("slmk_runtimes", runtime)
+    runtime = rt.name
     if rt.can_load:
         reason = rt.can_load(folder)
         if reason:
@@ -295,7 +295,7 @@ def find_installed(
 ):
     """The installed model ``NAME[:VERSION]`` (the newest version when none is given)."""
     registry = registry or get_registry()
-    inst = registry.installer(installer or registry.default_name("slmk_installers") or "none")
+    inst = registry.get("slmk_installers", installer)
     name, version = parse_ref(ref)
     models = [m for m in inst.list(cache_dir) if m.name == name and (version is None or m.version == version)]
     if not models:
@@ -348,8 +348,8 @@ def install(
             hint=f"build it first: slmk convert {info.path} -o OUT, or use `slmk deploy`",
         )
     resolved = resolve_template(registry, info, Path(template_file) if template_file else None)
-    ep = resolve_ep(registry, info.build_info.get("execution_provider") or "cpu")
-    inst = registry.installer(installer or registry.default_name("slmk_installers") or "none")
+    ep = registry.get("slmk_execution_providers", info.build_info.get("execution_provider") or "cpu")
+    inst = registry.get("slmk_installers", installer)
     chat_template = None
     # the resolver reads any file that is not JSON as a Jinja chat template; so does install
     if template_file and Path(template_file).suffix != ".json":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fsutil import write_text_atomic
 from .records import PRECISIONS, Setting
 
 if sys.version_info >= (3, 11):
@@ -270,6 +271,4 @@ def write_config(path: Path, values: Mapping[str, Any], comments: Mapping[str, s
         target[leaf] = value
     header = "".join(f"# {line}\n" for line in (comments or {}).get("header", "").splitlines())
     text = header + tomli_w.dumps(nested)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)

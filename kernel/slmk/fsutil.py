@@ -1,4 +1,4 @@
-"""Atomic folders, locks and fingerprints: nothing half-written under a final name."""
+"""Atomic files and folders, locks and fingerprints: nothing half-written under a final name."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from .errors import SlmkError, UsageError
 
@@ -51,8 +52,15 @@ def hash_json(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _tmp_name(final: Path, kind: str = "") -> Path:
+    """A unique temporary name beside ``final``: this process, this machine, a random part, and
+    ``final``'s name last (so the suffix a tool infers the format from stays)."""
+    tag = f"{kind}-" if kind else ""
+    return final.parent / f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}-{tag}{uuid.uuid4().hex[:8]}-{final.name}"
+
+
 def clean_stale_tmp(parent: Path) -> None:
-    """Remove temporary folders left by an interrupted run in ``parent``."""
+    """Remove temporary folders and files left by an interrupted run in ``parent``."""
     if not parent.is_dir():
         return
     for entry in parent.iterdir():
@@ -68,7 +76,11 @@ def clean_stale_tmp(parent: Path) -> None:
                     continue
             elif pid.isdigit() and _pid_alive(int(pid)):
                 continue  # another live process is writing it
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with suppress(OSError):
+                    entry.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -93,12 +105,12 @@ def atomic_dir(final: Path, force: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not force:
         raise UsageError(f"{final} already exists", hint="choose another output or pass --force to replace it")
-    tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}-{uuid.uuid4().hex[:8]}-{final.name}"
+    tmp = _tmp_name(final)
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}-old-{uuid.uuid4().hex[:8]}"
+            old = _tmp_name(final, "old")
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -107,6 +119,65 @@ def atomic_dir(final: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` to write (by hand or by a tool); on success it is
+    flushed to disk and renamed over ``final``, and the rename itself is made durable.
+
+    The one way slmk writes a file: a reader sees the old file or the new one, never half of
+    one, whatever crashes; two writers of one path never share a temporary name (pid, machine
+    and a random part are in it), so the last rename wins with a complete file. A file that
+    shares a hard link is replaced, not edited through the link. On any exception (Ctrl-C
+    included) the temporary file is removed and ``final`` is untouched. Missing parent folders
+    are created.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    try:
+        yield tmp
+        _fsync_path(tmp, os.O_RDWR)
+        os.replace(tmp, final)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    if os.name != "nt":  # a folder cannot be opened for fsync on Windows
+        _fsync_path(final.parent, os.O_RDONLY)
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except IsADirectoryError:  # a tool wrote a folder: its files are its own business
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on a folder; the rename still happened
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through ``atomic_file``; returns the path."""
+    path = Path(path)
+    with atomic_file(path) as tmp, open(tmp, "xb") as handle:
+        handle.write(data)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` through ``atomic_file``; returns the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any, *, ensure_ascii: bool = True) -> Path:
+    """Write ``data`` as indented JSON (one trailing newline) through ``atomic_file``."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=ensure_ascii) + "\n")
 
 
 def _inside(path: str, root: str) -> bool:

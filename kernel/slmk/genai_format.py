@@ -8,10 +8,11 @@ generation defaults (``search``), and writing them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from .fsutil import write_json_atomic
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -79,15 +80,6 @@ SEARCH_OPTIONS: tuple[str, ...] = (
     "random_seed",
     "truncate",
 )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a new file and rename it over ``path``: never a half-written file,
-    and a file that shares a hard link is replaced, not edited through the link."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_search(build_dir: Path, search: Mapping[str, Any]) -> None:

@@ -36,8 +36,9 @@ from .fsutil import (
     protect_tree,
     require_folder,
     tree_manifest,
+    write_json_atomic,
 )
-from .genai_format import write_json_atomic, write_search
+from .genai_format import write_search
 from .modelinfo import ModelInfo
 from .planner import Plan, PlannedStep
 from .plugins import Registry

@@ -19,10 +19,11 @@ Environment:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import pluggy
 
@@ -86,6 +87,24 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"SystemExit: called sys.exit({exc.code!r})"
     return f"{type(exc).__name__}: {exc}"
+
+
+class _Records(Generic[R]):
+    """A typed, read-only view of one hook's records on a registry: ``registry.runtimes`` is
+    ``registry.records("slmk_runtimes")`` as ``dict[str, Runtime]``."""
+
+    def __init__(self, hook_name: str) -> None:
+        self.hook_name = hook_name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.__doc__ = f"The {name.replace('_', ' ')} plugins contribute, by name (hook {self.hook_name})."
+
+    @overload
+    def __get__(self, registry: None, owner: type) -> _Records[R]: ...
+    @overload
+    def __get__(self, registry: Registry, owner: type) -> dict[str, R]: ...
+    def __get__(self, registry: Registry | None, owner: type) -> dict[str, R] | _Records[R]:
+        return self if registry is None else registry.records(self.hook_name)
 
 
 class Registry:
@@ -218,53 +237,17 @@ class Registry:
         """The plugin that contributed the record ``record_name`` of ``hook_name``."""
         return self._collect(hook_name)[record_name][0]
 
-    def _typed(self, hook_name: str, record_type: type[R]) -> dict[str, R]:
-        return self.records(hook_name)
-
-    @property
-    def probes(self) -> dict[str, Probe]:
-        """Environment checks, by name."""
-        return self._typed("slmk_probes", Probe)
-
-    @property
-    def execution_providers(self) -> dict[str, ExecutionProvider]:
-        """Hardware providers, by name."""
-        return self._typed("slmk_execution_providers", ExecutionProvider)
-
-    @property
-    def model_families(self) -> dict[str, ModelFamily]:
-        """Model families, by name."""
-        return self._typed("slmk_model_families", ModelFamily)
-
-    @property
-    def converters(self) -> dict[str, Converter]:
-        """Converters, by name."""
-        return self._typed("slmk_converters", Converter)
-
-    @property
-    def quantizers(self) -> dict[str, Quantizer]:
-        """Quantizers, by name."""
-        return self._typed("slmk_quantizers", Quantizer)
-
-    @property
-    def installers(self) -> dict[str, Installer]:
-        """Installers, by name."""
-        return self._typed("slmk_installers", Installer)
-
-    @property
-    def runtimes(self) -> dict[str, Runtime]:
-        """Runtimes, by name."""
-        return self._typed("slmk_runtimes", Runtime)
-
-    @property
-    def executors(self) -> dict[str, Executor]:
-        """Where the tasks of a sweep run, by name."""
-        return self._typed("slmk_executors", Executor)
-
-    @property
-    def model_sources(self) -> dict[str, ModelSource]:
-        """Kinds of model folders beyond plain Hugging Face ones (adapters), by name."""
-        return self._typed("slmk_model_sources", ModelSource)
+    probes = _Records[Probe]("slmk_probes")
+    execution_providers = _Records[ExecutionProvider]("slmk_execution_providers")
+    model_families = _Records[ModelFamily]("slmk_model_families")
+    converters = _Records[Converter]("slmk_converters")
+    quantizers = _Records[Quantizer]("slmk_quantizers")
+    installers = _Records[Installer]("slmk_installers")
+    runtimes = _Records[Runtime]("slmk_runtimes")
+    executors = _Records[Executor]("slmk_executors")
+    model_sources = _Records[ModelSource]("slmk_model_sources")
+    commands = _Records[Command]("slmk_commands")
+    settings = _Records[Setting]("slmk_settings")
 
     def model_source(self, path: str | Path) -> ModelSource | None:
         """The source that claims ``path`` (first by name), or None for a plain model folder."""
@@ -276,39 +259,23 @@ class Registry:
                 continue
         return None
 
-    @property
-    def commands(self) -> dict[str, Command]:
-        """Sub-commands plugins contribute, by name."""
-        return self._typed("slmk_commands", Command)
-
-    @property
-    def settings(self) -> dict[str, Setting]:
-        """slmk.toml keys plugins add, by key."""
-        return self._typed("slmk_settings", Setting)
-
-    def get(self, hook_name: str, name: str, what: str) -> Any:
-        """One record by name, or an error that lists the names there are."""
+    def get(self, hook_name: str, name: str | None = None, what: str | None = None) -> Any:
+        """One record by name (an execution provider also by alias, "gpu" -> "cuda"; None: the
+        default, see ``default_name``), or a one-line error naming ``what`` it looked for (default:
+        from the record type) and the names there are."""
         records = self.records(hook_name)
+        what = what or re.sub(r"(?<!^)(?=[A-Z])", " ", RECORD_TYPES[hook_name].__name__).lower()
+        if name is None:
+            name = self.default_name(hook_name)
+            if name is None:
+                raise SlmkError(f"no {what} is installed", hint="`slmk plugins` lists what the plugins contribute")
         if name in records:
             return records[name]
-        # execution providers also answer to their aliases ("gpu" -> "cuda")
         for record in records.values():
             if name in getattr(record, "aliases", ()):
                 return record
         known = ", ".join(sorted(records)) or "none"
         raise SlmkError(f"unknown {what} {name!r}", hint=f"known: {known}; `slmk plugins` lists who provides what")
-
-    def execution_provider(self, name: str) -> ExecutionProvider:
-        """The execution provider ``name`` (or alias), or a one-line error listing them."""
-        return self.get("slmk_execution_providers", name, "execution provider")
-
-    def runtime(self, name: str) -> Runtime:
-        """The runtime ``name``, or a one-line error listing them."""
-        return self.get("slmk_runtimes", name, "runtime")
-
-    def installer(self, name: str) -> Installer:
-        """The installer ``name``, or a one-line error listing them."""
-        return self.get("slmk_installers", name, "installer")
 
     def default_name(self, hook_name: str) -> str | None:
         """The name of the record with the highest ``priority`` (ties: by name), e.g. the

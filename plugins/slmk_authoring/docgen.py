@@ -1,4 +1,5 @@
-"""Render docs/hooks.md from the hookspecs: ``python -m slmk.docgen > docs/hooks.md``.
+"""Render docs/hooks.md from the hookspecs: ``slmk plugin hooks > docs/hooks.md`` (or
+``python -m slmk_authoring.docgen > docs/hooks.md``).
 
 For each hook: its signature and docstring (the ``Example::`` block as Python), then
 the fields of the record it returns and of every record those fields refer to, read

@@ -58,6 +58,8 @@ from slmk.api import (
     dir_size,
     file_lock,
     tree_entries,
+    write_json_atomic,
+    write_text_atomic,
 )
 from slmk.api import __version__ as slmk_version
 
@@ -81,8 +83,6 @@ from .layout import (
     read_json,
     scan,
     validate_name,
-    write_json,
-    write_text,
 )
 
 INSTALLER_NAME = "foundry"
@@ -347,10 +347,10 @@ def _replace_chat_template(leaf: Path, chat_template: str) -> None:
     wrote = False
     if data is not None and ("chat_template" in data or not jinja.exists()):
         data["chat_template"] = chat_template
-        write_json(tokenizer_config, data)
+        write_json_atomic(tokenizer_config, data, ensure_ascii=False)
         wrote = True
     if jinja.exists() or not wrote:
-        write_text(jinja, chat_template)
+        write_text_atomic(jinja, chat_template)
 
 
 # ------------------------------------------------------------------ folder swaps
@@ -563,9 +563,9 @@ def install(request: InstallRequest) -> InstalledModel:
             _pause("copied")
             if request.chat_template:
                 _replace_chat_template(leaf, request.chat_template)
-            write_json(leaf / INFERENCE_MODEL, {"Name": name, "PromptTemplate": pieces})
+            write_json_atomic(leaf / INFERENCE_MODEL, {"Name": name, "PromptTemplate": pieces}, ensure_ascii=False)
             record["files"] = _file_sizes(leaf)
-            write_json(leaf / INSTALL_RECORD, record)
+            write_json_atomic(leaf / INSTALL_RECORD, record, ensure_ascii=False)
             _check_staged(leaf, build, name, request.template, progress)
             _pause("checked")
             final, aside = _commit(stage, final, version, replaced)

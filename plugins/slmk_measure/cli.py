@@ -71,10 +71,10 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
             )
 
         def open_endpoint():
-            return registry.runtime(ENDPOINT_RUNTIME).load(
+            return registry.get("slmk_runtimes", ENDPOINT_RUNTIME).load(
                 app.LoadRequest(
                     path=folder,
-                    execution_provider=registry.execution_provider(execution_provider or "cpu"),
+                    execution_provider=registry.get("slmk_execution_providers", execution_provider or "cpu"),
                     options={"base_url": endpoint, "model": model, "api_key": key},
                 )
             )
@@ -377,7 +377,7 @@ def validate(
         **report,
     }
     if report_file:
-        report["report_file"] = str(write_text_atomic(report_file, render_markdown(report)))
+        report["report_file"] = str(write_text_atomic(Path(report_file).expanduser(), render_markdown(report)))
     if as_json:
         emit_json(report)
     else:

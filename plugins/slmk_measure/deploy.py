@@ -152,7 +152,7 @@ def deploy(
     ep = app.resolve_ep(registry, execution_provider)
     installer = installer or registry.default_name("slmk_installers") or "none"
     runtime = runtime or registry.default_name("slmk_runtimes") or "none"
-    inst = registry.installer(installer)
+    inst = registry.get("slmk_installers", installer)
     result = DeployResult(
         model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None
     )

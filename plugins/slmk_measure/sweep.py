@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,10 +33,12 @@ from slmk.api import (
     SlmkError,
     Task,
     UsageError,
+    atomic_file,
     cache_root,
     get_registry,
     hash_json,
     materialize,
+    write_text_atomic,
 )
 
 from . import sweep_cells
@@ -392,18 +393,8 @@ def read_results(output: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_results(output: Path, rows: Iterable[dict[str, Any]]) -> None:
-    _write_text_atomic(Path(output) / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_text_atomic(Path(output) / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 # ------------------------------------------------------------------ running
@@ -673,9 +664,9 @@ def write_outputs(output: Path, result: dict[str, Any]) -> dict[str, str]:
         "csv": output / "table.csv",
         "markdown": output / "table.md",
     }
-    _write_text_atomic(files["json"], json.dumps(result, indent=2, default=str) + "\n")
-    _write_text_atomic(files["csv"], table_csv(result["rows"]))
-    _write_text_atomic(files["markdown"], table_markdown(result))
+    write_text_atomic(files["json"], json.dumps(result, indent=2, default=str) + "\n")
+    write_text_atomic(files["csv"], table_csv(result["rows"]))
+    write_text_atomic(files["markdown"], table_markdown(result))
     written = {k: str(v) for k, v in files.items()}
     plot = plot_sweep(result, output / "sweep.png")
     if plot:
@@ -709,10 +700,9 @@ def plot_sweep(result: dict[str, Any], path: Path) -> Path | None:
     quality.set(xlabel="size on disk (MB)", ylabel="perplexity (held-out)", title="quality")
     speed.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp, dpi=110)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, dpi=110)
     plt.close(figure)
-    os.replace(tmp, path)
     return path
 
 

@@ -70,7 +70,7 @@ def olive_config(
     CI=1 olive run --config olive_int4.json
     slmk convert ./my-model-olive-rtn-int4/model -p int4 -o build/int4
     """
-    from slmk.api import ModelInfo, UsageError, cache_root, get_registry, resolve_ep
+    from slmk.api import ModelInfo, UsageError, cache_root, get_registry, resolve_ep, write_text_atomic
 
     from .quantize import check_block_size, check_calibration, quantization_workflow
     from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_pass_broken
@@ -99,10 +99,7 @@ def olive_config(
         path = Path(output_file)
         if path.exists() and not force:
             raise UsageError(f"{path} already exists", hint="choose another -o file or pass --force")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text)
         click.echo(f"wrote {path}", err=True)
     else:
         click.echo(text, nl=False)

@@ -35,6 +35,7 @@ from slmk.api import (
     Progress,
     UsageError,
     atomic_dir,
+    atomic_file,
     cache_root,
     file_lock,
     hash_json,
@@ -367,15 +368,12 @@ def write_onnx_adapter(tensors: dict[str, Any], path: Path) -> None:
     """Write an ONNX Runtime adapter file (what ``og.Adapters.load`` reads), atomically."""
     import onnxruntime as ort
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
     adapter_format = ort.AdapterFormat()
     adapter_format.set_adapter_version(1)
     adapter_format.set_model_version(1)
     adapter_format.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in tensors.items()})
-    adapter_format.export_adapter(str(tmp))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        adapter_format.export_adapter(str(tmp))
 
 
 LORA_INPUTS = "lora_inputs.json"

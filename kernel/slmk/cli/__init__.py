@@ -18,6 +18,7 @@ import click
 
 from .. import __version__
 from ..errors import SlmkError
+from ..plugins import get_registry
 from .build import config, convert, init, inspect
 from .models import install, list_, remove, run, template
 from .options import State
@@ -35,12 +36,6 @@ TELEMETRY_OFF = {
 CORE_COMMANDS = (config, convert, doctor, init, inspect, install, list_, plugins, remove, run, template)
 
 
-def _registry():
-    from ..plugins import get_registry
-
-    return get_registry()
-
-
 class SlmkGroup(click.Group):
     """The core commands plus those plugins contribute as ``Command`` records.
 
@@ -50,10 +45,10 @@ class SlmkGroup(click.Group):
     """
 
     def _plugin_commands(self, ctx: click.Context | None = None) -> dict:
-        records = dict(_registry().commands)
+        records = dict(get_registry().commands)
         for name in list(records):
             if name in self.commands:
-                _registry().refuse_command(name, "a built-in command has that name")
+                get_registry().refuse_command(name, "a built-in command has that name")
                 records.pop(name)
         return records
 
@@ -72,7 +67,7 @@ class SlmkGroup(click.Group):
         try:
             loaded = record.load()
         except (Exception, SystemExit) as exc:
-            owner = _registry().owner("slmk_commands", name)
+            owner = get_registry().owner("slmk_commands", name)
             raise SlmkError(
                 f"the command {name!r} of plugin {owner!r} failed to load: {type(exc).__name__}: {exc}",
                 hint=f"fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS={owner}",

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..plugins import get_registry
 from .options import PRECISION_CHOICES, PluginOptionsCommand, State, emit_json, human_size, pass_state
 
 
@@ -32,7 +33,6 @@ def config() -> None:
 def config_keys() -> None:
     """List every key with its type, default, allowed values and environment variable."""
     from ..config import all_settings
-    from ..plugins import get_registry
 
     for s in all_settings(get_registry().settings.values()).values():
         allowed = f" one of {', '.join(map(str, s.choices))}" if s.choices else ""
@@ -94,7 +94,7 @@ def init(
             f"cannot write {path}: {'it is a folder' if path.is_dir() else 'its folder does not exist'}",
             hint="pass -o PATH/slmk.toml in an existing folder",
         )
-    _resolve_ep_name(execution_provider)
+    get_registry().get("slmk_execution_providers", execution_provider)
     if name is not None:
         name = validate_install_name(name)
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", info.path.resolve().name).strip("-.").lower()[:64] or "model"
@@ -117,13 +117,6 @@ def init(
     )
     write_config(path, values, {"header": header})
     click.echo(f"wrote {path}")
-
-
-def _resolve_ep_name(name: str):
-    from ..app import resolve_ep
-    from ..plugins import get_registry
-
-    return resolve_ep(get_registry(), name)
 
 
 @click.command()
@@ -264,7 +257,7 @@ def convert(
             **plugin_flags,
         }
     )
-    plugin_settings = {key: settings[key] for key in app.get_registry().settings if settings[key] is not None}
+    plugin_settings = {key: settings[key] for key in get_registry().settings if settings[key] is not None}
     result = app.convert(
         settings["model"],
         settings["output"],

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..plugins import get_registry
 from .options import (
     State,
     cache_dir_option,
@@ -16,23 +17,18 @@ from .options import (
     generation_options,
     human_size,
     installer_cache,
+    installer_option,
     pass_state,
+    runtime_options,
     search_from,
 )
-
-
-def _registry():
-    from ..plugins import get_registry
-
-    return get_registry()
 
 
 @click.command()
 @click.argument("target")
 @click.option("--prompt", help="Answer this one prompt and exit (otherwise: interactive chat).")
 @click.option("--system", help="System message.")
-@click.option("--runtime", help="ortgenai (ONNX Runtime GenAI) or foundry (Foundry Local SDK) [default: ortgenai].")
-@click.option("--ep", "execution_provider", help="Execution provider (default: the one the model was built for).")
+@runtime_options
 @click.option(
     "--adapter", help="A build's adapter (NAME in adapters/, or an .onnx_adapter file): separate-adapter builds."
 )
@@ -66,14 +62,14 @@ def run(
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
     search = search_from(state, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
-    foundry_cache = installer_cache(settings)
-    folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
+    cache = installer_cache(settings)
+    folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=cache)
     session = app.open_session(
         folder,
         runtime=settings["runtime"],
         execution_provider=execution_provider,
         installed=installed,
-        cache_dir=foundry_cache,
+        cache_dir=cache,
         options={"adapter": adapter} if adapter else None,
     )
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -155,13 +151,13 @@ def _installed_dict(model) -> dict[str, Any]:
     type=click.Path(dir_okay=False),
     help="Prompt template: a JSON file with system/user/assistant/prompt, or a Jinja chat template.",
 )
-@click.option("--installer", help="Installer plugin [default: foundry].")
+@installer_option
 @cache_dir_option
 @click.option("--force", is_flag=True, help="Replace the newest installed version instead of adding a new one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def install(state: State, build_dir, name, template_file, installer, cache_dir, force, as_json) -> None:
-    """Install a build into Foundry Local (legacy cache layout and the v2 SDK catalog).
+    """Install a build with an installer plugin (--installer; `slmk plugins` lists them).
 
     The prompt template is checked against the model's own chat template before the
     model is renamed into place; a mismatch stops the install.
@@ -191,14 +187,14 @@ def install(state: State, build_dir, name, template_file, installer, cache_dir, 
 
 
 @click.command("list")
-@click.option("--installer", help="Installer plugin [default: foundry].")
+@installer_option
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def list_(state: State, installer, cache_dir, as_json) -> None:
     """List installed models: name, version, precision, EP, size, path, runtimes."""
     settings = state.settings({"installer": installer, "install.cache_dir": cache_dir})
-    inst = _registry().get("slmk_installers", settings["installer"], "installer")
+    inst = get_registry().get("slmk_installers", settings["installer"])
     cache = installer_cache(settings)
     models = inst.list(cache)
     if as_json:
@@ -217,7 +213,7 @@ def list_(state: State, installer, cache_dir, as_json) -> None:
 
 @click.command()
 @click.argument("ref")
-@click.option("--installer", help="Installer plugin [default: foundry].")
+@installer_option
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
@@ -226,7 +222,7 @@ def remove(state: State, ref, installer, cache_dir, as_json) -> None:
     from ..app import parse_ref
 
     settings = state.settings({"installer": installer, "install.cache_dir": cache_dir})
-    inst = _registry().get("slmk_installers", settings["installer"], "installer")
+    inst = get_registry().get("slmk_installers", settings["installer"])
     name, version = parse_ref(ref)
     removed = inst.remove(name, version, installer_cache(settings))
     if as_json:

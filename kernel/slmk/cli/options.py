@@ -7,12 +7,13 @@ Commands from plugins get these through ``slmk.api`` (``pass_state``, ``emit_jso
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..plugins import get_registry
+from ..progress import Progress
 from ..records import PRECISIONS
 
 PRECISION_CHOICES = click.Choice(list(PRECISIONS))
@@ -30,7 +31,6 @@ class State:
     def settings(self, cli: dict[str, Any] | None = None):
         """Every setting resolved (command line > environment > slmk.toml > default), plugins' too."""
         from ..config import load_settings
-        from ..plugins import get_registry
 
         registry = get_registry()
         defaults = {
@@ -41,8 +41,6 @@ class State:
 
     def progress(self, quiet: bool = False):
         """A Progress on stderr, silent with --quiet (or ``quiet``, e.g. for --json)."""
-        from ..progress import Progress
-
         return Progress(quiet=self.quiet or quiet)
 
 
@@ -63,16 +61,6 @@ def human_size(size: float) -> str:
     return f"{size:.1f} GB"
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a report file through a temporary name, so a reader never sees half of it."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def json_option(f):
     """--json: print JSON on stdout instead of text."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
@@ -83,13 +71,40 @@ def quiet_option(f):
     return click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress output (also: slmk -q).")(f)
 
 
+class RecordOption(click.Option):
+    """An option that names a record (``--runtime``, ``--installer``): its help lists the names
+    the plugins contribute and the default (slmk.toml's setting, else the record with the highest
+    priority), read from the registry only when the help is shown."""
+
+    def __init__(self, *args: Any, hook_name: str, setting: str, what: str, **kwargs: Any):
+        kwargs.setdefault("metavar", "NAME")
+        super().__init__(*args, **kwargs)
+        self.hook_name, self.setting, self.what = hook_name, setting, what
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        """The help line with the names as the installed plugins have them."""
+        registry = get_registry()
+        names = ", ".join(sorted(registry.records(self.hook_name))) or "none installed"
+        default = registry.default_name(self.hook_name) or "none"
+        env = f"$SLMK_{self.setting.upper()}"
+        self.help = f"{self.what}: {names} [default: {env}, slmk.toml {self.setting}, else {default}]."
+        return super().get_help_record(ctx)
+
+
+def installer_option(f):
+    """--installer: which installer plugin installs, lists and removes models."""
+    return click.option(
+        "--installer", cls=RecordOption, hook_name="slmk_installers", setting="installer", what="Installer plugin"
+    )(f)
+
+
 def cache_dir_option(f):
-    """--cache-dir: the installer's cache (the Foundry Local cache for the foundry installer)."""
+    """--cache-dir: the installer's cache folder (each installer documents its own default)."""
     return click.option(
         "--cache-dir",
         type=click.Path(file_okay=False),
-        help="Foundry Local cache (default: slmk.toml install.cache_dir, $SLMK_INSTALL__CACHE_DIR, "
-        "$SLMK_FOUNDRY_CACHE, `foundry cache location`, the platform default).",
+        help="The installer's cache folder (default: $SLMK_INSTALL__CACHE_DIR, slmk.toml install.cache_dir, "
+        "else the installer's own default).",
     )(f)
 
 
@@ -99,8 +114,7 @@ def runtime_options(f):
         "--ep", "execution_provider", help="Execution provider (default: the one the model was built for)."
     )(f)
     return click.option(
-        "--runtime",
-        help="Runtime plugin: ortgenai (ONNX Runtime GenAI), foundry (Foundry Local SDK) [default: ortgenai].",
+        "--runtime", cls=RecordOption, hook_name="slmk_runtimes", setting="runtime", what="Runtime plugin"
     )(f)
 
 
@@ -158,8 +172,6 @@ class PluginOptionsCommand(click.Command):
 
     def _plugin_options(self) -> list[click.Parameter]:
         if self._plugin_params is None:
-            from ..plugins import get_registry
-
             self._plugin_params = []
             for setting in sorted(get_registry().settings.values(), key=lambda s: s.key):
                 if not setting.flag or self.name not in setting.commands or not setting.flag.startswith("--"):

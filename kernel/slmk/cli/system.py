@@ -6,13 +6,8 @@ import sys
 
 import click
 
+from ..plugins import get_registry
 from .options import emit_json, json_option
-
-
-def _registry():
-    from ..plugins import get_registry
-
-    return get_registry()
 
 
 @click.command()
@@ -21,7 +16,7 @@ def plugins(as_json: bool) -> None:
     """List plugins: versions, hooks, what each contributes, and load errors and name clashes."""
     from . import cli
 
-    registry = _registry()
+    registry = get_registry()
     registry.collect_all()
     cli.list_commands(click.get_current_context())  # records plugin commands that shadow built-in ones
     infos = [info.as_dict() for info in registry.plugin_infos()]
@@ -49,7 +44,7 @@ def doctor(as_json: bool) -> None:
     from . import cli
 
     cli.list_commands(click.get_current_context())  # so shadowed plugin commands are reported too
-    results = run_doctor(_registry())
+    results = run_doctor(get_registry())
     failed = any(r["status"] == "fail" for r in results)
     if as_json:
         emit_json({"ok": not failed, "checks": results})
