@@ -471,8 +471,8 @@ _NEST = (
     "{% set nb=namespace(l=[0]) %}{% for i in range(40) %}{% set nb.l=[nb.l,nb.l] %}{% endfor %}"
 )
 _DISTINCT = "".join(chr(code) for code in range(0x4E00, 0x4E00 + 31000))
-#: A wide list literal: building it is one step for the meters and 80 KB for the memory.
-_WIDE = "[" + ",".join(["i"] * 10000) + "]"
+#: A list literal of 300 fresh dicts: building it is one step for the meters and 55 KB of memory.
+_WIDE = "[" + ",".join(["{'k': i}"] * 300) + "]"
 UNMETERED = {
     "nested-equal": _NEST + "{{ ns.l == nb.l }}",
     "nested-in": _NEST + "{{ ns.l in [nb.l] }}",
@@ -484,6 +484,8 @@ UNMETERED = {
     "format-before-size-check": "{{ ('{0}'*1500).format('x'*999999) }}",
     "format-map-before-size-check": "{{ ('{a}'*1500).format_map({'a': 'x'*999999}) }}",
     "punycode-quadratic": "{{ '" + _DISTINCT + "'.encode('punycode') }}",
+    "literal-format-fields": "{{ '" + "{0}" * 1500 + "'.format('x'*999999) }}",
+    "nested-pprint": _NEST + "{{ ns.l | pprint }}",
     # written for this test, unlike any listed trick: a loop whose every step is a big literal
     "generic-memory-grower": "{% set ns=namespace(l=[]) %}{% for i in range(99999) %}{% set ns.l=[ns.l, "
     + _WIDE
@@ -532,10 +534,40 @@ def test_work_no_meter_sees_is_stopped_by_the_worker_in_one_line(tmp_path, name)
     proc = _run_cli("template", "show", str(model), cwd=tmp_path)
     line = _one_error_line(proc)
     assert str(model) in line and "render limit" in line, line
-    if name.startswith("generic-memory"):
-        assert "memory" in line, line
+    if name.startswith(("format-", "literal-format")):
+        assert "needed more memory than a rendering may take" in line, line
     if name.startswith(("nested-equal", "generic-cpu", "punycode")):
         assert f"more than {RENDER_SECONDS:g} s" in line or "steps" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nested-printed", "generic-memory-grower"])
+def test_a_template_growing_memory_stays_within_the_memory_budget(tmp_path, name):
+    """The worker's peak RSS, measured in a child process (printing the nested list makes 2 GB unbounded)."""
+    import resource
+
+    from slmk.templates import RENDER_MEMORY_BYTES
+
+    code = (
+        "import json, resource, sys\n"
+        "from slmk import render_worker\n"
+        "from slmk.templates import ChatTemplateError, render_chat_template\n"
+        "try:\n"
+        "    render_chat_template(sys.stdin.read(), [{'role': 'user', 'content': 'hi'}])\n"
+        "    outcome = 'rendered'\n"
+        "except ChatTemplateError as exc:\n"
+        "    outcome = exc.message\n"
+        "render_worker.shutdown()\n"
+        "peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
+        "print(json.dumps({'outcome': outcome, 'peak_kb': peak}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], input=UNMETERED[name], capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3)),
+    )  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert "render limit" in result["outcome"], result
+    assert result["peak_kb"] * 1024 < RENDER_MEMORY_BYTES + 256 * 1024**2, result
 
 
 @pytest.mark.slow

@@ -114,6 +114,7 @@ class RenderWorker:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """End the worker (it ends at end of input); a later rendering starts a fresh one."""
         with self._lock:
             self._discard(graceful=True)
 
@@ -134,6 +135,7 @@ class RenderWorker:
 
     # ------------------------------------------------------------------ requests
     def render(self, chat_template: str, plain: list, add_generation_prompt: bool, variables: dict) -> str:
+        """One rendering in the worker, within the deadline; raises ChatTemplateError (one line)."""
         from .templates import (
             RENDER_BYTES_PER_CHAR,
             RENDER_GRACE_SECONDS,
@@ -171,7 +173,7 @@ class RenderWorker:
                     except Exception:
                         pass
                 status = self._discard()
-                raise _gone_error(reason, seconds, status) from None
+                raise _gone_error(reason, RENDER_SECONDS, status) from None  # the deadline it went over
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or a stop: the rendering stops with it
                 self._discard()
                 raise
@@ -367,6 +369,7 @@ def _serve(source: Any, sink: Any) -> None:
 
 
 def main() -> None:
+    """The worker process: answer rendering requests on stdin until it closes."""
     # Ctrl-C at the terminal reaches the whole process group: the parent handles it (and
     # ends this worker); a traceback here would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
