@@ -227,11 +227,16 @@ def hostile_site(tmp_path):
     return site
 
 
-def test_collisions_and_exits_are_reported_and_the_built_ins_stay(run_slmk, hostile_site):
-    env = {"PYTHONPATH": str(hostile_site)}
+def _listed_plugins(run_slmk, env: dict) -> dict[str, dict]:
+    """`slmk plugins --json` (which must succeed), by plugin name."""
     result = run_slmk("plugins", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    return {p["name"]: p for p in json.loads(result.stdout)}
+
+
+def test_collisions_and_exits_are_reported_and_the_built_ins_stay(run_slmk, hostile_site):
+    env = {"PYTHONPATH": str(hostile_site)}
+    plugins = _listed_plugins(run_slmk, env)
     # the built-in foundry entry point stays; the impostor is named with its distribution and not loaded
     assert plugins["foundry"]["distribution"] == "slmk" and plugins["foundry"]["loaded"]
     fake = plugins["foundry (slmk-fake-foundry)"]
@@ -296,9 +301,7 @@ def unruly_site(tmp_path):
 
 def test_base_exceptions_at_import_are_reported_by_name_and_skipped(run_slmk, unruly_site):
     env = {"PYTHONPATH": str(unruly_site)}
-    result = run_slmk("plugins", "--json", env=env)
-    assert result.returncode == 0, result.stderr
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    plugins = _listed_plugins(run_slmk, env)
     assert not plugins["genexit"]["loaded"] and "GeneratorExit" in plugins["genexit"]["errors"][0]
     assert not plugins["escape"]["loaded"] and "Escape: straight out of the plugin" in plugins["escape"]["errors"][0]
     assert plugins["system"]["loaded"] and plugins["wrongfamily"]["loaded"]
