@@ -388,7 +388,11 @@ def check_cache_folder(root: Path, what: str) -> None:
     tagged as slmk's cache."""
     require_folder(root, what)
     resolved = Path(root).resolve()
-    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry
+        home = None
+    if resolved == Path(resolved.anchor) or resolved == home:
         place = "the file-system root" if resolved == Path(resolved.anchor) else "your home folder"
         raise UsageError(
             f"{what} {root} is {place}: slmk keeps steps/, locks/ and builds in its cache folder",

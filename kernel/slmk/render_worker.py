@@ -45,6 +45,8 @@ _MAX_ANSWER_BYTES = 1 << 31
 #: How long a fresh worker may take to import jinja2 and say it is ready (a busy machine).
 STARTUP_SECONDS = 30.0
 _READY = b"slmk-render-worker-ready\n"
+#: The most memory any rendering may take, however long its conversation.
+_MAX_RENDER_MEMORY_BYTES = 4 * 1024**3
 #: How much of what a template raised travels back (a template can raise a megabyte of text).
 _MAX_CAUSE_CHARS = 4000
 
@@ -153,7 +155,9 @@ class RenderWorker:
                 f"the conversation cannot be passed to the chat template renderer: {type(exc).__name__}: {exc}"[:300],
                 hint="messages and template variables are plain text, numbers, lists and mappings",
             ) from None
-        memory = RENDER_MEMORY_BYTES + RENDER_BYTES_PER_CHAR * len(request)
+        # the budget grows with the conversation (a long prompt renders), not with the template
+        conversation_bytes = max(0, len(request) - len(chat_template))
+        memory = min(RENDER_MEMORY_BYTES + RENDER_BYTES_PER_CHAR * conversation_bytes, _MAX_RENDER_MEMORY_BYTES)
         seconds = RENDER_SECONDS + RENDER_GRACE_SECONDS
         frame = _HEADER.pack(len(request)) + struct.pack(">Qd", memory, seconds) + request
         with self._lock:
