@@ -78,6 +78,10 @@ def test_slmk_config_that_is_not_a_file_says_what_it_is_without_reading_it(run_s
     for target, kind in (("/dev/zero", "a character device"), (str(fifo), "a FIFO"), (str(tmp_path), "a folder")):
         line = _one_error_line(run_slmk("config", "show", env={"SLMK_CONFIG": target}, timeout=60))
         assert f"{target} ($SLMK_CONFIG) is {kind}, not a file" in line, line
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    line = _one_error_line(run_slmk("config", "show", env={"SLMK_CONFIG": str(loop)}))
+    assert "is unreadable (Too many levels of symbolic links)" in line and "not found" not in line
     missing = _one_error_line(run_slmk("config", "show", env={"SLMK_CONFIG": str(tmp_path / "nope.toml")}))
     assert "not found" in missing and "$SLMK_CONFIG" in missing
     flag = _one_error_line(run_slmk("--config", "/dev/zero", "config", "show"))

@@ -187,8 +187,10 @@ def _not_a_file(path: Path) -> str | None:
     """What ``path`` is when it exists but is not a regular file ("a folder", "a FIFO" ...)."""
     try:
         mode = path.stat().st_mode
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:  # a link loop, a path through a file, no permission: say so, not "not found"
+        return f"unreadable ({exc.strerror})"
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
     for test, kind in kinds:
@@ -203,9 +205,8 @@ def find_config_file(explicit: str | Path | None = None, *, origin: str = "--con
         path = Path(explicit).expanduser()
         kind = _not_a_file(path)
         if kind:
-            raise ConfigError(
-                f"config file {path} ({origin}) is {kind}, not a file", hint=f"point {origin} at an slmk.toml"
-            )
+            what = kind if kind.startswith("unreadable") else f"{kind}, not a file"
+            raise ConfigError(f"config file {path} ({origin}) is {what}", hint=f"point {origin} at an slmk.toml")
         if not path.is_file():
             raise ConfigError(
                 f"config file {path} ({origin}) not found", hint=f"pass an existing slmk.toml or drop {origin}"
