@@ -81,7 +81,7 @@ class RenderWorker:
         )
         try:
             ready = _read_exact(proc.stdout.fileno(), len(_READY), time.monotonic() + STARTUP_SECONDS)
-        except (_WorkerGone, BaseException):
+        except BaseException:  # not ready in time, ended, or Ctrl-C while it started
             _kill(proc)
             raise
         if ready != _READY:
@@ -169,6 +169,8 @@ class RenderWorker:
                 if size > _MAX_ANSWER_BYTES:
                     raise _WorkerGone("it sent a malformed answer")
                 answer = json.loads(_read_exact(proc.stdout.fileno(), size, deadline))
+                if not isinstance(answer, dict) or not isinstance(answer.get("text", ""), str):
+                    raise _WorkerGone("it sent a malformed answer")
             except (_WorkerGone, OSError, ValueError) as exc:
                 reason = str(exc) if isinstance(exc, _WorkerGone) else f"failed ({type(exc).__name__})"
                 if reason != "timeout" and proc is not None:  # it ended on its own: wait for its status
