@@ -7,17 +7,19 @@ hook runs, a codec can be quadratic. A budget that holds for any template has to
 process, so renderings run in one long-lived worker (``python -m slmk.render_worker``: the
 kernel's templates module and jinja2, no model, no plugins) and:
 
-* the parent waits at most ``RENDER_SECONDS + RENDER_GRACE_SECONDS`` for an answer, then
-  kills the worker (a fresh one starts on the next rendering);
+* before each rendering the worker sets its CPU-time limit (``RLIMIT_CPU``) to what it has
+  used plus ``RENDER_SECONDS`` (rounded up to the next second): the kernel ends it with
+  SIGXCPU when a rendering uses that much CPU, in C or not, parent or no parent;
+* the parent waits at most ``RENDER_WALL_SECONDS`` for an answer, then kills the worker
+  (a fresh one starts on the next rendering);
 * the worker lowers its own address-space limit (``RLIMIT_AS``) before each rendering to
   what it holds plus ``RENDER_MEMORY_BYTES``: an allocation past that is a MemoryError,
   reported as a render limit;
-* a CPU-time limit (``RLIMIT_CPU``) is the backstop should the parent be gone;
 * Ctrl-C in the parent kills the worker and interrupts the rendering at once (the worker
   ignores SIGINT itself: it is the parent's to handle).
 
 One worker serves a whole process, a request at a time under a lock (serve's threads share
-it); a rendering costs a round trip over a pipe, tens of microseconds, not a process
+it); a rendering costs a round trip over a pipe, a fraction of a millisecond, not a process
 start. Requests travel pickled (the parent's own data); answers come back as ASCII JSON,
 so nothing the template made is ever unpickled. Where the process limits do not exist
 (not POSIX), renderings run in-process with the meters only.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import pickle
 import signal
@@ -140,9 +143,9 @@ class RenderWorker:
         """One rendering in the worker, within the deadline; raises ChatTemplateError (one line)."""
         from .templates import (
             RENDER_BYTES_PER_CHAR,
-            RENDER_GRACE_SECONDS,
             RENDER_MEMORY_BYTES,
             RENDER_SECONDS,
+            RENDER_WALL_SECONDS,
             ChatTemplateError,
         )
 
@@ -158,13 +161,12 @@ class RenderWorker:
         # the budget grows with the conversation (a long prompt renders), not with the template
         conversation_bytes = max(0, len(request) - len(chat_template))
         memory = min(RENDER_MEMORY_BYTES + RENDER_BYTES_PER_CHAR * conversation_bytes, _MAX_RENDER_MEMORY_BYTES)
-        seconds = RENDER_SECONDS + RENDER_GRACE_SECONDS
-        frame = _HEADER.pack(len(request)) + struct.pack(">Qd", memory, seconds) + request
+        frame = _HEADER.pack(len(request)) + struct.pack(">Qd", memory, RENDER_SECONDS) + request
         with self._lock:
             proc = None
             try:
                 proc = self._send(frame)
-                deadline = time.monotonic() + seconds
+                deadline = time.monotonic() + RENDER_WALL_SECONDS
                 size = _HEADER.unpack(_read_exact(proc.stdout.fileno(), _HEADER.size, deadline))[0]
                 if size > _MAX_ANSWER_BYTES:
                     raise _WorkerGone("it sent a malformed answer")
@@ -179,7 +181,7 @@ class RenderWorker:
                     except Exception:
                         pass
                 status = self._discard()
-                raise _gone_error(reason, RENDER_SECONDS, status) from None  # the deadline it went over
+                raise _gone_error(reason, status) from None
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or a stop: the rendering stops with it
                 self._discard()
                 raise
@@ -190,18 +192,18 @@ class RenderWorker:
         raise _error_from_answer(answer)
 
 
-def _gone_error(reason: str, seconds: float, status: int | None) -> SlmkError:
-    from .templates import _limit_error
+def _gone_error(reason: str, status: int | None) -> SlmkError:
+    from .templates import _CPU_TIME_REASON, RENDER_WALL_SECONDS, _limit_error
 
     if reason == "timeout":
-        return _limit_error(f"it ran for more than {seconds:g} s")
+        return _limit_error(f"it ran for more than {RENDER_WALL_SECONDS:g} s")
+    if status is not None and -status == getattr(signal, "SIGXCPU", None):
+        return _limit_error(_CPU_TIME_REASON)
     if status is not None and status < 0:
         try:
             reason = f"was killed by {signal.Signals(-status).name}"
         except ValueError:
             reason = f"was killed by signal {-status}"
-        if -status == getattr(signal, "SIGXCPU", None):
-            reason += " (its CPU time limit)"
     elif status is not None:
         reason = f"ended with exit status {status}"
     return _limit_error(f"the render process {reason} while rendering it")
@@ -349,7 +351,8 @@ def _serve(source: Any, sink: Any) -> None:
             return
         idle = _address_space()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        _set_soft_limit(resource, resource.RLIMIT_CPU, int(usage.ru_utime + usage.ru_stime + seconds) + 2)
+        # whole seconds: the limit falls between the budget and the budget plus one second
+        _set_soft_limit(resource, resource.RLIMIT_CPU, math.ceil(usage.ru_utime + usage.ru_stime + seconds + 0.5))
         if idle is not None:
             _set_soft_limit(resource, resource.RLIMIT_AS, idle + memory)
         try:

@@ -161,10 +161,13 @@ RENDER_STEPS = 1_000_000
 RENDER_VALUE_CHARS = 1_000_000
 #: Everything the operations and the output make together, in units of the largest value.
 RENDER_TOTAL_FACTOR = 16
-#: No rendering runs longer than this: the metered sandbox checks it at every step, and the
-#: parent kills the render worker RENDER_GRACE_SECONDS later (work in C checks nothing).
+#: The CPU time one rendering may use: the metered sandbox checks it at every step, and the
+#: render worker's CPU limit (RLIMIT_CPU) ends it for work in C, which checks nothing. CPU
+#: time, not wall time, so a busy machine does not turn a slow rendering into a refusal.
 RENDER_SECONDS = 4.0
-RENDER_GRACE_SECONDS = 1.0
+#: The wall-clock backstop: the parent kills a rendering that has not answered by then (a
+#: worker starved on a busy machine, or stopped).
+RENDER_WALL_SECONDS = 6.0
 #: Memory one rendering may take on top of what the idle render worker holds (its
 #: address-space limit), plus RENDER_BYTES_PER_CHAR per character of the conversation.
 RENDER_MEMORY_BYTES = 512 * 1024**2
@@ -175,6 +178,9 @@ TOJSON_MAX_INDENT = 64
 #: the template analysis renders a template a dozen times and each would run to the limit.
 _EXCEEDED: dict[str, str] = {}
 _EXCEEDED_MAX = 64
+
+
+_CPU_TIME_REASON = f"it used more than {RENDER_SECONDS:g} s of CPU time"
 
 
 class RenderLimitExceeded(Exception):
@@ -191,14 +197,14 @@ class _RenderBudget:
         self.total_limit = self.value_limit * RENDER_TOTAL_FACTOR
         self.steps = self.step_limit
         self.total = self.total_limit
-        self.deadline = time.monotonic() + RENDER_SECONDS
+        self.deadline = time.process_time() + RENDER_SECONDS
 
     def step(self) -> None:
         self.steps -= 1
         if self.steps < 0:
             raise RenderLimitExceeded(f"it took more than {self.step_limit:,} steps (loop iterations and calls)")
-        if time.monotonic() > self.deadline:
-            raise RenderLimitExceeded(f"it ran for more than {RENDER_SECONDS:g} s")
+        if time.process_time() > self.deadline:
+            raise RenderLimitExceeded(_CPU_TIME_REASON)
 
     def check_size(self, size: int, what: str = "a value") -> None:
         if size > self.value_limit:
@@ -624,7 +630,8 @@ def render_chat_template(
     ``eos_token`` ...); ``template_vars`` are extra variables (``enable_thinking``,
     ``date_string`` ...). The rendering runs in slmk's render worker process, metered
     (``RENDER_STEPS``, ``RENDER_VALUE_CHARS``) and bounded whatever the template does
-    (``RENDER_SECONDS``, ``RENDER_MEMORY_BYTES``). Raises ``ChatTemplateError``, one line,
+    (``RENDER_SECONDS`` of CPU, ``RENDER_WALL_SECONDS``, ``RENDER_MEMORY_BYTES``). Raises
+    ``ChatTemplateError``, one line,
     whenever the template does not parse, raises, goes over a limit, or fails in any other
     way for this conversation (``RenderLimitError``, ``UnsafeTemplateError`` and
     ``ChatTemplateSyntaxError`` say which).
