@@ -149,3 +149,20 @@ def test_the_step_key_includes_trust_remote_code(tiny_model_dir):
     [step] = make_plan(registry, ModelInfo.load(tiny_model_dir), "int4", ep).steps
     keys = {trust: step_key(registry, step, "fingerprint", ep, None, trust) for trust in (False, True)}
     assert keys[False] != keys[True]
+
+
+@pytest.mark.parametrize("entry", [5, None, ["size", 1], {"size": "12", "sha256": "x"}, {"size": 1, "sha256": 7}])
+def test_a_step_json_entry_of_the_wrong_type_is_a_damaged_step_and_rebuilt(
+    first, tiny_model_dir, step_cache, tmp_path, entry
+):
+    _, step = first
+    marker_path = step / STEP_MARKER
+    good = marker_path.read_text()
+    marker = json.loads(good)
+    marker["files"]["tokenizer.json"] = entry
+    os.chmod(marker_path, 0o644)
+    marker_path.write_text(json.dumps(marker))
+    assert cached_step_problems(step) == [f"{STEP_MARKER} has a damaged entry for 'tokenizer.json'"]
+    result = app.convert(tiny_model_dir, tmp_path / "rebuilt", precision="int4", cache_dir=step_cache)
+    assert [s.status for s in result.steps] == ["ran"]
+    assert cached_step_problems(step) == [] and json.loads(marker_path.read_text()) == json.loads(good)

@@ -227,11 +227,16 @@ def hostile_site(tmp_path):
     return site
 
 
-def test_collisions_and_exits_are_reported_and_the_built_ins_stay(run_slmk, hostile_site):
-    env = {"PYTHONPATH": str(hostile_site)}
+def _listed_plugins(run_slmk, env: dict) -> dict[str, dict]:
+    """`slmk plugins --json` (which must succeed), by plugin name."""
     result = run_slmk("plugins", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    return {p["name"]: p for p in json.loads(result.stdout)}
+
+
+def test_collisions_and_exits_are_reported_and_the_built_ins_stay(run_slmk, hostile_site):
+    env = {"PYTHONPATH": str(hostile_site)}
+    plugins = _listed_plugins(run_slmk, env)
     # the built-in foundry entry point stays; the impostor is named with its distribution and not loaded
     assert plugins["foundry"]["distribution"] == "slmk" and plugins["foundry"]["loaded"]
     fake = plugins["foundry (slmk-fake-foundry)"]
@@ -256,3 +261,84 @@ def test_collisions_and_exits_are_reported_and_the_built_ins_stay(run_slmk, host
     assert "already used by slmk" in reported and "sys.exit(7)" in reported and "not added" in reported
     listed = run_slmk("list", "--json", "--cache-dir", str(hostile_site / "cache"), env=env)
     assert listed.returncode == 0 and json.loads(listed.stdout) == []  # the real foundry installer answered
+
+
+# ------------------------------------------------------------------ issue 19, item 7: plugins that throw anything
+@pytest.fixture
+def unruly_site(tmp_path):
+    """Plugins raising what `except Exception` does not catch, and a family returning the wrong type."""
+    site = tmp_path / "unruly"
+    site.mkdir()
+    _write_distribution(site, "slmk-genexit", "slmk_genexit", "genexit", "raise GeneratorExit('at import')\n")
+    _write_distribution(
+        site,
+        "slmk-escape",
+        "slmk_escape",
+        "escape",
+        """
+        class Escape(BaseException):
+            pass
+
+        raise Escape("straight out of the plugin")
+    """,
+    )
+    _write_distribution(
+        site,
+        "slmk-wrongfamily",
+        "slmk_wrongfamily",
+        "wrongfamily",
+        """
+        from slmk.api import ModelFamily, hookimpl
+
+        @hookimpl
+        def slmk_model_families():
+            yield ModelFamily(name="grabby", description="claims everything", match=lambda info: 10**6,
+                              prompt_template=lambda info: {"system": "{Content}"})
+    """,
+    )
+    return site
+
+
+def test_base_exceptions_at_import_are_reported_by_name_and_skipped(run_slmk, unruly_site):
+    env = {"PYTHONPATH": str(unruly_site)}
+    plugins = _listed_plugins(run_slmk, env)
+    assert not plugins["genexit"]["loaded"] and "GeneratorExit" in plugins["genexit"]["errors"][0]
+    assert not plugins["escape"]["loaded"] and "Escape: straight out of the plugin" in plugins["escape"]["errors"][0]
+    assert plugins["system"]["loaded"] and plugins["wrongfamily"]["loaded"]
+    doctor = run_slmk("doctor", "--json", env=env)
+    assert "Traceback" not in doctor.stderr, doctor.stderr
+    reported = " | ".join(c["detail"] for c in json.loads(doctor.stdout)["checks"] if c["probe"] == "plugins")
+    assert "GeneratorExit" in reported and "Escape" in reported
+
+
+@pytest.mark.parametrize("command", ["template show", "inspect", "install"])
+def test_a_family_returning_the_wrong_type_is_one_line_naming_its_plugin(
+    run_slmk, unruly_site, tiny_model_dir, tmp_path, command
+):
+    env = {"PYTHONPATH": str(unruly_site)}
+    args = [*command.split(), str(tiny_model_dir)]
+    if command == "install":  # an HF folder is refused before templates: give it something that looks built
+        build = tmp_path / "build"
+        build.mkdir()
+        for name in ("genai_config.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+            if (tiny_model_dir / name).exists():
+                (build / name).write_bytes((tiny_model_dir / name).read_bytes())
+        (build / "genai_config.json").write_text('{"model": {"type": "qwen2", "decoder": {}}}')
+        args = ["install", str(build), "--name", "grab", "--cache-dir", str(tmp_path / "cache")]
+    result = run_slmk(*args, env=env)
+    if command == "inspect":  # a report: the template line names the plugin, the rest goes on
+        assert result.returncode == 0, result.stderr
+        assert "'grabby' of plugin 'wrongfamily'" in result.stdout and "returned dict" in result.stdout
+        return
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode not in (0, 3) and len(lines) == 1, result.stderr
+    assert "'grabby' of plugin 'wrongfamily'" in lines[0] and "returned dict, not a PromptTemplate" in lines[0]
+
+
+def test_an_interrupt_from_a_plugin_stops_slmk_naming_the_plugin(run_slmk, tmp_path):
+    site = tmp_path / "interrupting"
+    site.mkdir()
+    _write_distribution(site, "slmk-ctrlc", "slmk_ctrlc", "ctrlc", "raise KeyboardInterrupt\n")
+    result = run_slmk("plugins", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 130, result.stderr
+    assert "interrupted in plugin 'ctrlc' (importing slmk_ctrlc)" in result.stderr and "Traceback" not in result.stderr

@@ -461,3 +461,293 @@ def test_resolve_works_on_a_build_folder_without_config_json(tmp_path):
     assert info.format == "ortgenai" and not info.config
     resolved = resolve_template(make_registry(), info)
     assert resolved.template.to_foundry() == QWEN25
+
+
+# ------------------------------------------------------------------ the bounded renderer (issue 19, item 1)
+# Templates whose work no Jinja meter sees (C code), or that nobody listed: each must end in
+# one line within the render worker's deadline and memory limit, whatever it does.
+_NEST = (
+    "{% set ns=namespace(l=[0]) %}{% for i in range(40) %}{% set ns.l=[ns.l,ns.l] %}{% endfor %}"
+    "{% set nb=namespace(l=[0]) %}{% for i in range(40) %}{% set nb.l=[nb.l,nb.l] %}{% endfor %}"
+)
+_DISTINCT = "".join(chr(code) for code in range(0x4E00, 0x4E00 + 31000))
+#: A list literal of 300 fresh dicts: building it is one step for the meters and 55 KB of memory.
+_WIDE = "[" + ",".join(["{'k': i}"] * 300) + "]"
+UNMETERED = {
+    "nested-equal": _NEST + "{{ ns.l == nb.l }}",
+    "nested-in": _NEST + "{{ ns.l in [nb.l] }}",
+    "nested-max": _NEST + "{{ [ns.l, nb.l] | max }}",
+    "nested-printed": _NEST + "{{ ns.l }}",
+    "nested-tojson": _NEST + "{{ ns.l | tojson }}",
+    "nested-sorted": _NEST + "{{ [ns.l, nb.l, ns.l] | sort }}",
+    "nested-count": _NEST + "{{ [ns.l, 1].count(nb.l) }}",
+    "format-before-size-check": "{{ ('{0}'*1500).format('x'*999999) }}",
+    "format-map-before-size-check": "{{ ('{a}'*1500).format_map({'a': 'x'*999999}) }}",
+    "punycode-quadratic": "{{ '" + _DISTINCT + "'.encode('punycode') }}",
+    "literal-format-fields": "{{ '" + "{0}" * 1500 + "'.format('x'*999999) }}",
+    "nested-pprint": _NEST + "{{ ns.l | pprint }}",
+    # written for this test, unlike any listed trick: a loop whose every step is a big literal
+    "generic-memory-grower": "{% set ns=namespace(l=[]) %}{% for i in range(99999) %}{% set ns.l=[ns.l, "
+    + _WIDE
+    + "] %}{% endfor %}{{ 'done' }}",
+    # and a loop whose every step is one filter call doing a lot of C work
+    "generic-cpu-burner": "{% set big = range(99999) | list %}{% for i in range(99999) %}"
+    "{% set _ = big | reverse | list | sort | sum %}{% endfor %}",
+}
+
+
+def _model_with_chat_template(folder: Path, chat_template: str) -> Path:
+    folder.mkdir(parents=True)
+    write_model(folder, config={"model_type": "mystery", "architectures": ["MysteryForCausalLM"], "vocab_size": 10},
+                tokenizer_config={"eos_token": "</s>"})  # fmt: skip
+    (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    return folder
+
+
+def _run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None, **kwargs):
+    import os
+    import resource
+
+    def limit_memory():  # a template the worker does not bound fails the test instead of the machine
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3))
+
+    return subprocess.run(
+        [sys.executable, "-m", "slmk", *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+        text=True, timeout=timeout, preexec_fn=limit_memory, **kwargs,
+    )  # fmt: skip
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode not in (0, 3), (proc.returncode, proc.stdout[-500:], proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "internal error" not in lines[0] and len(lines[0]) < 1000
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(UNMETERED))
+def test_work_no_meter_sees_is_stopped_by_the_worker_in_one_line(tmp_path, name):
+    from slmk.templates import RENDER_SECONDS, RENDER_WALL_SECONDS
+
+    model = _model_with_chat_template(tmp_path / "model", UNMETERED[name])
+    proc = _run_cli("template", "show", str(model), cwd=tmp_path)
+    line = _one_error_line(proc)
+    assert str(model) in line and "render limit" in line, line
+    if name.startswith(("format-", "literal-format")):
+        assert "needed more memory than a rendering may take" in line, line
+    if name.startswith(("nested-equal", "punycode")):  # only the process limits see this work
+        assert f"more than {RENDER_SECONDS:g} s of CPU time" in line or f"more than {RENDER_WALL_SECONDS:g} s" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nested-printed", "generic-memory-grower"])
+def test_a_template_growing_memory_stays_within_the_memory_budget(tmp_path, name):
+    """The worker's peak RSS, measured in a child process (printing the nested list makes 2 GB unbounded)."""
+    import resource
+
+    from slmk.templates import RENDER_MEMORY_BYTES
+
+    code = (
+        "import json, resource, sys\n"
+        "from slmk import render_worker\n"
+        "from slmk.templates import ChatTemplateError, render_chat_template\n"
+        "try:\n"
+        "    render_chat_template(sys.stdin.read(), [{'role': 'user', 'content': 'hi'}])\n"
+        "    outcome = 'rendered'\n"
+        "except ChatTemplateError as exc:\n"
+        "    outcome = exc.message\n"
+        "render_worker.shutdown()\n"
+        "peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
+        "print(json.dumps({'outcome': outcome, 'peak_kb': peak}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], input=UNMETERED[name], capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3)),
+    )  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert "render limit" in result["outcome"], result
+    assert result["peak_kb"] * 1024 < RENDER_MEMORY_BYTES + 256 * 1024**2, result
+
+
+@pytest.mark.slow
+def test_the_worker_limits_hold_from_python_too_and_the_next_rendering_works():
+    from slmk.templates import RenderLimitError
+
+    with pytest.raises(RenderLimitError, match="render limit"):
+        render_chat_template(UNMETERED["nested-equal"], [{"role": "user", "content": "hi"}])
+    # a rendering whose conversation carries the quadratic input: the caller's data, same bound
+    with pytest.raises(RenderLimitError, match="render limit"):
+        render_chat_template("{{ messages[0].content.encode('punycode') }}", [{"role": "user", "content": _DISTINCT}])
+    assert render_chat_template("{{ messages[0].content }}", [{"role": "user", "content": "hi"}]) == "hi"
+
+
+def _worker_pid() -> int:
+    from slmk import render_worker
+
+    render_chat_template("{{ 1 }}", [])
+    return render_worker._worker()._proc.pid
+
+
+def test_a_killed_worker_is_replaced_on_the_next_rendering():
+    import os
+    import signal
+
+    first = _worker_pid()
+    os.kill(first, signal.SIGKILL)
+    while Path(f"/proc/{first}/stat").read_text().split()[2] != "Z":  # dead (the parent reaps it later)
+        pass
+    assert render_chat_template("{{ messages[0].content }}!", [{"role": "user", "content": "hi"}]) == "hi!"
+    assert _worker_pid() != first
+
+
+@pytest.mark.slow
+def test_a_worker_killed_during_a_rendering_is_one_line_and_the_next_rendering_works():
+    import os
+    import signal
+    import threading
+
+    from slmk.templates import RenderLimitError
+
+    pid = _worker_pid()
+    started = threading.Event()
+
+    def kill_when_busy():
+        started.wait()
+        # the worker is busy once its CPU time grows; kill it then (no sleep-and-hope)
+        with open(f"/proc/{pid}/stat") as stat:
+            before = sum(int(field) for field in stat.read().split()[13:15])
+        while True:
+            with open(f"/proc/{pid}/stat") as stat:
+                if sum(int(field) for field in stat.read().split()[13:15]) > before + 5:
+                    break
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    started.set()
+    with pytest.raises(RenderLimitError, match=r"render process was killed by SIGKILL|ran for more than") as caught:
+        render_chat_template(UNMETERED["nested-equal"] + "{{ 'other' }}", [{"role": "user", "content": "hi"}])
+    killer.join()
+    assert "\n" not in caught.value.one_line()
+    assert render_chat_template("{{ messages[0].content }}", [{"role": "user", "content": "ok"}]) == "ok"
+
+
+def test_renderings_from_many_threads_each_get_their_own_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def render(index: int) -> str:
+        template = "{% for m in messages %}[" + str(index % 7) + "]{{ m.content }}{% endfor %}"
+        return render_chat_template(template, [{"role": "user", "content": f"thread {index}"}])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(render, range(200)))
+    assert results == [f"[{index % 7}]thread {index}" for index in range(200)]
+
+
+def test_a_template_error_keeps_what_the_template_raised_as_its_cause():
+    with pytest.raises(ChatTemplateError) as caught:
+        render_chat_template("{{ raise_exception('no system role here') }}", [])
+    assert str(caught.value.__cause__) == "no system role here"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_rendering_stops_slmk_at_once_and_ends_the_worker(tmp_path):
+    import signal
+    import time
+
+    from slmk.templates import RENDER_SECONDS
+
+    model = _model_with_chat_template(tmp_path / "model", UNMETERED["nested-equal"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slmk", "template", "show", str(model)], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    worker = None
+    deadline = time.monotonic() + 120
+    while worker is None and time.monotonic() < deadline:  # wait until the worker renders
+        for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                fields = Path(f"/proc/{child}/stat").read_text().split()
+            except OSError:
+                continue
+            if b"slmk.render_worker" in cmdline and int(fields[13]) + int(fields[14]) > 20:  # busy: > 0.2 s CPU
+                worker = int(child)
+        time.sleep(0.05)
+    assert worker is not None, "the render worker never started rendering"
+    interrupted_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - interrupted_at < RENDER_SECONDS, "the interrupt waited for the render deadline"
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+
+
+# ------------------------------------------------------------------ a family does not hide the model's own template
+def _tiny_copy_with_template(tmp_path: Path, source: Path, chat_template: str) -> Path:
+    import shutil
+
+    model = tmp_path / "M"
+    shutil.copytree(source, model, ignore=shutil.ignore_patterns("model.safetensors"))
+    (model / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    data = json.loads((model / "tokenizer_config.json").read_text())
+    data.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(data))
+    return model
+
+
+_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "needle"),
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox refuses"),
+        ("{% if messages[0].content.__class__.__init__.__globals__ %}{% endif %}", "sandbox refuses"),
+        ("{% for x in %}", "does not parse"),
+    ],
+)
+def test_a_model_template_a_family_overrides_is_still_checked(tmp_path, tiny_model_dir, prefix, needle):
+    """The qwen2 family gives the pieces, but the runtimes render the model's own template."""
+    model = _tiny_copy_with_template(tmp_path, tiny_model_dir, prefix + _CHATML)
+    clean = _tiny_copy_with_template(tmp_path / "clean", tiny_model_dir, _CHATML)
+    shown = _run_cli("template", "show", str(clean), cwd=tmp_path)
+    assert shown.returncode == 0 and "family:qwen2" in shown.stdout, shown.stderr  # the family does win
+    line = _one_error_line(_run_cli("template", "show", str(model), cwd=tmp_path))
+    assert str(model) in line and needle in line, line
+
+
+@pytest.mark.slow
+def test_every_command_that_renders_a_template_stops_an_unmetered_one_in_one_line(tmp_path, tiny_build):
+    """inspect reports it on its line; install, run and serve refuse in one line within seconds."""
+    import shutil
+
+    hostile = UNMETERED["nested-equal"]
+    build = tmp_path / "B"
+    shutil.copytree(tiny_build("int4"), build)
+    (build / "chat_template.jinja").write_text(hostile, encoding="utf-8")
+    data = json.loads((build / "tokenizer_config.json").read_text())
+    data.pop("chat_template", None)
+    (build / "tokenizer_config.json").write_text(json.dumps(data))
+
+    model = _model_with_chat_template(tmp_path / "M", hostile)
+    inspected = _run_cli("inspect", str(model), cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    assert len([line for line in inspected.stdout.splitlines() if "render limit" in line]) == 1
+
+    template_file = tmp_path / "hostile.jinja"
+    template_file.write_text(hostile, encoding="utf-8")
+    cache = tmp_path / "foundry"
+    install = _run_cli("install", str(tiny_build("int4")), "--name", "hostile", "--template", str(template_file),
+                       "--cache-dir", str(cache), cwd=tmp_path)  # fmt: skip
+    assert "render limit" in _one_error_line(install)
+    assert not cache.exists() or not any("hostile" in path.name for path in cache.rglob("*"))
+
+    for args in (("run", str(build), "--prompt", "hi"), ("serve", str(build), "--port", "0")):
+        line = _one_error_line(_run_cli(*args, cwd=tmp_path, timeout=120))
+        assert str(build) in line and "render limit" in line, (args, line)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import SlmkError, UsageError
+from .errors import SlmkError, UsageError, contain_plugin_failure
 from .modelinfo import ModelInfo
 from .pipeline import BuildResult, run_plan
 from .planner import Plan, make_plan
@@ -51,8 +51,9 @@ def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
     for name, probe in sorted(registry.probes.items()):
         try:
             findings = list(probe.check())
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:
             owner = registry.owner("slmk_probes", name)
+            contain_plugin_failure(exc, owner, f"probe {name!r}")
             findings = [
                 ProbeResult(
                     name,
@@ -70,7 +71,8 @@ def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
             status = "ok" if usability.usable else "warn"
             detail = ("usable: " if usability.usable else "not usable: ") + usability.reason
             fix = usability.fix
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:
+            contain_plugin_failure(exc, registry.owner("slmk_execution_providers", name), f"probing {name}")
             status, detail, fix = "fail", f"probe raised {type(exc).__name__}: {exc}", ""
         results.append(
             {"probe": "execution-providers", "name": f"ep:{name}", "status": status, "detail": detail, "fix": fix}
@@ -442,7 +444,7 @@ def inspect_model(
 
 def show_template(target: str, template_file: Path | None = None, registry: Registry | None = None) -> dict[str, Any]:
     """The PromptTemplate for a model/build folder or a family name, with its source."""
-    from .templates import resolve_template
+    from .templates import family_prompt_template, resolve_template
 
     registry = registry or get_registry()
     if not Path(target).exists() and target in registry.model_families:
@@ -457,7 +459,7 @@ def show_template(target: str, template_file: Path | None = None, registry: Regi
             architectures=(),
             chat_template=family.chat_template,
         )
-        tpl = family.prompt_template(info)
+        tpl = family_prompt_template(registry, family, info)
         return {
             "source": f"family:{target}",
             "family": target,

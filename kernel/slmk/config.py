@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -178,34 +179,82 @@ class Settings:
         return dict(self._values)
 
 
-def find_config_file(explicit: str | Path | None = None) -> Path | None:
+#: slmk.toml is a few KB: reading stops past this, so a config path that is /dev/zero or a
+#: huge file is refused instead of filling the memory.
+CONFIG_MAX_BYTES = 1024**2
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file ("a folder", "a FIFO" ...)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a link loop, a path through a file, no permission: say so, not "not found"
+        return f"unreadable ({exc.strerror})"
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    for test, kind in kinds:
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def find_config_file(explicit: str | Path | None = None, *, origin: str = "--config") -> Path | None:
     """The slmk.toml to read: ``explicit``, else $SLMK_CONFIG, else ./slmk.toml if there."""
     if explicit:
         path = Path(explicit).expanduser()
+        kind = _not_a_file(path)
+        if kind:
+            what = kind if kind.startswith("unreadable") else f"{kind}, not a file"
+            raise ConfigError(f"config file {path} ({origin}) is {what}", hint=f"point {origin} at an slmk.toml")
         if not path.is_file():
-            raise ConfigError(f"config file {path} not found", hint="pass an existing slmk.toml or drop --config")
+            raise ConfigError(
+                f"config file {path} ({origin}) not found", hint=f"pass an existing slmk.toml or drop {origin}"
+            )
         return path
     env = os.environ.get("SLMK_CONFIG")
     if env:
-        return find_config_file(env)
+        return find_config_file(env, origin="$SLMK_CONFIG")
     local = Path.cwd() / CONFIG_FILE
     return local if local.is_file() else None
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """A config file's bytes: a regular file of at most CONFIG_MAX_BYTES. Opened without
+    blocking, so a path swapped for a FIFO cannot hang slmk; a ConfigError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path} is {_not_a_file(path) or 'not a regular file'}, not a file")
+        try:
+            data = handle.read(CONFIG_MAX_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ConfigError(
+            f"{path} is larger than {CONFIG_MAX_BYTES // 1024**2} MiB, which no slmk.toml is",
+            hint="point at the right slmk.toml",
+        )
+    return data
 
 
 def read_config_file(path: Path, known: Mapping[str, Setting] | None = None) -> dict[str, Any]:
     """The file's keys, dotted; an unknown key or a file that is not TOML is a ConfigError."""
     known = known or SETTINGS_BY_KEY
+    raw = read_config_bytes(path)
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the line it names") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint="save slmk.toml as UTF-8"
         ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
     flat = _flatten(data)
     for key in flat:
         if key not in known:

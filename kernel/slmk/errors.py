@@ -53,3 +53,26 @@ class PluginError(SlmkError):
 
 class StepFailed(SlmkError):
     """A pipeline step (convert, quantize, install ...) failed."""
+
+
+class PluginInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt that came out of a plugin's code: still an interrupt (Ctrl-C stops
+    slmk, exit 130), named after the plugin it came from."""
+
+    def __init__(self, plugin: str, where: str):
+        super().__init__(f"plugin {plugin!r} ({where})")
+        self.plugin = plugin
+        self.where = where
+
+
+def contain_plugin_failure(exc: BaseException, plugin: str, where: str) -> None:
+    """Re-raise what must go through a plugin boundary; return for what the caller contains.
+
+    A plugin's code may raise anything, BaseException subclasses and GeneratorExit included,
+    and must not take slmk down with it; only an interrupt goes through, named after the
+    plugin (``PluginInterrupted``).
+    """
+    if isinstance(exc, PluginInterrupted):
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        raise PluginInterrupted(plugin, where) from exc

@@ -438,8 +438,61 @@ def cache_root() -> Path:
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "slmk"
-    require_folder(root, "SLMK_CACHE_DIR" if env else "slmk's cache folder")
+    check_cache_folder(root, "SLMK_CACHE_DIR" if env else "slmk's cache folder")
     return root
+
+
+#: slmk marks its cache folder with a cache directory tag (https://bford.info/cachedir/):
+#: backup tools skip it, and slmk knows the folder is its own.
+CACHE_TAG = "CACHEDIR.TAG"
+_CACHE_TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n# slmk's cache: steps, locks and builds it can make again.\n"
+)
+#: What a cache made before the tag holds: one of these is enough to know an slmk cache.
+_CACHE_ENTRIES = frozenset({"steps", "locks", "merged", "measure-builds", "foundry-local", "olive-cache"})
+
+
+def check_cache_folder(root: Path, what: str) -> None:
+    """Refuse a cache folder slmk would litter or damage: the file-system root, the home
+    folder, or a folder that already holds things and is not an slmk cache (/usr, /etc,
+    a project). A new, empty or tagged folder (or one an older slmk filled) is taken, and
+    tagged as slmk's cache."""
+    require_folder(root, what)
+    resolved = Path(root).resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry
+        home = None
+    if resolved == Path(resolved.anchor) or resolved == home:
+        place = "the file-system root" if resolved == Path(resolved.anchor) else "your home folder"
+        raise UsageError(
+            f"{what} {root} is {place}: slmk keeps steps/, locks/ and builds in its cache folder",
+            hint="point it at a folder of slmk's own, e.g. ~/.cache/slmk",
+        )
+    if not resolved.is_dir():
+        return  # created on first use
+    entries = set()
+    try:
+        with os.scandir(resolved) as scan:
+            for entry in scan:
+                entries.add(entry.name)
+                if entry.name == CACHE_TAG or entry.name in _CACHE_ENTRIES or len(entries) > 64:
+                    break
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read {what} {root}: {exc.strerror}", hint="point it at a folder you can write"
+        ) from None
+    if CACHE_TAG in entries:
+        return
+    if entries and not entries & _CACHE_ENTRIES:
+        raise UsageError(
+            f"{what} {root} already holds other files and is not an slmk cache (no {CACHE_TAG})",
+            hint="point it at a new or empty folder; slmk tags its cache folder with CACHEDIR.TAG",
+        )
+    try:
+        (resolved / CACHE_TAG).write_text(_CACHE_TAG_TEXT, encoding="ascii")
+    except OSError:
+        pass  # a read-only cache still works; the next write reports the real problem
 
 
 def require_folder(path: Path, what: str) -> None:

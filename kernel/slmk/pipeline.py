@@ -27,6 +27,7 @@ from .errors import SlmkError, StepFailed
 from .fsutil import (
     atomic_dir,
     cache_root,
+    check_cache_folder,
     clean_stale_tmp,
     copy_tree,
     file_lock,
@@ -34,7 +35,6 @@ from .fsutil import (
     hash_json,
     manifest_problems,
     protect_tree,
-    require_folder,
     tree_manifest,
     write_json_atomic,
 )
@@ -158,7 +158,7 @@ def run_plan(
             f"output {output} already exists", hint="choose another -o folder or pass --force to replace it"
         )
     root = Path(cache_dir) if cache_dir else cache_root()
-    require_folder(root, "the step cache (SLMK_CACHE_DIR)")
+    check_cache_folder(root, "the step cache (SLMK_CACHE_DIR)")
     steps_dir = root / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(steps_dir)
@@ -235,6 +235,16 @@ def cached_step_problems(step_dir: Path) -> list[str]:
         return [f"{STEP_MARKER} is unreadable"]
     if not isinstance(data, dict) or data.get("format") != STEP_FORMAT or not isinstance(data.get("files"), dict):
         return [f"written by another slmk version (no file manifest in {STEP_MARKER})"]
+    damaged = [
+        name
+        for name, entry in data["files"].items()
+        if not isinstance(entry, dict)
+        or not isinstance(entry.get("size"), int)
+        or isinstance(entry.get("size"), bool)
+        or not isinstance(entry.get("sha256"), str)
+    ]
+    if damaged:  # a hand-edited or corrupted step.json: the step is rebuilt like any damaged one
+        return [f"{STEP_MARKER} has a damaged entry for {damaged[0]!r}"]
     return manifest_problems(step_dir / "model", data["files"])
 
 

@@ -3,7 +3,8 @@
 Built-in and third-party plugins are found the same way: the ``slmk`` entry-point
 group. A plugin that fails to import, to register, or inside a hook is recorded
 (name + error) and skipped; it never takes the CLI down, not even by calling
-``sys.exit`` (only Ctrl-C goes through).
+``sys.exit`` or raising GeneratorExit or another BaseException. Only an interrupt goes
+through, as ``PluginInterrupted`` naming the plugin (the CLI exits 130, as for Ctrl-C).
 
 Names are first come, built-ins first: an entry point, record or command whose
 name a built-in (the ``slmk`` distribution's own plugins) already has is refused,
@@ -28,7 +29,7 @@ from typing import Any, Generic, TypeVar, overload
 import pluggy
 
 from . import PROJECT, hookspecs
-from .errors import PluginError, SlmkError
+from .errors import PluginError, SlmkError, UsageError, contain_plugin_failure
 from .records import (
     RECORD_TYPES,
     Command,
@@ -133,7 +134,8 @@ class Registry:
         info.distribution, info.version, info.builtin = distribution, version, builtin
         try:
             self.pm.register(plugin, name=name)
-        except (Exception, SystemExit) as exc:  # a bad hookimpl signature, a duplicate name ...
+        except BaseException as exc:  # a bad hookimpl signature, a duplicate name ...
+            contain_plugin_failure(exc, name, "registering it")
             info.loaded = False
             info.errors.append(f"register: {_describe(exc)}")
             return
@@ -186,10 +188,19 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except (Exception, SystemExit) as exc:  # a plugin must not end slmk, not even by sys.exit
+            except BaseException as exc:  # a plugin must not end slmk, not even by sys.exit
+                contain_plugin_failure(exc, ep.name, f"importing {ep.value}")
                 self.info[ep.name] = PluginInfo(**common, loaded=False, errors=[f"import: {_describe(exc)}"])
                 continue
             self.register(plugin, ep.name, distribution=dist_name, version=dist_version, builtin=builtin)
+        for var, names in (("SLMK_LOAD_PLUGINS", only), ("SLMK_DISABLE_PLUGINS", disabled)):
+            unknown = sorted((names or set()) - set(taken))
+            if unknown:
+                raise UsageError(
+                    f"{var} names plugins that are not installed: {', '.join(unknown)}",
+                    hint=f"installed plugins (entry-point names): {', '.join(sorted(taken)) or 'none'}; "
+                    f"fix or unset {var}",
+                )
 
     # ------------------------------------------------------------------ records
     def _collect(self, hook_name: str) -> dict[str, tuple[str, Any]]:
@@ -209,7 +220,8 @@ class Registry:
                 for record in records:
                     if not isinstance(record, record_type):
                         raise TypeError(f"returned {type(record).__name__}, expected {record_type.__name__}")
-            except (Exception, SystemExit) as exc:
+            except BaseException as exc:
+                contain_plugin_failure(exc, plugin_name, f"in hook {hook_name}")
                 info.errors.append(PluginError(plugin_name, hook_name, _describe(exc)).message)
                 continue
             for record in records:
@@ -255,7 +267,8 @@ class Registry:
             try:
                 if source.detect(Path(path)):
                     return source
-            except (Exception, SystemExit):  # a broken detector must not hide the folder
+            except BaseException as exc:  # a broken detector must not hide the folder
+                contain_plugin_failure(exc, self.owner("slmk_model_sources", source.name), "detecting a model source")
                 continue
         return None
 

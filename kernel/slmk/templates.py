@@ -43,7 +43,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SlmkError, UsageError
+from .errors import SlmkError, UsageError, contain_plugin_failure
 from .records import PromptTemplate
 
 if TYPE_CHECKING:
@@ -103,6 +103,23 @@ class ChatTemplateError(TemplateError):
     """The Jinja chat template failed: a syntax error, or it raised for this conversation."""
 
 
+class ChatTemplateSyntaxError(ChatTemplateError):
+    """The chat template does not parse: no conversation can render."""
+
+
+class UnsafeTemplateError(ChatTemplateError):
+    """The chat template reached for something the sandbox refuses (``__class__``, ...)."""
+
+
+class RenderLimitError(ChatTemplateError):
+    """The chat template went over a render budget: steps, sizes, seconds or memory."""
+
+
+#: The errors that say the template itself is unusable, whatever the conversation: a model
+#: whose own chat template ends in one of these cannot run, so no family or file hides it.
+UNUSABLE_TEMPLATE_ERRORS = (ChatTemplateSyntaxError, UnsafeTemplateError, RenderLimitError)
+
+
 class TemplateMismatch(TemplateError):
     """The PromptTemplate pieces do not reproduce what the chat template renders."""
 
@@ -122,8 +139,17 @@ class TemplateMismatch(TemplateError):
 
 # --------------------------------------------------------------------------- render limits
 # A chat template is code that ships with the model folder: slmk renders it for `template
-# show`, `inspect` and `install`. These limits bound one rendering, so a hostile or broken
-# template ends in a one-line ChatTemplateError instead of hanging slmk or eating memory.
+# show`, `inspect`, `install` and before a runtime loads a build. Two lines of defence bound
+# one rendering, so a hostile or broken template ends in a one-line ChatTemplateError
+# instead of hanging slmk or eating memory:
+#
+# 1. the metered sandbox below counts steps and checks sizes before allocating, which
+#    gives a precise message for the usual ways to loop or to build a big value;
+# 2. the rendering runs in a separate worker process (render_worker.py) with an
+#    address-space limit, a wall-clock deadline the parent enforces by killing it, and a
+#    CPU-time backstop: work no meter sees (C code comparing shared nested lists,
+#    quadratic codecs) is bounded too, whatever the template does.
+#
 # Published templates stay far below them (a few hundred steps and a few KB per rendering).
 
 #: Loop iterations, calls, filters and intercepted operators one rendering may take
@@ -135,14 +161,26 @@ RENDER_STEPS = 1_000_000
 RENDER_VALUE_CHARS = 1_000_000
 #: Everything the operations and the output make together, in units of the largest value.
 RENDER_TOTAL_FACTOR = 16
-#: A backstop for the step count: no rendering runs longer than this.
-RENDER_SECONDS = 10.0
+#: The CPU time one rendering may use: the metered sandbox checks it at every step, and the
+#: render worker's CPU limit (RLIMIT_CPU) ends it for work in C, which checks nothing. CPU
+#: time, not wall time, so a busy machine does not turn a slow rendering into a refusal.
+RENDER_SECONDS = 4.0
+#: The wall-clock backstop: the parent kills a rendering that has not answered by then (a
+#: worker starved on a busy machine, or stopped).
+RENDER_WALL_SECONDS = 6.0
+#: Memory one rendering may take on top of what the idle render worker holds (its
+#: address-space limit), plus RENDER_BYTES_PER_CHAR per character of the conversation.
+RENDER_MEMORY_BYTES = 512 * 1024**2
+RENDER_BYTES_PER_CHAR = 64
 #: The widest JSON indent tojson takes: indents repeat once per nesting level and line.
 TOJSON_MAX_INDENT = 64
 #: Templates that exceeded a limit in this process fail at once on their next rendering:
 #: the template analysis renders a template a dozen times and each would run to the limit.
 _EXCEEDED: dict[str, str] = {}
 _EXCEEDED_MAX = 64
+
+
+_CPU_TIME_REASON = f"it used more than {RENDER_SECONDS:g} s of CPU time"
 
 
 class RenderLimitExceeded(Exception):
@@ -159,14 +197,14 @@ class _RenderBudget:
         self.total_limit = self.value_limit * RENDER_TOTAL_FACTOR
         self.steps = self.step_limit
         self.total = self.total_limit
-        self.deadline = time.monotonic() + RENDER_SECONDS
+        self.deadline = time.process_time() + RENDER_SECONDS
 
     def step(self) -> None:
         self.steps -= 1
         if self.steps < 0:
             raise RenderLimitExceeded(f"it took more than {self.step_limit:,} steps (loop iterations and calls)")
-        if time.monotonic() > self.deadline:
-            raise RenderLimitExceeded(f"it ran for more than {RENDER_SECONDS:g} s")
+        if time.process_time() > self.deadline:
+            raise RenderLimitExceeded(_CPU_TIME_REASON)
 
     def check_size(self, size: int, what: str = "a value") -> None:
         if size > self.value_limit:
@@ -590,11 +628,15 @@ def render_chat_template(
 
     ``special_tokens`` are the tokenizer's ``special_tokens_map`` (``bos_token``,
     ``eos_token`` ...); ``template_vars`` are extra variables (``enable_thinking``,
-    ``date_string`` ...). The rendering is bounded (``RENDER_STEPS``, ``RENDER_VALUE_CHARS``,
-    ``RENDER_SECONDS``). Raises ``ChatTemplateError``, one line, whenever the template does
-    not parse, raises, goes over a limit, or fails in any other way for this conversation.
+    ``date_string`` ...). The rendering runs in slmk's render worker process, metered
+    (``RENDER_STEPS``, ``RENDER_VALUE_CHARS``) and bounded whatever the template does
+    (``RENDER_SECONDS`` of CPU, ``RENDER_WALL_SECONDS``, ``RENDER_MEMORY_BYTES``). Raises
+    ``ChatTemplateError``, one line,
+    whenever the template does not parse, raises, goes over a limit, or fails in any other
+    way for this conversation (``RenderLimitError``, ``UnsafeTemplateError`` and
+    ``ChatTemplateSyntaxError`` say which).
     """
-    import jinja2
+    from . import render_worker
 
     messages = list(messages)
     if not isinstance(chat_template, str):
@@ -606,6 +648,26 @@ def render_chat_template(
         raise _limit_error(_EXCEEDED[chat_template])
     variables = {**as_special_tokens(special_tokens), **template_vars}
     plain = _plain_messages(messages)
+    try:
+        return render_worker.render(chat_template, plain, add_generation_prompt, variables)
+    except RenderLimitError as exc:
+        _remember_exceeded(chat_template, exc.message.removeprefix(_LIMIT_PREFIX))
+        raise
+
+
+def render_in_process(
+    chat_template: str, plain: list[dict[str, Any]], add_generation_prompt: bool, variables: Mapping[str, Any]
+) -> str:
+    """One metered rendering in this process: what the render worker runs for each request.
+
+    Bounded by the step and size meters only; ``render_chat_template`` adds the process
+    limits. ``plain`` are messages as ``_plain_messages`` makes them.
+    """
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    if chat_template in _EXCEEDED:
+        raise _limit_error(_EXCEEDED[chat_template])
     # str(), not _weight(): a caller's conversation may hold anything, a cycle included
     conversation_chars = sum(len(str(value)) for message in plain for value in message.values())
     budget = _RenderBudget(conversation_chars + sum(len(str(value)) for value in variables.values()))
@@ -614,11 +676,11 @@ def render_chat_template(
         try:
             compiled = _compile(chat_template)
         except jinja2.TemplateError as exc:
-            raise ChatTemplateError(
+            raise ChatTemplateSyntaxError(
                 f"the chat template does not parse: {_short(exc)}", hint="fix the Jinja syntax, or pass --template FILE"
             ) from exc
         except (RecursionError, MemoryError) as exc:
-            raise ChatTemplateError(
+            raise ChatTemplateSyntaxError(
                 f"the chat template does not parse: it is nested too deeply ({type(exc).__name__})",
                 hint="fix the Jinja syntax, or pass --template FILE",
             ) from exc
@@ -631,34 +693,49 @@ def render_chat_template(
             pieces.append(piece)
         return "".join(pieces)
     except RenderLimitExceeded as exc:
-        if len(_EXCEEDED) >= _EXCEEDED_MAX:
-            _EXCEEDED.clear()
-        _EXCEEDED[chat_template] = str(exc)
+        _remember_exceeded(chat_template, str(exc))
         raise _limit_error(str(exc)) from None
+    except MemoryError:
+        pieces = compiled = None  # give the memory back before building the error
+        raise _limit_error("it needed more memory than a rendering may take") from None
     except ChatTemplateError:
         raise
+    except SecurityError as exc:
+        raise UnsafeTemplateError(
+            f"the chat template reaches for something the sandbox refuses: {_short(exc)}",
+            hint="a chat template only formats messages; fix it, or pass --template FILE",
+        ) from exc
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(
-            f"the chat template raised for a conversation of {_roles(messages)}: {_short(exc)}",
+            f"the chat template raised for a conversation of {_roles(plain)}: {_short(exc)}",
             hint="the model's chat template does not accept this conversation",
         ) from exc
     except RecursionError as exc:
         raise ChatTemplateError(
-            f"the chat template recursed too deeply for a conversation of {_roles(messages)}",
+            f"the chat template recursed too deeply for a conversation of {_roles(plain)}",
             hint="a macro or recursive loop in the chat template does not stop; fix it or pass --template FILE",
         ) from exc
-    except Exception as exc:  # MemoryError, OverflowError, TypeError ...: still one line
+    except Exception as exc:  # OverflowError, TypeError ...: still one line
         raise ChatTemplateError(
-            f"the chat template failed for a conversation of {_roles(messages)}: {type(exc).__name__}: {_short(exc)}",
+            f"the chat template failed for a conversation of {_roles(plain)}: {type(exc).__name__}: {_short(exc)}",
             hint="fix the chat template, or pass --template FILE",
         ) from exc
     finally:
         _BUDGET.reset(token)
 
 
-def _limit_error(reason: str) -> ChatTemplateError:
-    return ChatTemplateError(
-        f"the chat template went over a render limit: {reason}",
+def _remember_exceeded(chat_template: str, reason: str) -> None:
+    if len(_EXCEEDED) >= _EXCEEDED_MAX:
+        _EXCEEDED.clear()
+    _EXCEEDED[chat_template] = reason
+
+
+_LIMIT_PREFIX = "the chat template went over a render limit: "
+
+
+def _limit_error(reason: str) -> RenderLimitError:
+    return RenderLimitError(
+        _LIMIT_PREFIX + reason,
         hint="a chat template loops, recurses or builds text far beyond what a prompt needs; "
         "fix it, or pass --template FILE",
     )
@@ -1120,14 +1197,43 @@ def sample_rendering(info: ModelInfo) -> str | None:
 def resolve_family(registry: Registry, info: ModelInfo) -> ModelFamily | None:
     """The family that scores highest for this model (ties: by name), or None."""
     best_score, chosen = 0, None
-    for _, family in sorted(registry.model_families.items()):
+    for name, family in sorted(registry.model_families.items()):
         try:
             score = int(family.match(info) or 0)
-        except Exception:  # a broken family plugin must not stop the others
+        except BaseException as exc:  # a broken family plugin must not stop the others
+            contain_plugin_failure(exc, _family_plugin(registry, name), f"family {name!r} matching a model")
             continue
         if score > best_score:
             best_score, chosen = score, family
     return chosen
+
+
+def _family_plugin(registry: Registry, name: str) -> str:
+    try:
+        return registry.owner("slmk_model_families", name)
+    except KeyError:  # a family handed in directly, not through a hook
+        return "?"
+
+
+def family_prompt_template(registry: Registry, family: ModelFamily, info: ModelInfo) -> PromptTemplate:
+    """``family.prompt_template(info)``, checked: a plugin that raises or returns something
+    else than a PromptTemplate is one line naming the family and its plugin."""
+    plugin = _family_plugin(registry, family.name)
+    try:
+        template = family.prompt_template(info)
+    except SlmkError:
+        raise
+    except BaseException as exc:  # a plugin bug: name the plugin, keep the one-line error
+        contain_plugin_failure(exc, plugin, f"family {family.name!r} giving a prompt template")
+        detail = f"raised {type(exc).__name__}: {_short(exc)}"
+    else:
+        if isinstance(template, PromptTemplate):
+            return template
+        detail = f"returned {type(template).__name__}, not a PromptTemplate"
+    raise SlmkError(
+        f"family {family.name!r} of plugin {plugin!r} failed to give a prompt template: {detail}",
+        hint=f"fix or disable the plugin (SLMK_DISABLE_PLUGINS={plugin}), or pass --template FILE",
+    )
 
 
 def _read_template_file(path: Path) -> tuple[PromptTemplate | None, str | None]:
@@ -1213,15 +1319,7 @@ def _resolve_template(registry: Registry, info: ModelInfo, template_file: Path |
     if template is not None:
         source = template.source
     elif family is not None:
-        try:
-            template = family.prompt_template(info)
-        except SlmkError:
-            raise
-        except Exception as exc:  # a plugin bug: name the plugin, keep the one-line error
-            raise SlmkError(
-                f"family {family.name!r} failed to give a prompt template: {type(exc).__name__}: {exc}",
-                hint="disable its plugin or pass --template FILE",
-            ) from exc
+        template = family_prompt_template(registry, family, info)
         source = template.source or f"family:{family.name}"
     elif chat_template:
         template = derive_prompt_template(chat_template, tokens)
@@ -1239,6 +1337,10 @@ def _resolve_template(registry: Registry, info: ModelInfo, template_file: Path |
             notes.extend(report.notes)
         except TemplateMismatch as exc:
             notes.append(f"does not round-trip: {exc.message}")
+        except UNUSABLE_TEMPLATE_ERRORS:
+            # the runtimes render this template for every request: a family's or a file's pieces
+            # do not make a template that does not parse, is unsafe or unbounded usable
+            raise
         except TemplateError as exc:
             notes.append(f"round trip not checked: {exc.message}")
     else:

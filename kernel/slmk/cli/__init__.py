@@ -17,7 +17,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import SlmkError
+from ..errors import PluginInterrupted, SlmkError, contain_plugin_failure
 from ..plugins import get_registry
 from .build import config, convert, init, inspect
 from .models import install, list_, remove, run, template
@@ -66,8 +66,9 @@ class SlmkGroup(click.Group):
             return None
         try:
             loaded = record.load()
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:
             owner = get_registry().owner("slmk_commands", name)
+            contain_plugin_failure(exc, owner, f"loading command {name!r}")
             raise SlmkError(
                 f"the command {name!r} of plugin {owner!r} failed to load: {type(exc).__name__}: {exc}",
                 hint=f"fix or uninstall the plugin, or SLMK_DISABLE_PLUGINS={owner}",
@@ -123,8 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="slmk", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-        click.echo("interrupted: nothing half-written was left under a final name", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # click turns Ctrl-C into Abort
+        source = exc if isinstance(exc, PluginInterrupted) else exc.__cause__ or exc.__context__
+        where = f" in {source}" if isinstance(source, PluginInterrupted) else ""
+        click.echo(f"interrupted{where}: nothing half-written was left under a final name", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         # one line, like every other error; the command's --help has the details
