@@ -50,7 +50,7 @@ from .cli.options import (
     search_from,
     write_text_atomic,
 )
-from .config import Settings, load_settings
+from .config import Settings, check_values, load_settings, read_toml
 from .errors import ConfigError, PluginError, SlmkError, StepFailed, UsageError
 from .fsutil import (
     TMP_PREFIX,
@@ -62,10 +62,13 @@ from .fsutil import (
     file_lock,
     hash_json,
     link_or_copy_tree,
+    remove_tree,
     tree_entries,
 )
 from .genai_format import (
     GENAI_CONFIG,
+    MAX_CONTEXT_LENGTH,
+    MAX_SESSION_THREADS,
     SEARCH_OPTIONS,
     build_problems,
     context_length,
@@ -173,6 +176,8 @@ __all__ = [
     "UsageError",
     # model folders and the build format
     "GENAI_CONFIG",
+    "MAX_CONTEXT_LENGTH",
+    "MAX_SESSION_THREADS",
     "SEARCH_OPTIONS",
     "ModelInfo",
     "build_problems",
@@ -193,6 +198,7 @@ __all__ = [
     "link_or_copy_tree",
     "write_json_atomic",
     "copy_tree",
+    "remove_tree",
     "tree_entries",
     # progress and messages
     "QUIET",
@@ -229,6 +235,8 @@ __all__ = [
     "inspect_model",
     "install",
     "load_settings",
+    "check_values",
+    "read_toml",
     "open_session",
     "package_data_dir",
     "parse_ref",
