@@ -81,7 +81,7 @@ from .genai_format import (
 )
 from .hookspecs import hookimpl
 from .messages import check_messages, installed_version, package_data_dir
-from .modelinfo import ModelInfo
+from .modelinfo import ModelInfo, pickled_weights
 from .planner import Plan, check_precision, make_plan
 from .plugins import PluginInfo, Registry, make_registry
 from .progress import QUIET, Progress
@@ -180,6 +180,7 @@ __all__ = [
     "MAX_SESSION_THREADS",
     "SEARCH_OPTIONS",
     "ModelInfo",
+    "pickled_weights",
     "build_problems",
     "context_length",
     "missing_search_defaults",

@@ -81,7 +81,7 @@ def _integer_problem(key: str, value: Any, low: float, high: float) -> str | Non
     if not isinstance(value, int) or isinstance(value, bool):
         return f"{key} = {_shown(value)} is not an integer"
     if not low <= value <= high:
-        return f"{key} = {_shown(value)} is out of range [{low:g}, {high:g}]"
+        return f"{key} = {_shown(value)} is out of range [{int(low)}, {int(high)}]"
     return None
 
 

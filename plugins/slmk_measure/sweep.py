@@ -439,18 +439,48 @@ def plan_cells(config: SweepConfig) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ results file
 def read_results(output: Path) -> dict[str, dict[str, Any]]:
-    """The rows already finished (by cell id); unreadable lines are ignored."""
-    rows = {}
-    path = Path(output) / RESULTS_FILE
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and row.get("cell"):
-                rows[row["cell"]] = row
+    """The rows already finished (by cell id), as ``--resume`` reads them.
+
+    The file is slmk's own, written whole each time (atomically): a line that is not a
+    row means someone edited or damaged it, so it is refused in one line naming the file
+    and the line, rather than guessed around (skipping it would rerun or drop cells silently).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    path = results_path(output)
+    if not path.exists():
+        return rows
+    hint = f"fix or delete that line (or the file) in {path}, or run without --resume to start over"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start})", hint=hint) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint=hint) from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("cell"), str) or not row["cell"]:
+            raise UsageError(f"{path} line {number} is not a result row of slmk sweep", hint=hint)
+        rows[row["cell"]] = row
     return rows
+
+
+def results_path(output: Path) -> Path:
+    """``OUTPUT/results.jsonl``; an output that is not a folder, or a results path that is not a
+    file, is refused in one line before any cell runs."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"the sweep output {output} is not a folder", hint="pass -o DIR (created when missing)")
+    path = output / RESULTS_FILE
+    if os.path.lexists(path) and not path.is_file():
+        raise UsageError(
+            f"{path} is not a file (the sweep writes its rows there)", hint="move it away, or pass another -o DIR"
+        )
+    return path
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -644,13 +674,14 @@ def run_sweep(
     check_config(config)
     progress = progress or Progress(quiet=True)
     output = Path(config.output).resolve()
+    results_path(output)
     output.mkdir(parents=True, exist_ok=True)
     cells = plan_cells(config)
-    previous = read_results(output)
+    previous = read_results(output) if resume else {}
     planned_ids = {c["id"] for c in cells}
     # resume skips the cells that finished (a failed cell is tried again); without
     # resume the results of an earlier sweep into this folder are replaced
-    finished = {k: r for k, r in previous.items() if k in planned_ids and not r.get("error")} if resume else {}
+    finished = {k: r for k, r in previous.items() if k in planned_ids and not r.get("error")}
     rows: dict[str, dict[str, Any]] = dict(finished)
     tracker = SweepProgress(progress, len(cells))
     for cell in cells:
