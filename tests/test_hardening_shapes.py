@@ -37,17 +37,29 @@ def one_error_line(done) -> str:
     return lines[0]
 
 
-def nest(folder: Path, depth: int, name: str = "d") -> Path:
-    """``depth`` folders one inside the other under ``folder`` (built with relative paths, so any depth works)."""
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
-        for _ in range(depth):
-            os.mkdir(name)
-            os.chdir(name)
-    finally:
-        os.chdir(here)
-    return folder
+@pytest.fixture
+def nest():
+    """nest(folder, depth): ``depth`` folders one inside the other under ``folder`` (made with relative
+    paths, so any depth works), deleted after the test with slmk's own remove_tree: pytest's
+    cleanup of its temporary folders recurses once per level and would fail on them."""
+    made: list[Path] = []
+
+    def make(folder: Path, depth: int, name: str = "d") -> Path:
+        here = os.getcwd()
+        os.chdir(folder)
+        try:
+            for _ in range(depth):
+                os.mkdir(name)
+                os.chdir(name)
+        finally:
+            os.chdir(here)
+        made.append(folder / name)
+        return folder
+
+    yield make
+    for top in made:
+        fsutil.remove_tree(top)
+    assert not any(top.exists() for top in made)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +81,7 @@ def listed(run_slmk, cache: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------ 2. folder shapes
-def test_walks_are_bounded_and_iterative(tmp_path, monkeypatch):
+def test_walks_are_bounded_and_iterative(tmp_path, monkeypatch, nest):
     deep = tmp_path / "deep"
     deep.mkdir()
     nest(deep, 1500)
@@ -90,7 +102,7 @@ def test_walks_are_bounded_and_iterative(tmp_path, monkeypatch):
         fsutil.tree_entries(odd)
 
 
-def test_remove_tree_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path):
+def test_remove_tree_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path, nest):
     root = tmp_path / "deep"
     root.mkdir()
     nest(root, sys.getrecursionlimit() + 500)
@@ -100,7 +112,7 @@ def test_remove_tree_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_deeply_nested_build_is_refused_before_anything_is_installed(run_slmk, copy_of_build, tmp_path):
+def test_a_deeply_nested_build_is_refused_before_anything_is_installed(run_slmk, copy_of_build, tmp_path, nest):
     nest(copy_of_build, 1500)
     cache = tmp_path / "cache"
     done = run_slmk("-q", "install", str(copy_of_build), "--name", "deep", "--cache-dir", str(cache), timeout=120)
@@ -126,7 +138,7 @@ def test_a_file_name_that_is_not_utf8_is_refused_in_one_line(run_slmk, copy_of_b
 
 
 @pytest.mark.slow
-def test_converting_a_model_folder_nested_1100_deep_is_refused_before_converting(run_slmk, tmp_path):
+def test_converting_a_model_folder_nested_1100_deep_is_refused_before_converting(run_slmk, tmp_path, nest):
     model = tmp_path / "model"
     shutil.copytree(TINY_MODEL, model)
     nest(model, 1100)
@@ -136,7 +148,7 @@ def test_converting_a_model_folder_nested_1100_deep_is_refused_before_converting
 
 
 @pytest.mark.slow
-def test_a_damaged_cache_entry_never_breaks_list_run_or_remove_of_the_others(run_slmk, build, tmp_path):
+def test_a_damaged_cache_entry_never_breaks_list_run_or_remove_of_the_others(run_slmk, build, tmp_path, nest):
     cache = tmp_path / "cache"
     done = run_slmk("-q", "install", str(build), "--name", "good", "--cache-dir", str(cache), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -151,8 +163,8 @@ def test_a_damaged_cache_entry_never_breaks_list_run_or_remove_of_the_others(run
     nest(bad_dir / "v1", 1500)
 
     rows = {row["name"]: row for row in listed(run_slmk, cache)}
-    assert rows["bad"]["extra"]["state"].startswith("damaged") and rows["bad"]["runtimes"] == []
-    assert rows["good"]["extra"]["state"] == "ok" and rows["good"]["runtimes"]
+    assert rows["bad"]["state"].startswith("damaged") and rows["bad"]["runtimes"] == []
+    assert rows["good"]["state"] == "ok" and rows["good"]["runtimes"]
     ran = run_slmk(
         "-q", "run", "good", "--cache-dir", str(cache), "--runtime", "ortgenai", "--prompt", "hi",
         "--max-new-tokens", "3", timeout=300,
@@ -258,7 +270,7 @@ def test_list_never_shows_a_build_the_runtime_cannot_load_as_runnable(run_slmk, 
     config["model"]["context_length"] = "512"
     (leaf / "genai_config.json").write_text(json.dumps(config))
     (row,) = listed(run_slmk, cache)
-    assert row["extra"]["state"].startswith("damaged") and "context_length" in row["extra"]["state"]
+    assert row["state"].startswith("damaged") and "context_length" in row["state"]
     assert row["runtimes"] == []
 
 
