@@ -51,6 +51,7 @@ from .cli.options import (
     write_text_atomic,
 )
 from .config import Settings, check_values, load_settings, read_toml
+from .environ import temporary_environ
 from .errors import ConfigError, PluginError, SlmkError, StepFailed, UsageError
 from .fsutil import (
     TMP_PREFIX,
@@ -238,6 +239,7 @@ __all__ = [
     "load_settings",
     "check_values",
     "read_toml",
+    "temporary_environ",
     "open_session",
     "package_data_dir",
     "parse_ref",

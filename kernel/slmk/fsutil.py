@@ -101,7 +101,7 @@ def fingerprint_tree(path: Path) -> str:
     weight file changes its size or mtime."""
     digest = hashlib.sha256()
     root = Path(path)
-    for rel_path, info in sorted(_regular_files(root), key=lambda item: item[0].as_posix()):
+    for rel_path, info in sorted(_regular_files(root), key=lambda item: item[0]):
         if TMP_PREFIX in rel_path.name:
             continue
         rel = rel_path.as_posix()

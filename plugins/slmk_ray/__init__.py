@@ -27,7 +27,6 @@ import secrets
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from slmk.api import (
     cache_root,
     get_registry,
     hookimpl,
+    temporary_environ,
 )
 
 MEASURE_SLOT = "slmk_measure_slot"
@@ -139,21 +139,6 @@ def embedded_environment(ray_home: Path) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in os.environ while the cluster's processes start, the previous values after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _import_ray():
     try:
         import ray
@@ -165,7 +150,7 @@ def _import_ray():
 class RaySession:
     def __init__(self, options: ExecutorOptions):
         self._owns = False
-        self._restore: dict[str, str | None] = {}
+        self._environment = contextlib.ExitStack()  # Ray's switches, set while the session lives
         self._cluster_switch: bool | None = None
         ray = _import_ray()
         self._ray = ray
@@ -199,9 +184,7 @@ class RaySession:
         user_home = os.environ.get("HOME") or str(Path.home())
         # the switches stay set while the session lives (this process's Ray reads some later);
         # HOME only while Ray starts its own processes: its workers get the user's back
-        lasting = {k: v for k, v in env.items() if k != "HOME"}
-        self._restore = {key: os.environ.get(key) for key in lasting}
-        os.environ.update(lasting)
+        self._environment.enter_context(temporary_environ({k: v for k, v in env.items() if k != "HOME"}))
         import ray._private.ray_constants as ray_constants
 
         # what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets in a process that imports Ray after it is set
@@ -216,7 +199,7 @@ class RaySession:
             "runtime_env": {"env_vars": {"HOME": user_home}},
         }
         try:
-            with _environment({"HOME": env["HOME"]}):
+            with temporary_environ({"HOME": env["HOME"]}):
                 ray.init(**{k: v for k, v in init.items() if v is not None})
         except BaseException:
             self._restore_environment()
@@ -229,12 +212,7 @@ class RaySession:
 
             ray_constants.ENABLE_RAY_CLUSTER = self._cluster_switch
             self._cluster_switch = None
-        for key, value in self._restore.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._restore = {}
+        self._environment.close()
 
     def submit(self, task: Task) -> Future:
         resources: dict[str, float] = {}
