@@ -98,8 +98,14 @@ def test_walks_are_bounded_and_iterative(tmp_path, monkeypatch, nest):
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / os.fsdecode(b"\xff-weights.bin")).write_text("x")
-    with pytest.raises(UsageError, match=r"\\xff-weights.bin has a name that is not UTF-8"):
+    with pytest.raises(UsageError, match=r"\\xff-weights.bin\) has a name that is not UTF-8"):
         fsutil.tree_entries(odd)
+    long = tmp_path / "long"
+    (long / ("x" * 250) / ("y" * 250) / ("z" * 250) / ("w" * 250)).mkdir(parents=True)
+    (long / ("x" * 250) / ("y" * 250) / ("z" * 250) / ("w" * 250) / ("v" * 100)).write_text("x")
+    with pytest.raises(UsageError, match=f"is a path longer than {fsutil.MAX_RELATIVE_PATH_BYTES} bytes"):
+        fsutil.copy_tree(long, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
 
 
 def test_remove_tree_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path, nest):
@@ -311,6 +317,7 @@ BAD_SWEEPS = {
     "bench-lengths": ('[bench]\nlengths = ["16"]', "bench.lengths = ['16']"),
     "validate-unknown": ("[validate]\nleak_run = 5", "unknown key 'validate.leak_run'"),
     "validate-string": ('[validate]\nsessions = "3"', "validate.sessions = '3'"),
+    "model-path-number": ("", "path = 5 is not a string"),
 }
 
 
@@ -318,10 +325,12 @@ BAD_SWEEPS = {
 def test_each_sweep_value_is_typed_and_checked_up_front(tmp_path, kind):
     body, expected = BAD_SWEEPS[kind]
     file = tmp_path / "SWEEP.toml"
-    file.write_text(f'models = ["{TINY_MODEL}"]\n{body}\n')
+    models = "[{path = 5}]" if kind == "model-path-number" else f'["{TINY_MODEL}"]'
+    file.write_text(f"models = {models}\n{body}\n")
     with pytest.raises(UsageError) as caught:
         sweep.load_config(file)
-    assert expected in caught.value.message and str(file) in caught.value.message, caught.value.message
+    assert expected in caught.value.message, caught.value.message
+    assert str(file) in caught.value.message or kind == "model-path-number", caught.value.message
 
 
 def test_a_sweep_file_that_is_not_utf8_and_cli_overrides_go_through_the_schema(tmp_path):

@@ -33,12 +33,19 @@ FOREIGN_TMP_MAX_AGE_S = 24 * 3600
 #: itself (memory, time, path length), whatever the folder holds.
 MAX_TREE_DEPTH = 32
 MAX_TREE_ENTRIES = 100_000
-_SHAPE_HINT = "a model folder is a few levels deep with at most {entries:,} entries, all named in UTF-8"
+#: Bytes of a path inside the folder: with the folder's own path it must stay within PATH_MAX (4096).
+MAX_RELATIVE_PATH_BYTES = 1024
+_SHAPE_HINT = "a model folder is a few levels deep with at most {entries:,} entries, short names, all UTF-8"
 
 
 def shown_path(path: str | os.PathLike) -> str:
     """A path as printable text, even when its bytes are not UTF-8 (shown as \\xNN escapes)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _start_of(rel: Path) -> str:
+    text = shown_path(rel)
+    return text if len(text) <= 60 else f"{text[:60]}..."
 
 
 def walk_tree(root: Path) -> Iterator[tuple[Path, os.DirEntry]]:
@@ -65,16 +72,16 @@ def walk_tree(root: Path) -> Iterator[tuple[Path, os.DirEntry]]:
                 entries.append(entry)
         children = []
         for entry in sorted(entries, key=lambda e: e.name):
+            where = f"{shown_path(root)} ({_start_of(rel / entry.name)})"
             try:
-                entry.name.encode("utf-8")
+                entry_bytes = len(f"{rel}/{entry.name}".encode())
             except UnicodeEncodeError:
-                raise UsageError(f"{shown_path(entry.path)} has a name that is not UTF-8", hint="rename it") from None
+                raise UsageError(f"{where} has a name that is not UTF-8", hint="rename it") from None
+            if entry_bytes > MAX_RELATIVE_PATH_BYTES:
+                raise UsageError(f"{where} is a path longer than {MAX_RELATIVE_PATH_BYTES} bytes", hint=hint)
             if entry.is_dir(follow_symlinks=False):
                 if depth + 1 > MAX_TREE_DEPTH:
-                    raise UsageError(
-                        f"{shown_path(entry.path)} is nested more than {MAX_TREE_DEPTH} folders deep in {root}",
-                        hint=hint,
-                    )
+                    raise UsageError(f"{where} is nested more than {MAX_TREE_DEPTH} folders deep", hint=hint)
                 children.append((rel / entry.name, depth + 1))
             yield rel / entry.name, entry
         pending.extend(reversed(children))

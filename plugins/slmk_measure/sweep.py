@@ -211,6 +211,12 @@ def model_spec(entry: Any, base: Path) -> ModelSpec:
             f"models entry {entry!r}: " + (f"unknown key {sorted(unknown)[0]!r}" if unknown else "no path"),
             hint='write models = ["DIR", {path = "DIR", name = "NAME", eval = "FILE", heldout = "FILE"}]',
         )
+    wrong = sorted(key for key, value in entry.items() if not isinstance(value, str))
+    if wrong:
+        raise UsageError(
+            f"models entry {entry!r}: {wrong[0]} = {entry[wrong[0]]!r} is not a string",
+            hint='write models = ["DIR", {path = "DIR", name = "NAME", eval = "FILE", heldout = "FILE"}]',
+        )
     path = (base / Path(entry["path"]).expanduser()).resolve()
     named = path  # its name and default data come from the folder the user named
     if get_registry().model_source(path) is not None:  # an adapter: swept merged into its base (cached)
