@@ -298,7 +298,7 @@ def test_generation_values_are_bounded_in_slmk_toml_and_in_generation_config(tmp
         "max_length": 512,
         "temperature": 0.7,
     }
-    with pytest.raises(UsageError, match=f"from 1 to {MAX_SESSION_THREADS}"):
+    with pytest.raises(UsageError, match=f"positive whole number up to {MAX_SESSION_THREADS}"):
         parse_session_options({"intra_op_num_threads": "100000"})
 
 

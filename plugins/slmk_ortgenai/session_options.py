@@ -47,7 +47,7 @@ def parse_session_options(options: Mapping[str, Any]) -> dict[str, Any]:
             threads = 0
         if not 1 <= threads <= MAX_SESSION_THREADS:
             raise UsageError(
-                f"intra_op_num_threads={value!r} is not a whole number from 1 to {MAX_SESSION_THREADS}",
+                f"intra_op_num_threads={value!r} is not a positive whole number up to {MAX_SESSION_THREADS}",
                 hint=f"use 1 to {logical_cores()} (this machine's logical cores), or leave it out for all of them",
             )
         out["intra_op_num_threads"] = threads
