@@ -109,7 +109,13 @@ def ray_temp_dir(options: ExecutorOptions) -> Path:
     if not (link.is_symlink() and os.path.realpath(link) == os.path.realpath(folder)):
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
-        link.symlink_to(folder, target_is_directory=True)
+        with contextlib.suppress(FileExistsError):  # another slmk made the same link meanwhile
+            link.symlink_to(folder, target_is_directory=True)
+        if os.path.realpath(link) != os.path.realpath(folder):
+            raise SlmkError(
+                f"{link} is in the way of the short link to Ray's folder {folder}",
+                hint=f"remove {link}, or set a shorter SLMK_CACHE_DIR / [executor] temp_dir",
+            )
     return link
 
 
