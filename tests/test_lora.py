@@ -251,6 +251,27 @@ def _bad_adapter(tmp_path: Path, kind: str) -> tuple[Path, dict]:
         _rewrite_config(folder, target_modules=["q_proj", "lm_head"])
     elif kind == "not-lora":
         _rewrite_config(folder, peft_type="IA3")
+    elif kind == "alpha-nan":
+        _rewrite_config(folder, lora_alpha=float("nan"))  # json writes NaN, which json reads back
+    elif kind == "alpha-huge":
+        _rewrite_config(folder, lora_alpha=1e308)
+    elif kind == "alpha-pattern-string":
+        _rewrite_config(folder, alpha_pattern="q_proj")
+    elif kind == "alpha-pattern-nan":
+        _rewrite_config(folder, alpha_pattern={"q_proj": float("nan")})
+    elif kind == "target-modules-number":
+        _rewrite_config(folder, target_modules=5)
+    elif kind == "truncated":  # the header is whole, the weights are cut short
+        weights = folder / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif kind == "bad-header":
+        weights = folder / "adapter_model.safetensors"
+        header = b'{"x.lora_A.weight": 5}'
+        weights.write_bytes(len(header).to_bytes(8, "little") + header)
+    elif kind == "nan-weights":
+        _rewrite_tensors(
+            folder, lambda n, t: torch.full_like(t, float("nan")) if "layers.1.mlp.up_proj.lora_B" in n else t
+        )
     return folder, kwargs
 
 
@@ -262,6 +283,14 @@ BAD = {
     "other-shape": r"q_proj is 128x256 and the base's is 128x128.*another size",
     "unsupported-targets": r"targets lm_head, which slmk cannot merge or build",
     "not-lora": r"is IA3, not LoRA",
+    "alpha-nan": r"lora_alpha = nan is not a number in \(0, 65536\]",
+    "alpha-huge": r"lora_alpha = 1e\+308 is not a number in \(0, 65536\]",
+    "alpha-pattern-string": r"alpha_pattern is str, not a table of module names",
+    "alpha-pattern-nan": r"alpha_pattern\['q_proj'\] = nan is not a number",
+    "target-modules-number": r"target_modules = 5 is not a module name or a list of them",
+    "truncated": r"lies beyond the end of the file .* the file is truncated",
+    "bad-header": r"tensor 'x.lora_A.weight' is not described by an object",
+    "nan-weights": r"layers.1.mlp.up_proj.lora_B.weight holds NaN or infinite values",
 }
 
 
@@ -291,3 +320,13 @@ def test_a_separate_adapter_file_only_fits_a_build_made_for_its_layers(builds, t
     with pytest.raises(UsageError, match="has no LoRA inputs"):
         adapters.export_onnx_adapter(adapters.resolve(ADAPTER), builds["merge-int4"], "x")
     assert snapshot(builds["separate-int4"]) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["truncated", "alpha-pattern-string", "target-modules-number"])
+def test_inspect_refuses_a_damaged_adapter_in_one_line(tmp_path, run_slmk, kind):
+    folder, _ = _bad_adapter(tmp_path, kind)
+    done = run_slmk("inspect", str(folder), timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(lines) == 1 and re.search(BAD[kind], lines[0]), lines

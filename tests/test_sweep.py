@@ -520,3 +520,58 @@ def test_an_adapter_folder_is_swept_merged_into_its_base():
     spec = model_spec("examples/tiny-chat-lora/adapter", REPO)
     assert spec.name == "tiny-chat-lora" and (spec.path / "config.json").is_file()
     assert spec.eval_file == REPO / "examples" / "tiny-chat-lora" / "data" / "eval.jsonl"
+
+
+RAY_PROBE = """
+import json, os, subprocess, sys
+from slmk.api import ExecutorOptions, Task, get_registry
+session = get_registry().executors["ray"].open(ExecutorOptions(num_cpus=1))
+try:
+    worker_home = session.submit(Task(name="home", function=os.getenv, args=("HOME",), num_cpus=1)).result(300).value
+    import ray
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    dashboards = [line for line in ps if "dashboard/dashboard.py" in line and session_dir in line]
+finally:
+    session.close()
+print(json.dumps({"worker_home": worker_home, "session_dir": session_dir, "dashboards": dashboards}))
+"""
+
+
+@pytest.mark.slow
+def test_embedded_ray_stays_on_the_machine_and_keeps_its_files_in_slmk_cache(tmp_path):
+    """No DNS query (Ray's API server asked the cloud metadata services, metadata.google.internal
+    among them; every Ray process routed a socket toward 8.8.8.8:53), no files in /tmp/ray or
+    HOME: Ray's session lies in slmk's cache folder, reached through a short link when that
+    path is too long for Ray's socket paths. Ray 2.60 always starts its API server process;
+    it serves no dashboard (no frontend) and reaches nothing off the machine."""
+    from test_no_network import NOT_A_USERS, SYSCALLS, _strace, network_calls
+
+    home, cache = tmp_path / "home", tmp_path / "a-rather-long-folder-name-for-the-cache" / "slmk"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in NOT_A_USERS and not k.startswith("RAY_")}
+    env.update(HOME=str(home), SLMK_CACHE_DIR=str(cache))
+    env.pop("XDG_CACHE_HOME", None)
+    before = set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+    trace = tmp_path / "strace.txt"
+    done = subprocess.run(
+        [_strace(), "-f", "-qq", "-e", "signal=none", "-e", f"trace={SYSCALLS}", "-o", str(trace)]
+        + [sys.executable, "-c", RAY_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    session_dir = Path(os.path.realpath(found.get("session_dir", "/")))
+    link = Path(found.get("session_dir", "/")).parent
+    if link.is_symlink():  # the short link to the cache in the temporary folder (the cache path is long)
+        link.unlink()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert network_calls(trace.read_text(errors="replace")) == []
+    assert session_dir.is_relative_to(cache / "ray")
+    assert found["worker_home"] == str(home)  # Ray's workers run with the user's HOME
+    assert list(home.iterdir()) == []  # no ~/.ray/auth_token, nothing else
+    after = set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+    assert after - before == set(), "a Ray session appeared in /tmp/ray"
+    assert all("--disable-frontend" in line for line in found["dashboards"]), found["dashboards"]

@@ -49,7 +49,8 @@ from .cli.options import (
     runtime_options,
     search_from,
 )
-from .config import Settings, load_settings
+from .config import Settings, check_values, load_settings, read_toml
+from .environ import temporary_environ
 from .errors import ConfigError, PluginError, SlmkError, StepFailed, UsageError
 from .fsutil import (
     TMP_PREFIX,
@@ -62,6 +63,7 @@ from .fsutil import (
     file_lock,
     hash_json,
     link_or_copy_tree,
+    remove_tree,
     tree_entries,
     write_bytes_atomic,
     write_json_atomic,
@@ -69,6 +71,8 @@ from .fsutil import (
 )
 from .genai_format import (
     GENAI_CONFIG,
+    MAX_CONTEXT_LENGTH,
+    MAX_SESSION_THREADS,
     SEARCH_OPTIONS,
     build_problems,
     context_length,
@@ -80,7 +84,7 @@ from .genai_format import (
 )
 from .hookspecs import hookimpl
 from .messages import check_messages, installed_version, package_data_dir
-from .modelinfo import ModelInfo
+from .modelinfo import ModelInfo, pickled_weights
 from .planner import Plan, check_precision, make_plan
 from .plugins import PluginInfo, Registry, make_registry
 from .progress import QUIET, Progress
@@ -175,8 +179,11 @@ __all__ = [
     "UsageError",
     # model folders and the build format
     "GENAI_CONFIG",
+    "MAX_CONTEXT_LENGTH",
+    "MAX_SESSION_THREADS",
     "SEARCH_OPTIONS",
     "ModelInfo",
+    "pickled_weights",
     "build_problems",
     "context_length",
     "missing_search_defaults",
@@ -194,6 +201,7 @@ __all__ = [
     "hash_json",
     "link_or_copy_tree",
     "copy_tree",
+    "remove_tree",
     "tree_entries",
     "atomic_file",
     "write_bytes_atomic",
@@ -234,6 +242,9 @@ __all__ = [
     "inspect_model",
     "install",
     "load_settings",
+    "check_values",
+    "read_toml",
+    "temporary_environ",
     "open_session",
     "package_data_dir",
     "parse_ref",

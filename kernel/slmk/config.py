@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .fsutil import write_text_atomic
+from .genai_format import MAX_CONTEXT_LENGTH, MAX_TOP_K, SEARCH_LIMITS
 from .records import PRECISIONS, Setting
 
 if sys.version_info >= (3, 11):
@@ -25,10 +26,6 @@ else:  # pragma: no cover - exercised on 3.10
     import tomli as tomllib
 
 CONFIG_FILE = "slmk.toml"
-
-
-def _positive(value: Any) -> bool:
-    return value > 0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -50,17 +47,42 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("quantization.accuracy_level", int, 4, "int4 MatMul accuracy level", choices=(0, 1, 2, 3, 4)),
     Setting("quantization.is_symmetric", bool, True, "symmetric int4 quantization"),
     Setting("quantization.calibration", str, None, "JSONL or text file for calibrated quantization"),
-    Setting("generation.max_length", int, None, "prompt + answer tokens at most", check=_positive, check_help="> 0"),
+    # bounded like a build's genai_config.json search (SEARCH_LIMITS): convert never writes what a runtime refuses
+    Setting(
+        "generation.max_length",
+        int,
+        None,
+        "prompt + answer tokens at most",
+        check=lambda v: 0 < v <= MAX_CONTEXT_LENGTH,
+        check_help=f"in 1..{MAX_CONTEXT_LENGTH}",
+    ),
     Setting("generation.do_sample", bool, None, "sample (true) or greedy (false)"),
-    Setting("generation.temperature", float, None, "sampling temperature", check=lambda v: v >= 0, check_help=">= 0"),
+    Setting(
+        "generation.temperature",
+        float,
+        None,
+        "sampling temperature",
+        check=lambda v: 0 <= v <= SEARCH_LIMITS["temperature"][2],
+        check_help=f"in 0..{SEARCH_LIMITS['temperature'][2]:g}",
+    ),
     Setting(
         "generation.top_p", float, None, "nucleus sampling mass", check=lambda v: 0 < v <= 1, check_help="in (0, 1]"
     ),
     Setting(
-        "generation.top_k", int, None, "sample from the k most likely tokens", check=lambda v: v >= 0, check_help=">= 0"
+        "generation.top_k",
+        int,
+        None,
+        "sample from the k most likely tokens",
+        check=lambda v: 0 <= v <= MAX_TOP_K,
+        check_help=f"in 0..{MAX_TOP_K}",
     ),
     Setting(
-        "generation.repetition_penalty", float, None, "penalty for repeated tokens", check=_positive, check_help="> 0"
+        "generation.repetition_penalty",
+        float,
+        None,
+        "penalty for repeated tokens",
+        check=lambda v: 0 < v <= SEARCH_LIMITS["repetition_penalty"][2],
+        check_help=f"in (0, {SEARCH_LIMITS['repetition_penalty'][2]:g}]",
     ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
@@ -96,10 +118,13 @@ def _coerce(setting: Setting, value: Any, origin: str, *, text: bool = False) ->
             value = float(value)
             if not math.isfinite(value):  # nan passes every comparison a check makes
                 raise ValueError
+        elif setting.type is list:
+            if not isinstance(value, list):
+                raise ValueError
         else:
             if not isinstance(value, str):
                 raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(
             f"{setting.key} = {value!r} from {origin} is not a valid {setting.type.__name__}",
             hint=f"{setting.key}: {setting.help}",
@@ -220,13 +245,13 @@ def find_config_file(explicit: str | Path | None = None, *, origin: str = "--con
     return local if local.is_file() else None
 
 
-def read_config_bytes(path: Path) -> bytes:
+def read_config_bytes(path: Path, what: str = CONFIG_FILE) -> bytes:
     """A config file's bytes: a regular file of at most CONFIG_MAX_BYTES. Opened without
     blocking, so a path swapped for a FIFO cannot hang slmk; a ConfigError otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=f"pass a readable {what}") from None
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -234,28 +259,56 @@ def read_config_bytes(path: Path) -> bytes:
         try:
             data = handle.read(CONFIG_MAX_BYTES + 1)
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="pass a readable slmk.toml") from None
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=f"pass a readable {what}") from None
     if len(data) > CONFIG_MAX_BYTES:
         raise ConfigError(
-            f"{path} is larger than {CONFIG_MAX_BYTES // 1024**2} MiB, which no slmk.toml is",
-            hint="point at the right slmk.toml",
+            f"{path} is larger than {CONFIG_MAX_BYTES // 1024**2} MiB, which no {what} is",
+            hint=f"point at the right {what}",
         )
     return data
+
+
+def read_toml(path: Path, what: str = CONFIG_FILE) -> dict[str, Any]:
+    """A TOML file as a table; a file that is not TOML, not UTF-8, unreadable or not a regular
+    file is a ConfigError.
+
+    Every TOML file slmk reads (slmk.toml, a sweep file) comes through here, and its
+    values through ``check_values``: one schema mechanism for all of them.
+    """
+    raw = read_config_bytes(Path(path), what)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the line it names") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint=f"save {what} as UTF-8"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests its values too deeply", hint=f"{what} is a flat file of settings") from None
+
+
+def check_values(flat: Mapping[str, Any], known: Mapping[str, Setting], origin: str) -> dict[str, Any]:
+    """Dotted keys checked against a schema: each key known, each value of its type and in range.
+
+    An unknown key or a bad value is a ConfigError naming the key and ``origin``.
+    """
+    import difflib
+
+    for key in flat:
+        if key not in known:
+            table = key.rpartition(".")[0]
+            matches = difflib.get_close_matches(key, list(known), n=3)
+            siblings = sorted(k for k in known if k.rpartition(".")[0] == table)
+            hint = f"did you mean {', '.join(matches)}?" if matches else f"known keys: {', '.join(siblings)}"
+            raise ConfigError(f"unknown key {key!r} in {origin}", hint=hint)
+    return {key: _coerce(known[key], value, origin) for key, value in flat.items()}
 
 
 def read_config_file(path: Path, known: Mapping[str, Setting] | None = None) -> dict[str, Any]:
     """The file's keys, dotted; an unknown key or a file that is not TOML is a ConfigError."""
     known = known or SETTINGS_BY_KEY
-    raw = read_config_bytes(path)
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the line it names") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}", hint="save slmk.toml as UTF-8"
-        ) from None
-    flat = _flatten(data)
+    flat = _flatten(read_toml(path))
     for key in flat:
         if key not in known:
             raise ConfigError(f"unknown key {key!r} in {path}", hint=_close_matches(key, known))

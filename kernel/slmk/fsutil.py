@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,9 +28,79 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 FOREIGN_TMP_MAX_AGE_S = 24 * 3600
 
 
+#: Shape limits of any folder slmk walks (a model, a build, an install): a deeper tree, more
+#: entries, or a name that is not UTF-8 is refused in one line before anything is read or copied.
+#: Real model folders are one or two levels deep with tens of files; the limits bound the walk
+#: itself (memory, time, path length), whatever the folder holds.
+MAX_TREE_DEPTH = 32
+MAX_TREE_ENTRIES = 100_000
+#: Bytes of a path inside the folder: with the folder's own path it must stay within PATH_MAX (4096).
+MAX_RELATIVE_PATH_BYTES = 1024
+_SHAPE_HINT = "a model folder is a few levels deep with at most {entries:,} entries, short names, all UTF-8"
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as printable text, even when its bytes are not UTF-8 (shown as \\xNN escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _start_of(rel: Path) -> str:
+    text = shown_path(rel)
+    return text if len(text) <= 60 else f"{text[:60]}..."
+
+
+def walk_tree(root: Path) -> Iterator[tuple[Path, os.DirEntry]]:
+    """Every entry under ``root`` as (relative path, entry), parents before children, sorted by name.
+
+    Iterative (no recursion, whatever the depth), never following links to folders, and
+    bounded: more than ``MAX_TREE_DEPTH`` levels, more than ``MAX_TREE_ENTRIES`` entries or a
+    name that is not UTF-8 raise a UsageError naming the path, before anything below it is read.
+    """
+    root = Path(root)
+    hint = _SHAPE_HINT.format(entries=MAX_TREE_ENTRIES)
+    pending: list[tuple[Path, int]] = [(Path(), 0)]
+    count = 0
+    while pending:
+        rel, depth = pending.pop()
+        entries = []
+        with os.scandir(root / rel) as scan:
+            for entry in scan:
+                count += 1
+                if count > MAX_TREE_ENTRIES:
+                    raise UsageError(
+                        f"{shown_path(root)} holds more than {MAX_TREE_ENTRIES:,} files and folders", hint=hint
+                    )
+                entries.append(entry)
+        children = []
+        for entry in sorted(entries, key=lambda e: e.name):
+            where = f"{shown_path(root)} ({_start_of(rel / entry.name)})"
+            try:
+                entry_bytes = len(f"{rel}/{entry.name}".encode())
+            except UnicodeEncodeError:
+                raise UsageError(f"{where} has a name that is not UTF-8", hint="rename it") from None
+            if entry_bytes > MAX_RELATIVE_PATH_BYTES:
+                raise UsageError(f"{where} is a path longer than {MAX_RELATIVE_PATH_BYTES} bytes", hint=hint)
+            if entry.is_dir(follow_symlinks=False):
+                if depth + 1 > MAX_TREE_DEPTH:
+                    raise UsageError(f"{where} is nested more than {MAX_TREE_DEPTH} folders deep", hint=hint)
+                children.append((rel / entry.name, depth + 1))
+            yield rel / entry.name, entry
+        pending.extend(reversed(children))
+
+
+def _regular_files(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """(relative path, stat) of every regular file under ``root``, links to files followed."""
+    for rel, entry in walk_tree(root):
+        try:
+            if entry.is_file():
+                yield rel, entry.stat()
+        except OSError:
+            continue  # a dangling link: no content
+
+
 def dir_size(path: Path) -> int:
-    """Bytes of every file under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of every file under ``path`` (a bounded walk: see ``walk_tree``)."""
+    return sum(info.st_size for _, info in _regular_files(Path(path)))
 
 
 def fingerprint_tree(path: Path) -> str:
@@ -38,12 +109,13 @@ def fingerprint_tree(path: Path) -> str:
     weight file changes its size or mtime."""
     digest = hashlib.sha256()
     root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and TMP_PREFIX not in p.name):
-        stat = file.stat()
-        rel = file.relative_to(root).as_posix()
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
-        if file.suffix in (".json", ".jinja", ".txt") and stat.st_size < 4_000_000:
-            digest.update(file.read_bytes())
+    for rel_path, info in sorted(_regular_files(root), key=lambda item: item[0]):
+        if TMP_PREFIX in rel_path.name:
+            continue
+        rel = rel_path.as_posix()
+        digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+        if rel_path.suffix in (".json", ".jinja", ".txt") and info.st_size < 4_000_000:
+            digest.update((root / rel_path).read_bytes())
     return digest.hexdigest()
 
 
@@ -77,7 +149,7 @@ def clean_stale_tmp(parent: Path) -> None:
             elif pid.isdigit() and _pid_alive(int(pid)):
                 continue  # another live process is writing it
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
             else:
                 with suppress(OSError):
                     entry.unlink()
@@ -187,8 +259,9 @@ def _inside(path: str, root: str) -> bool:
 def tree_entries(src: Path) -> list[tuple[Path, Path | None]]:
     """Every entry of ``src`` as (relative path, regular file to read, or None for a folder).
 
-    Walks with ``os.scandir`` without following symbolic links and opens nothing, so a
-    link to ``/`` or a FIFO (``/proc/kmsg`` blocks whoever reads it) is never read.
+    Walks with ``walk_tree`` (bounded depth, entry count and UTF-8 names) without following
+    symbolic links and opens nothing, so a link to ``/`` or a FIFO (``/proc/kmsg`` blocks
+    whoever reads it) is never read.
     A link to a regular file inside ``src`` stands for that file; any other link (to
     somewhere outside ``src``, to a folder, dangling) and any special file (FIFO,
     device, socket) is refused with one line naming it, before anything is copied.
@@ -197,35 +270,84 @@ def tree_entries(src: Path) -> list[tuple[Path, Path | None]]:
     root_real = os.path.realpath(root)
     hint = "slmk copies only regular files that lie inside the folder: replace the link with the file itself"
     found: list[tuple[Path, Path | None]] = []
-    pending = [Path()]
-    while pending:
-        rel = pending.pop()
-        with os.scandir(root / rel) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        for entry in entries:
-            entry_rel = rel / entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not _inside(target, root_real):
-                    raise UsageError(f"{entry.path} is a symbolic link to {target}, outside {root}", hint=hint)
-                try:
-                    mode = os.stat(target).st_mode  # stat opens nothing
-                except OSError:
-                    raise UsageError(f"{entry.path} is a dangling symbolic link", hint=hint) from None
-                if not stat.S_ISREG(mode):
-                    raise UsageError(f"{entry.path} is a symbolic link to a folder or special file", hint=hint)
-                found.append((entry_rel, Path(target)))
-            elif entry.is_dir(follow_symlinks=False):
-                found.append((entry_rel, None))
-                pending.append(entry_rel)
-            elif entry.is_file(follow_symlinks=False):
-                found.append((entry_rel, Path(entry.path)))
-            else:
-                raise UsageError(
-                    f"{entry.path} is a special file (FIFO, device or socket), not a model file",
-                    hint="remove it from the folder",
-                )
+    for entry_rel, entry in walk_tree(root):
+        where = shown_path(entry.path)
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not _inside(target, root_real):
+                raise UsageError(f"{where} is a symbolic link to {shown_path(target)}, outside {root}", hint=hint)
+            try:
+                mode = os.stat(target).st_mode  # stat opens nothing
+            except OSError:
+                raise UsageError(f"{where} is a dangling symbolic link", hint=hint) from None
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"{where} is a symbolic link to a folder or special file", hint=hint)
+            found.append((entry_rel, Path(target)))
+        elif entry.is_dir(follow_symlinks=False):
+            found.append((entry_rel, None))
+        elif entry.is_file(follow_symlinks=False):
+            found.append((entry_rel, Path(entry.path)))
+        else:
+            raise UsageError(
+                f"{where} is a special file (FIFO, device or socket), not a model file",
+                hint="remove it from the folder",
+            )
     return found
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder and everything in it, as far as possible, ignoring errors
+    (``shutil.rmtree(path, ignore_errors=True)``), at any depth.
+
+    shutil.rmtree recurses once per level: a tree nested deeper than Python's recursion
+    limit (one a hand-made or older install left) raises RecursionError. Such a tree is
+    deleted level by level through folder descriptors instead, never following a link,
+    and never holding more than two descriptors open.
+    """
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    except RecursionError:
+        pass
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    names: list[str] = []  # the folders descended into, from ``path`` down
+    try:
+        while True:
+            with os.scandir(fd) as scan:
+                entries = list(scan)
+            child = next((e.name for e in entries if e.is_dir(follow_symlinks=False)), None)
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                try:
+                    child_fd = os.open(child, flags, dir_fd=fd)
+                except OSError:
+                    return
+                os.close(fd)
+                fd, names = child_fd, [*names, child]
+                continue
+            if not names:
+                break
+            parent_fd = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent_fd
+            try:
+                os.rmdir(names.pop(), dir_fd=fd)
+            except OSError:
+                return  # cannot delete it (permissions): give up, as ignore_errors does
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 #: Linux FICLONE ioctl: the copy shares the source's blocks until either is written (btrfs, XFS, bcachefs).

@@ -81,6 +81,19 @@ def _count_parameters(folder: Path) -> tuple[int | None, str | None]:
     return total, _DTYPE_NAMES.get(dominant, dominant)
 
 
+def pickled_weights(folder: Path) -> list[str]:
+    """The ``pytorch_model*.bin`` files a tool would unpickle to read ``folder``'s weights: those
+    of a folder without safetensors (transformers prefers safetensors where both exist).
+
+    Loading a pickle can run code: every converter and quantizer that reads such a folder
+    asks for the user's consent first (``--allow-pickle``).
+    """
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p.name for p in folder.glob("pytorch_model*.bin"))
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")

@@ -34,7 +34,6 @@ import ctypes
 import ctypes.util
 import datetime as _dt
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import Iterable
@@ -57,6 +56,7 @@ from slmk.api import (
     copy_tree,
     dir_size,
     file_lock,
+    remove_tree,
     tree_entries,
     write_json_atomic,
     write_text_atomic,
@@ -111,11 +111,12 @@ STATE_UNREGISTERED = "not registered in Foundry Local v2 (run `slmk repair`)"
 
 
 def install_problems(entry: Entry) -> list[str]:
-    """What is missing or has another size than when ``entry`` was installed (cheap: stat only)."""
+    """What is missing or has another size than when ``entry`` was installed, and what in its
+    genai_config.json the runtime could not load (cheap: stat and one small JSON file)."""
+    problems = build_problems(entry.leaf, tokenizer=False)
     files = entry.record.get("files")
     if not isinstance(files, dict):
-        return []  # installed by an slmk that recorded no sizes
-    problems = []
+        return problems  # installed by an slmk that recorded no sizes
     for name, size in sorted(files.items()):
         path = entry.leaf / name
         if not path.is_file():
@@ -142,6 +143,12 @@ def installed_model(
 ) -> InstalledModel:
     record = entry.record
     state = state if state is not None else install_state(entry, None)
+    try:
+        size = dir_size(entry.leaf)
+    except (OSError, UsageError) as exc:  # a tree slmk would never install (too deep, odd names)
+        size = 0
+        if not state.startswith("damaged"):
+            state = f"damaged: {getattr(exc, 'message', exc)} (remove it with `slmk remove`)"
     runtimes = runtimes_here() if runtimes is None else runtimes
     if state.startswith("damaged"):
         runtimes = ()  # never advertise a damaged install as runnable
@@ -160,7 +167,7 @@ def installed_model(
         installer=INSTALLER_NAME,
         precision=record.get("precision"),
         execution_provider=record.get("execution_provider"),
-        size_bytes=dir_size(entry.leaf),
+        size_bytes=size,
         runtimes=runtimes,
         extra=extra,
     )
@@ -211,7 +218,7 @@ def _check_build(build: Path) -> dict[str, Any]:
     problems = _missing_model_files(build, config)
     if problems:
         raise UsageError(
-            f"{build} is not a complete build: {'; '.join(problems)}", hint="rebuild it with `slmk convert --force`"
+            f"{build} cannot be installed: {'; '.join(problems[:3])}", hint="rebuild it with `slmk convert --force`"
         )
     return config
 
@@ -440,7 +447,7 @@ def _undo_commit(final: Path, aside: Path | None, replaced: Entry | None) -> Non
         os.replace(aside, replaced.model_dir)
         for leaf in replaced.model_dir.glob("v*"):
             (leaf / MARKER).unlink(missing_ok=True)
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_tree(trash)
 
 
 # ------------------------------------------------------------------ recovery
@@ -456,14 +463,14 @@ def recover(cache: Path, progress: Progress) -> None:
         return
     for model_dir in leaves_with_marker(cache):
         progress.log(f"removing {model_dir.name}: left by an interrupted install or remove")
-        shutil.rmtree(model_dir, ignore_errors=True)
+        remove_tree(model_dir)
     clean_stale_tmp(root)
     for stale in duplicates(cache):
         progress.log(f"removing {stale.model_dir.name}: an older copy of {stale.name}:{stale.version}")
         _mark(stale.model_dir)
         trash = _aside_name(root, "rm", stale.model_dir.name)
         os.replace(stale.model_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
 
 
 def _sync_registrations(cache: Path, progress: Progress, refresh: Iterable[str] = ()) -> None:
@@ -570,7 +577,7 @@ def install(request: InstallRequest) -> InstalledModel:
             _pause("checked")
             final, aside = _commit(stage, final, version, replaced)
         except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
+            remove_tree(stage)
             raise
         try:
             _sync_registrations(cache, progress, refresh=[model_id] if replaced else [])
@@ -580,7 +587,7 @@ def install(request: InstallRequest) -> InstalledModel:
                 _sync_registrations(cache, Progress(quiet=True))
             raise
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            remove_tree(aside)
         entry = read_entry(leaf_of(final, version))
         if entry is None:  # pragma: no cover - the folder was checked and committed under the lock
             raise StepFailed(f"{final} vanished after it was installed", hint="check the Foundry cache folder")
@@ -613,7 +620,7 @@ def remove(
         _pause("removed")
         if sdk.available():
             sdk.reconcile(cache, scan(cache))
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
         progress.log(f"removed {removed.ref} ({removed.extra['foundry_id']})")
         return removed
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,18 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from slmk.api import (
+    MAX_CONTEXT_LENGTH,
     PRECISIONS,
     ExecutorOptions,
     ModelInfo,
     Progress,
+    Setting,
     SlmkError,
     Task,
     UsageError,
     atomic_file,
     cache_root,
+    check_values,
     get_registry,
     hash_json,
     materialize,
+    read_toml,
     write_text_atomic,
 )
 
@@ -82,23 +87,69 @@ DEFAULT_GATE = "ppl<=+5%,accuracy>=-5%"
 #: A short validation per cell (the full one is `slmk validate`): enough to catch a
 #: build that leaks or breaks on edge cases, seconds on a small model.
 DEFAULT_VALIDATE = {"leak_runs": 20, "leak_kb_per_run": 64.0, "sessions": 3, "max_slowdown": 4.0}
-SWEEP_KEYS = {
-    "models",
-    "precisions",
-    "execution_providers",
-    "quantizers",
-    "runtime",
-    "eval",
-    "heldout",
-    "cache_dir",
-    "output",
-    "quality_gate",
-    "install_best",
-    "executor",
-    "resources",
-    "validate",
-    "bench",
-}
+#: Keys whose values are structured (lists of models, names, quantizer tables): parsed by their own code.
+STRUCTURED_KEYS = ("models", "precisions", "execution_providers", "quantizers")
+#: Tables of scalar settings, and ``validate`` may also be true/false.
+TABLES = ("executor", "resources", "validate", "bench")
+
+
+def _within(low: float, high: float) -> Any:
+    return lambda v: low <= v <= high
+
+
+def _lengths_ok(lengths: list[Any]) -> bool:
+    return 0 < len(lengths) <= 64 and all(
+        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CONTEXT_LENGTH for n in lengths
+    )
+
+
+#: The schema of a sweep file (and of the command line's overrides): every scalar key with
+#: its type and range, checked up front by the one mechanism slmk.toml uses (``check_values``).
+SWEEP_SETTINGS: tuple[Setting, ...] = (
+    Setting("runtime", str, "ortgenai", "the runtime that measures"),
+    Setting("eval", str, None, "eval.jsonl for the models that name none"),
+    Setting("heldout", str, None, "heldout.txt for the models that name none"),
+    Setting("cache_dir", str, None, "the step cache"),
+    Setting("output", str, None, "the output folder"),
+    Setting("quality_gate", str, DEFAULT_GATE, "the gate that chooses a cell per model"),
+    Setting("install_best", bool, False, "install each model's chosen cell"),
+    Setting("executor.name", str, "local", "local, ray or a plugin's executor"),
+    Setting("executor.address", str, None, "ray: the cluster to join"),
+    Setting("executor.workers", int, 1, "local: cells at once", check=_within(1, 1024), check_help="in 1..1024"),
+    Setting("executor.num_cpus", int, None, "ray embedded: CPUs", check=_within(1, 1 << 16), check_help=">= 1"),
+    Setting("executor.temp_dir", str, None, "the executor's own files"),
+    Setting("resources.build_cpus", float, 1.0, "CPUs per build", check=_within(0.01, 1 << 16), check_help="> 0"),
+    Setting("resources.build_memory_gb", float, None, "GB per build", check=_within(0.01, 1 << 20), check_help="> 0"),
+    Setting(
+        "resources.measure_cpus", float, 1.0, "CPUs per measurement", check=_within(0.01, 1 << 16), check_help="> 0"
+    ),
+    Setting(
+        "resources.retries", int, 2, "reruns of a task whose node died", check=_within(0, 100), check_help="0..100"
+    ),
+    Setting(
+        "validate.max_new_tokens", int, None, "tokens per answer", check=_within(1, 1 << 16), check_help="1..65536"
+    ),
+    Setting(
+        "validate.leak_runs", int, None, "runs of the leak check", check=_within(0, 100_000), check_help="0..100000"
+    ),
+    Setting("validate.leak_kb_per_run", float, None, "leak allowed per run", check=_within(0, 1e9), check_help=">= 0"),
+    Setting("validate.sessions", int, None, "sessions opened in turn", check=_within(0, 10_000), check_help="0..10000"),
+    Setting("validate.session_growth_mb", float, None, "growth allowed", check=_within(0, 1e9), check_help=">= 0"),
+    Setting("validate.min_accuracy", float, None, "eval accuracy required", check=_within(0, 1), check_help="0..1"),
+    Setting("validate.max_slowdown", float, None, "slowdown allowed", check=_within(1, 1e6), check_help=">= 1"),
+    Setting(
+        "bench.lengths",
+        list,
+        None,
+        "prompt lengths",
+        check=_lengths_ok,
+        check_help=f"1-64 integers in 1..{MAX_CONTEXT_LENGTH}",
+    ),
+    Setting("bench.repeats", int, None, "runs per length", check=_within(1, 10_000), check_help="1..10000"),
+    Setting("bench.new_tokens", int, None, "tokens per run", check=_within(2, 1 << 16), check_help="2..65536"),
+)
+SWEEP_SETTINGS_BY_KEY = {s.key: s for s in SWEEP_SETTINGS}
+SWEEP_KEYS = {*STRUCTURED_KEYS, *(s.key.split(".")[0] for s in SWEEP_SETTINGS)}
 
 
 @dataclass(frozen=True)
@@ -162,6 +213,12 @@ def model_spec(entry: Any, base: Path) -> ModelSpec:
             f"models entry {entry!r}: " + (f"unknown key {sorted(unknown)[0]!r}" if unknown else "no path"),
             hint='write models = ["DIR", {path = "DIR", name = "NAME", eval = "FILE", heldout = "FILE"}]',
         )
+    wrong = sorted(key for key, value in entry.items() if not isinstance(value, str))
+    if wrong:
+        raise UsageError(
+            f"models entry {entry!r}: {wrong[0]} = {entry[wrong[0]]!r} is not a string",
+            hint='write models = ["DIR", {path = "DIR", name = "NAME", eval = "FILE", heldout = "FILE"}]',
+        )
     path = (base / Path(entry["path"]).expanduser()).resolve()
     named = path  # its name and default data come from the folder the user named
     if get_registry().model_source(path) is not None:  # an adapter: swept merged into its base (cached)
@@ -185,33 +242,53 @@ def model_spec(entry: Any, base: Path) -> ModelSpec:
     )
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
-    """Read a SWEEP.toml (see docs/sweep.md); paths in it are relative to its folder."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
+def load_config(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, executor: Mapping[str, Any] | None = None
+) -> SweepConfig:
+    """Read a SWEEP.toml (see docs/sweep.md); paths in it are relative to its folder.
 
+    ``overrides`` replace top-level keys, ``executor`` keys of its ``[executor]`` table (the command line's).
+    """
     file = Path(path).expanduser()
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"sweep file {file} not found", hint="pass a SWEEP.toml or model folders") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{file} is not valid TOML: {exc}") from None
+    if not file.is_file():
+        raise UsageError(f"sweep file {file} not found", hint="pass a SWEEP.toml or model folders")
+    data = read_toml(file, "the sweep file")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(data, base=file.parent.resolve())
+    if executor:
+        from_file = data.get("executor") or {}
+        from_file = {"name": from_file} if isinstance(from_file, str) else from_file
+        data["executor"] = {**_table(from_file, "[executor]"), **executor}
+    return config_from_dict(data, base=file.parent.resolve(), origin=str(file))
 
 
-def config_from_dict(data: Mapping[str, Any], base: Path | None = None) -> SweepConfig:
+def _checked_settings(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """The scalar settings of a sweep, dotted, each of its type and in range (one line naming a bad one)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in STRUCTURED_KEYS:
+            continue
+        if key == "executor" and isinstance(value, str):
+            value = {"name": value}
+        if key == "validate" and isinstance(value, bool):
+            continue
+        if key in TABLES:
+            for inner, inner_value in _table(value, f"[{key}]").items():
+                flat[f"{key}.{inner}"] = inner_value
+        else:
+            flat[key] = value
+    return check_values(flat, SWEEP_SETTINGS_BY_KEY, origin)
+
+
+def config_from_dict(data: Mapping[str, Any], base: Path | None = None, origin: str = "the sweep") -> SweepConfig:
     base = base or Path.cwd()
     unknown = set(data) - SWEEP_KEYS
     if unknown:
         raise UsageError(f"unknown sweep key {sorted(unknown)[0]!r}", hint=f"keys: {', '.join(sorted(SWEEP_KEYS))}")
+    settings = _checked_settings(data, origin)
     models = data.get("models")
     if isinstance(models, (str, dict)):
         models = [models]
-    if not models:
+    if not models or not isinstance(models, list):
         raise UsageError("the sweep names no models", hint='models = ["path/to/model", ...]')
     config = SweepConfig(models=[model_spec(m, base) for m in models])
     names = [m.name for m in config.models]
@@ -242,53 +319,44 @@ def config_from_dict(data: Mapping[str, Any], base: Path | None = None) -> Sweep
         if len(set(names)) != len(names):
             raise UsageError("two quantizers entries have the same name", hint="give each a distinct name")
     for key in ("runtime", "quality_gate"):
-        if key in data:
-            setattr(config, key, str(data[key]))
-    if data.get("cache_dir"):
-        config.cache_dir = (base / Path(data["cache_dir"]).expanduser()).resolve()
-    if data.get("output"):
-        config.output = (base / Path(data["output"]).expanduser()).resolve()
-    config.install_best = bool(data.get("install_best", False))
+        if key in settings:
+            setattr(config, key, settings[key])
+    if settings.get("cache_dir"):
+        config.cache_dir = (base / Path(settings["cache_dir"]).expanduser()).resolve()
+    if settings.get("output"):
+        config.output = (base / Path(settings["output"]).expanduser()).resolve()
+    config.install_best = settings.get("install_best", False)
     for key in ("eval", "heldout"):  # one file for every model that names none
-        if data.get(key):
-            found = (base / Path(data[key]).expanduser()).resolve()
+        if settings.get(key):
+            found = (base / Path(settings[key]).expanduser()).resolve()
             if not found.is_file():
                 raise UsageError(f"{key} file {found} not found")
             field_name = "eval_file" if key == "eval" else "heldout_file"
             config.models = [
                 replace(m, **{field_name: found}) if getattr(m, field_name) is None else m for m in config.models
             ]
-    executor = data.get("executor") or {}
-    if isinstance(executor, str):
-        executor = {"name": executor}
-    executor = dict(_table(executor, "[executor]"))
-    config.executor = str(executor.pop("name", "local"))
-    known = {"address", "workers", "num_cpus", "temp_dir"}
+
+    def table(name: str) -> dict[str, Any]:
+        prefix = f"{name}."
+        return {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
+
+    executor = table("executor")
+    config.executor = executor.get("name", "local")
     config.executor_options = ExecutorOptions(
-        workers=int(executor.pop("workers", 1)),
-        address=executor.pop("address", None) or None,
-        num_cpus=executor.pop("num_cpus", None),
-        temp_dir=Path(executor.pop("temp_dir")) if executor.get("temp_dir") else None,
-        extra={k: v for k, v in executor.items() if k not in known},
+        workers=executor.get("workers", 1),
+        address=executor.get("address") or None,
+        num_cpus=executor.get("num_cpus"),
+        temp_dir=Path(executor["temp_dir"]).expanduser() if executor.get("temp_dir") else None,
     )
-    resources = dict(_table(data.get("resources") or {}, "[resources]"))
-    config.build_cpus = float(resources.pop("build_cpus", 1))
+    resources = table("resources")
+    config.build_cpus = resources.get("build_cpus", 1.0)
     if resources.get("build_memory_gb"):
-        config.build_memory_bytes = int(float(resources.pop("build_memory_gb")) * 2**30)
-    config.measure_cpus = float(resources.pop("measure_cpus", 1))
-    config.retries = int(resources.pop("retries", 2))
-    resources.pop("build_memory_gb", None)
-    if resources:
-        raise UsageError(
-            f"unknown [resources] key {sorted(resources)[0]!r}",
-            hint="keys: build_cpus, build_memory_gb, measure_cpus, retries",
-        )
+        config.build_memory_bytes = int(resources["build_memory_gb"] * 2**30)
+    config.measure_cpus = resources.get("measure_cpus", 1.0)
+    config.retries = resources.get("retries", 2)
     validate = data.get("validate", {})
-    if validate is False:
-        config.validate = None
-    else:
-        config.validate = {**DEFAULT_VALIDATE, **_table(validate if validate is not True else {}, "[validate]")}
-    config.bench = dict(_table(data.get("bench") or {}, "[bench]"))
+    config.validate = None if validate is False else {**DEFAULT_VALIDATE, **table("validate")}
+    config.bench = table("bench")
     return config
 
 
@@ -379,18 +447,48 @@ def plan_cells(config: SweepConfig) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ results file
 def read_results(output: Path) -> dict[str, dict[str, Any]]:
-    """The rows already finished (by cell id); unreadable lines are ignored."""
-    rows = {}
-    path = Path(output) / RESULTS_FILE
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and row.get("cell"):
-                rows[row["cell"]] = row
+    """The rows already finished (by cell id), as ``--resume`` reads them.
+
+    The file is slmk's own, written whole each time (atomically): a line that is not a
+    row means someone edited or damaged it, so it is refused in one line naming the file
+    and the line, rather than guessed around (skipping it would rerun or drop cells silently).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    path = results_path(output)
+    if not path.exists():
+        return rows
+    hint = f"fix or delete that line (or the file) in {path}, or run without --resume to start over"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start})", hint=hint) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint=hint) from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("cell"), str) or not row["cell"]:
+            raise UsageError(f"{path} line {number} is not a result row of slmk sweep", hint=hint)
+        rows[row["cell"]] = row
     return rows
+
+
+def results_path(output: Path) -> Path:
+    """``OUTPUT/results.jsonl``; an output that is not a folder, or a results path that is not a
+    file, is refused in one line before any cell runs."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"the sweep output {output} is not a folder", hint="pass -o DIR (created when missing)")
+    path = output / RESULTS_FILE
+    if os.path.lexists(path) and not path.is_file():
+        raise UsageError(
+            f"{path} is not a file (the sweep writes its rows there)", hint="move it away, or pass another -o DIR"
+        )
+    return path
 
 
 def write_results(output: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -574,13 +672,14 @@ def run_sweep(
     check_config(config)
     progress = progress or Progress(quiet=True)
     output = Path(config.output).resolve()
+    results_path(output)
     output.mkdir(parents=True, exist_ok=True)
     cells = plan_cells(config)
-    previous = read_results(output)
+    previous = read_results(output) if resume else {}
     planned_ids = {c["id"] for c in cells}
     # resume skips the cells that finished (a failed cell is tried again); without
     # resume the results of an earlier sweep into this folder are replaced
-    finished = {k: r for k, r in previous.items() if k in planned_ids and not r.get("error")} if resume else {}
+    finished = {k: r for k, r in previous.items() if k in planned_ids and not r.get("error")}
     rows: dict[str, dict[str, Any]] = dict(finished)
     tracker = SweepProgress(progress, len(cells))
     for cell in cells:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from slmk.api import Progress, UsageError
+from slmk.api import Progress
 
 
 def _human(size) -> str:
@@ -87,19 +87,7 @@ def sweep(
     executor_settings = {"name": executor, "workers": workers, "address": address, "num_cpus": num_cpus}
     executor_settings = {k: v for k, v in executor_settings.items() if v is not None}
     if len(targets) == 1 and targets[0].endswith(".toml"):
-        config_file = Path(targets[0])
-        if not config_file.is_file():
-            raise UsageError(f"sweep file {config_file} not found", hint="pass a SWEEP.toml or model folders")
-        if executor_settings:
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
-
-            from_file = tomllib.loads(config_file.read_text(encoding="utf-8")).get("executor") or {}
-            from_file = {"name": from_file} if isinstance(from_file, str) else dict(from_file)
-            overrides["executor"] = {**from_file, **executor_settings}
-        config = load_config(config_file, overrides)
+        config = load_config(Path(targets[0]), overrides, executor=executor_settings)
     else:
         if executor_settings:
             overrides["executor"] = executor_settings

@@ -100,6 +100,14 @@ def _input_model(options):
 @hookimpl
 def slmk_settings():
     yield Setting(
+        "olive.allow_pickle",
+        bool,
+        False,
+        "read weights from pytorch_model.bin pickles (they can run code); only for models you trust",
+        flag="--allow-pickle",
+        commands=("convert",),
+    )
+    yield Setting(
         "olive.config",
         str,
         None,

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.api import ExecutionProvider, ModelInfo, StepFailed, StepRequest, UsageError, dir_size, link_or_copy_tree
+from slmk.api import (
+    ExecutionProvider,
+    ModelInfo,
+    StepFailed,
+    StepRequest,
+    UsageError,
+    dir_size,
+    link_or_copy_tree,
+    pickled_weights,
+)
 
 from .olive_data import CALIBRATION_DATASET, CalibrationError, read_records
 
@@ -33,7 +42,26 @@ OPTIONS: dict[str, str] = {
     "block_size": "weights per quantization group: 16, 32 (default), 64, 128 or 256",
     "is_symmetric": "ignored: Olive's symmetric weights have no zero points, which the ORT GenAI builder "
     "needs; Olive weights are always asymmetric",
+    "allow_pickle": "let Olive read pytorch_model.bin weights (pickles can run code): "
+    "--allow-pickle / [olive] allow_pickle",
 }
+
+
+def check_pickles(source: Path, options: Mapping[str, Any]) -> None:
+    """Olive loads the model with transformers, which unpickles ``pytorch_model*.bin`` when the
+    folder has no safetensors: refused unless the user allowed it, before Olive starts."""
+    pickles = pickled_weights(source)
+    value = options.get("allow_pickle")
+    allowed = str(value).strip().lower() in ("1", "true", "yes", "on")
+    if value not in (None, False, "") and not allowed and str(value).strip().lower() not in ("0", "false", "no", "off"):
+        raise UsageError(f"allow_pickle={value!r} is not a boolean", hint="use allow_pickle=true or allow_pickle=false")
+    if pickles and not allowed:
+        raise UsageError(
+            f"{source.name} holds its weights only as pickles ({', '.join(pickles[:3])}), which Olive would load, "
+            "and loading a pickle can run code",
+            hint="convert them to safetensors, or pass --allow-pickle (slmk.toml: [olive] allow_pickle = true) "
+            "for a model you trust",
+        )
 
 
 def block_size_of(options: Mapping[str, Any]) -> int:
@@ -169,6 +197,7 @@ def quantize(request: StepRequest, algorithm: str) -> None:
     """Quantize the HF weights in ``request.source`` with Olive; HF weights out."""
     from .workflow import run_workflow
 
+    check_pickles(Path(request.source), request.options)
     block_size = block_size_of(request.options)
     info = ModelInfo.load(request.source)
     check_block_size(info, block_size)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.api import Progress, StepFailed, UsageError
+from slmk.api import Progress, StepFailed, UsageError, temporary_environ
 
 from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_fix, model_builder_pass_broken
 
@@ -239,26 +239,12 @@ def _quiet_telemetry() -> None:
         return
     os.environ["OLIVE_DISABLE_TELEMETRY"] = "1"
     try:
-        with _environ(CI="1"):
+        with temporary_environ({"CI": "1"}):
             from olive.telemetry.telemetry import Telemetry
 
             Telemetry()
     except ImportError:
         pass  # reported by _import_olive
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager

@@ -144,17 +144,64 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+#: Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape, from a safetensors header (no weights read)."""
+    """Tensor name -> shape, from a safetensors header (no weights read).
+
+    The header must describe the file: every entry a tensor with a known dtype, a shape of
+    whole numbers and a byte range of exactly that size, all within the file (a truncated
+    file is refused here, not when the weights are read).
+    """
+    hint = "the file must be a whole safetensors file: save it again"
     try:
+        size = path.stat().st_size
         with path.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
-            if length > 100_000_000:
+            if length > 100_000_000 or 8 + length > size:
                 raise ValueError("implausible header length")
             header = json.loads(handle.read(length))
-    except (OSError, ValueError, struct.error) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", hint="the file must be a safetensors file") from exc
-    return {name: list(t["shape"]) for name, t in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, struct.error, RecursionError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}", hint=hint) from exc
+    if not isinstance(header, dict):
+        raise UsageError(f"{path} has no safetensors header (not a JSON object)", hint=hint)
+    data_bytes = size - 8 - length
+    shapes: dict[str, list[int]] = {}
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        problem = _tensor_problem(tensor, data_bytes)
+        if problem:
+            raise UsageError(f"{path}: tensor {name!r} {problem}", hint=hint)
+        shapes[name] = list(tensor["shape"])
+    return shapes
+
+
+def _tensor_problem(tensor: Any, data_bytes: int) -> str | None:
+    if not isinstance(tensor, dict):
+        return "is not described by an object"
+    shape, offsets, dtype = tensor.get("shape"), tensor.get("data_offsets"), tensor.get("dtype")
+    if dtype not in _DTYPE_BYTES:
+        return f"has an unknown dtype {dtype!r}"
+    whole = [isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (shape or [])]
+    if not isinstance(shape, list) or not all(whole):
+        return f"has a shape {shape!r} that is not a list of sizes"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets):
+        return "has no byte range (data_offsets)"
+    elements = 1
+    for n in shape:
+        elements *= n
+    start, end = offsets
+    if not 0 <= start <= end or end - start != elements * _DTYPE_BYTES[dtype]:
+        return f"has {end - start} bytes for a {dtype} tensor of shape {shape}"
+    if end > data_bytes:
+        return f"lies beyond the end of the file ({end} > {data_bytes} bytes of data): the file is truncated"
+    return None
 
 
 def base_weight_shapes(base: Path) -> dict[str, list[int]]:
@@ -205,12 +252,74 @@ def find_base(path: Path, config: dict[str, Any], base: str | Path | None) -> tu
     return folder.resolve(), source
 
 
+#: Largest lora_alpha slmk merges: real adapters use 8 to a few hundred; beyond this the
+#: scaling (alpha / rank) swamps the base weights, and 1e308 overflows them to inf.
+MAX_LORA_ALPHA = 65536.0
+
+
+def _alpha(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_LORA_ALPHA:
+        raise UsageError(
+            f"{where} = {value!r} is not a number in (0, {MAX_LORA_ALPHA:g}]",
+            hint="lora_alpha is the LoRA scale numerator (alpha / rank): fix adapter_config.json",
+        )
+    return float(value)
+
+
+def _check_config_types(folder: Path, config: dict[str, Any]) -> None:
+    """The adapter_config.json values the merge reads, of their type and range (one line each)."""
+    where = folder / ADAPTER_CONFIG
+    if config.get("lora_alpha") is not None:
+        _alpha(config["lora_alpha"], f"{where}: lora_alpha")
+    for key in ("alpha_pattern", "rank_pattern"):
+        pattern = config.get(key)
+        if pattern is None:
+            continue
+        if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
+            raise UsageError(
+                f"{where}: {key} is {type(pattern).__name__}, not a table of module names",
+                hint=f'write {key} = {{"module.name": value}} or leave it out',
+            )
+        if key == "alpha_pattern":
+            for module, value in pattern.items():
+                _alpha(value, f"{where}: alpha_pattern[{module!r}]")
+    targets = config.get("target_modules")
+    if targets is not None and not (
+        isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+    ):
+        raise UsageError(
+            f"{where}: target_modules = {targets!r} is not a module name or a list of them",
+            hint='e.g. "target_modules": ["q_proj", "v_proj"]',
+        )
+
+
 def _scaling(config: dict[str, Any], module: str, rank: int) -> float:
     alpha = float(config.get("lora_alpha") or rank)
     for key, value in (config.get("alpha_pattern") or {}).items():
         if module == key or module.endswith("." + key):
             alpha = float(value)
     return alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank
+
+
+def check_weights_finite(adapter: Adapter) -> None:
+    """Every LoRA weight of ``adapter`` finite (read with torch: adapters are small): checked
+    before anything is built, so NaN weights never become a build that answers garbage."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter.path / ADAPTER_WEIGHTS), framework="pt") as handle:
+        for module in adapter.modules:
+            for name in (module.a_tensor, module.b_tensor):
+                check_finite(handle.get_tensor(name), name)
+
+
+def check_finite(tensor: Any, what: str) -> None:
+    """Refuse a weight holding NaN or infinity before anything is built from it."""
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        raise UsageError(
+            f"{what} holds NaN or infinite values", hint="the adapter's training diverged or the file is damaged"
+        )
 
 
 def resolve(path: str | Path, base: str | Path | None = None) -> Adapter:
@@ -225,12 +334,13 @@ def resolve(path: str | Path, base: str | Path | None = None) -> Adapter:
             f"the adapter in {folder} is {peft_type or 'of no declared type'}, not LoRA",
             hint="slmk merges and builds LoRA adapters (peft_type LORA) only",
         )
+    _check_config_types(folder, config)
     for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out (Conv1D) layers")):
         if config.get(flag):
             raise UsageError(f"the adapter in {folder} uses {what}", hint="slmk supports plain LoRA on Linear layers")
     if config.get("modules_to_save"):
         raise UsageError(
-            f"the adapter in {folder} also saves whole modules ({', '.join(config['modules_to_save'])})",
+            f"the adapter in {folder} also saves whole modules ({config['modules_to_save']!r})",
             hint="slmk supports LoRA weights only; train without modules_to_save",
         )
     targets = config.get("target_modules") or []
@@ -324,6 +434,8 @@ def merge(adapter: Adapter, out: Path) -> None:
                 "B": handle.get_tensor(module.b_tensor).float(),
                 "scaling": torch.tensor(module.scaling),
             }
+            check_finite(lora[module.base_weight]["A"], module.a_tensor)
+            check_finite(lora[module.base_weight]["B"], module.b_tensor)
     for item in sorted(adapter.base.iterdir()):
         if item.is_dir():
             continue
@@ -339,6 +451,7 @@ def merge(adapter: Adapter, out: Path) -> None:
                 if delta is not None:
                     merged = tensor.float() + delta["scaling"] * (delta["B"] @ delta["A"])
                     tensor = merged.to(tensor.dtype)
+                    check_finite(tensor, f"{name} merged with the adapter")
                 tensors[name] = tensor.contiguous()
         save_file(tensors, str(out / item.name), metadata=metadata)
     if lora:  # resolve() checked every module against the base's headers
@@ -359,6 +472,8 @@ def onnx_adapter_tensors(adapter: Adapter, dtype: str = "float32") -> dict[str, 
             a_name, b_name = module.onnx_names()
             a = handle.get_tensor(module.a_tensor).float()
             b = handle.get_tensor(module.b_tensor).float() * module.scaling
+            check_finite(a, module.a_tensor)
+            check_finite(b, f"{module.b_tensor} times its scaling")
             tensors[a_name] = np.ascontiguousarray(a.T.numpy().astype(dtype))
             tensors[b_name] = np.ascontiguousarray(b.T.numpy().astype(dtype))
     return tensors
@@ -552,6 +667,8 @@ def convert_adapter(
         raise UsageError(f"unknown adapter mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
     adapter = resolve(path, base)
     output = Path(output)
+    if not convert_options.get("plan_only"):
+        check_weights_finite(adapter)
     if output.exists() and not convert_options.get("force"):
         raise UsageError(
             f"output {output} already exists", hint="choose another -o folder or pass --force to replace it"

@@ -32,6 +32,7 @@ from slmk.api import (
     dir_size,
     installed_version,
     missing_search_defaults,
+    pickled_weights,
     write_json_atomic,
     write_search,
 )
@@ -573,7 +574,7 @@ def check_weights(info: ModelInfo, *, allow_pickle: bool) -> None:
     folder = info.path
     if any(folder.glob("*.safetensors")):
         return
-    pickles = sorted(p.name for p in folder.glob("pytorch_model*.bin"))
+    pickles = pickled_weights(folder)
     if pickles and not allow_pickle:
         raise UsageError(
             f"{folder.name} holds its weights only as pickles ({', '.join(pickles[:3])}), and loading a pickle can "

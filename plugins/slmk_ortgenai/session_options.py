@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.api import GENAI_CONFIG, UsageError, read_genai_config, write_json_atomic
+from slmk.api import GENAI_CONFIG, MAX_SESSION_THREADS, UsageError, read_genai_config, write_json_atomic
 
 #: Session options slmk writes (slmk option name = genai_config.json key), with their help.
 SESSION_OPTIONS: dict[str, str] = {
@@ -45,9 +45,9 @@ def parse_session_options(options: Mapping[str, Any]) -> dict[str, Any]:
             threads = int(str(value).strip())
         except ValueError:
             threads = 0
-        if threads < 1:
+        if not 1 <= threads <= MAX_SESSION_THREADS:
             raise UsageError(
-                f"intra_op_num_threads={value!r} is not a positive whole number",
+                f"intra_op_num_threads={value!r} is not a positive whole number up to {MAX_SESSION_THREADS}",
                 hint=f"use 1 to {logical_cores()} (this machine's logical cores), or leave it out for all of them",
             )
         out["intra_op_num_threads"] = threads
@@ -55,7 +55,10 @@ def parse_session_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_session_options(build_dir: Path) -> dict[str, Any]:
-    return dict(read_genai_config(build_dir).get("model", {}).get("decoder", {}).get("session_options") or {})
+    model = read_genai_config(build_dir).get("model")
+    decoder = model.get("decoder") if isinstance(model, dict) else None
+    session = decoder.get("session_options") if isinstance(decoder, dict) else None
+    return dict(session) if isinstance(session, dict) else {}
 
 
 def write_session_options(build_dir: Path, updates: Mapping[str, Any], *, remove: tuple[str, ...] = ()) -> dict:
@@ -66,8 +69,9 @@ def write_session_options(build_dir: Path, updates: Mapping[str, Any], *, remove
     """
     path = Path(build_dir) / GENAI_CONFIG
     config = read_genai_config(build_dir)
-    decoder = config.get("model", {}).get("decoder")
-    if not isinstance(decoder, dict):
+    model = config.get("model")
+    decoder = model.get("decoder") if isinstance(model, dict) else None
+    if not isinstance(decoder, dict) or not isinstance(decoder.get("session_options", {}), dict):
         raise UsageError(f"{path} has no model.decoder section", hint="pass the output folder of `slmk convert`")
     session = decoder.setdefault("session_options", {})
     for key in remove:

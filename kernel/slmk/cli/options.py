@@ -14,7 +14,7 @@ import click
 
 from ..plugins import get_registry
 from ..progress import Progress
-from ..records import PRECISIONS
+from ..records import PRECISIONS, Setting
 
 PRECISION_CHOICES = click.Choice(list(PRECISIONS))
 
@@ -168,29 +168,31 @@ class PluginOptionsCommand(click.Command):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._plugin_params: list[click.Parameter] | None = None
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, list[str]] = {}
 
     def _plugin_options(self) -> list[click.Parameter]:
         if self._plugin_params is None:
             self._plugin_params = []
+            by_flag: dict[str, list[Setting]] = {}
             for setting in sorted(get_registry().settings.values(), key=lambda s: s.key):
-                if not setting.flag or self.name not in setting.commands or not setting.flag.startswith("--"):
-                    continue
+                if setting.flag and self.name in setting.commands and setting.flag.startswith("--"):
+                    by_flag.setdefault(setting.flag, []).append(setting)
+            # one flag may set the same switch of several plugins (--allow-pickle: every step that
+            # reads pickles asks for it), when they agree on its type
+            for flag, settings in by_flag.items():
+                setting = settings[0]
+                if any(other.type is not setting.type for other in settings):
+                    settings = [setting]
                 dest = "plugin__" + setting.key.replace(".", "__").replace("-", "_")
-                self._keys[dest] = setting.key
+                self._keys[dest] = [s.key for s in settings]
+                keys = ", ".join(s.key for s in settings)
                 if setting.type is bool:  # a switch: present means true
                     option = click.Option(
-                        [setting.flag, dest],
-                        is_flag=True,
-                        flag_value=True,
-                        default=None,
-                        help=f"{setting.help} [{setting.key}]",
+                        [flag, dest], is_flag=True, flag_value=True, default=None, help=f"{setting.help} [{keys}]"
                     )
                 else:
                     kind = click.Path() if setting.type is str else setting.type
-                    option = click.Option(
-                        [setting.flag, dest], type=kind, default=None, help=f"{setting.help} [{setting.key}]"
-                    )
+                    option = click.Option([flag, dest], type=kind, default=None, help=f"{setting.help} [{keys}]")
                 self._plugin_params.append(option)
         return self._plugin_params
 
@@ -202,6 +204,9 @@ class PluginOptionsCommand(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         """Collect the plugin flags into ``plugin_flags`` and run the command."""
         self._plugin_options()
-        flags = {self._keys[name]: ctx.params.pop(name) for name in list(ctx.params) if name in self._keys}
+        flags: dict[str, Any] = {}
+        for name in [name for name in ctx.params if name in self._keys]:
+            value = ctx.params.pop(name)
+            flags.update(dict.fromkeys(self._keys[name], value))
         ctx.params["plugin_flags"] = {key: value for key, value in flags.items() if value is not None}
         return super().invoke(ctx)
