@@ -507,7 +507,7 @@ def run_cells(
                 fail(cell, row, f"{phase}: {value['error']}")
                 continue
             if phase == "build":
-                row.update({k: value[k] for k in ("build", "size_bytes", "build_seconds", "steps")})
+                row.update({k: value.get(k) for k in ("build", "size_bytes", "build_seconds", "steps", "verification")})
                 row["node"] = result.node
                 cached = all(s["status"] == "cached" for s in value["steps"])
                 progress.state(cell, "built", f"{'cached' if cached else 'built'} on {result.node}; measuring")

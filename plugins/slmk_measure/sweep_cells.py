@@ -74,6 +74,7 @@ def build_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "size_bytes": sum(size for name, size in result.files.items() if name != BUILD_RECORD),
         "build_seconds": round(result.seconds, 3),
         "steps": [{"kind": s.kind, "tool": s.tool, "status": s.status, "seconds": s.seconds} for s in result.steps],
+        "verification": result.verification,  # the build against its source model (transformers)
     }
 
 

@@ -43,6 +43,9 @@ SEARCH_OPTIONS = (
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 #: Tokens fed per forward pass when scoring: bounds the logits held (chunk x vocab).
 SCORE_CHUNK = 128
+#: Below this many parameters a model runs on one torch thread: its matrices are too small to
+#: share, and on a busy machine OpenMP's spinning threads made a 10M model's decode 6x slower.
+ONE_THREAD_PARAMETERS = 50_000_000
 
 
 def missing_packages() -> list[str]:
@@ -90,14 +93,21 @@ class TransformersSession:
     def __init__(self, path: Path, options: Mapping[str, Any] | None = None):
         options = dict(options or {})
         dtype_name = str(options.pop("dtype", "float32"))
+        threads = options.pop("threads", None)
         if options:
             raise UsageError(
-                f"unknown runtime option(s) {', '.join(sorted(options))} for transformers", hint="it takes dtype"
+                f"unknown runtime option(s) {', '.join(sorted(options))} for transformers",
+                hint="it takes dtype and threads",
             )
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise UsageError(f"threads must be an integer >= 1, not {threads!r}")
         if dtype_name not in DTYPES:
             raise UsageError(f"dtype {dtype_name!r} is not one of {', '.join(DTYPES)}")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a bar per load would garble slmk's own progress
 
         self.path = Path(path)
         self.info = ModelInfo.load(self.path)
@@ -107,6 +117,8 @@ class TransformersSession:
         self.last_token_ids: list[int] = []
         self.context_length: int = int(self.info.context_length or 0)
         self._torch = torch
+        small = (self.info.num_parameters or 0) < ONE_THREAD_PARAMETERS
+        self.threads: int = threads or (1 if small else torch.get_num_threads())
         dtype = "auto" if dtype_name == "auto" else getattr(torch, dtype_name)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=False)
@@ -119,6 +131,10 @@ class TransformersSession:
                 hint="check that the folder is what save_pretrained wrote, for an architecture transformers knows",
             ) from exc
         self._model.eval()
+        # transformers 5 renamed the key/value cache argument (past_key_values -> cache)
+        import inspect
+
+        self._cache_argument = "cache" if "cache" in inspect.signature(self._model.forward).parameters else None
         self.dtype = str(self._model.dtype).removeprefix("torch.")
         self.eos_token_ids = _eos_ids(self.info, self._tokenizer)
         self._cached_ids: list[int] = []  # the ids whose keys and values _past holds
@@ -165,18 +181,30 @@ class TransformersSession:
         reuse = self._past is not None and len(cached) <= start and ids[: len(cached)] == cached
         offset = len(cached) if reuse else 0
         torch = self._torch
+        threads = torch.get_num_threads()
+        if threads != self.threads:
+            torch.set_num_threads(self.threads)  # process-wide in torch: restored below
+        try:
+            rows, past = self._forward(ids, offset, start, self._past if reuse else None)
+        finally:
+            if threads != self.threads:
+                torch.set_num_threads(threads)
+        self._past, self._cached_ids = past, ids
+        return np.concatenate(rows, axis=0)
+
+    def _forward(self, ids: list[int], offset: int, start: int, past: Any) -> tuple[list[Any], Any]:
+        torch = self._torch
         rows = []
-        past = self._past if reuse else None
         with torch.inference_mode():
             for begin in range(offset, len(ids), SCORE_CHUNK):
                 chunk = ids[begin : begin + SCORE_CHUNK]
-                out = self._model(input_ids=torch.tensor([chunk]), past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                cache = {self._cache_argument or "past_key_values": past}
+                out = self._model(input_ids=torch.tensor([chunk]), use_cache=True, **cache)
+                past = getattr(out, self._cache_argument or "past_key_values")
                 keep = max(0, start - begin)
                 if keep < len(chunk):
                     rows.append(out.logits[0, keep:].float().numpy())
-        self._past, self._cached_ids = past, ids
-        return np.concatenate(rows, axis=0)
+        return rows, past
 
     def score(self, text: str) -> tuple[float, int]:
         """Teacher-forced negative log-likelihood of ``text``: (sum in nats, tokens scored).
