@@ -92,9 +92,7 @@ def test_not_verified_when_transformers_cannot_load_the_source(tiny_model_dir, t
     shutil.copytree(tiny_model_dir, folder)
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    result = app.convert(
-        folder, tmp_path / "out", precision="fp32", plugin_settings={"ortgenai.allow_pickle": True}
-    )
+    result = app.convert(folder, tmp_path / "out", precision="fp32", plugin_settings={"ortgenai.allow_pickle": True})
     found = verification(result.output)
     assert found["status"] == "not verified"
     assert found["reason"].startswith("transformers cannot load it: its weights are pickles")
