@@ -71,12 +71,38 @@ def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_p
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["ok"] and data["chosen"] == "int8", (gate, data["tried"])
+    assert data["reference"] == "source"  # what the user trained, not slmk's fp32 build
     assert [(t["precision"], t["ok"]) for t in data["tried"]] == [("int4", False), ("int8", True)]
     assert any(r.startswith("FAIL") for r in data["tried"][0]["reasons"])
     assert data["validation"]["ok"] and data["first_answer"]["correct"] is True
     installed = _installed(run_slmk, cache)
     assert [(m["name"], m["version"], m["precision"]) for m in installed] == [("tiny-chat", "1", "int8")]
     assert data["installed"]["ref"] == "tiny-chat:1"
+
+
+@pytest.mark.slow
+def test_the_gate_judges_builds_against_the_source_model(tiny_model_dir, table, run_slmk, tmp_path):
+    """agreement>=0.99: each build's greedy answers against transformers' on the source folder."""
+    result = run_slmk(
+        "deploy",
+        str(tiny_model_dir),
+        "--name",
+        "tiny-chat",
+        "--quality-gate",
+        "agreement>=0.99",
+        "--cache-dir",
+        str(tmp_path / "foundry"),
+        *SHORT,
+        "--json",
+    )
+    data = json.loads(result.stdout)
+    assert data["reference"] == "source" and data["reference_note"] is None
+    assert data["source"]["precision"] == "source" and data["source"]["agreement"] == 1.0
+    for tried in data["tried"]:  # the same figures compare measured against the source
+        assert tried["reference"] is False
+        assert tried["agreement"] == table[tried["precision"]]["agreement"]
+        assert tried["ok"] == (tried["agreement"] >= 0.99), tried
+    assert result.returncode == (0 if data["tried"][-1]["ok"] else 1), result.stderr
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from slmk.api import (
     write_text_atomic,
 )
 
-from .reference import REFERENCE_HELP, REFERENCES, choose_reference
+from .reference import REFERENCE_HELP, REFERENCES, SOURCE, choose_reference
 from .validate import (
     DEFAULT_LEAK_KB_PER_RUN,
     DEFAULT_LEAK_RUNS,
@@ -300,6 +300,12 @@ def bench(
     help="Decode time per token at a prompt length over what the shorter prompts' linear trend predicts, at most.",
 )
 @click.option("--strict", is_flag=True, help="Warnings fail too.")
+@click.option(
+    "--reference",
+    type=click.Choice((SOURCE, "none")),
+    help="source: also run the model the build was made from (transformers) on the eval set and set its "
+    "accuracy beside the build's; none: check the build alone [default: source where it runs here].",
+)
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the results as Markdown.")
@@ -322,6 +328,7 @@ def validate(
     session_growth_mb,
     max_slowdown,
     strict,
+    reference,
     max_new_tokens,
     temperature,
     top_p,
@@ -338,7 +345,8 @@ def validate(
     Checks: domain answers and output format (the eval file); edge cases (empty,
     whitespace-only, non-ASCII and emoji, longer than the context, template tokens
     typed by the user); consistent speed across prompt lengths; no memory growth
-    over --leak-runs generations; --sessions sessions opened and closed.
+    over --leak-runs generations; --sessions sessions opened and closed; against
+    the source model: the build's recorded check and the source's eval accuracy.
     """
     import datetime as _dt
 
@@ -353,6 +361,7 @@ def validate(
     search.pop("max_length", None)
     if greedy is None:
         search["do_sample"] = False  # measurements repeat: greedy unless asked to sample
+    source, source_note = _validation_source(folder, reference)
     report = run_validate(
         open_session,
         folder,
@@ -368,6 +377,8 @@ def validate(
         min_accuracy=min_accuracy,
         max_slowdown=max_slowdown,
         progress=_progress(state, quiet, as_json),
+        source=source,
+        source_note=source_note,
     )
     report = {
         "target": target,
@@ -391,6 +402,26 @@ def validate(
             click.echo(f"report: {report['report_file']}")
     if not report["ok"]:
         raise SystemExit(1)
+
+
+def _validation_source(folder: Path, reference: str | None) -> tuple[Path | None, str]:
+    """(the source folder validate runs beside the build, or None; why not). ``--reference source``
+    that cannot run is refused in one line; by default the build is then checked alone, saying why."""
+    from slmk import api as app
+
+    if reference == "none":
+        return None, "--reference none: the source model is not run"
+    recorded = app.build_info(folder).get("source")
+    reason = app.source_unavailable(recorded) if recorded else "the build does not record its source folder"
+    if reason and recorded and not Path(recorded).is_dir():
+        reason = f"its source folder {recorded} is gone"
+    if reason is None:
+        return Path(recorded), ""
+    if reference == SOURCE:
+        raise UsageError(
+            f"--reference source: the source model cannot run here: {reason}", hint="pass --reference none"
+        )
+    return None, f"the source model is not run: {reason}"
 
 
 # --------------------------------------------------------------------------- compare
