@@ -4,6 +4,7 @@ into a temporary cache; the quality gate decides the precision."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -126,9 +127,8 @@ def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tm
     assert lines[3].startswith("int8") and " pass " in lines[3]
     assert any(line.startswith("installed tiny-chat:1 (int8, cpu") for line in lines)
     # one progress display on stderr: numbered steps, the builds indented under them
-    assert (
-        "[1/" in result.stderr and "doctor: required checks" in result.stderr and "\n    [1/2] convert" in result.stderr
-    )
+    assert "[1/" in result.stderr and "doctor: required checks" in result.stderr
+    assert re.search(r"\n    \[1/\d\] convert", result.stderr)  # 2 steps, +1 or 2 when the source check runs
 
 
 def test_an_impossible_gate_installs_nothing(tiny_model_dir, table, run_slmk, tmp_path):

@@ -301,8 +301,8 @@ class BuildCheck:
             with self.progress.step(f"run the source with transformers ({len(self.prompts)} prompts)"):
                 try:
                     self.reference = run_source(self.registry, self.info.path, self.prompts, self.progress)
-                except SlmkError as exc:
-                    self.verdict = not_verified(exc.message)
+                except Exception as exc:  # the source not running is recorded, never the end of the build
+                    self.verdict = not_verified(_one_line(exc))
                     return
             if not self.reference.answers:
                 self.verdict = not_verified("every prompt is longer than the model's context")
@@ -337,6 +337,8 @@ class BuildCheck:
                 if not callable(getattr(session, "logits", None)):
                     return not_verified("the build's runtime gives no logits")
                 figures, difference = compare_build(session, self.reference, self.precision, decode=session.decode)
+            except Exception as exc:
+                return not_verified(f"running the build failed: {_one_line(exc)}")
             finally:
                 session.close()
         figures["seconds"] = round(self.reference.seconds + time.perf_counter() - start, 3)
@@ -345,6 +347,13 @@ class BuildCheck:
             if self.precision in EXACT_PRECISIONS:
                 figures["status"] = "refused"
         return figures
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SlmkError):
+        return exc.message
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _read_json(path: Path | None) -> dict[str, Any]:
