@@ -82,6 +82,11 @@ def build(
     return out
 
 
+def eval_prompts(items: Sequence[EvalItem]) -> list[list[dict[str, str]]] | None:
+    """The eval set's conversations, which builds are checked against the source with (None: slmk's own)."""
+    return [list(item.messages) for item in items] or None
+
+
 def measure_build(
     folder: Path,
     precision: str,
@@ -192,7 +197,7 @@ def run_compare(
                 cache_dir=cache_dir,
                 progress=sub_progress,
                 verify=verify,
-                verify_prompts=[list(item.messages) for item in items] or None,
+                verify_prompts=eval_prompts(items),
             )
             from slmk.api import build_info
 

@@ -30,7 +30,7 @@ from slmk.api import (
     get_registry,
 )
 
-from .compare import build, builds_root, measure_build
+from .compare import build, builds_root, eval_prompts, measure_build
 from .display import nested
 from .evalset import EvalItem, default_file, load_eval
 from .gate import Gate, parse_gate
@@ -219,7 +219,7 @@ def deploy(
             cache_dir=steps_cache,
             progress=inner,
             verify=verify,
-            verify_prompts=[list(item.messages) for item in items] or None,
+            verify_prompts=eval_prompts(items),
         )
         if not need:
             return Measurement(precision=candidate, path=str(folder))

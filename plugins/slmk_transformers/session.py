@@ -212,8 +212,6 @@ class TransformersSession:
         Texts longer than the context are scored in windows that overlap by half, each token
         once, as the build's runtime scores them.
         """
-        import numpy as np
-
         self._require_open()
         ids = [int(t) for t in self._tokenizer(text)["input_ids"]]
         if len(ids) < 2:
@@ -225,11 +223,9 @@ class TransformersSession:
             end = min(begin + window, len(ids))
             first = max(scored_until, begin + 1)
             self._forget()
-            rows = np.asarray(self.logits(ids[begin:end], first - 1 - begin)[: end - first], dtype=np.float64)
-            peak = rows.max(axis=-1, keepdims=True)
-            log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
-            targets = np.asarray(ids[first:end])
-            total += float((log_norm - rows[np.arange(len(targets)), targets]).sum())
+            rows = self._torch.from_numpy(self.logits(ids[begin:end], first - 1 - begin)[: end - first]).double()
+            targets = self._torch.tensor(ids[first:end])
+            total += float(self._torch.nn.functional.cross_entropy(rows, targets, reduction="sum"))
             count += len(targets)
             scored_until = end
             if end == len(ids):
