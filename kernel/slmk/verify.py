@@ -96,6 +96,7 @@ def memory_shortfall(info: ModelInfo) -> str | None:
 
 
 def not_verified(reason: str) -> dict[str, Any]:
+    """The verdict of a build that could not be checked, with why."""
     return {"status": STATUS_NOT_VERIFIED, "reason": reason}
 
 
@@ -110,6 +111,8 @@ class SourceAnswer:
 
 @dataclass
 class SourceReference:
+    """What the source answered: one SourceAnswer per prompt, and what ran it."""
+
     against: str  # "transformers 5.x (torch 2.x, float32)"
     answers: list[SourceAnswer] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # each prompt's last message, for the refusal line
@@ -273,6 +276,7 @@ class BuildCheck:
         return memory_shortfall(self.info)
 
     def before(self, final_key: str) -> None:
+        """Ahead of the first step: decide whether the check runs, and run the source (or find it cached)."""
         if not self.enabled:
             self.verdict = {"status": STATUS_SKIPPED, "reason": "--no-verify: not compared with the source model"}
             return
@@ -311,6 +315,7 @@ class BuildCheck:
             _save_reference(reference_file, self.reference)
 
     def after(self, folder: Path) -> dict[str, Any]:
+        """On the finished build: the verdict to record; raises (nothing kept) when it differs from the source."""
         if self.verdict is not None:
             verdict = self.verdict
         else:
