@@ -73,6 +73,7 @@ def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_p
     data = json.loads(result.stdout)
     assert data["ok"] and data["chosen"] == "int8", (gate, data["tried"])
     assert data["reference"] == "source"  # what the user trained, not slmk's fp32 build
+    assert data["verification"]["status"] == "measured"  # the int8 build, checked against the source
     assert [(t["precision"], t["ok"]) for t in data["tried"]] == [("int4", False), ("int8", True)]
     assert any(r.startswith("FAIL") for r in data["tried"][0]["reasons"])
     assert data["validation"]["ok"] and data["first_answer"]["correct"] is True

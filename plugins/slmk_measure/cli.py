@@ -725,6 +725,7 @@ def deploy(
     counts = ", ".join(f"{n} {s}" for s, n in validation["counts"].items() if n)
     installed = data["installed"]
     click.echo(f"chose {data['chosen']}: validation passed ({counts})")
+    click.echo(f"source check: {verification_summary(data['verification'])}")
     click.echo(
         f"installed {installed['ref']} ({installed['precision']}, {installed['execution_provider']}, "
         f"{human_size(installed['size_bytes'])}) at {installed['path']}"

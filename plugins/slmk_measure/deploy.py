@@ -73,6 +73,7 @@ class DeployResult:
     chosen: str | None = None
     build: str | None = None
     template: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] | None = None  # the chosen build's check against its source
     validation: dict[str, Any] | None = None
     installed: dict[str, Any] | None = None
     first_answer: dict[str, Any] | None = None
@@ -91,6 +92,7 @@ class DeployResult:
             "chosen": self.chosen,
             "build": self.build,
             "template": self.template,
+            "verification": self.verification,
             "validation": self.validation,
             "installed": self.installed,
             "first_answer": self.first_answer,
@@ -275,6 +277,7 @@ def deploy(
     result.chosen = chosen
     folder = Path(measured[chosen].path)
     result.build = str(folder)
+    result.verification = app.build_info(folder).get("verification")
 
     with progress.step(f"validate the {chosen} build"):
         options = {"leak_runs": DEFAULT_LEAK_RUNS, **(validate_options or {})}
