@@ -346,7 +346,10 @@ class BuildCheck:
                 return not_verified(f"running the build failed: {_one_line(exc)}")
             finally:
                 session.close()
-        figures["seconds"] = round(self.reference.seconds + time.perf_counter() - start, 3)
+        build_seconds = time.perf_counter() - start
+        figures["seconds"] = round(self.reference.seconds + build_seconds, 3)
+        figures["source_seconds"] = round(self.reference.seconds, 3)  # 0 when the source's answers were cached
+        figures["build_seconds"] = round(build_seconds, 3)
         if difference:
             figures["first_difference"] = difference
             if self.precision in EXACT_PRECISIONS:

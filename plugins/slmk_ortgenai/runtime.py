@@ -357,13 +357,13 @@ class OrtGenAISession:
         params = self._og.GeneratorParams(self._model)
         params.set_search_options(max_length=max(len(ids), self.min_cache_length))
         generator = self._og.Generator(self._model, params)
-        chunk, rows = self.score_chunk, []
-        for begin in range(0, len(ids), chunk):
+        for begin in range(0, start, PREFILL_CHUNK):  # the rows before start are not wanted: feed them fast
+            generator.append_tokens(ids[begin : min(begin + PREFILL_CHUNK, start)])
+        chunk, rows = self.score_chunk, []  # a build with a pruned output layer gives one row per call
+        for begin in range(start, len(ids), chunk):
             end = min(begin + chunk, len(ids))
             generator.append_tokens(ids[begin:end])
-            if end > start:
-                logits = generator.get_output("logits")[0]
-                rows.append(np.asarray(logits[max(0, start - begin) : end - begin], dtype=np.float32))
+            rows.append(np.asarray(generator.get_output("logits")[0][: end - begin], dtype=np.float32))
         del generator
         return np.concatenate(rows, axis=0)
 
