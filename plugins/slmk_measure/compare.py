@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError
+from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError, build_info, open_source_session
 
 from .driver import Driver
 from .evalset import EvalItem
@@ -171,8 +171,6 @@ def run_compare(
 
     With ``reference`` fp32 the most precise build is the reference instead.
     """
-    from slmk.api import open_source_session
-
     progress = progress or Progress(quiet=True)
     open_source = open_source or open_source_session
     gate = parse_gate(tolerance or DEFAULT_TOLERANCE)
@@ -199,8 +197,6 @@ def run_compare(
                 verify=verify,
                 verify_prompts=eval_prompts(items),
             )
-            from slmk.api import build_info
-
             verifications[precision] = build_info(folder).get("verification")
         with progress.step(f"measure {precision}"):
             rows[precision] = measure_build(
