@@ -4,6 +4,7 @@ into a temporary cache; the quality gate decides the precision."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -71,12 +72,39 @@ def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_p
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["ok"] and data["chosen"] == "int8", (gate, data["tried"])
+    assert data["reference"] == "source"  # what the user trained, not slmk's fp32 build
+    assert data["verification"]["status"] == "measured"  # the int8 build, checked against the source
     assert [(t["precision"], t["ok"]) for t in data["tried"]] == [("int4", False), ("int8", True)]
     assert any(r.startswith("FAIL") for r in data["tried"][0]["reasons"])
     assert data["validation"]["ok"] and data["first_answer"]["correct"] is True
     installed = _installed(run_slmk, cache)
     assert [(m["name"], m["version"], m["precision"]) for m in installed] == [("tiny-chat", "1", "int8")]
     assert data["installed"]["ref"] == "tiny-chat:1"
+
+
+@pytest.mark.slow
+def test_the_gate_judges_builds_against_the_source_model(tiny_model_dir, table, run_slmk, tmp_path):
+    """agreement>=0.99: each build's greedy answers against transformers' on the source folder."""
+    result = run_slmk(
+        "deploy",
+        str(tiny_model_dir),
+        "--name",
+        "tiny-chat",
+        "--quality-gate",
+        "agreement>=0.99",
+        "--cache-dir",
+        str(tmp_path / "foundry"),
+        *SHORT,
+        "--json",
+    )
+    data = json.loads(result.stdout)
+    assert data["reference"] == "source" and data["reference_note"] is None
+    assert data["source"]["precision"] == "source" and data["source"]["agreement"] == 1.0
+    for tried in data["tried"]:  # the same figures compare measured against the source
+        assert tried["reference"] is False
+        assert tried["agreement"] == table[tried["precision"]]["agreement"]
+        assert tried["ok"] == (tried["agreement"] >= 0.99), tried
+    assert result.returncode == (0 if data["tried"][-1]["ok"] else 1), result.stderr
 
 
 @pytest.mark.slow
@@ -100,9 +128,8 @@ def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tm
     assert lines[3].startswith("int8") and " pass " in lines[3]
     assert any(line.startswith("installed tiny-chat:1 (int8, cpu") for line in lines)
     # one progress display on stderr: numbered steps, the builds indented under them
-    assert (
-        "[1/" in result.stderr and "doctor: required checks" in result.stderr and "\n    [1/2] convert" in result.stderr
-    )
+    assert "[1/" in result.stderr and "doctor: required checks" in result.stderr
+    assert re.search(r"\n    \[1/\d\] convert", result.stderr)  # 2 steps, +1 or 2 when the source check runs
 
 
 def test_an_impossible_gate_installs_nothing(tiny_model_dir, table, run_slmk, tmp_path):

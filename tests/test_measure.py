@@ -217,8 +217,15 @@ def test_validate_passes_the_good_build(tiny_build, run_slmk, tmp_path):
         "performance",
         "memory-leak",
         "sessions",
+        "source",
     }
     assert checks["domain"]["status"] == "pass" and checks["domain"]["data"]["accuracy"] >= 0.9
+    # what the user trained, run by transformers, is the reference: its accuracy beside the build's
+    source = checks["source"]
+    assert source["status"] == "pass" and source["data"]["verification"]["status"] == "measured"
+    assert source["data"]["source_accuracy"] >= 0.9
+    assert source["data"]["build_accuracy"] == checks["domain"]["data"]["accuracy"]
+    assert "against the source's" in source["evidence"] and "(transformers)" in source["evidence"]
     assert checks["format"]["status"] == "skip"  # the tiny eval set sets no formats
     assert checks["edge:overlong"]["data"]["outcome"] in ("refused", "answered")
     assert checks["edge:non-ascii"]["data"]["tokenizer_round_trip"] is True
@@ -292,6 +299,12 @@ def test_validate_without_an_eval_file_skips_the_domain_check(tiny_build, run_sl
     report = _json(run_slmk("validate", str(build), "--leak-runs", "5", "--sessions", "2", "--json"))
     domain = next(c for c in report["checks"] if c["id"] == "domain")
     assert domain["status"] == "skip" and "--eval" in domain["evidence"]
+    # the source folder is gone: said in one line, the build is checked alone
+    source = next(c for c in report["checks"] if c["id"] == "source")
+    assert source["status"] == "pass" and "the source model is not run: its source folder" in source["evidence"]
+    refused = run_slmk("validate", str(build), "--reference", "source", "--leak-runs", "5", "--sessions", "2")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: --reference source: the source model cannot run here: its source folder")
 
 
 @pytest.mark.slow
@@ -354,18 +367,47 @@ def test_compare_json(tiny_model_dir, tiny_build, run_slmk):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     rows = {row["precision"]: row for row in report["precisions"]}
-    assert report["reference"] == "fp32" and list(rows) == ["fp32", "int8", "int4"]
+    # the source model (transformers) is the reference row; the fp32 build is one more row
+    assert report["reference"] == "source" and report["reference_note"] is None
+    assert list(rows) == ["source", "fp32", "int8", "int4"]
+    assert [name for name, row in rows.items() if row["reference"]] == ["source"]
     assert rows["int4"]["size_bytes"] < rows["int8"]["size_bytes"] < rows["fp32"]["size_bytes"]
-    assert rows["fp32"]["size_ratio"] == 1.0 and 0 < rows["int4"]["size_ratio"] < 0.5
+    assert rows["source"]["size_ratio"] == 1.0 and 0 < rows["int4"]["size_ratio"] < 0.5
     for row in rows.values():
         assert math.isfinite(row["ppl"]) and row["ppl"] > 1 and row["ppl_tokens"] > 100
         assert 0 <= row["accuracy"] <= 1 and row["items"] == 40
         assert 0 <= row["agreement"] <= 1 and row["decode_tps"] > 0 and row["decode_ratio"] > 0
-    assert rows["fp32"]["agreement"] == 1.0 and rows["fp32"]["ppl_change_pct"] == 0.0
-    assert rows["fp32"]["accuracy"] >= 0.9  # the tiny model knows its domain
+    assert rows["source"]["agreement"] == 1.0 and rows["source"]["ppl_change_pct"] == 0.0
+    # the fp32 build is what the user trained: same perplexity, same greedy answers
+    assert abs(rows["fp32"]["ppl_change_pct"]) < 0.1 and rows["fp32"]["agreement"] >= 0.95
+    assert rows["source"]["accuracy"] >= 0.9  # the tiny model knows its domain
+    assert rows["fp32"]["verification"]["status"] == "verified"
+    assert rows["int4"]["verification"]["status"] == "measured" and "verification" not in rows["source"]
     recommendation = report["recommendation"]
     assert recommendation["precision"] in rows and recommendation["tolerance"] == "ppl<=+5%,accuracy>=-5%"
-    assert set(recommendation["verdicts"]) == set(rows) and recommendation["verdicts"]["fp32"]["ok"]
+    assert set(recommendation["verdicts"]) == {"fp32", "int8", "int4"} and recommendation["verdicts"]["fp32"]["ok"]
+
+
+@pytest.mark.slow
+def test_compare_with_the_fp32_build_as_reference(tiny_model_dir, tiny_build, run_slmk):
+    tiny_build("fp32")
+    tiny_build("int4")
+    result = run_slmk(
+        "compare", str(tiny_model_dir), "--precisions", "fp32,int4", "--reference", "fp32", "--json", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["reference"] == "fp32" and [r["precision"] for r in report["precisions"]] == ["fp32", "int4"]
+    assert report["precisions"][0]["agreement"] == 1.0 and report["precisions"][0]["reference"] is True
+
+
+def test_compare_source_reference_of_an_onnx_build_is_refused(tiny_build, run_slmk):
+    from slmk_measure.reference import choose_reference
+
+    with pytest.raises(UsageError, match=r"^--reference source: the source model cannot run here: .* already an ONNX"):
+        choose_reference("source", tiny_build("int4"))
+    reference, note = choose_reference(None, tiny_build("int4"))
+    assert reference == "fp32" and note.startswith("reference: the fp32 build, since the source model cannot run")
 
 
 def test_compare_refuses_a_precision_the_ep_cannot_run(tiny_model_dir, run_slmk):

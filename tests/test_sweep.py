@@ -128,7 +128,13 @@ def test_local_and_embedded_ray_give_the_same_table(tmp_path, sweep_cache, rando
     assert by_cell[("tiny-chat", "fp32")]["accuracy"] >= 0.9
     assert by_cell[("random-chat", "fp32")]["accuracy"] < 0.5
     assert by_cell[("tiny-chat", "int4")]["size_bytes"] < by_cell[("tiny-chat", "int8")]["size_bytes"]
-    assert by_cell[("tiny-chat", "fp32")]["agreement"] == 1.0 and by_cell[("tiny-chat", "int4")]["reference"] == "fp32"
+    # each model's source (transformers) is its reference; its fp32 build agrees with it
+    assert (
+        by_cell[("tiny-chat", "fp32")]["agreement"] == 1.0 and by_cell[("tiny-chat", "int4")]["reference"] == "source"
+    )
+    assert abs(by_cell[("tiny-chat", "fp32")]["ppl_change_pct"]) < 0.1
+    assert set(local["sources"]) == {"tiny-chat", "random-chat"} and local["sources"]["tiny-chat"]["accuracy"] >= 0.9
+    assert by_cell[("tiny-chat", "fp32")]["verification"]["status"] == "verified"
     # the Ray cells ran in Ray workers, not in this process
     assert all(r["measure_node"] for r in ray["rows"])
     # the gate picks a cell per model; the table is written in every format
@@ -210,6 +216,9 @@ def test_bad_sweep_input_fails_before_any_work(tmp_path):
         _config(tmp_path, tmp_path, [TINY_MODEL, TINY_MODEL])
     with pytest.raises(UsageError, match="unknown sweep key 'precision'"):
         config_from_dict({"models": [str(TINY_MODEL)], "precision": "int4"})
+    with pytest.raises(UsageError, match="reference = 'onnx' is not allowed"):
+        config_from_dict({"models": [str(TINY_MODEL)], "reference": "onnx"})
+    assert config_from_dict({"models": [str(TINY_MODEL)], "reference": "fp32"}).reference == "fp32"
     assert not (tmp_path / RESULTS_FILE).exists()
 
 

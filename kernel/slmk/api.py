@@ -28,12 +28,14 @@ from .app import (
     install,
     materialize,
     open_session,
+    open_source_session,
     parse_ref,
     require_usable,
     resolve_ep,
     resolve_target,
     run_doctor,
     show_template,
+    source_unavailable,
 )
 from .cli.options import (
     PRECISION_CHOICES,
@@ -135,6 +137,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testpoints import pause_point
+from .verify import summary as verification_summary
 
 __all__ = [
     # contract
@@ -246,6 +249,7 @@ __all__ = [
     "read_toml",
     "temporary_environ",
     "open_session",
+    "open_source_session",
     "package_data_dir",
     "parse_ref",
     "pause_point",
@@ -254,6 +258,8 @@ __all__ = [
     "resolve_target",
     "run_doctor",
     "show_template",
+    "source_unavailable",
+    "verification_summary",
     # command line, for slmk_commands plugins
     "PRECISION_CHOICES",
     "State",

@@ -120,6 +120,8 @@ def convert(
     progress: Progress | None = None,
     registry: Registry | None = None,
     cache_dir: str | Path | None = None,
+    verify: bool = True,
+    verify_prompts: list[list[dict[str, str]]] | None = None,
 ) -> BuildResult | Plan:
     """Plan and build ``model`` at ``precision`` for ``execution_provider`` into ``output``.
 
@@ -131,6 +133,11 @@ def convert(
     A folder a model source claims (a LoRA adapter) is materialized first (merged into
     ``base``, its own base when None); ``source_mode`` other than the first of the
     source's modes hands the whole conversion to the source (e.g. ``separate``).
+
+    ``verify``: run the source (transformers) and the build on a few chat prompts
+    (``verify_prompts``, else slmk's own) and record the verdict in slmk_build.json; an
+    fp32/fp16/bf16 build whose greedy tokens differ from the source's is refused
+    (``slmk.verify``). False records that it was skipped.
     """
     registry = registry or get_registry()
     extra_options = dict(extra_options or {})
@@ -172,6 +179,8 @@ def convert(
                 extra_options=extra_options,
                 progress=progress,
                 cache_dir=cache_dir,
+                verify=verify,
+                verify_prompts=verify_prompts,
             )
         model = source.materialize(Path(model), Path(base) if base else None, progress or Progress(quiet=True))
     elif base is not None or source_mode:
@@ -209,6 +218,19 @@ def convert(
     )
     if plan_only:
         return plan
+    from .fsutil import cache_root
+    from .verify import BuildCheck
+
+    check = BuildCheck(
+        registry,
+        info,
+        precision,
+        ep,
+        enabled=verify,
+        prompts=verify_prompts,
+        cache=Path(cache_dir) if cache_dir else cache_root(),
+        progress=progress,
+    )
     return run_plan(
         registry,
         info,
@@ -221,6 +243,7 @@ def convert(
         trust_remote_code=trust_remote_code,
         search=search,
         cache_dir=Path(cache_dir) if cache_dir else None,
+        check=check,
     )
 
 
@@ -282,6 +305,38 @@ def open_session(
             raise UsageError(f"runtime {runtime} cannot load {folder}: {reason}")
     return rt.load(
         LoadRequest(path=folder, execution_provider=ep, installed=installed, cache_dir=cache_dir, options=options or {})
+    )
+
+
+def source_unavailable(model: str | Path, registry: Registry | None = None) -> str | None:
+    """Why the source model (a Hugging Face folder, run by transformers) cannot run here, or None."""
+    from .verify import source_unavailable as why_not
+
+    folder = Path(model).expanduser()
+    if (folder / "genai_config.json").is_file():
+        return f"{folder} is already an ONNX build, not the source model"
+    return why_not(registry or get_registry(), folder)
+
+
+def open_source_session(
+    model: str | Path, *, registry: Registry | None = None, options: dict[str, Any] | None = None
+) -> ChatSession:
+    """Load the source model (a Hugging Face folder) with the runtime that runs sources (transformers):
+    the reference builds are measured against. One-line UsageError when it cannot run here."""
+    from .verify import source_runtime
+
+    registry = registry or get_registry()
+    reason = source_unavailable(model, registry)
+    if reason:
+        raise UsageError(
+            f"the source model cannot run here: {reason}", hint="use --reference fp32 to measure against the fp32 build"
+        )
+    return source_runtime(registry).load(
+        LoadRequest(
+            path=Path(model).expanduser(),
+            execution_provider=resolve_ep(registry, "cpu"),
+            options=options or {},
+        )
     )
 
 
@@ -439,6 +494,7 @@ def inspect_model(
         "generation_config": info.generation_config,
         "converter_blockers": blockers,
         "matrix": matrix,
+        **({"verification": info.build_info.get("verification")} if info.format != FORMAT_HF else {}),
     }
 
 

@@ -78,6 +78,14 @@ class BuildResult:
     seconds: float = 0.0
 
     @property
+    def verification(self) -> dict[str, Any] | None:
+        """The build's check against its source model (slmk_build.json ``verification``)."""
+        try:
+            return json.loads((self.output / BUILD_INFO).read_text(encoding="utf-8")).get("verification")
+        except (OSError, ValueError):
+            return None
+
+    @property
     def size_bytes(self) -> int:
         """Bytes of every file in the build."""
         return sum(self.files.values())
@@ -91,6 +99,7 @@ class BuildResult:
             "files": self.files,
             "size_bytes": self.size_bytes,
             "seconds": round(self.seconds, 3),
+            "verification": self.verification,
         }
 
 
@@ -147,8 +156,14 @@ def run_plan(
     trust_remote_code: bool = False,
     search: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
+    check: Any = None,
 ) -> BuildResult:
-    """Run ``plan`` on ``info``'s folder into ``output``: each step cached, the output written atomically."""
+    """Run ``plan`` on ``info``'s folder into ``output``: each step cached, the output written atomically.
+
+    ``check`` (a ``verify.BuildCheck``): ``check.before(final_key)`` runs ahead of the first step,
+    ``check.after(folder)`` on the finished build before it is renamed into place; what it returns
+    is recorded as ``verification`` in slmk_build.json, and when it raises nothing is kept.
+    """
     progress = progress or Progress(quiet=True)
     output = Path(output).expanduser().resolve()
     if output.exists() and not force:
@@ -169,8 +184,12 @@ def run_plan(
     fingerprint = fingerprint_tree(source)
     calibration_fp = _file_fingerprint(calibration) if calibration else None
     progress.total_steps = len(plan.steps) + 1
-    for step in plan.steps:
-        key = step_key(registry, step, fingerprint, ep, calibration_fp, trust_remote_code)
+    keys = []
+    for step in plan.steps:  # each key holds the one before it: the last names the whole build
+        keys.append(step_key(registry, step, keys[-1] if keys else fingerprint, ep, calibration_fp, trust_remote_code))
+    if check is not None:
+        check.before(keys[-1] if keys else fingerprint)
+    for step, key in zip(plan.steps, keys):
         step_dir = steps_dir / f"{key}-{step.kind}-{step.tool}"
         title = step.describe()
         lock = file_lock(
@@ -200,7 +219,6 @@ def run_plan(
             )
         )
         source = step_dir / "model"
-        fingerprint = key
     with progress.step(f"write {output}"), atomic_dir(output, force=force) as tmp:
         copy_tree(source, tmp)  # copies: editing the build never reaches the cache
         write_search(tmp, search or {})
@@ -215,6 +233,7 @@ def run_plan(
                 "execution_provider": ep.name,
                 "plan": plan.as_dict(),
                 "steps": [asdict(s) for s in result.steps],
+                **({"verification": check.after(tmp)} if check is not None else {}),
             },
         )
     result.files = {

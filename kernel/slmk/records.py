@@ -299,6 +299,7 @@ class Runtime:
     load: Callable[[LoadRequest], ChatSession]
     can_load: Callable[[Path], str | None] | None = None  # None, or why not
     priority: int = 0  # the default runtime is the one with the highest priority
+    input_format: str = FORMAT_ORTGENAI  # what it loads: builds, or FORMAT_HF (the source model itself)
 
 
 @runtime_checkable

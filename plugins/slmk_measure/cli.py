@@ -19,9 +19,11 @@ from slmk.api import (
     quiet_option,
     runtime_options,
     search_from,
+    verification_summary,
     write_text_atomic,
 )
 
+from .reference import REFERENCE_HELP, REFERENCES, SOURCE, choose_reference
 from .validate import (
     DEFAULT_LEAK_KB_PER_RUN,
     DEFAULT_LEAK_RUNS,
@@ -298,6 +300,12 @@ def bench(
     help="Decode time per token at a prompt length over what the shorter prompts' linear trend predicts, at most.",
 )
 @click.option("--strict", is_flag=True, help="Warnings fail too.")
+@click.option(
+    "--reference",
+    type=click.Choice((SOURCE, "none")),
+    help="source: also run the model the build was made from (transformers) on the eval set and set its "
+    "accuracy beside the build's; none: check the build alone [default: source where it runs here].",
+)
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the results as Markdown.")
@@ -320,6 +328,7 @@ def validate(
     session_growth_mb,
     max_slowdown,
     strict,
+    reference,
     max_new_tokens,
     temperature,
     top_p,
@@ -336,7 +345,8 @@ def validate(
     Checks: domain answers and output format (the eval file); edge cases (empty,
     whitespace-only, non-ASCII and emoji, longer than the context, template tokens
     typed by the user); consistent speed across prompt lengths; no memory growth
-    over --leak-runs generations; --sessions sessions opened and closed.
+    over --leak-runs generations; --sessions sessions opened and closed; against
+    the source model: the build's recorded check and the source's eval accuracy.
     """
     import datetime as _dt
 
@@ -351,6 +361,7 @@ def validate(
     search.pop("max_length", None)
     if greedy is None:
         search["do_sample"] = False  # measurements repeat: greedy unless asked to sample
+    source, source_note = _validation_source(folder, reference)
     report = run_validate(
         open_session,
         folder,
@@ -366,6 +377,8 @@ def validate(
         min_accuracy=min_accuracy,
         max_slowdown=max_slowdown,
         progress=_progress(state, quiet, as_json),
+        source=source,
+        source_note=source_note,
     )
     report = {
         "target": target,
@@ -391,6 +404,26 @@ def validate(
         raise SystemExit(1)
 
 
+def _validation_source(folder: Path, reference: str | None) -> tuple[Path | None, str]:
+    """(the source folder validate runs beside the build, or None; why not). ``--reference source``
+    that cannot run is refused in one line; by default the build is then checked alone, saying why."""
+    from slmk import api as app
+
+    if reference == "none":
+        return None, "--reference none: the source model is not run"
+    recorded = app.build_info(folder).get("source")
+    reason = app.source_unavailable(recorded) if recorded else "the build does not record its source folder"
+    if reason and recorded and not Path(recorded).is_dir():
+        reason = f"its source folder {recorded} is gone"
+    if reason is None:
+        return Path(recorded), ""
+    if reference == SOURCE:
+        raise UsageError(
+            f"--reference source: the source model cannot run here: {reason}", hint="pass --reference none"
+        )
+    return None, f"the source model is not run: {reason}"
+
+
 # --------------------------------------------------------------------------- compare
 @click.command()
 @click.argument("model_dir", type=click.Path())
@@ -409,6 +442,8 @@ def validate(
 @click.option(
     "--tolerance", help='Quality a smaller precision must keep to be recommended [default: "ppl<=+5%,accuracy>=-5%"].'
 )
+@click.option("--reference", type=click.Choice(REFERENCES), help=REFERENCE_HELP)
+@click.option("--no-verify", is_flag=True, help="Build without checking each build against the source model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Also draw the table to this PNG.")
 @quiet_option
@@ -422,15 +457,19 @@ def compare(
     eval_file,
     heldout_file,
     tolerance,
+    reference,
+    no_verify,
     as_json,
     plot_file,
     quiet,
 ) -> None:
     """Build MODEL_DIR at several precisions and compare them; recommend the smallest good enough.
 
-    Per precision: size on disk (and ratio to the reference, fp32 where given), decode
-    tokens/s (and ratio), perplexity on held-out text, greedy agreement with the
-    reference, domain accuracy. Builds are cached.
+    The reference is the source model run by transformers (what you trained), one row of
+    the table; --reference fp32 measures against the fp32 ONNX build instead. Per
+    precision: size on disk (and ratio to the reference), decode tokens/s (and ratio),
+    perplexity on held-out text, greedy agreement with the reference, domain accuracy,
+    and the build's check against the source. Builds are cached.
     """
     from slmk import api as app
     from slmk.api import FORMAT_HF, ModelInfo, get_registry
@@ -457,6 +496,9 @@ def compare(
     def open_session(path: Path):
         return app.open_session(path, runtime=settings["runtime"], execution_provider=ep.name)
 
+    reference, reference_note = choose_reference(reference, folder)
+    if reference_note and not as_json:
+        click.echo(reference_note, err=True)
     report = run_compare(
         folder,
         [p.strip() for p in precisions.split(",") if p.strip()],
@@ -468,9 +510,13 @@ def compare(
         cache_dir=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
         progress=progress,
         sub_progress=nested(progress),
+        reference=reference,
+        open_source=app.open_source_session,
+        verify=not no_verify,
     )
     report.update(
         {
+            "reference_note": reference_note,
             "runtime": settings["runtime"],
             "eval_file": used_eval,
             "heldout": used_heldout,
@@ -498,6 +544,8 @@ def compare(
         )
         for note in row["notes"]:
             click.echo(f"    note: {note}")
+        if "verification" in row:
+            click.echo(f"    source check: {verification_summary(row['verification'])}")
     rec = report["recommendation"]
     click.echo(f"recommendation: {rec['precision'] or 'none'} ({rec['why']})")
     if report.get("plot"):
@@ -573,6 +621,8 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
     help="Finish with the model served over the OpenAI-compatible API (slmk serve; Ctrl-C stops it).",
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="With --serve: the port.")
+@click.option("--reference", type=click.Choice(REFERENCES), help=REFERENCE_HELP)
+@click.option("--no-verify", is_flag=True, help="Build without checking each build against the source model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @quiet_option
 @pass_state
@@ -594,6 +644,8 @@ def deploy(
     tune_build,
     serve_after,
     port,
+    reference,
+    no_verify,
     as_json,
     quiet,
 ) -> None:
@@ -605,8 +657,10 @@ def deploy(
     nothing, when no precision passes or validation fails.
 
     \b
-    Gate terms (comma-separated): ppl<=12.5, ppl<=+5% (relative to fp32),
-    accuracy>=0.9, agreement>=0.8, decode_tps>=50.
+    Gate terms (comma-separated): ppl<=12.5, ppl<=+5% (relative to the reference),
+    accuracy>=0.9, agreement>=0.8 (with the reference), decode_tps>=50.
+    The reference is the source model run by transformers (--reference fp32: the
+    fp32 build). Every build is checked against the source (--no-verify skips it).
     """
     from .deploy import NoPrecisionPasses
     from .deploy import deploy as run_deploy
@@ -649,6 +703,8 @@ def deploy(
             validate_options={"leak_runs": leak_runs, "max_slowdown": max_slowdown},
             tune=_tuning(tuner) if tuner else None,
             progress=progress,
+            reference=reference,
+            verify=not no_verify,
         )
     except NoPrecisionPasses as exc:
         if as_json:
@@ -669,6 +725,7 @@ def deploy(
     counts = ", ".join(f"{n} {s}" for s, n in validation["counts"].items() if n)
     installed = data["installed"]
     click.echo(f"chose {data['chosen']}: validation passed ({counts})")
+    click.echo(f"source check: {verification_summary(data['verification'])}")
     click.echo(
         f"installed {installed['ref']} ({installed['precision']}, {installed['execution_provider']}, "
         f"{human_size(installed['size_bytes'])}) at {installed['path']}"

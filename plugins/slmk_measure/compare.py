@@ -1,6 +1,9 @@
 """`slmk compare`: build a model at several precisions and put them side by side:
 size on disk, decode speed, perplexity on held-out text, greedy agreement with the
-reference precision, domain accuracy; then recommend the smallest that is good enough."""
+reference, domain accuracy; then recommend the smallest that is good enough.
+
+The reference is the source model run by transformers (what the user trained) unless
+``--reference fp32`` asks for the most precise ONNX build; either way every build is a row."""
 
 from __future__ import annotations
 
@@ -8,12 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError
+from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError, build_info, open_source_session
 
 from .driver import Driver
 from .evalset import EvalItem
 from .gate import Gate, parse_gate
 from .quality import Measurement, agreement_prompts, measure
+from .reference import SOURCE, rank
 
 #: The quality a smaller precision must keep to be recommended, unless told otherwise.
 DEFAULT_TOLERANCE = "ppl<=+5%,accuracy>=-5%"
@@ -49,7 +53,14 @@ def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Pat
 
 
 def build(
-    model: Path, precision: str, ep_name: str, *, cache_dir: Path | None = None, progress: Progress | None = None
+    model: Path,
+    precision: str,
+    ep_name: str,
+    *,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    verify: bool = True,
+    verify_prompts: list[list[dict[str, str]]] | None = None,
 ) -> Path:
     """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
     from slmk import api as app
@@ -58,9 +69,22 @@ def build(
     # convert numbers its own steps: a fresh Progress on the same stream for each build
     steps = Progress(quiet=progress.quiet, stream=progress.stream) if progress else Progress(quiet=True)
     app.convert(
-        model, out, precision=precision, execution_provider=ep_name, force=True, progress=steps, cache_dir=cache_dir
+        model,
+        out,
+        precision=precision,
+        execution_provider=ep_name,
+        force=True,
+        progress=steps,
+        cache_dir=cache_dir,
+        verify=verify,
+        verify_prompts=verify_prompts,
     )
     return out
+
+
+def eval_prompts(items: Sequence[EvalItem]) -> list[list[dict[str, str]]] | None:
+    """The eval set's conversations, which builds are checked against the source with (None: slmk's own)."""
+    return [list(item.messages) for item in items] or None
 
 
 def measure_build(
@@ -107,7 +131,7 @@ def relative_figures(row: Measurement, reference: Measurement) -> dict[str, Any]
 def recommend(rows: dict[str, Measurement], reference: Measurement, gate: Gate) -> dict[str, Any]:
     """The smallest precision that meets ``gate`` (reference terms measured against ``reference``)."""
     verdicts = {}
-    for precision in sorted(rows, key=PRECISIONS.index):
+    for precision in sorted((p for p in rows if p != SOURCE), key=PRECISIONS.index):
         verdicts[precision] = gate.check(rows[precision], reference)
     chosen = next((p for p, (ok, _) in verdicts.items() if ok), None)
     if chosen is None:
@@ -139,17 +163,41 @@ def run_compare(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     sub_progress: Progress | None = None,
+    reference: str = SOURCE,
+    open_source: Callable[[Path], Any] | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
+    """Measure the source model (``reference`` source; ``open_source`` loads it) and a build per precision.
+
+    With ``reference`` fp32 the most precise build is the reference instead.
+    """
     progress = progress or Progress(quiet=True)
+    open_source = open_source or open_source_session
     gate = parse_gate(tolerance or DEFAULT_TOLERANCE)
     precisions = check_precisions(precisions, ep)
-    reference_name = reference_precision(precisions)
+    reference_name = SOURCE if reference == SOURCE else reference_precision(precisions)
     order = [reference_name] + [p for p in precisions if p != reference_name]
-    progress.total_steps = 2 * len(order)
+    progress.total_steps = 2 * len(precisions) + (reference_name == SOURCE)
     rows: dict[str, Measurement] = {}
+    verifications: dict[str, Any] = {}
+    if reference_name == SOURCE:
+        with progress.step("measure the source model (transformers)"):
+            rows[SOURCE] = measure_build(
+                model, SOURCE, open_source, need=ALL_METRICS, items=items, heldout=heldout, progress=sub_progress
+            )
+        order.remove(SOURCE)
     for precision in order:
         with progress.step(f"build {precision}"):
-            folder = build(model, precision, ep.name, cache_dir=cache_dir, progress=sub_progress)
+            folder = build(
+                model,
+                precision,
+                ep.name,
+                cache_dir=cache_dir,
+                progress=sub_progress,
+                verify=verify,
+                verify_prompts=eval_prompts(items),
+            )
+            verifications[precision] = build_info(folder).get("verification")
         with progress.step(f"measure {precision}"):
             rows[precision] = measure_build(
                 folder,
@@ -163,9 +211,12 @@ def run_compare(
             )
     reference = rows[reference_name]
     table = []
-    for precision in sorted(rows, key=PRECISIONS.index, reverse=True):
+    for precision in sorted(rows, key=rank, reverse=True):
         row = rows[precision]
-        table.append({**row.as_dict(), **relative_figures(row, reference)})
+        figures = {**row.as_dict(), **relative_figures(row, reference), "reference": precision == reference_name}
+        if precision != SOURCE:
+            figures["verification"] = verifications.get(precision)
+        table.append(figures)
     return {
         "model": str(model),
         "execution_provider": ep.name,

@@ -4,9 +4,10 @@ validate -> install -> a first answer from the installed model, in one command.
 With a quality gate, the smallest precision the execution provider runs is tried
 first (int4, then int8, then the full precision); each is built, measured and checked
 against the gate, and the first that passes is installed. Relative terms (``ppl<=+5%``)
-and agreement are measured against the reference: the most precise precision the
-provider runs (fp32 on CPU), built too. When no precision passes, nothing is
-installed and the command fails with the table of what was tried.
+and agreement are measured against the reference: the source model run by
+transformers (what the user trained), or with ``reference="fp32"`` the most precise
+precision the provider runs (fp32 on CPU), built too. When no precision passes,
+nothing is installed and the command fails with the table of what was tried.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from slmk.api import (
     get_registry,
 )
 
-from .compare import build, builds_root, measure_build
+from .compare import build, builds_root, eval_prompts, measure_build
 from .display import nested
 from .evalset import EvalItem, default_file, load_eval
 from .gate import Gate, parse_gate
 from .quality import Measurement
+from .reference import SOURCE, choose_reference
 from .validate import DEFAULT_LEAK_RUNS, run_validate
 
 #: The precision deployed when no quality gate is given.
@@ -65,10 +67,13 @@ class DeployResult:
     execution_provider: str
     gate: str | None
     reference: str | None = None
+    reference_note: str | None = None  # why the default source reference was not used
+    source: dict[str, Any] | None = None  # the source model's measurement, when it is the reference
     tried: list[Attempt] = field(default_factory=list)
     chosen: str | None = None
     build: str | None = None
     template: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] | None = None  # the chosen build's check against its source
     validation: dict[str, Any] | None = None
     installed: dict[str, Any] | None = None
     first_answer: dict[str, Any] | None = None
@@ -81,10 +86,13 @@ class DeployResult:
             "execution_provider": self.execution_provider,
             "gate": self.gate,
             "reference": self.reference,
+            "reference_note": self.reference_note,
+            "source": self.source,
             "tried": [a.as_dict() for a in self.tried],
             "chosen": self.chosen,
             "build": self.build,
             "template": self.template,
+            "verification": self.verification,
             "validation": self.validation,
             "installed": self.installed,
             "first_answer": self.first_answer,
@@ -135,6 +143,8 @@ def deploy(
     tune: Callable[[Path], Any] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
+    reference: str | None = None,
+    verify: bool = True,
 ) -> DeployResult:
     registry = registry or get_registry()
     progress = progress or Progress(quiet=True)
@@ -167,7 +177,13 @@ def deploy(
                 f"{wanted} does not build and run on {ep.name}", hint=f"{ep.name}: {', '.join(candidates)}"
             )
         candidates = [wanted]
-    reference_name = max(candidates, key=PRECISIONS.index) if parsed and parsed.needs_reference else None
+    reference_name = None
+    if parsed and parsed.needs_reference:
+        reference_name, result.reference_note = choose_reference(reference, model_dir)
+        if reference_name != SOURCE:
+            reference_name = max(candidates, key=PRECISIONS.index)
+        if result.reference_note:
+            progress.log(result.reference_note)
     result.reference = reference_name
     progress.total_steps = 2 + (reference_name not in (None, candidates[0])) + len(candidates) + 3 + (tune is not None)
 
@@ -198,7 +214,15 @@ def deploy(
     measured: dict[str, Measurement] = {}
 
     def build_and_measure(candidate: str, is_reference: bool = False) -> Measurement:
-        folder = build(model_dir, candidate, ep.name, cache_dir=steps_cache, progress=inner)
+        folder = build(
+            model_dir,
+            candidate,
+            ep.name,
+            cache_dir=steps_cache,
+            progress=inner,
+            verify=verify,
+            verify_prompts=eval_prompts(items),
+        )
         if not need:
             return Measurement(precision=candidate, path=str(folder))
         found = measure_build(
@@ -218,7 +242,13 @@ def deploy(
             )
         return found
 
-    if reference_name and reference_name != candidates[0]:
+    if reference_name == SOURCE:
+        with progress.step("reference: measure the source model (transformers)"):
+            measured[SOURCE] = measure_build(
+                model_dir, SOURCE, app.open_source_session, need=need, items=items, heldout=heldout, progress=inner
+            )
+            result.source = measured[SOURCE].as_dict()
+    elif reference_name and reference_name != candidates[0]:
         with progress.step(f"reference {reference_name}: build and measure"):
             measured[reference_name] = build_and_measure(reference_name, is_reference=True)
     chosen = None
@@ -247,6 +277,7 @@ def deploy(
     result.chosen = chosen
     folder = Path(measured[chosen].path)
     result.build = str(folder)
+    result.verification = app.build_info(folder).get("verification")
 
     with progress.step(f"validate the {chosen} build"):
         options = {"leak_runs": DEFAULT_LEAK_RUNS, **(validate_options or {})}

@@ -3,12 +3,13 @@
 Grammar: comma-separated terms ``METRIC OP VALUE``:
 
 * ``ppl<=12.5`` perplexity on held-out text at most 12.5 (lower is better: only ``<=``);
-* ``ppl<=+5%`` at most 5 % above the reference precision's (fp32 where it runs);
+* ``ppl<=+5%`` at most 5 % above the reference's (the source model run by transformers;
+  with ``--reference fp32`` the fp32 build);
 * ``accuracy>=0.9`` domain accuracy on the eval file, a fraction in [0, 1];
-* ``agreement>=0.8`` greedy-token agreement with the reference precision, in [0, 1];
+* ``agreement>=0.8`` greedy-token agreement with the reference, in [0, 1];
 * ``decode_tps>=50`` decode tokens per second.
 
-A signed percentage (``+5%``, ``-10%``) is relative to the reference precision; a
+A signed percentage (``+5%``, ``-10%``) is relative to the reference; a
 plain number is absolute. Higher-is-better metrics take ``>=``.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from slmk.api import UsageError
 
 GRAMMAR = (
-    "comma-separated METRIC OP VALUE terms: ppl<=12.5, ppl<=+5% (relative to fp32), accuracy>=0.9, "
+    "comma-separated METRIC OP VALUE terms: ppl<=12.5, ppl<=+5% (relative to the reference), accuracy>=0.9, "
     "agreement>=0.8, decode_tps>=50"
 )
 

@@ -47,6 +47,7 @@ from slmk.api import (
 )
 
 from . import sweep_cells
+from .reference import REFERENCES, SOURCE, choose_reference
 
 RESULTS_FILE = "results.jsonl"
 #: The columns that depend only on the models and the tools, never on timing: two
@@ -113,6 +114,14 @@ SWEEP_SETTINGS: tuple[Setting, ...] = (
     Setting("output", str, None, "the output folder"),
     Setting("quality_gate", str, DEFAULT_GATE, "the gate that chooses a cell per model"),
     Setting("install_best", bool, False, "install each model's chosen cell"),
+    Setting(
+        "reference",
+        str,
+        None,
+        "what quality is measured against: source or fp32",
+        check=lambda v: v in REFERENCES,
+        check_help=" or ".join(REFERENCES),
+    ),
     Setting("executor.name", str, "local", "local, ray or a plugin's executor"),
     Setting("executor.address", str, None, "ray: the cluster to join"),
     Setting("executor.workers", int, 1, "local: cells at once", check=_within(1, 1024), check_help="in 1..1024"),
@@ -185,6 +194,7 @@ class SweepConfig:
     retries: int = 2
     validate: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_VALIDATE))
     bench: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None  # "source" (transformers) or "fp32"; None: the source where it runs
 
 
 # ------------------------------------------------------------------ configuration
@@ -318,7 +328,7 @@ def config_from_dict(data: Mapping[str, Any], base: Path | None = None, origin: 
         names = [q.name for q in config.quantizers]
         if len(set(names)) != len(names):
             raise UsageError("two quantizers entries have the same name", hint="give each a distinct name")
-    for key in ("runtime", "quality_gate"):
+    for key in ("runtime", "quality_gate", "reference"):
         if key in settings:
             setattr(config, key, settings[key])
     if settings.get("cache_dir"):
@@ -596,7 +606,7 @@ def run_cells(
                 fail(cell, row, f"{phase}: {value['error']}")
                 continue
             if phase == "build":
-                row.update({k: value[k] for k in ("build", "size_bytes", "build_seconds", "steps")})
+                row.update({k: value.get(k) for k in ("build", "size_bytes", "build_seconds", "steps", "verification")})
                 row["node"] = result.node
                 cached = all(s["status"] == "cached" for s in value["steps"])
                 progress.state(cell, "built", f"{'cached' if cached else 'built'} on {result.node}; measuring")
@@ -618,17 +628,60 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(text).split())[:500]
 
 
-def finish_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def measure_sources(config: SweepConfig, rows: list[dict[str, Any]], progress: Progress) -> dict[str, dict[str, Any]]:
+    """Each model's source (transformers on its folder), measured in the driver as the cells
+    measure builds (perplexity, accuracy, greedy answers): the reference of its rows. A model whose
+    source cannot run here (or ``reference = "fp32"``) gets none: its most precise cell is the reference."""
+    from slmk.api import open_source_session
+
+    from .driver import Driver
+    from .evalset import load_eval
+    from .quality import agreement_prompts, measure
+
+    measured_models = {r["model"] for r in rows if not r.get("error")}
+    sources = {}
+    for model in config.models:
+        if model.name not in measured_models:
+            continue
+        reference, note = choose_reference(config.reference, model.path)
+        if note:
+            progress.log(f"{model.name}: {note}")
+        if reference != SOURCE:
+            continue
+        items = load_eval(model.eval_file) if model.eval_file else []
+        heldout = model.heldout_file.read_text(encoding="utf-8") if model.heldout_file else None
+        with progress.step(f"{model.name}: measure the source model (transformers)"):
+            session = open_source_session(model.path)
+            try:
+                driver = Driver(session, model.path)
+                prompts = agreement_prompts(items, heldout)
+                need = {"ppl", "accuracy", "answers"}
+                found = measure(driver, SOURCE, model.path, need=need, items=items, heldout=heldout, prompts=prompts)
+                answers = [driver.tokens(answer) for answer in found.answers]  # token ids, as the cells give theirs
+            finally:
+                session.close()
+        row = {k: v for k, v in found.as_dict().items() if k in ("precision", "path", "size_bytes", "ppl", "accuracy")}
+        sources[model.name] = {**row, "answer_tokens": answers}
+    return sources
+
+
+def finish_table(
+    rows: list[dict[str, Any]], sources: Mapping[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Add what needs several cells: agreement and perplexity change against each model's
-    reference precision (the most precise measured) on the same EP. Sorted for reading."""
+    reference on the same EP: its source model (``sources``, by model name) where measured, else
+    its most precise measured cell. Sorted for reading."""
+    sources = sources or {}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["execution_provider"]), []).append(row)
-    for group in groups.values():
+    for (model, _), group in groups.items():
         measured = [r for r in group if not r.get("error") and r.get("answer_tokens") is not None]
         if not measured:
             continue
-        reference = max(measured, key=lambda r: (PRECISIONS.index(r["precision"]), r["quantizer"] == "none"))
+        reference = sources.get(model) or max(
+            measured, key=lambda r: (PRECISIONS.index(r["precision"]), r["quantizer"] == "none")
+        )
         for row in measured:
             if row is reference:
                 row["agreement"], row["exact_agreement"] = 1.0, 1.0
@@ -644,14 +697,17 @@ def finish_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def choices(rows: list[dict[str, Any]], gate: str) -> dict[str, dict[str, Any]]:
-    """Per model and EP, the cell the quality gate chooses."""
+def choices(
+    rows: list[dict[str, Any]], gate: str, sources: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per model and EP, the cell the quality gate chooses (relative terms judged against the model's
+    source where it was measured)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(f"{row['model']}@{row['execution_provider']}", []).append(row)
     chosen = {}
     for key, group in groups.items():
-        choice = sweep_cells.choose(group, gate)
+        choice = sweep_cells.choose(group, gate, (sources or {}).get(group[0]["model"]))
         choice.update({"model": group[0]["model"], "execution_provider": group[0]["execution_provider"]})
         chosen[key] = choice
     return chosen
@@ -702,11 +758,13 @@ def run_sweep(
     finally:
         if own_session:
             session.close()
-    table = finish_table([rows[c["id"]] for c in cells if c["id"] in rows])
-    picked = choices(table, config.quality_gate)
+    sources = measure_sources(config, [rows[c["id"]] for c in cells if c["id"] in rows], progress)
+    table = finish_table([rows[c["id"]] for c in cells if c["id"] in rows], sources)
+    picked = choices(table, config.quality_gate, sources)
     result = {
         "executor": config.executor,
         "quality_gate": config.quality_gate,
+        "sources": {name: {k: v for k, v in row.items() if k != "answer_tokens"} for name, row in sources.items()},
         "cells": len(cells),
         "skipped": len(finished),
         "failed": sum(1 for r in table if r.get("error")),

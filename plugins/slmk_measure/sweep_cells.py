@@ -74,6 +74,7 @@ def build_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "size_bytes": sum(size for name, size in result.files.items() if name != BUILD_RECORD),
         "build_seconds": round(result.seconds, 3),
         "steps": [{"kind": s.kind, "tool": s.tool, "status": s.status, "seconds": s.seconds} for s in result.steps],
+        "verification": result.verification,  # the build against its source model (transformers)
     }
 
 
@@ -173,9 +174,10 @@ def agreement(answers: list[list[Any]], reference: list[list[Any]]) -> tuple[flo
     return token_agreement(_Tokens(), answers, reference)
 
 
-def choose(rows: list[dict[str, Any]], gate_text: str) -> dict[str, Any]:
+def choose(rows: list[dict[str, Any]], gate_text: str, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """The cell a quality gate picks among one model's rows on one EP (smallest precision
-    that passes, then smallest size), with every row's verdict."""
+    that passes, then smallest size), with every row's verdict. Relative terms are judged
+    against ``source`` (the source model's measurement) when given, else the most precise cell."""
     from slmk.api import PRECISIONS
 
     from .compare import reference_precision
@@ -197,8 +199,11 @@ def choose(rows: list[dict[str, Any]], gate_text: str) -> dict[str, Any]:
     measured = [r for r in rows if not r.get("error")]
     if not measured:
         return {"cell": None, "precision": None, "why": "no cell was measured", "verdicts": {}}
-    reference_name = reference_precision([r["precision"] for r in measured])
-    reference = as_measurement(next(r for r in measured if r["precision"] == reference_name))
+    if source is not None:
+        reference_name, reference = "source", as_measurement(source)
+    else:
+        reference_name = reference_precision([r["precision"] for r in measured])
+        reference = as_measurement(next(r for r in measured if r["precision"] == reference_name))
     verdicts = {}
     for row in measured:
         ok, reasons = gate.check(as_measurement(row), reference)

@@ -11,6 +11,8 @@ import click
 
 from slmk.api import Progress
 
+from .reference import REFERENCE_HELP, REFERENCES
+
 
 def _human(size) -> str:
     if size is None:
@@ -38,6 +40,7 @@ def _num(value, fmt: str = "{:.2f}") -> str:
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: sweep-out].")
 @click.option("--quality-gate", "gate", help='e.g. "ppl<=+5%,accuracy>=0.9": per model, the smallest cell within it.')
 @click.option("--install-best", is_flag=True, help="Install the cell the gate chooses for each model.")
+@click.option("--reference", type=click.Choice(REFERENCES), help=REFERENCE_HELP)
 @click.option("--no-validate", is_flag=True, help="Skip the short validation of each cell.")
 @click.option("--resume", is_flag=True, help="Skip the cells whose rows are in OUTPUT/results.jsonl.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
@@ -54,6 +57,7 @@ def sweep(
     output,
     gate,
     install_best,
+    reference,
     no_validate,
     resume,
     as_json,
@@ -62,8 +66,10 @@ def sweep(
     """Build and measure models x precisions x execution providers (TARGETS: SWEEP.toml or MODEL_DIR...).
 
     \b
-    Each cell converts (through the step cache), measures (size, perplexity, accuracy,
-    agreement with the reference precision, decode speed, a short bench) and validates.
+    Each cell converts (through the step cache; each build checked against the source
+    model), measures (size, perplexity, accuracy, agreement with the reference, decode
+    speed, a short bench) and validates. The reference of each model is its source run
+    by transformers (--reference fp32: its most precise cell).
     Output: OUTPUT/table.json, table.csv, table.md, sweep.png and results.jsonl (what
     --resume reads). Exits 1 when a cell failed; the others still run.
 
@@ -77,6 +83,7 @@ def sweep(
         "cache_dir": cache_dir,
         "output": output,
         "quality_gate": gate,
+        "reference": reference,
         "install_best": install_best or None,
         "validate": False if no_validate else None,
     }

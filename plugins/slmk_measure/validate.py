@@ -40,6 +40,8 @@ LEAK_MAX_FACTOR = 5
 DEFAULT_SESSIONS = 20
 DEFAULT_SESSION_GROWTH_MB = 32.0
 DEFAULT_MIN_ACCURACY = 0.9
+#: The eval accuracy a build may lose against its source model before validate warns.
+SOURCE_ACCURACY_DROP = 0.05
 DEFAULT_MAX_SLOWDOWN = 1.5
 SPEED_LENGTHS = 4
 SPEED_REPEATS = 3
@@ -110,8 +112,13 @@ class Validator:
         min_accuracy: float = DEFAULT_MIN_ACCURACY,
         max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
         progress: Progress | None = None,
+        source: Path | None = None,
+        source_note: str = "",
     ):
         self.open_session = open_session
+        self.source = Path(source) if source else None  # the Hugging Face folder the build was made from
+        self.source_note = source_note  # why the source is not run (when it is not)
+        self.build_accuracy: float | None = None
         self.folder = Path(folder)
         self.items = list(items)
         self.eval_note = eval_note
@@ -150,6 +157,7 @@ class Validator:
         finally:
             driver.session.close()
         self._guard("sessions", "Many sessions opened and closed", self.check_sessions)
+        self._guard("source", "Against the source model", self.check_source)  # after the build is closed
         return self.checks
 
     def _add(self, check: Check) -> None:
@@ -183,6 +191,35 @@ class Validator:
         return None
 
     # ------------------------------------------------------------ checks
+    def check_source(self) -> None:
+        """The build's recorded check against its source, and the eval accuracy of the source itself
+        (transformers) beside the build's: what the user trained is the reference."""
+        from slmk.api import build_info, open_source_session, verification_summary
+
+        recorded = build_info(self.folder).get("verification")
+        evidence = f"build: {verification_summary(recorded)}"
+        trusted = bool(recorded) and recorded.get("status") in ("verified", "measured")
+        data: dict[str, Any] = {"verification": recorded, "source": str(self.source) if self.source else None}
+        answered = [i for i in self.items if i.has_answer]
+        if self.source is None:
+            evidence += f"; {self.source_note or 'the source model is not run'}"
+        elif not answered:
+            evidence += "; no eval items with answers to compare the source's with"
+        else:
+            session = open_source_session(self.source)
+            try:
+                correct, count, _, _ = accuracy(
+                    Driver(session, self.source, self.search), answered, self.max_new_tokens
+                )
+            finally:
+                session.close()
+            source_share = correct / count
+            data.update({"source_accuracy": round(source_share, 4), "build_accuracy": self.build_accuracy})
+            build_share = self.build_accuracy if self.build_accuracy is not None else float("nan")
+            evidence += f"; eval accuracy {build_share:.2f} against the source's {source_share:.2f} (transformers)"
+            trusted &= build_share >= source_share - SOURCE_ACCURACY_DROP
+        self._add(Check("source", "Against the source model", "pass" if trusted else "warn", evidence, data))
+
     def check_eval(self, driver: Driver) -> None:
         if not self.items:
             note = self.eval_note or "no eval file: pass --eval FILE.jsonl"
@@ -192,6 +229,7 @@ class Validator:
         correct, answered, wrong, answers = accuracy(driver, self.items, self.max_new_tokens, self.progress)
         if answered:
             share = correct / answered
+            self.build_accuracy = share
             status = "pass" if share >= self.min_accuracy else "fail"
             evidence = f"{correct}/{answered} correct ({share:.2f}, threshold {self.min_accuracy:.2f})"
             if wrong:

@@ -345,6 +345,28 @@ class OrtGenAISession:
             begin += stride
         return total, count
 
+    def logits(self, token_ids: Sequence[int], start: int = 0):
+        """Teacher-forced logits (float32 numpy, one row per position from ``start``) of ``token_ids``:
+        row r predicts the token after position ``start + r`` (what `slmk convert` checks against the source)."""
+        import numpy as np
+
+        self._require_open()
+        ids = [int(t) for t in token_ids]
+        if not 0 <= start < len(ids):
+            raise UsageError(f"start {start} is outside the {len(ids)} ids given")
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=max(len(ids), self.min_cache_length))
+        generator = self._og.Generator(self._model, params)
+        for begin in range(0, start, PREFILL_CHUNK):  # the rows before start are not wanted: feed them fast
+            generator.append_tokens(ids[begin : min(begin + PREFILL_CHUNK, start)])
+        chunk, rows = self.score_chunk, []  # a build with a pruned output layer gives one row per call
+        for begin in range(start, len(ids), chunk):
+            end = min(begin + chunk, len(ids))
+            generator.append_tokens(ids[begin:end])
+            rows.append(np.asarray(generator.get_output("logits")[0][: end - begin], dtype=np.float32))
+        del generator
+        return np.concatenate(rows, axis=0)
+
     @property
     def score_chunk(self) -> int:
         """Tokens per scoring call: SCORE_CHUNK, or 1 for a build whose graph gives the last row of logits only.

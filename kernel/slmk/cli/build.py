@@ -146,6 +146,8 @@ def inspect(model_dir: str, base: str | None, as_json: bool) -> None:
     click.echo(f"dtype:          {report['dtype'] or '?'}")
     click.echo(f"vocab / context: {report['vocab_size']} / {report['context_length']}")
     click.echo(f"chat template:  {'found' if report['chat_template'] else 'MISSING'}")
+    if report["format"] != "hf":
+        click.echo(f"source check:   {verification_line(report.get('verification'))}")
     if report.get("template_error"):
         click.echo(f"                ! {report['template_error']}")
     if report["converter_blockers"]:
@@ -209,6 +211,12 @@ def quantization_options(f):
 @click.option("--plan", "plan_only", is_flag=True, help="Print the plan and stop.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow code from the model folder to run.")
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Keep the build without checking it against the source model run by transformers (recorded in "
+    "slmk_build.json). By default fp32/fp16/bf16 builds must give transformers' greedy tokens.",
+)
 @quantization_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
@@ -225,6 +233,7 @@ def convert(
     plan_only,
     force,
     trust_remote_code,
+    no_verify,
     algorithm,
     block_size,
     accuracy_level,
@@ -241,6 +250,10 @@ def convert(
     slmk convert ./my-model -p int4 -O block_size=64 -O accuracy_level=4
     slmk convert ./my-lora-adapter --base ./base-model -p int4 [--adapter-mode separate]
     slmk convert --olive-config finetuned_conversion_config.json -o build/olive
+
+    Every build is checked against the source model run by transformers on a few chat
+    prompts (docs/build.md): an fp32/fp16/bf16 build that does not give transformers'
+    greedy tokens is refused; int8/int4 builds record token agreement and logit cosine.
     """
     from .. import app
 
@@ -276,6 +289,7 @@ def convert(
         source_mode=adapter_mode,
         progress=state.progress(as_json),
         cache_dir=settings["cache_dir"],
+        verify=not no_verify,
     )
     if plan_only:
         if as_json:
@@ -302,6 +316,13 @@ def parse_key_values(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def verification_line(verification) -> str:
+    """The one line a build's check against its source reads as (slmk_build.json ``verification``)."""
+    from ..verify import summary
+
+    return summary(verification)
+
+
 def render_build(result) -> None:
     """Print a finished build: its steps, folder, size and large files."""
     for step in result.steps:
@@ -309,6 +330,7 @@ def render_build(result) -> None:
     click.echo(
         f"built {result.output} ({human_size(result.size_bytes)} in {len(result.files)} files, {result.seconds:.1f}s)"
     )
+    click.echo(f"  source check: {verification_line(result.verification)}")
     for name, size in result.files.items():
         if size > 1_000_000 or name.endswith(".onnx"):
             click.echo(f"    {name:<32} {human_size(size)}")

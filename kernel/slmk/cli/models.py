@@ -10,6 +10,7 @@ import click
 
 from ..errors import UsageError
 from ..plugins import get_registry
+from .build import verification_line
 from .options import (
     State,
     cache_dir_option,
@@ -139,7 +140,15 @@ def _installed_dict(model) -> dict[str, Any]:
         "path": str(model.path),
         "runtimes": list(model.runtimes),
         **{k: v for k, v in model.extra.items() if isinstance(v, (str, int, float, bool))},
+        "verification": _verification(model),
     }
+
+
+def _verification(model) -> dict[str, Any] | None:
+    """The install's check against its source model, as its build recorded it."""
+    from ..app import build_info
+
+    return build_info(model.path).get("verification")
 
 
 @click.command()
@@ -209,6 +218,7 @@ def list_(state: State, installer, cache_dir, as_json) -> None:
             f"{m.ref:<28} {m.precision or '?':<5} {m.execution_provider or '?':<6} {human_size(m.size_bytes):>9}  "
             f"runtimes: {','.join(m.runtimes) or 'none'}  {m.path}" + (f"  [{state}]" if state != "ok" else "")
         )
+        click.echo(f"{'':<28} source check: {verification_line(_verification(m))}")
 
 
 @click.command()
