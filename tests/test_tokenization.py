@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from slmk_ortgenai import tokenization
 
 TOKENIZERS = Path(__file__).parent / "data" / "tokenizers"
