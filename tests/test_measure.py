@@ -214,11 +214,15 @@ def test_validate_passes_the_good_build(tiny_build, run_slmk, tmp_path):
         "edge:overlong",
         "edge:template-tokens",
         "edge:control-token-text",
+        "prompt-tokens",
         "performance",
         "memory-leak",
         "sessions",
         "source",
     }
+    tokens = checks["prompt-tokens"]
+    assert tokens["status"] == "pass" and tokens["data"]["ids_compared"], tokens
+    assert f"prompt tokens equal to transformers: {tokens['data']['conversations']}/" in tokens["evidence"]
     assert checks["domain"]["status"] == "pass" and checks["domain"]["data"]["accuracy"] >= 0.9
     # what the user trained, run by transformers, is the reference: its accuracy beside the build's
     source = checks["source"]
@@ -240,6 +244,18 @@ def test_validate_passes_the_good_build(tiny_build, run_slmk, tmp_path):
     assert checks["performance"]["data"]["worst_slowdown"] > 0
     text = report_file.read_text()
     assert text.startswith("# Validation of") and "**PASSED**" in text and "| Domain answers |" in text
+
+
+def test_the_prompt_token_check_says_when_transformers_is_missing(tiny_build, monkeypatch):
+    import sys
+
+    from slmk_measure.validate import TOKEN_CONVERSATIONS, transformers_prompt_tokens
+
+    expected = transformers_prompt_tokens(tiny_build("int4"), TOKEN_CONVERSATIONS)
+    assert len(expected) == len(TOKEN_CONVERSATIONS) and all(expected)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what an environment without it gives: ImportError
+    said = transformers_prompt_tokens(tiny_build("int4"), TOKEN_CONVERSATIONS)
+    assert isinstance(said, str) and "transformers is not installed" in said
 
 
 def test_validate_catches_a_wrong_chat_template(tiny_build, run_slmk, tmp_path):
@@ -336,6 +352,13 @@ def test_validate_and_bench_an_installed_model_through_foundry_local(tiny_build,
     # the SDK exposes no tokenizer and no min_length: said, not guessed
     assert checks["edge:control-token-text"]["status"] == "skip"
     assert checks["performance"]["status"] == "skip" and "min_length" in checks["performance"]["evidence"]
+    # Foundry tokenizes itself: its prompt token counts are measured against transformers'
+    tokens = checks["prompt-tokens"]
+    assert tokens["status"] == "pass" and not tokens["data"]["ids_compared"], tokens
+    count = tokens["data"]["conversations"]
+    assert (
+        "prompt token counts" in tokens["evidence"] and f"equal to transformers: {count}/{count}" in tokens["evidence"]
+    )
     result = run_slmk(
         "bench",
         "tiny-chat",

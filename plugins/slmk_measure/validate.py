@@ -68,6 +68,40 @@ def _short(text: str, limit: int = 80) -> str:
     return json.dumps(text if len(text) <= limit else text[: limit - 3] + "...", ensure_ascii=False)
 
 
+PROMPT_TOKENS_TITLE = "Prompt tokens equal to transformers"
+#: Eval-set conversations the prompt-token check takes, besides TOKEN_CONVERSATIONS.
+PROMPT_TOKEN_CONVERSATIONS = 5
+TOKEN_CONVERSATIONS = [
+    user("What is the capital of France?"),
+    user("def add(a, b):\n    return a + b\n\nExplain this function."),
+    user(NON_ASCII),
+    [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi, how can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+    ],
+]
+
+
+def transformers_prompt_tokens(
+    folder: Path, conversations: Sequence[Sequence[dict[str, str]]]
+) -> list[list[int]] | str:
+    """The prompt ids transformers gives each conversation (the folder's tokenizer and chat template),
+    or why it cannot say."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return "transformers is not installed, so there is no reference to compare with: pip install transformers"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        texts = [
+            tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations
+        ]
+    except Exception as exc:  # a folder transformers cannot read is a finding, not a crash
+        return f"transformers cannot tokenize {folder.name}'s chat prompts: {type(exc).__name__}: {exc}"
+    return [list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+
+
 def control_tokens(folder: Path) -> dict[str, int]:
     """The tokenizer's special tokens that the chat template writes ({text: id}).
 
@@ -152,6 +186,7 @@ class Validator:
             self._guard(
                 "edge:template-tokens", "Template tokens inside user text", lambda: self.check_template_tokens(driver)
             )
+            self._guard("prompt-tokens", PROMPT_TOKENS_TITLE, lambda: self.check_prompt_tokens(driver))
             self._guard("performance", "Consistent speed across input lengths", lambda: self.check_speed(driver))
             self._guard("memory-leak", "No memory growth over a long run", lambda: self.check_leak(driver))
         finally:
@@ -407,6 +442,36 @@ class Validator:
                     {"parsed_as_control": {}},
                 )
             )
+
+    def check_prompt_tokens(self, driver: Driver) -> None:
+        """The runtime's prompt tokens against transformers' (its tokenizer and the model's chat template)."""
+        conversations = [list(i.messages) for i in self.items[:PROMPT_TOKEN_CONVERSATIONS]] or [self.reference_prompt]
+        conversations += [c for c in TOKEN_CONVERSATIONS if c not in conversations]
+        expected = transformers_prompt_tokens(self.folder, conversations)
+        if isinstance(expected, str):
+            self._add(Check("prompt-tokens", PROMPT_TOKENS_TITLE, "skip", expected))
+            return
+        if driver.can_encode:
+            got = [driver.tokens(driver.session.render_prompt(c)) for c in conversations]
+            same = sum(g == e for g, e in zip(got, expected, strict=True))
+            what = "prompt tokens"
+        else:  # the runtime tokenizes itself and reports only how many tokens it fed the model
+            got = []
+            for conversation in conversations:
+                _, stats = driver.ask(conversation, max_new_tokens=1)
+                got.append(stats.prompt_tokens if stats else None)
+            same = sum(g == len(e) for g, e in zip(got, expected, strict=True))
+            what = "prompt token counts (this runtime does not expose its token ids)"
+        differs = [i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g not in (e, len(e))]
+        evidence = f"{what} equal to transformers: {same}/{len(conversations)}"
+        if differs:
+            first = differs[0]
+            evidence += (
+                f"; conversation {first}: transformers {_short(str(expected[first]), 60)}, "
+                f"runtime {_short(str(got[first]), 60)}"
+            )
+        data = {"equal": same, "conversations": len(conversations), "ids_compared": driver.can_encode}
+        self._add(Check("prompt-tokens", PROMPT_TOKENS_TITLE, "warn" if differs else "pass", evidence, data))
 
     def check_speed(self, driver: Driver) -> None:
         """Decode time per token grows with the prompt (attention reads the whole KV cache): linearly.

@@ -37,7 +37,7 @@ from slmk.api import (
     write_search,
 )
 
-from . import adapters, weight_quant
+from . import adapters, tokenization, weight_quant
 from .errors import first_line
 from .session_options import SESSION_OPTIONS, default_session_options, parse_session_options, write_session_options
 
@@ -184,19 +184,81 @@ def supported_architectures() -> tuple[str, ...]:
     return BUILDER_ARCHITECTURES_0_18
 
 
+#: The architectures whose builds slmk checks against transformers: the rows of the architecture
+#: matrix (tests/test_architectures.py: fp32 greedy tokens equal to transformers' on a tiny model
+#: of the family's real config field set). tests/test_architectures.py keeps this list and the
+#: matrix's rows the same.
+VERIFIED_ARCHITECTURES = (
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "GraniteForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "OlmoForCausalLM",
+    "Phi3ForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "SmolLM3ForCausalLM",
+)
+_MULTIMODAL = (
+    "a multimodal model (the builder makes its text part for a vision/audio pipeline); slmk converts text decoders"
+)
+_REMOTE_CODE = "its modelling code lives in the model's repository (trust_remote_code), not in transformers"
+_UNVERIFIED = "slmk has not verified its builds against transformers yet (docs/architectures.md)"
+#: Architectures the installed builder dispatches on that slmk refuses before building, and why.
+#: tests/test_architectures.py fails when the builder lists one that is neither here nor verified.
+REFUSED_ARCHITECTURES: dict[str, str] = {
+    "ChatGLMForConditionalGeneration": _REMOTE_CODE,
+    "ChatGLMModel": _REMOTE_CODE,
+    "Ernie4_5ForCausalLM": _UNVERIFIED,
+    "GemmaForCausalLM": _UNVERIFIED,
+    "Gemma3ForConditionalGeneration": _MULTIMODAL,
+    "Gemma4ForConditionalGeneration": _MULTIMODAL,
+    "Gemma4UnifiedForConditionalGeneration": _MULTIMODAL,
+    "GptOssForCausalLM": _UNVERIFIED + "; a mixture of experts the builder quantizes symmetrically only",
+    "GraniteMoeHybridForCausalLM": _UNVERIFIED + "; Mamba layers",
+    "HunYuanDenseV1ForCausalLM": _UNVERIFIED,
+    "InternLM2ForCausalLM": _REMOTE_CODE,
+    "Lfm2ForCausalLM": _UNVERIFIED + "; convolution layers",
+    "Lfm2MoeForCausalLM": _UNVERIFIED + "; convolution layers and experts",
+    "Lfm2VlForConditionalGeneration": _MULTIMODAL,
+    "Lfm2AudioForConditionalGeneration": _MULTIMODAL,
+    "Mistral3ForConditionalGeneration": _MULTIMODAL,
+    "NemotronForCausalLM": _UNVERIFIED,
+    "PhiForCausalLM": _UNVERIFIED,
+    "PhiMoEForCausalLM": "the builder makes it for CUDA at int4 only, whatever precision and provider are asked",
+    "Phi3SmallForCausalLM": _REMOTE_CODE,
+    "Phi3VForCausalLM": _MULTIMODAL,
+    "Phi4MMForCausalLM": _MULTIMODAL,
+    "Qwen2_5_VLForConditionalGeneration": _MULTIMODAL,
+    "Qwen3VLForConditionalGeneration": _MULTIMODAL,
+    "Qwen3_5ForConditionalGeneration": _MULTIMODAL,
+    "Qwen3_5MoeForConditionalGeneration": _MULTIMODAL,
+    "VideoChatFlashQwenForCausalLM": _MULTIMODAL,
+    "WhisperForConditionalGeneration": "a speech encoder-decoder; slmk converts text decoders",
+}
+
+
 def supports(info: ModelInfo) -> str | None:
     """Why the builder cannot convert this model, or None. Reads JSON only (no torch)."""
     if not info.architectures:
         return "config.json names no architectures, and the model builder dispatches on architectures[0]"
-    if info.architecture not in supported_architectures():
+    architecture = info.architecture
+    if architecture not in supported_architectures():
         return (
-            f"the onnxruntime-genai model builder does not support {info.architecture} (it builds {_family_summary()})"
+            f"the onnxruntime-genai model builder does not support {architecture} (slmk converts {_family_summary()})"
         )
+    if architecture not in VERIFIED_ARCHITECTURES:
+        reason = REFUSED_ARCHITECTURES.get(architecture, _UNVERIFIED)
+        return f"slmk does not convert {architecture}: {reason}"
+    if architecture == "OlmoForCausalLM" and info.config.get("clip_qkv") is not None:
+        # transformers clamps Q, K and V to +-clip_qkv; the builder's OLMo graph does not
+        return f"slmk does not convert {architecture} with clip_qkv: the builder's graph does not clip Q, K and V"
     return None
 
 
 def _family_summary() -> str:
-    names = sorted({re.sub(r"(ForCausalLM|ForConditionalGeneration|Model)$", "", a) for a in supported_architectures()})
+    names = sorted({re.sub(r"(ForCausalLM|ForConditionalGeneration|Model)$", "", a) for a in VERIFIED_ARCHITECTURES})
     return ", ".join(names)
 
 
@@ -339,7 +401,7 @@ def _import_builder():
 
 # ------------------------------------------------------------------ builder fixes
 #: Raised whenever a fix below changes what a build holds, so cached steps of before are not reused.
-FIXES_REVISION = "3"
+FIXES_REVISION = "4"
 #: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
 FIXED_BUILDER_VERSIONS = ("0.18.",)
 
@@ -391,6 +453,26 @@ def _smollm3_nope_layers(smollm3_class: type) -> Any:
     return make_attention
 
 
+#: transformers' OlmoLayerNorm: F.layer_norm without weights, epsilon fixed at 1e-5.
+OLMO_LAYER_NORM_EPSILON = 1e-5
+
+
+def _olmo_layer_norm(olmo_init: Any) -> Any:
+    """OLMo's ``__init__`` with transformers' layer norm: mean-subtracting, epsilon 1e-5.
+
+    The 0.18 builder's OLMo gives the weightless norms weights of one and zero bias, but
+    keeps its base class's RMSNorm (SimplifiedLayerNorm) and, with no ``rms_norm_eps`` in an
+    OLMo config, epsilon 1e-6: the build answers with other tokens than transformers.
+    """
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        olmo_init(self, *args, **kwargs)
+        self.layernorm_attrs["simple"] = False
+        self.layernorm_attrs["epsilon"] = OLMO_LAYER_NORM_EPSILON
+
+    return __init__
+
+
 @contextlib.contextmanager
 def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
     """Fixes for what the 0.18 builder gets wrong, applied for the duration of one build.
@@ -421,6 +503,11 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
     if smollm3 is not None:
         smollm3_class.make_attention = _smollm3_nope_layers(smollm3_class)
         applied.append("SmolLM3 NoPE layers")
+    olmo_class = getattr(module, "OLMoModel", None)
+    olmo_init = olmo_class.__dict__.get("__init__") if olmo_class else None
+    if olmo_init is not None:
+        olmo_class.__init__ = _olmo_layer_norm(olmo_init)
+        applied.append("OLMo layer norm")
     base = module.Model
     saved = {name: base.__dict__[name] for name in _BASE_PATCHES}
     base.make_tied_embeddings_init, base.make_tied_quantized_embedding_input_names = weight_quant.share_int8_embedding(
@@ -445,6 +532,8 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
         module.AutoConfig = real_auto_config
         if smollm3 is not None:
             smollm3_class.make_attention = smollm3
+        if olmo_init is not None:
+            olmo_class.__init__ = olmo_init
         for name, method in saved.items():
             setattr(base, name, method)
 
@@ -558,6 +647,11 @@ def _complete_output(build: Path, source: ModelInfo, request: StepRequest) -> No
         else:
             (build / "chat_template.jinja").write_text(source.chat_template, encoding="utf-8")
         request.progress.log("copied the chat template from the source model (the builder dropped it)")
+    if tokenization.rewrite_for_genai(build):
+        request.progress.log(
+            "tokenizer.json: dropped the decoder's leading Strip, so that onnxruntime-genai (and Foundry Local) "
+            "tokenizes chat prompts as transformers does (no '\u2581' after every special token)"
+        )
 
 
 # ------------------------------------------------------------------ what the folder holds

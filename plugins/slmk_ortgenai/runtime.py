@@ -23,6 +23,7 @@ from slmk.api import (
 
 from . import adapters as lora
 from .errors import first_line
+from .tokenization import exact_encoder
 
 #: With truncate=True and no max_new_tokens, room left for the answer (at most half the context).
 TRUNCATE_RESERVE = 256
@@ -95,6 +96,8 @@ class OrtGenAISession:
                 hint=self._load_hint(),
             ) from exc
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
+        # transformers' prompt tokens (onnxruntime-genai's own differ for SentencePiece tokenizers)
+        self._exact_encode = exact_encoder(self.path)
         if default_adapter:
             self.adapter = self.load_adapter(default_adapter)
 
@@ -170,6 +173,8 @@ class OrtGenAISession:
 
     def encode(self, text: str) -> list[int]:
         self._require_open()
+        if self._exact_encode is not None:
+            return self._exact_encode(text)
         return [int(t) for t in self._tokenizer.encode(text)]
 
     def decode(self, token_ids: Sequence[int]) -> str:

@@ -2,9 +2,11 @@
 
 Each ``<name>.json`` next to this module holds one architecture's real ``config.json``
 field set as the published model has it (written by transformers 4.x: ``rope_scaling``,
-``torch_dtype``), with the dimensions shrunk (hidden 64, 2 layers, 4 heads, 2 KV heads,
-intermediate 128) and everything that changes the computation kept: rope scaling, sliding
-windows, tied or untied embeddings, attention bias, q/k norms, soft-capping, multipliers.
+``torch_dtype``), with the dimensions shrunk but the heads of a real size (hidden 256,
+2 layers, 4 heads of 64 and 2 or 4 KV heads, intermediate 512; OLMo 2 heads of 128,
+Phi-4-mini 2 of 64; LongRoPE factor lists resampled to the rotary size) and everything that
+changes the computation kept: rope scaling, sliding windows, tied or untied embeddings,
+attention bias, q/k norms, soft-capping, multipliers, weightless layer norms.
 
 ``make_tiny_model(name, folder)`` builds the tokenizer named by the spec (files under
 ``tests/data/tokenizers/``, see their SOURCE.md), sizes the vocabulary to it, fills the

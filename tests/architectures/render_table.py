@@ -45,17 +45,15 @@ def _template(spec: dict, figures: dict) -> str:
 def rows(report: dict) -> list[str]:
     out = [
         "| architecture | model it mirrors | fp32 / int8 / int4 build | fp32 = transformers (10 prompts) "
-        "| chat prompt tokens = transformers | family, template | Foundry Local | int4 / fp32 size | int8 / fp32 size "
-        "| tokenizer |",
+        "| chat prompt tokens = transformers: slmk runtime / onnxruntime-genai tokenizer | family, template "
+        "| Foundry Local | int4 / fp32 size | int8 / fp32 size | tokenizer |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(HERE.glob("*.json")):
         spec = json.loads(path.read_text(encoding="utf-8"))
         figures = report.get(spec["name"], {})
         builds = " / ".join(_build(figures, p) for p in ("fp32", "int8", "int4"))
-        tokens = figures.get("prompt_tokens")
-        if tokens is None and figures.get("parity"):
-            tokens = "differs: onnxruntime-genai Metaspace reading (see below)"
+        tokens = f"{_cell(figures.get('prompt_tokens'))} / {_cell(figures.get('genai_prompt_tokens'))}"
         chat_template = spec["tokenizer"].get("chat_template") or f"{spec['tokenizer']['kit']} tokenizer_config"
         out.append(
             "| "
@@ -65,7 +63,7 @@ def rows(report: dict) -> list[str]:
                     f"`{spec['real_model']}`",
                     builds,
                     _cell(figures.get("parity")),
-                    _cell(tokens),
+                    tokens,
                     f"{figures.get('family') or '-'}: {_cell(_template(spec, figures))}",
                     _cell(figures.get("foundry")),
                     _cell(str(figures["int4_ratio"])) if "int4_ratio" in figures else "not run",
