@@ -216,7 +216,7 @@ def test_bad_sweep_input_fails_before_any_work(tmp_path):
         _config(tmp_path, tmp_path, [TINY_MODEL, TINY_MODEL])
     with pytest.raises(UsageError, match="unknown sweep key 'precision'"):
         config_from_dict({"models": [str(TINY_MODEL)], "precision": "int4"})
-    with pytest.raises(UsageError, match="reference = 'onnx' .*must be source or fp32"):
+    with pytest.raises(UsageError, match=r"reference = 'onnx' .*must be source or fp32"):
         config_from_dict({"models": [str(TINY_MODEL)], "reference": "onnx"})
     assert config_from_dict({"models": [str(TINY_MODEL)], "reference": "fp32"}).reference == "fp32"
     assert not (tmp_path / RESULTS_FILE).exists()
