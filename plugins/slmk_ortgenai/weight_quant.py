@@ -23,6 +23,7 @@ layer's int8 table, as the builder already does at int4.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 #: What the pass records on the builder for slmk's log: weights quantized by kind, or why it could not.
@@ -316,3 +317,86 @@ def share_int8_embedding(original_init: Any, original_names: Any, applied: list[
         return original_names(self)
 
     return make_tied_embeddings_init, make_tied_quantized_embedding_input_names
+
+
+# ------------------------------------------------------------------ the shared table at run time
+def gather_rows_from_file(build_dir: Path) -> int:
+    """Let the embedding read its rows of a shared quantized table straight from the data file.
+
+    A shared table is the output layer's MatMulNBits weight ``[N, blocks, blob]``, and the
+    embedding's GatherBlockQuantized reads it through a Reshape to ``[N, K]``. ONNX Runtime
+    folds that Reshape into a new in-memory initializer at load, and prepacks the MatMulNBits
+    weight into its own layout too: the table is held twice (measured on a Qwen2.5-0.5B shape:
+    130 MiB of 988 MiB peak at int8, docs/benchmarks.md). Here the Gather gets its own
+    initializer with the ``[N, K]`` shape that points at the same bytes of the data file
+    (same location, offset and length), and the Reshape goes: ONNX Runtime memory-maps that
+    initializer and only the rows looked up are read. The files' bytes are unchanged.
+
+    Returns how many tables now read from the file (0: nothing to do); rewrites model.onnx.
+    """
+    import os
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(build_dir) / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    aliased, replaced = 0, []
+    for gather in [n for n in graph.node if n.op_type == "GatherBlockQuantized"]:
+        reshape = producers.get(gather.input[0])
+        if reshape is None or reshape.op_type != "Reshape" or reshape.input[0] not in initializers:
+            continue
+        table = initializers[reshape.input[0]]
+        shape = _constant(reshape.input[1], initializers, producers, numpy_helper)
+        location = {entry.key: entry.value for entry in table.external_data}
+        if shape is None or table.data_location != onnx.TensorProto.EXTERNAL or "length" not in location:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(table.data_type).itemsize
+        if any(d <= 0 for d in shape) or int(np.prod(shape)) * itemsize != int(location["length"]):
+            continue  # a -1 or 0 in the shape, or not a plain view of the same bytes
+        rows = onnx.TensorProto(name=f"{table.name}_rows", data_type=table.data_type, dims=shape)
+        rows.data_location = onnx.TensorProto.EXTERNAL
+        rows.external_data.extend(table.external_data)
+        graph.initializer.append(rows)
+        gather.input[0] = rows.name
+        replaced.append(reshape)
+        aliased += 1
+    if not aliased:
+        return 0
+    _drop_unread(graph, replaced)
+    temporary = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(temporary))
+    os.replace(temporary, path)
+    return aliased
+
+
+def _constant(name: str, initializers: dict, producers: dict, numpy_helper: Any) -> list[int] | None:
+    """The value of a constant int tensor (an initializer or a Constant node's), or None."""
+    if name in initializers:
+        return [int(v) for v in numpy_helper.to_array(initializers[name]).reshape(-1)]
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).reshape(-1)]
+    return None
+
+
+def _drop_unread(graph: Any, candidates: list) -> None:
+    """Remove the replaced Reshapes, then their shape constants, if nothing else reads them."""
+
+    def read() -> set[str]:
+        return {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+
+    shapes = {node.input[1] for node in candidates}
+    for node in candidates:
+        if node.output[0] not in read():
+            graph.node.remove(node)
+    still_read = read()
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in shapes]:
+        if node.output[0] not in still_read:
+            graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name in shapes and t.name not in still_read]:
+        graph.initializer.remove(tensor)
