@@ -121,6 +121,8 @@ def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, t
     streamed = _build(model, tmp_path / "streamed", precision, options, stream=True, log=log)
     whole = _build(model, tmp_path / "whole", precision, options, stream=False)
     assert any("weight-by-weight quantization (" in line for line in log), log  # slmk's pass ran
+    # ... handing the checkpoint's pages back as it went: the same bytes all the same
+    assert any("the checkpoint's pages handed back after each" in line for line in log), log
     a, b = _graph(streamed), _graph(whole)
     assert a["nodes"].keys() == b["nodes"].keys()
     assert [k for k in a["nodes"] if a["nodes"][k] != b["nodes"][k]] == []
@@ -307,3 +309,47 @@ def test_a_table_not_in_a_data_file_is_left_alone(tmp_path):
     before = (tmp_path / "model.onnx").read_bytes()
     assert weight_quant.gather_rows_from_file(tmp_path) == 0
     assert (tmp_path / "model.onnx").read_bytes() == before
+
+
+# ------------------------------------------------------------------ the checkpoint's pages
+def _resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) > 5 and head[5].strip() == str(path.resolve())
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads /proc/self/smaps (Linux)")
+def test_checkpoint_pages_are_handed_back_and_read_again_the_same(tmp_path):
+    from slmk_ortgenai.weight_quant import CheckpointPages
+
+    data = np.random.default_rng(0).integers(0, 255, size=8 << 20, dtype=np.uint8)
+    (tmp_path / "model.safetensors").write_bytes(data.tobytes())
+    (tmp_path / "other.bin").write_bytes(data.tobytes())
+    checkpoint = tmp_path / "model.safetensors"
+    clean = np.memmap(checkpoint, mode="r")  # read-only: as the checkpoint's tensors are read
+    other = np.memmap(tmp_path / "other.bin", mode="r")
+    assert int(clean.sum(dtype=np.int64)) == int(other.sum(dtype=np.int64))  # every page read
+    assert _resident_kib(checkpoint) >= 8 << 10
+    pages = CheckpointPages(tmp_path)
+    pages.release()
+    assert pages.released == 1
+    assert _resident_kib(checkpoint) == 0
+    assert _resident_kib(tmp_path / "other.bin") >= 8 << 10  # not a checkpoint file: left alone
+    assert np.array_equal(clean, data)  # faulted in again from the file, same bytes
+    del clean
+
+    written = np.memmap(checkpoint, mode="c")  # private and writable, as torch maps a checkpoint
+    assert int(written.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))
+    pages.release()
+    assert pages.released == 2 and _resident_kib(checkpoint) == 0  # unchanged: handed back too
+    written[5] = data[5] ^ 0xFF  # now a page is copied on write
+    pages.release()
+    assert pages.released == 2  # a mapping with a changed page is left alone
+    assert written[5] == data[5] ^ 0xFF
+    del written, other

@@ -432,7 +432,11 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
             model = weight_quant.stream_to_nbits(self, real_to_nbits)
             counts = getattr(self, weight_quant.STREAMED_ATTR, None)
             if counts:
-                applied.append(f"weight-by-weight quantization ({sum(counts.values())} weights)")
+                released = getattr(self, weight_quant.RELEASED_ATTR, 0)
+                applied.append(
+                    f"weight-by-weight quantization ({sum(counts.values())} weights"
+                    + (", the checkpoint's pages handed back after each)" if released else ")")
+                )
             else:  # what it cannot do goes through the builder's own pass, as before
                 applied.append(f"none for quantization ({getattr(self, weight_quant.WHOLE_MODEL_ATTR, 'not needed')})")
             return model
