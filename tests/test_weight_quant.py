@@ -114,10 +114,12 @@ CONFIGURATIONS = {
 
 
 @pytest.mark.parametrize("name", list(CONFIGURATIONS))
-def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, tied_model, tmp_path):
+def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, tied_model, tmp_path, monkeypatch):
     source, precision, options = CONFIGURATIONS[name]
     model = tiny_model_dir if source == "tiny" else tied_model
     log: list[str] = []
+    # slices of a few columns, as the large weights of real models are quantized (64 MiB each)
+    monkeypatch.setattr(builder_module.weight_quant, "SLICE_BYTES", 32 << 10)
     streamed = _build(model, tmp_path / "streamed", precision, options, stream=True, log=log)
     whole = _build(model, tmp_path / "whole", precision, options, stream=False)
     assert any("weight-by-weight quantization (" in line for line in log), log  # slmk's pass ran

@@ -161,15 +161,15 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
     for node in nodes:
         bits = plan[node.name]
         weight = _weight(node)
-        array = _contiguous(weight.const_value, ir, np)
         if node.op_type == "MatMul":
-            new = _matmul_nbits(ir, quantizer(bits), node, weight, array, bits, initializer)
+            new = _matmul_nbits(ir, quantizer(bits), node, weight, bits, initializer, checkpoint)
         else:
+            array = _contiguous(_source(weight.const_value, ir), np)
             new = _gather_block_quantized(ir, quantizer(bits), node, weight, array, initializer)
-        del array
+            checkpoint.read(array.nbytes)
+            del array
         replace(node, new)
         release(weight)
-        checkpoint.release()
         key = f"{node.op_type} int{bits}"
         counts[key] = counts.get(key, 0) + 1
 
@@ -207,6 +207,7 @@ class CheckpointPages:
         self.files = {str(path.resolve()) for path in source.glob("*.safetensors")} if source.is_dir() else set()
         self.enabled = bool(self.files) and Path("/proc/self/smaps").is_file()
         self.released = 0
+        self.pending = 0  # bytes of weights read since the pages were last handed back
 
     def _unchanged_mappings(self) -> list[tuple[int, int]]:
         """Address ranges of the checkpoint files' mappings where no page was copied on write.
@@ -230,7 +231,14 @@ class CheckpointPages:
             ranges.append(current)
         return ranges
 
+    def read(self, nbytes: int) -> None:
+        """``nbytes`` of weights were read: hand the pages back every SLICE_BYTES (reading smaps takes ~30 ms)."""
+        self.pending += nbytes
+        if self.pending >= SLICE_BYTES:
+            self.release()
+
     def release(self) -> None:
+        self.pending = 0
         if not self.enabled:
             return
         import ctypes
@@ -242,34 +250,69 @@ class CheckpointPages:
                 self.released += 1
 
 
-def _contiguous(tensor: Any, ir: Any, np: Any) -> Any:
-    """The weight as one C-contiguous array.
+def _source(tensor: Any, ir: Any) -> Any:
+    """The weight's data: a torch tensor (often a transposed view of the checkpoint's) or a numpy array."""
+    if isinstance(tensor, ir.LazyTensor):
+        tensor = tensor.raw()  # the thunk that makes the tensor (a cast, when the builder casts)
+    raw = getattr(tensor, "raw", None)
+    if type(raw).__module__.startswith("torch") and hasattr(raw, "detach"):
+        return raw.detach()  # the builder may hold tensors that require grad
+    return tensor.numpy()
+
+
+def _contiguous(source: Any, np: Any, columns: slice | None = None) -> Any:
+    """The weight (or its ``columns``) as one C-contiguous array.
 
     The builder's MatMul weights are transposed views of the checkpoint's tensors, and
     ONNX Runtime's block quantizer reads the raw buffer, not the strides. torch copies the
     view into a numpy array (its copy is several times faster than numpy's for large
     tables; into numpy memory, freed as soon as the weight is quantized).
     """
-    if isinstance(tensor, ir.LazyTensor):
-        tensor = tensor.raw()  # the thunk that makes the tensor
-    raw = getattr(tensor, "raw", None)
-    if not (type(raw).__module__.startswith("torch") and hasattr(raw, "detach")):
-        return np.ascontiguousarray(tensor.numpy())
-    raw = raw.detach()  # the builder may hold tensors that require grad
-    if raw.is_contiguous():
-        return raw.numpy()
+    part = source if columns is None else source[:, columns]
+    if isinstance(part, np.ndarray):
+        return np.ascontiguousarray(part)
+    if part.is_contiguous():
+        return part.numpy()
     import torch
 
-    out = np.empty(tuple(raw.shape), dtype=raw.numpy().dtype)
-    torch.from_numpy(out).copy_(raw)
+    out = np.empty(tuple(part.shape), dtype=part.numpy().dtype)
+    torch.from_numpy(out).copy_(part)
     return out
 
 
-def _matmul_nbits(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, bits: int, initializer: Any) -> Any:
-    """MatMul -> MatMulNBits as ``DefaultWeightOnlyQuantizer.quantize_matmul`` writes it (QOperator)."""
+#: Bytes of float weight made contiguous at a time: a large MatMul weight is quantized in slices of columns.
+SLICE_BYTES = 64 << 20
+
+
+def _matmul_nbits(
+    ir: Any, quantizer: Any, node: Any, weight: Any, bits: int, initializer: Any, checkpoint: CheckpointPages
+) -> Any:
+    """MatMul -> MatMulNBits as ``DefaultWeightOnlyQuantizer.quantize_matmul`` writes it (QOperator).
+
+    The quantizer works on each output column (N) alone, in blocks along K, and writes its
+    results column by column: a weight quantized in slices of columns, joined along N, is
+    the same bytes. Slicing bounds the contiguous float copy (and, with ``checkpoint``, the
+    checkpoint's pages read) to SLICE_BYTES instead of the whole weight (the tied output
+    layer of Qwen2.5-0.5B: 519 MiB).
+    """
+    import numpy as np
+
     config = quantizer.config
-    packed, scales, zero_points = quantizer.qbits_block_quant(array)
-    rows, cols = array.shape
+    source = _source(weight.const_value, ir)
+    rows, cols = source.shape
+    step = max(1, SLICE_BYTES // (4 * rows))
+    parts = []
+    for start in range(0, cols, step):
+        part = _contiguous(source, np, columns=slice(start, min(cols, start + step)))
+        parts.append(quantizer.qbits_block_quant(part))
+        checkpoint.read(part.nbytes)
+        del part
+    del source
+    if len(parts) == 1:
+        packed, scales, zero_points = parts[0]
+    else:
+        packed, scales, zero_points = (np.concatenate(pieces, axis=0) for pieces in zip(*parts, strict=True))
+    del parts
     inputs = [
         node.inputs[0],
         initializer(f"{weight.name}_Q{bits}", ir.Tensor(packed, name=f"{weight.name}_Q{bits}")),
