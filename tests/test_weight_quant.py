@@ -269,7 +269,7 @@ def _assert_rows_read_from_the_file(graph, table: str) -> None:
 def test_a_shared_table_is_read_in_place_and_answers_the_same(precision, tied_model, tmp_path, monkeypatch):
     log: list[str] = []
     in_place = _build(tied_model, tmp_path / precision, precision, {}, stream=True, log=log)
-    assert any("embedding rows read from the shared table's file bytes" in line for line in log), log
+    assert any("reads the shared table's rows from the data file" in line for line in log), log
     # the same build with the builder's Reshape left in (slmk's rewrite switched off)
     monkeypatch.setattr(builder_module.weight_quant, "gather_rows_from_file", lambda build: 0)
     reshaped = _build(tied_model, tmp_path / f"{precision}-reshaped", precision, {}, stream=True)

@@ -523,13 +523,13 @@ def convert(request: StepRequest) -> None:
     finally:
         gc.collect()  # the builder holds the whole model in memory until collected
     request.progress.log(f"builder wrote {dir_size(staging) / 1e6:.1f} MB in {time.perf_counter() - start:.1f}s")
-    if weight_quant.gather_rows_from_file(staging):
-        fixes.append("embedding rows read from the shared table's file bytes (no second in-memory copy)")
     if fixes:
         request.progress.log(f"with slmk's fixes to the builder: {', '.join(fixes)}")
     _complete_output(staging, info, request)
     if adapter is not None:
-        _separate_adapter(staging, adapter, request)
+        _separate_adapter(staging, adapter, request)  # rewrites model.onnx and its data file
+    if weight_quant.gather_rows_from_file(staging):
+        request.progress.log("the embedding reads the shared table's rows from the data file (one copy in memory)")
     for item in staging.iterdir():
         shutil.move(str(item), str(Path(request.output) / item.name))
 
