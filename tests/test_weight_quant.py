@@ -114,13 +114,17 @@ CONFIGURATIONS = {
 
 
 @pytest.mark.parametrize("name", list(CONFIGURATIONS))
-def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, tied_model, tmp_path):
+def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, tied_model, tmp_path, monkeypatch):
     source, precision, options = CONFIGURATIONS[name]
     model = tiny_model_dir if source == "tiny" else tied_model
     log: list[str] = []
+    # slices of a few columns, as the large weights of real models are quantized (64 MiB each)
+    monkeypatch.setattr(builder_module.weight_quant, "SLICE_BYTES", 32 << 10)
     streamed = _build(model, tmp_path / "streamed", precision, options, stream=True, log=log)
     whole = _build(model, tmp_path / "whole", precision, options, stream=False)
     assert any("weight-by-weight quantization (" in line for line in log), log  # slmk's pass ran
+    # ... handing the checkpoint's pages back as it went: the same bytes all the same
+    assert any("the checkpoint's pages handed back after each" in line for line in log), log
     a, b = _graph(streamed), _graph(whole)
     assert a["nodes"].keys() == b["nodes"].keys()
     assert [k for k in a["nodes"] if a["nodes"][k] != b["nodes"][k]] == []
@@ -179,9 +183,9 @@ def test_a_tied_int8_build_reads_its_embedding_from_the_output_layer(tied_model,
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gathers[0].attribute}
     assert attributes["bits"] == 8
     assert not [t.name for t in graph.initializer if "embed_tokens" in t.name], "a separate embedding table is left"
-    # the one int8 table is read by the output layer's MatMulNBits and, reshaped, by the embedding
+    # the one int8 table is read by the output layer's MatMulNBits and, as [N, K] rows, by the embedding
     table = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head")).input[1]
-    assert any(table in n.input for n in graph.node if n.op_type == "Reshape")
+    _assert_rows_read_from_the_file(graph, table)
 
     config = json.loads((tied_model / "config.json").read_text())
     table_bytes = config["vocab_size"] * config["hidden_size"] * 4
@@ -240,7 +244,6 @@ def test_a_shared_int8_table_with_padded_rows_reads_the_right_values(padded_tied
     int8 = _build(padded_tied_model, tmp_path / "int8", "int8", {}, stream=True)
     graph = onnx.load(str(int8 / "model.onnx"), load_external_data=False).graph
     assert [n.op_type for n in graph.node if n.name.startswith("/model/embed_tokens/")] == [
-        "Reshape",
         "GatherBlockQuantized",
         "Slice",  # the padding of each row to whole blocks is cut off after the lookup
     ]
@@ -248,3 +251,107 @@ def test_a_shared_int8_table_with_padded_rows_reads_the_right_values(padded_tied
     logits, reference = _first_logits(int8, prompts), _first_logits(fp32, prompts)
     cosine = (logits * reference).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(reference, axis=-1)
     assert cosine.min() > 0.999 and (logits.argmax(-1) == reference.argmax(-1)).all(), cosine
+
+
+# ------------------------------------------------------------------ one copy of the shared table at run time
+def _assert_rows_read_from_the_file(graph, table: str) -> None:
+    """The embedding's Gather reads its own [N, K] initializer over the very bytes of the output layer's table."""
+    tensors = {t.name: t for t in graph.initializer}
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    rows = tensors[gather.input[0]]
+    assert rows.name != table and not [n for n in graph.node if n.op_type == "Reshape" and table in n.input]
+    assert list(rows.external_data) == list(tensors[table].external_data)  # same file, offset, length
+    dims = list(tensors[table].dims)
+    assert list(rows.dims) == [dims[0], dims[1] * dims[2]]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_shared_table_is_read_in_place_and_answers_the_same(precision, tied_model, tmp_path, monkeypatch):
+    log: list[str] = []
+    in_place = _build(tied_model, tmp_path / precision, precision, {}, stream=True, log=log)
+    assert any("reads the shared table's rows from the data file" in line for line in log), log
+    # the same build with the builder's Reshape left in (slmk's rewrite switched off)
+    monkeypatch.setattr(builder_module.weight_quant, "gather_rows_from_file", lambda build: 0)
+    reshaped = _build(tied_model, tmp_path / f"{precision}-reshaped", precision, {}, stream=True)
+    import onnx
+
+    graph = onnx.load(str(in_place / "model.onnx"), load_external_data=False).graph
+    _assert_rows_read_from_the_file(
+        graph, "lm_head.MatMul.weight_Q8" if precision == "int8" else "lm_head.MatMul.weight_Q4"
+    )
+    assert (in_place / "model.onnx.data").read_bytes() == (reshaped / "model.onnx.data").read_bytes()
+    config = json.loads((tied_model / "config.json").read_text())
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, config["vocab_size"] - 1, size=n).tolist() for n in (4, 23)]
+    assert np.array_equal(_first_logits(in_place, prompts), _first_logits(reshaped, prompts))
+
+
+def test_a_table_not_in_a_data_file_is_left_alone(tmp_path):
+    """gather_rows_from_file rewrites nothing it cannot point at file bytes (an inline table)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from slmk_ortgenai import weight_quant
+
+    table = helper.make_tensor("table", TensorProto.UINT8, [4, 1, 8], bytes(range(32)), raw=True)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [4, 8])
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4, 1], [1.0] * 4)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["table", "shape"], ["rows"]),
+            helper.make_node(
+                "GatherBlockQuantized", ["rows", "ids", "scales"], ["out"], domain="com.microsoft", bits=8, block_size=8
+            ),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8])],
+        [table, shape, scales],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    before = (tmp_path / "model.onnx").read_bytes()
+    assert weight_quant.gather_rows_from_file(tmp_path) == 0
+    assert (tmp_path / "model.onnx").read_bytes() == before
+
+
+# ------------------------------------------------------------------ the checkpoint's pages
+def _resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) > 5 and head[5].strip() == str(path.resolve())
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads /proc/self/smaps (Linux)")
+def test_checkpoint_pages_are_handed_back_and_read_again_the_same(tmp_path):
+    from slmk_ortgenai.weight_quant import CheckpointPages
+
+    data = np.random.default_rng(0).integers(0, 255, size=8 << 20, dtype=np.uint8)
+    (tmp_path / "model.safetensors").write_bytes(data.tobytes())
+    (tmp_path / "other.bin").write_bytes(data.tobytes())
+    checkpoint = tmp_path / "model.safetensors"
+    clean = np.memmap(checkpoint, mode="r")  # read-only: as the checkpoint's tensors are read
+    other = np.memmap(tmp_path / "other.bin", mode="r")
+    assert int(clean.sum(dtype=np.int64)) == int(other.sum(dtype=np.int64))  # every page read
+    assert _resident_kib(checkpoint) >= 8 << 10
+    pages = CheckpointPages(tmp_path)
+    pages.release()
+    assert pages.released == 1
+    assert _resident_kib(checkpoint) == 0
+    assert _resident_kib(tmp_path / "other.bin") >= 8 << 10  # not a checkpoint file: left alone
+    assert np.array_equal(clean, data)  # faulted in again from the file, same bytes
+    del clean
+
+    written = np.memmap(checkpoint, mode="c")  # private and writable, as torch maps a checkpoint
+    assert int(written.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))
+    pages.release()
+    assert pages.released == 2 and _resident_kib(checkpoint) == 0  # unchanged: handed back too
+    written[5] = data[5] ^ 0xFF  # now a page is copied on write
+    pages.release()
+    assert pages.released == 2  # a mapping with a changed page is left alone
+    assert written[5] == data[5] ^ 0xFF
+    del written, other

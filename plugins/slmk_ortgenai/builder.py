@@ -520,7 +520,11 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
             model = weight_quant.stream_to_nbits(self, real_to_nbits)
             counts = getattr(self, weight_quant.STREAMED_ATTR, None)
             if counts:
-                applied.append(f"weight-by-weight quantization ({sum(counts.values())} weights)")
+                released = getattr(self, weight_quant.RELEASED_ATTR, 0)
+                applied.append(
+                    f"weight-by-weight quantization ({sum(counts.values())} weights"
+                    + (", the checkpoint's pages handed back after each)" if released else ")")
+                )
             else:  # what it cannot do goes through the builder's own pass, as before
                 applied.append(f"none for quantization ({getattr(self, weight_quant.WHOLE_MODEL_ATTR, 'not needed')})")
             return model
@@ -613,7 +617,9 @@ def convert(request: StepRequest) -> None:
         request.progress.log(f"with slmk's fixes to the builder: {', '.join(fixes)}")
     _complete_output(staging, info, request)
     if adapter is not None:
-        _separate_adapter(staging, adapter, request)
+        _separate_adapter(staging, adapter, request)  # rewrites model.onnx and its data file
+    if weight_quant.gather_rows_from_file(staging):
+        request.progress.log("the embedding reads the shared table's rows from the data file (one copy in memory)")
     for item in staging.iterdir():
         shutil.move(str(item), str(Path(request.output) / item.name))
 

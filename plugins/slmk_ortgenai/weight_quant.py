@@ -23,10 +23,13 @@ layer's int8 table, as the builder already does at int4.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 #: What the pass records on the builder for slmk's log: weights quantized by kind, or why it could not.
 STREAMED_ATTR = "_slmk_streamed_weights"
+#: How many times the pass handed the checkpoint's memory-mapped pages back (0: none were mapped read-only).
+RELEASED_ATTR = "_slmk_checkpoint_pages_released"
 WHOLE_MODEL_ATTR = "_slmk_whole_model_reason"
 
 #: ONNX names of the weight types the quantizer takes as they are (bf16 goes through fp32 there).
@@ -150,6 +153,7 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
                 del values[weight.name]
             weight.const_value = None  # the last reference to the float weight (the checkpoint's tensor)
 
+    checkpoint = CheckpointPages(Path(str(getattr(builder, "model_name_or_path", "") or ".")))
     counts: dict[str, int] = {}
     # Largest first: the checkpoint's pages stay resident once read (a memory map of the
     # file), so the big table's transient copies are cheapest before the rest is read.
@@ -157,12 +161,13 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
     for node in nodes:
         bits = plan[node.name]
         weight = _weight(node)
-        array = _contiguous(weight.const_value, ir, np)
         if node.op_type == "MatMul":
-            new = _matmul_nbits(ir, quantizer(bits), node, weight, array, bits, initializer)
+            new = _matmul_nbits(ir, quantizer(bits), node, weight, bits, initializer, checkpoint)
         else:
+            array = _contiguous(_source(weight.const_value, ir), np)
             new = _gather_block_quantized(ir, quantizer(bits), node, weight, array, initializer)
-        del array
+            checkpoint.read(array.nbytes)
+            del array
         replace(node, new)
         release(weight)
         key = f"{node.op_type} int{bits}"
@@ -177,38 +182,137 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
     if model.ir_version < 10:
         model.ir_version = 10
     setattr(builder, STREAMED_ATTR, counts)
+    setattr(builder, RELEASED_ATTR, checkpoint.released)
     print("slmk: quantized weight by weight: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return model
 
 
-def _contiguous(tensor: Any, ir: Any, np: Any) -> Any:
-    """The weight as one C-contiguous array.
+class CheckpointPages:
+    """Hands the checkpoint's pages back to the kernel as the weights they hold are quantized.
+
+    The builder's float weights are torch tensors over the safetensors files, memory-mapped:
+    a page read stays in the process's resident set until the file is unmapped at the end of
+    the build, so a conversion held the whole fp32 checkpoint once the pass had read it
+    (0.5B-shaped int4: 2,009 of 2,617 MiB peak were the file's pages). After each weight,
+    ``madvise(MADV_DONTNEED)`` drops the resident pages of the checkpoint's mappings: they
+    are the file's bytes (a mapping with a page copied on write is left alone), and a weight
+    still to be read faults its pages in again from the page cache, with the same bytes.
+    Linux only (it reads /proc/self/smaps); elsewhere it does nothing.
+    """
+
+    MADV_DONTNEED = 4
+
+    def __init__(self, source: Path) -> None:
+        # the files as mapped: a hub cache's snapshot links them to blobs elsewhere
+        self.files = {str(path.resolve()) for path in source.glob("*.safetensors")} if source.is_dir() else set()
+        self.enabled = bool(self.files) and Path("/proc/self/smaps").is_file()
+        self.released = 0
+        self.pending = 0  # bytes of weights read since the pages were last handed back
+
+    def _unchanged_mappings(self) -> list[tuple[int, int]]:
+        """Address ranges of the checkpoint files' mappings where no page was copied on write.
+
+        torch maps the files private and writable; a page written to would be an anonymous
+        copy (smaps' ``Anonymous``), and dropping it would bring back the file's bytes.
+        """
+        ranges, current, unchanged = [], None, True
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+            for line in smaps:
+                fields = line.split(None, 5)
+                if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                    if current is not None and unchanged:
+                        ranges.append(current)
+                    inside = len(fields) > 5 and fields[5].strip() in self.files
+                    current = tuple(int(x, 16) for x in fields[0].split("-")) if inside else None
+                    unchanged = True
+                elif current is not None and fields[0] == "Anonymous:":
+                    unchanged = fields[1] == "0"
+        if current is not None and unchanged:
+            ranges.append(current)
+        return ranges
+
+    def read(self, nbytes: int) -> None:
+        """``nbytes`` of weights were read: hand the pages back every SLICE_BYTES (reading smaps takes ~30 ms)."""
+        self.pending += nbytes
+        if self.pending >= SLICE_BYTES:
+            self.release()
+
+    def release(self) -> None:
+        self.pending = 0
+        if not self.enabled:
+            return
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        for start, end in self._unchanged_mappings():
+            if libc.madvise(start, end - start, self.MADV_DONTNEED) == 0:
+                self.released += 1
+
+
+def _source(tensor: Any, ir: Any) -> Any:
+    """The weight's data: a torch tensor (often a transposed view of the checkpoint's) or a numpy array."""
+    if isinstance(tensor, ir.LazyTensor):
+        tensor = tensor.raw()  # the thunk that makes the tensor (a cast, when the builder casts)
+    raw = getattr(tensor, "raw", None)
+    if type(raw).__module__.startswith("torch") and hasattr(raw, "detach"):
+        return raw.detach()  # the builder may hold tensors that require grad
+    return tensor.numpy()
+
+
+def _contiguous(source: Any, np: Any, columns: slice | None = None) -> Any:
+    """The weight (or its ``columns``) as one C-contiguous array.
 
     The builder's MatMul weights are transposed views of the checkpoint's tensors, and
     ONNX Runtime's block quantizer reads the raw buffer, not the strides. torch copies the
     view into a numpy array (its copy is several times faster than numpy's for large
     tables; into numpy memory, freed as soon as the weight is quantized).
     """
-    if isinstance(tensor, ir.LazyTensor):
-        tensor = tensor.raw()  # the thunk that makes the tensor
-    raw = getattr(tensor, "raw", None)
-    if not (type(raw).__module__.startswith("torch") and hasattr(raw, "detach")):
-        return np.ascontiguousarray(tensor.numpy())
-    raw = raw.detach()  # the builder may hold tensors that require grad
-    if raw.is_contiguous():
-        return raw.numpy()
+    part = source if columns is None else source[:, columns]
+    if isinstance(part, np.ndarray):
+        return np.ascontiguousarray(part)
+    if part.is_contiguous():
+        return part.numpy()
     import torch
 
-    out = np.empty(tuple(raw.shape), dtype=raw.numpy().dtype)
-    torch.from_numpy(out).copy_(raw)
+    out = np.empty(tuple(part.shape), dtype=part.numpy().dtype)
+    torch.from_numpy(out).copy_(part)
     return out
 
 
-def _matmul_nbits(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, bits: int, initializer: Any) -> Any:
-    """MatMul -> MatMulNBits as ``DefaultWeightOnlyQuantizer.quantize_matmul`` writes it (QOperator)."""
+#: Bytes of float weight made contiguous at a time: a large MatMul weight is quantized in slices of columns.
+SLICE_BYTES = 64 << 20
+
+
+def _matmul_nbits(
+    ir: Any, quantizer: Any, node: Any, weight: Any, bits: int, initializer: Any, checkpoint: CheckpointPages
+) -> Any:
+    """MatMul -> MatMulNBits as ``DefaultWeightOnlyQuantizer.quantize_matmul`` writes it (QOperator).
+
+    The quantizer works on each output column (N) alone, in blocks along K, and writes its
+    results column by column: a weight quantized in slices of columns, joined along N, is
+    the same bytes. Slicing bounds the contiguous float copy (and, with ``checkpoint``, the
+    checkpoint's pages read) to SLICE_BYTES instead of the whole weight (the tied output
+    layer of Qwen2.5-0.5B: 519 MiB).
+    """
+    import numpy as np
+
     config = quantizer.config
-    packed, scales, zero_points = quantizer.qbits_block_quant(array)
-    rows, cols = array.shape
+    source = _source(weight.const_value, ir)
+    rows, cols = source.shape
+    step = max(1, SLICE_BYTES // (4 * rows))
+    parts = []
+    for start in range(0, cols, step):
+        part = _contiguous(source, np, columns=slice(start, min(cols, start + step)))
+        parts.append(quantizer.qbits_block_quant(part))
+        checkpoint.read(part.nbytes)
+        del part
+    del source
+    if len(parts) == 1:
+        packed, scales, zero_points = parts[0]
+    else:
+        packed, scales, zero_points = (np.concatenate(pieces, axis=0) for pieces in zip(*parts, strict=True))
+    del parts
     inputs = [
         node.inputs[0],
         initializer(f"{weight.name}_Q{bits}", ir.Tensor(packed, name=f"{weight.name}_Q{bits}")),
@@ -316,3 +420,84 @@ def share_int8_embedding(original_init: Any, original_names: Any, applied: list[
         return original_names(self)
 
     return make_tied_embeddings_init, make_tied_quantized_embedding_input_names
+
+
+# ------------------------------------------------------------------ the shared table at run time
+def gather_rows_from_file(build_dir: Path) -> int:
+    """Let the embedding read its rows of a shared quantized table straight from the data file.
+
+    A shared table is the output layer's MatMulNBits weight ``[N, blocks, blob]``, and the
+    embedding's GatherBlockQuantized reads it through a Reshape to ``[N, K]``. ONNX Runtime
+    folds that Reshape into a new in-memory initializer at load, and prepacks the MatMulNBits
+    weight into its own layout too: the table is held twice (measured on a Qwen2.5-0.5B shape:
+    130 MiB of 988 MiB peak at int8, docs/benchmarks.md). Here the Gather gets its own
+    initializer with the ``[N, K]`` shape that points at the same bytes of the data file
+    (same location, offset and length), and the Reshape goes: ONNX Runtime memory-maps that
+    initializer and only the rows looked up are read. The files' bytes are unchanged.
+
+    Returns how many tables now read from the file (0: nothing to do); rewrites model.onnx.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(build_dir) / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    aliased, replaced = 0, []
+    for gather in [n for n in graph.node if n.op_type == "GatherBlockQuantized"]:
+        reshape = producers.get(gather.input[0])
+        if reshape is None or reshape.op_type != "Reshape" or reshape.input[0] not in initializers:
+            continue
+        table = initializers[reshape.input[0]]
+        shape = _constant(reshape.input[1], initializers, producers, numpy_helper)
+        location = {entry.key: entry.value for entry in table.external_data}
+        if shape is None or table.data_location != onnx.TensorProto.EXTERNAL or "length" not in location:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(table.data_type).itemsize
+        if any(d <= 0 for d in shape) or int(np.prod(shape)) * itemsize != int(location["length"]):
+            continue  # a -1 or 0 in the shape, or not a plain view of the same bytes
+        rows = onnx.TensorProto(name=f"{table.name}_rows", data_type=table.data_type, dims=shape)
+        rows.data_location = onnx.TensorProto.EXTERNAL
+        rows.external_data.extend(table.external_data)
+        graph.initializer.append(rows)
+        gather.input[0] = rows.name
+        replaced.append(reshape)
+        aliased += 1
+    if not aliased:
+        return 0
+    _drop_unread(graph, replaced)
+    temporary = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(temporary))
+    temporary.replace(path)
+    return aliased
+
+
+def _constant(name: str, initializers: dict, producers: dict, numpy_helper: Any) -> list[int] | None:
+    """The value of a constant int tensor (an initializer or a Constant node's), or None."""
+    if name in initializers:
+        return [int(v) for v in numpy_helper.to_array(initializers[name]).reshape(-1)]
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).reshape(-1)]
+    return None
+
+
+def _drop_unread(graph: Any, candidates: list) -> None:
+    """Remove the replaced Reshapes, then their shape constants, if nothing else reads them."""
+
+    def read() -> set[str]:
+        return {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+
+    shapes = {node.input[1] for node in candidates}
+    for node in candidates:
+        if node.output[0] not in read():
+            graph.node.remove(node)
+    still_read = read()
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in shapes]:
+        if node.output[0] not in still_read:
+            graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name in shapes and t.name not in still_read]:
+        graph.initializer.remove(tensor)
