@@ -401,7 +401,7 @@ def _import_builder():
 
 # ------------------------------------------------------------------ builder fixes
 #: Raised whenever a fix below changes what a build holds, so cached steps of before are not reused.
-FIXES_REVISION = "4"
+FIXES_REVISION = "5"
 #: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
 FIXED_BUILDER_VERSIONS = ("0.18.",)
 
