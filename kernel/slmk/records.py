@@ -299,6 +299,7 @@ class Runtime:
     load: Callable[[LoadRequest], ChatSession]
     can_load: Callable[[Path], str | None] | None = None  # None, or why not
     priority: int = 0  # the default runtime is the one with the highest priority
+    batches: bool = False  # takes the load option max_batch and may return a BatchingSession
 
 
 @runtime_checkable
@@ -322,6 +323,30 @@ class ScoringSession(ChatSession, Protocol):
 
     def score(self, text: str) -> tuple[float, int]:
         """Teacher-forced negative log-likelihood of ``text``: (sum in nats, tokens scored)."""
+
+
+@runtime_checkable
+class BatchingSession(ChatSession, Protocol):
+    """A session that decodes many sequences together on one copy of the weights (continuous batching).
+
+    A runtime returns one when ``LoadRequest.options`` has ``max_batch``. ``begin`` checks a
+    request and renders its prompt without running the model; each ``advance`` gives every
+    sequence passed one more token (new ones are fed their prompt first, then join), so a
+    sequence joins the running batch whenever it is passed and leaves when it is done or
+    released. One thread calls ``advance``.
+    """
+
+    max_batch: int
+    context_length: int
+
+    def begin(self, messages: Sequence[Mapping[str, str]], **search: Any) -> Any:
+        """A new sequence (``.done``, ``.tokens``, ``.stats``, ``.finish_reason``); raises on bad options."""
+
+    def advance(self, sequences: Sequence[Any]) -> Mapping[Any, str]:
+        """One token for each of ``sequences``: the text each one's token completes."""
+
+    def release(self, sequence: Any) -> None:
+        """Drop a sequence that will not be advanced again (cancelled): its cache is freed."""
 
 
 # --------------------------------------------------------------------------- model sources

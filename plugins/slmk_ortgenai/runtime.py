@@ -45,7 +45,24 @@ def load(request: LoadRequest) -> OrtGenAISession:
     reason = can_load(request.path)
     if reason:
         raise UsageError(f"cannot load {request.path}: {reason}", hint="pass the output folder of `slmk convert`")
-    return OrtGenAISession(request.path, request.execution_provider, request.options)
+    options = dict(request.options)
+    max_batch = options.pop("max_batch", None)
+    if max_batch is not None:
+        # continuous batching (slmk serve): one copy of the weights for every sequence
+        from .batching import BatchingSession, batching_problem
+
+        ep = request.execution_provider
+        problem = (
+            batching_problem(request.path)
+            or ("it loads an adapter" if options.get("adapter") else None)
+            or (f"batching runs on the CPU, not {ep.name}" if ep.genai_provider else None)
+        )
+        if problem is None:
+            return BatchingSession(request.path, request.execution_provider, max_batch, options)
+        session = OrtGenAISession(request.path, request.execution_provider, options)
+        session.not_batched = problem  # the caller says why: one answer at a time
+        return session
+    return OrtGenAISession(request.path, request.execution_provider, options)
 
 
 class OrtGenAISession:

@@ -40,11 +40,17 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
 @click.option("--runtime", help="Runtime plugin that loads the models [default: slmk.toml runtime, ortgenai].")
 @click.option("--ep", "execution_provider", help="Execution provider (default: the one each model was built for).")
 @click.option(
-    "--parallel",
+    "--max-batch",
     type=click.IntRange(min=1),
-    default=1,
+    default=8,
     show_default=True,
-    help="Sessions per model: answers generated at the same time (each holds its own copy of the model).",
+    help="Answers per model decoded together on one copy of the weights (continuous batching).",
+)
+@click.option(
+    "--parallel",
+    hidden=True,
+    type=int,
+    help="Removed: use --max-batch (one copy of the model decodes several answers together).",
 )
 @click.option(
     "--max-queue",
@@ -109,6 +115,7 @@ def serve_command(
     api_key,
     runtime,
     execution_provider,
+    max_batch,
     parallel,
     max_queue,
     queue_timeout,
@@ -132,6 +139,13 @@ def serve_command(
     from .server import is_loopback, serve
     from .workers import Limits
 
+    if parallel is not None:
+        from slmk.api import UsageError
+
+        raise UsageError(
+            "--parallel was removed: it loaded a copy of the model per answer",
+            hint="use --max-batch N: N answers decoded together on one copy",
+        )
     settings = _settings(ctx, runtime, cache_dir)
     if not is_loopback(host):
         click.echo(
@@ -141,7 +155,7 @@ def serve_command(
         )
     limits = Limits(
         max_queue=max_queue,
-        parallel=parallel,
+        max_batch=max_batch,
         max_tokens_limit=max_tokens_limit,
         max_body_bytes=max_body_bytes,
         queue_timeout_s=queue_timeout,
@@ -160,6 +174,8 @@ def serve_command(
         cache_dir=settings["cache_dir"],
         log_level=log_level,
     )
+    for note in server.notes:
+        click.echo(f"warning: {note}", err=True)
     click.echo(f"serving {', '.join(server.models)} at {server.base_url} ({settings['runtime']}); Ctrl-C stops")
     click.echo(how_to_call(server.url, server.models[0], api_key))
     server.wait()

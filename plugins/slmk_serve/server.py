@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import SlmkError, UsageError, open_session, resolve_target
+from slmk.api import BatchingSession, SlmkError, UsageError, get_registry, open_session, resolve_target
 
-from .workers import Limits, ModelWorker
+from .workers import BatchWorker, Limits, ModelWorker
 
 #: Longest wait for uvicorn to start listening (startup is a few ms; a stuck one is a bug).
 START_TIMEOUT_S = 30.0
@@ -48,10 +48,16 @@ def load_models(
     limits: Limits,
     installer: str = "foundry",
     cache_dir: Path | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, ModelWorker]:
-    """One worker per target, each with ``limits.parallel`` sessions loaded by ``runtime``."""
+    """One worker per target, each with one session loaded by ``runtime``.
+
+    A runtime that batches is asked for ``limits.max_batch`` sequences at once; a build it
+    cannot batch (or another runtime) answers one request at a time, and ``notes`` says so.
+    """
     if not targets:
         raise UsageError("nothing to serve", hint="pass build folders or installed model names")
+    batches = getattr(get_registry().get("slmk_runtimes", runtime, "runtime"), "batches", False)
     workers: dict[str, ModelWorker] = {}
     try:
         for target in targets:
@@ -62,23 +68,21 @@ def load_models(
                 raise UsageError(
                     f"two models are named {name!r}", hint="name them: slmk serve NAME1=TARGET1 NAME2=TARGET2"
                 )
-            sessions: list[Any] = []
-            try:
-                for _ in range(limits.parallel):
-                    sessions.append(
-                        open_session(
-                            folder,
-                            runtime=runtime,
-                            execution_provider=execution_provider,
-                            installed=installed,
-                            cache_dir=cache_dir,
-                        )
-                    )
-            except BaseException:
-                for session in sessions:
-                    session.close()
-                raise
-            workers[name] = ModelWorker(name, Path(folder), runtime, sessions, limits)
+            session = open_session(
+                folder,
+                runtime=runtime,
+                execution_provider=execution_provider,
+                installed=installed,
+                cache_dir=cache_dir,
+                options={"max_batch": limits.max_batch} if batches else None,
+            )
+            if isinstance(session, BatchingSession):
+                workers[name] = BatchWorker(name, Path(folder), runtime, session, limits)
+            else:
+                why = getattr(session, "not_batched", None) or f"the {runtime} runtime does not batch"
+                if notes is not None and limits.max_batch > 1:
+                    notes.append(f"{name}: not batched ({why}): one answer at a time")
+                workers[name] = ModelWorker(name, Path(folder), runtime, [session], limits)
     except BaseException:
         for worker in workers.values():
             worker.close()
@@ -88,6 +92,8 @@ def load_models(
 
 class RunningServer:
     """An endpoint running in a background thread; ``stop()`` (or ``with``) ends it."""
+
+    notes: list[str] = []  # what the start-up could not honour in full (e.g. a model not batched)
 
     def __init__(self, server: Any, thread: threading.Thread, sock: socket.socket, workers: dict[str, ModelWorker]):
         self._server = server
@@ -166,6 +172,7 @@ def serve(
     if api_key is not None and not api_key.strip():
         raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
     sock = _bind(host, port)
+    notes: list[str] = []
     try:
         workers = load_models(
             targets,
@@ -174,6 +181,7 @@ def serve(
             limits=limits,
             installer=installer,
             cache_dir=cache_dir,
+            notes=notes,
         )
     except BaseException:
         sock.close()
@@ -207,7 +215,9 @@ def serve(
             for worker in workers.values():
                 worker.close()
             raise SlmkError("the HTTP server did not start", hint="run with --log-level info to see why")
-    return RunningServer(server, thread, sock, workers)
+    running = RunningServer(server, thread, sock, workers)
+    running.notes = notes
+    return running
 
 
 def _bind(host: str, port: int) -> socket.socket:
