@@ -53,6 +53,26 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
     help="Removed: use --max-batch (one copy of the model decodes several answers together).",
 )
 @click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run each model as a Ray Serve deployment: on the cluster at ADDRESS (host:port), "
+    "or on an embedded Ray without one.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    help="With --ray: replicas per model, placed on the cluster's nodes, each batching its own requests [default: 1].",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --ray: CPUs Ray reserves for each replica [default: 1].",
+)
+@click.option(
     "--max-queue",
     type=click.IntRange(min=0),
     default=16,
@@ -117,6 +137,9 @@ def serve_command(
     execution_provider,
     max_batch,
     parallel,
+    ray_address,
+    replicas,
+    replica_cpus,
     max_queue,
     queue_timeout,
     stall_timeout,
@@ -133,8 +156,12 @@ def serve_command(
     Listens on 127.0.0.1 only unless --host says otherwise. Ctrl-C stops it.
 
     \b
+    Concurrent requests to a model are decoded together (continuous batching, --max-batch).
+
+    \b
     slmk serve build/tiny-int4
     slmk serve tiny=build/tiny-int4 chat=tiny-chat --api-key "$KEY" --port 8080
+    slmk serve build/tiny-int4 --ray 10.0.0.5:6379 --replicas 2
     """
     from .server import is_loopback, serve
     from .workers import Limits
@@ -146,6 +173,15 @@ def serve_command(
             "--parallel was removed: it loaded a copy of the model per answer",
             hint="use --max-batch N: N answers decoded together on one copy",
         )
+    ray = None
+    if ray_address is not None:
+        from .server import RayOptions
+
+        ray = RayOptions(address=ray_address or None, replicas=replicas or 1, num_cpus=replica_cpus or 1.0)
+    elif replicas is not None or replica_cpus is not None:
+        from slmk.api import UsageError
+
+        raise UsageError("--replicas and --replica-cpus need --ray", hint="add --ray (embedded) or --ray HOST:PORT")
     settings = _settings(ctx, runtime, cache_dir)
     if not is_loopback(host):
         click.echo(
@@ -173,6 +209,7 @@ def serve_command(
         installer=settings["installer"],
         cache_dir=settings["cache_dir"],
         log_level=log_level,
+        ray=ray,
     )
     for note in server.notes:
         click.echo(f"warning: {note}", err=True)

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,10 @@ def load_models(
     A runtime that batches is asked for ``limits.max_batch`` sequences at once; a build it
     cannot batch (or another runtime) answers one request at a time, and ``notes`` says so.
     """
-    if not targets:
-        raise UsageError("nothing to serve", hint="pass build folders or installed model names")
     batches = getattr(get_registry().get("slmk_runtimes", runtime, "runtime"), "batches", False)
     workers: dict[str, ModelWorker] = {}
     try:
-        for target in targets:
-            name, ref = parse_target(target)
-            folder, installed = resolve_target(ref, installer=installer, cache_dir=cache_dir)
-            name = name or (installed.name if installed else Path(folder).name)
-            if name in workers:
-                raise UsageError(
-                    f"two models are named {name!r}", hint="name them: slmk serve NAME1=TARGET1 NAME2=TARGET2"
-                )
+        for name, folder, installed in _resolved_targets(targets, installer=installer, cache_dir=cache_dir):
             session = open_session(
                 folder,
                 runtime=runtime,
@@ -90,10 +82,46 @@ def load_models(
     return workers
 
 
+def _resolved_targets(targets: Sequence[str], *, installer: str, cache_dir: Path | None) -> list[tuple[str, Path, Any]]:
+    """(name, folder, installed model or None) of each target; names must differ."""
+    if not targets:
+        raise UsageError("nothing to serve", hint="pass build folders or installed model names")
+    resolved: dict[str, tuple[str, Path, Any]] = {}
+    for target in targets:
+        name, ref = parse_target(target)
+        folder, installed = resolve_target(ref, installer=installer, cache_dir=cache_dir)
+        name = name or (installed.name if installed else Path(folder).name)
+        if name in resolved:
+            raise UsageError(f"two models are named {name!r}", hint="name them: slmk serve NAME1=TARGET1 NAME2=TARGET2")
+        resolved[name] = (name, Path(folder), installed)
+    return list(resolved.values())
+
+
+def _named_targets(targets: Sequence[str], *, installer: str, cache_dir: Path | None) -> list[tuple[str, Path]]:
+    return [(name, folder) for name, folder, _ in _resolved_targets(targets, installer=installer, cache_dir=cache_dir)]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``slmk serve --ray``: the cluster (None: an embedded one), replicas per model, CPUs per replica."""
+
+    address: str | None = None
+    replicas: int = 1
+    num_cpus: float = 1.0
+    temp_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise UsageError(f"replicas must be at least 1, not {self.replicas}")
+        if self.num_cpus <= 0:
+            raise UsageError(f"replica CPUs must be positive, not {self.num_cpus}")
+
+
 class RunningServer:
     """An endpoint running in a background thread; ``stop()`` (or ``with``) ends it."""
 
     notes: list[str] = []  # what the start-up could not honour in full (e.g. a model not batched)
+    deployment: Any = None  # the Ray Serve deployments (--ray), shut down with the server
 
     def __init__(self, server: Any, thread: threading.Thread, sock: socket.socket, workers: dict[str, ModelWorker]):
         self._server = server
@@ -138,6 +166,9 @@ class RunningServer:
         for worker in self.workers.values():
             worker.close()
         self.workers = {}
+        if self.deployment is not None:
+            self.deployment.close()
+            self.deployment = None
 
     def __enter__(self) -> RunningServer:
         return self
@@ -158,8 +189,13 @@ def serve(
     installer: str = "foundry",
     cache_dir: Path | None = None,
     log_level: str = "warning",
+    ray: RayOptions | None = None,
 ) -> RunningServer:
-    """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening."""
+    """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening.
+
+    With ``ray``, each model runs as a Ray Serve deployment of ``ray.replicas`` replicas
+    (each batching on its own) and this process keeps the HTTP endpoint.
+    """
     try:
         import uvicorn
 
@@ -173,18 +209,29 @@ def serve(
         raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
     sock = _bind(host, port)
     notes: list[str] = []
+    deployment = None
     try:
-        workers = load_models(
-            targets,
-            runtime=runtime,
-            execution_provider=execution_provider,
-            limits=limits,
-            installer=installer,
-            cache_dir=cache_dir,
-            notes=notes,
-        )
+        if ray is None:
+            workers = load_models(
+                targets,
+                runtime=runtime,
+                execution_provider=execution_provider,
+                limits=limits,
+                installer=installer,
+                cache_dir=cache_dir,
+                notes=notes,
+            )
+        else:
+            from .ray_serve import RayDeployment
+
+            deployment = RayDeployment(ray.address, ray.replicas, ray.num_cpus, ray.temp_dir)
+            workers = {}
+            for name, folder in _named_targets(targets, installer=installer, cache_dir=cache_dir):
+                workers[name] = deployment.deploy(name, folder, runtime, execution_provider, limits)
     except BaseException:
         sock.close()
+        if deployment is not None:
+            deployment.close()
         raise
     app = create_app(
         workers, api_key=api_key, max_body_bytes=limits.max_body_bytes, max_tokens_limit=limits.max_tokens_limit
@@ -214,9 +261,12 @@ def serve(
             sock.close()
             for worker in workers.values():
                 worker.close()
+            if deployment is not None:
+                deployment.close()
             raise SlmkError("the HTTP server did not start", hint="run with --log-level info to see why")
     running = RunningServer(server, thread, sock, workers)
     running.notes = notes
+    running.deployment = deployment
     return running
 
 
