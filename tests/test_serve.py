@@ -546,6 +546,25 @@ def test_a_batched_client_that_stops_reading_is_paused_then_dropped_after_the_st
     assert MAX_AHEAD <= silent.stats.generated_tokens < 450
 
 
+def test_a_request_the_batch_cannot_take_runs_alone_on_a_plain_session(build):
+    session = open_session(build, options={"max_batch": 2})
+    worker = BatchWorker("tiny", build, "ortgenai", session, Limits(max_batch=2))
+
+    async def scenario():
+        worker.attach(asyncio.get_running_loop())
+        job = Job(user("hi"), {"adapter": "base"})  # a LoRA adapter: not an option of a batched sequence
+        with pytest.raises(UsageError, match="not built for separate adapters"):  # the plain session's answer
+            await worker.start(job)
+        return await asyncio.get_running_loop().run_in_executor(None, worker.wait_idle, 60)
+
+    try:
+        assert asyncio.run(scenario())
+        assert worker.admitted == 0 and worker.outcomes == {"rejected": 1}
+        assert session._solo is not None  # loaded for it, at first use
+    finally:
+        worker.close()
+
+
 # --------------------------------------------------------------------------- endpoint runtime
 def test_the_openai_endpoint_runtime_measures_a_served_model(server, build, reference):
     registry = get_registry()

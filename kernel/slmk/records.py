@@ -338,6 +338,7 @@ class BatchingSession(ChatSession, Protocol):
 
     max_batch: int
     context_length: int
+    batched_search: frozenset[str]
 
     def begin(self, messages: Sequence[Mapping[str, str]], **search: Any) -> Any:
         """A new sequence (``.done``, ``.tokens``, ``.stats``, ``.finish_reason``); raises on bad options."""
@@ -347,6 +348,10 @@ class BatchingSession(ChatSession, Protocol):
 
     def release(self, sequence: Any) -> None:
         """Drop a sequence that will not be advanced again (cancelled): its cache is freed."""
+
+    def solo(self) -> ChatSession:
+        """A plain session of the same model for requests the batch cannot take (``batched_search``
+        names the search options a batched sequence takes); runs one at a time."""
 
 
 # --------------------------------------------------------------------------- model sources

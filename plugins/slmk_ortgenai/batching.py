@@ -242,6 +242,8 @@ class BatchingSession(OrtGenAISession):
         if past_input.type != "tensor(float)":
             raise SlmkError(f"{self.path}: batching reads float32 caches, this build has {past_input.type}")
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
+        self._solo: OrtGenAISession | None = None
+        self.batched_search = BATCHED_SEARCH
         self._rows: list[BatchedSequence] = []  # the sequences in the batch cache, in row order
         self._cache: list[Any] = []  # per past input: [rows, kv_heads, width, head_size]
         self._lock = threading.Lock()
@@ -392,7 +394,17 @@ class BatchingSession(OrtGenAISession):
     def score(self, text: str, **kwargs: Any):
         raise SlmkError("a batching session does not score", hint="load the build without max_batch")
 
+    def solo(self) -> OrtGenAISession:
+        """A plain session of the same build, for the requests a batch cannot take (loaded at first use:
+        it holds a second copy of the weights)."""
+        if self._solo is None:
+            self._solo = OrtGenAISession(self.path, self.execution_provider, {"truncate": self.truncate})
+        return self._solo
+
     def close(self) -> None:
+        if self._solo is not None:
+            self._solo.close()
+            self._solo = None
         with self._lock:
             self._rows, self._cache = [], []
         self._tokenizer = None

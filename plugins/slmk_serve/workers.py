@@ -107,7 +107,6 @@ class Job:
     last_token_is_end: bool | None = None  # None: the runtime does not say
     error: BaseException | None = None
     done: bool = False
-    admitted_at: float = 0.0
 
     async def pieces(self) -> AsyncIterator[str]:
         """The answer's text as it comes; the job is cancelled if the caller stops early."""
@@ -385,10 +384,13 @@ class BatchWorker(ModelWorker):
                 retry_after=1,
             )
         self.admitted += 1
-        job.admitted_at = time.monotonic()
-        with self._changed:
-            self._waiting.append(job)
-            self._changed.notify_all()
+        if self._alone(job):
+            # options a batch cannot take: one at a time on the runtime's plain session
+            self._loop.run_in_executor(self._executor, self._run_alone, job)
+        else:
+            with self._changed:
+                self._waiting.append(job)
+                self._changed.notify_all()
         try:
             getter = asyncio.ensure_future(job.events.get())
             try:
@@ -413,6 +415,22 @@ class BatchWorker(ModelWorker):
 
     def _release(self, session: Any = None) -> None:
         self.admitted -= 1
+
+    def _alone(self, job: Job) -> bool:
+        batched = self.session.batched_search
+        return any(value is not None and key not in batched for key, value in job.search.items())
+
+    def _run_alone(self, job: Job) -> None:
+        try:
+            session = self.session.solo()
+        except BaseException as exc:
+            job.outcome, job.error = "rejected", exc
+            self._post(job, "error", exc)
+            with self._lock:
+                self.active += 1  # _end counts it out
+            self._end(job, None, time.perf_counter())
+            return
+        self._run(job, session)
 
     def _end(self, job: Job, sequence: Any, started: float) -> None:
         """Record how ``job`` ended, tell its client, and end its admission."""
@@ -539,6 +557,7 @@ class BatchWorker(ModelWorker):
             self._changed.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        self._executor.shutdown(wait=True, cancel_futures=True)
         try:
             self.session.close()
         except Exception:  # best effort at shutdown
