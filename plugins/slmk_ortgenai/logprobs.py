@@ -34,7 +34,7 @@ def entry(row: Any, token: int, top: int, decode: Callable[[Sequence[int]], str]
 
     def described(token_id: int) -> tuple[int, str, list[int], float]:
         text = decode([token_id])
-        return token_id, text, list(text.encode("utf-8", "surrogatepass")), float(row[token_id])
+        return token_id, text, _utf8(text), float(row[token_id])
 
     alternatives = []
     if top:
@@ -45,8 +45,8 @@ def entry(row: Any, token: int, top: int, decode: Callable[[Sequence[int]], str]
     return {"id": token_id, "token": text, "bytes": raw, "logprob": logprob, "top": alternatives}
 
 
-def prompt_entries(session: Any, ids: Sequence[int], top: int) -> list[dict[str, Any] | None]:
-    """Teacher-forced entries of every prompt token; the first has no history (None).
+def prompt_entries(session: Any, ids: Sequence[int], top: int) -> list[dict[str, Any]]:
+    """Teacher-forced entries of every prompt token; the first has no history (its logprob is None).
 
     Fed in ``session.score_chunk`` tokens a call, as ``score`` does: a build with a pruned
     output layer (int4/int8 ``prune_lm_head``) gives the last position's logits only, so
@@ -59,7 +59,9 @@ def prompt_entries(session: Any, ids: Sequence[int], top: int) -> list[dict[str,
     params.set_search_options(max_length=max(len(ids), session.min_cache_length))
     generator = og.Generator(model, params)
     chunk = session.score_chunk
-    entries: list[dict[str, Any] | None] = [None]
+    text = session.decode([int(ids[0])])
+    first = {"id": int(ids[0]), "token": text, "bytes": _utf8(text), "logprob": None, "top": []}
+    entries: list[dict[str, Any]] = [first]
     try:
         for start in range(0, len(ids) - 1, chunk):
             end = min(start + chunk, len(ids) - 1)  # the last token predicts nothing in the prompt
@@ -69,3 +71,7 @@ def prompt_entries(session: Any, ids: Sequence[int], top: int) -> list[dict[str,
     finally:
         del generator
     return entries
+
+
+def _utf8(text: str) -> list[int]:
+    return list(text.encode("utf-8", "surrogatepass"))

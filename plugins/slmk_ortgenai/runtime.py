@@ -326,8 +326,8 @@ class OrtGenAISession:
         taken, self._logprobs = self._logprobs, []
         return taken
 
-    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list[dict[str, Any] | None]:
-        """Teacher-forced entries of each prompt token (the first: None), as echo with logprobs reports them."""
+    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list[dict[str, Any]]:
+        """Teacher-forced entries of each prompt token (the first has no logprob), as echo with logprobs reports them."""
         self._require_open()
         _check_top_logprobs(top)
         ids = [int(t) for t in prompt_ids]

@@ -98,7 +98,13 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="warning",
     show_default=True,
-    help="uvicorn's log level (info: one line per request).",
+    help="Log level (info: one line per request with its model, tokens, time to first token and total).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="Let browser pages from this origin call the API (repeatable; `*`: any). Off by default.",
 )
 @click.pass_context
 def serve_command(
@@ -118,11 +124,12 @@ def serve_command(
     max_connections,
     cache_dir,
     log_level,
+    cors_origins,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (TARGET: build folder, installed NAME, or NAME=TARGET).
 
     \b
-    Routes: /v1/models, /v1/chat/completions (streamed or not), /v1/completions, /health.
+    Routes: /v1/models, /v1/chat/completions (streamed or not), /v1/completions, /health, /metrics.
     Listens on 127.0.0.1 only unless --host says otherwise. Ctrl-C stops it.
 
     \b
@@ -159,6 +166,7 @@ def serve_command(
         installer=settings["installer"],
         cache_dir=settings["cache_dir"],
         log_level=log_level,
+        cors_origins=cors_origins,
     )
     click.echo(f"serving {', '.join(server.models)} at {server.base_url} ({settings['runtime']}); Ctrl-C stops")
     click.echo(how_to_call(server.url, server.models[0], api_key))
