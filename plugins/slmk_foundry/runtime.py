@@ -161,7 +161,8 @@ class FoundrySession:
             request._close()
             session._close()
             if isinstance(exc, fl.FoundryLocalException):
-                raise SlmkError(f"Foundry Local rejected the request: {sdk._native_message(exc)}") from exc
+                # a refusal of this request (e.g. nothing to generate from), not a failing runtime
+                raise UsageError(f"Foundry Local rejected the request: {sdk._native_message(exc)}") from exc
             raise
         return self._stream(session, request, prompt_tokens)
 

@@ -59,7 +59,7 @@ def prompt_entries(session: Any, ids: Sequence[int], top: int) -> list[dict[str,
     params.set_search_options(max_length=max(len(ids), session.min_cache_length))
     generator = og.Generator(model, params)
     chunk = session.score_chunk
-    text = session.decode([int(ids[0])])
+    text = session._token_text([int(ids[0])])
     first = {"id": int(ids[0]), "token": text, "bytes": _utf8(text), "logprob": None, "top": []}
     entries: list[dict[str, Any]] = [first]
     try:
@@ -67,7 +67,7 @@ def prompt_entries(session: Any, ids: Sequence[int], top: int) -> list[dict[str,
             end = min(start + chunk, len(ids) - 1)  # the last token predicts nothing in the prompt
             generator.append_tokens(list(ids[start:end]))
             rows = log_softmax(generator.get_output("logits")[0][-(end - start) :])
-            entries.extend(entry(rows[r], ids[start + r + 1], top, session.decode) for r in range(end - start))
+            entries.extend(entry(rows[r], ids[start + r + 1], top, session._token_text) for r in range(end - start))
     finally:
         del generator
     return entries

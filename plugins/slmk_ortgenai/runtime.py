@@ -301,10 +301,10 @@ class OrtGenAISession:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 produced.append(token)
+                if row is not None:  # the end token too (as vLLM lists it): echo scoring counts on it
+                    self._logprobs.append(token_logprobs.entry(row, token, top_logprobs, self._token_text))
                 if token in self.eos_token_ids:
                     continue  # the end-of-turn marker is not part of the answer
-                if row is not None:
-                    self._logprobs.append(token_logprobs.entry(row, token, top_logprobs, self.decode))
                 piece = stream.decode(token)
                 if piece:
                     yield piece
@@ -320,6 +320,10 @@ class OrtGenAISession:
                 time_to_first_token_s=(first_token_at or end) - start,
                 total_s=end - start,
             )
+
+    def _token_text(self, token_ids: Sequence[int]) -> str:
+        # onnxruntime-genai decodes an end token alone to U+FFFD: it has no text in the answer
+        return "" if len(token_ids) == 1 and token_ids[0] in self.eos_token_ids else self.decode(token_ids)
 
     def take_logprobs(self) -> list[dict[str, Any]]:
         """Entries of the tokens generated since the last call (``logprobs=K``); see logprobs.py."""

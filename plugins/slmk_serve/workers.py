@@ -325,7 +325,7 @@ class ModelWorker:
                 else:
                     tail = scanner.flush()
                     job.outcome = "finished"
-                    if tail:
+                    if tail or job.logprobs is not None:  # the end token's logprob comes with no text
                         if job.credits.acquire(timeout=self.limits.stall_timeout_s):
                             self._post(job, "text", _text_event(session, job, tail))
                         else:
