@@ -331,7 +331,7 @@ class OrtGenAISession:
         return taken
 
     def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list[dict[str, Any]]:
-        """Teacher-forced entries of each prompt token (the first has no logprob), as echo with logprobs reports them."""
+        """Teacher-forced entries of each prompt token (the first has no logprob), as echo reports them."""
         self._require_open()
         _check_top_logprobs(top)
         ids = [int(t) for t in prompt_ids]
