@@ -35,7 +35,7 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
 @click.option(
     "--api-key",
     envvar="SLMK_API_KEY",
-    help="Require `Authorization: Bearer KEY` on /v1 (also: $SLMK_API_KEY).",
+    help="Require `Authorization: Bearer KEY` on every route but /health (also: $SLMK_API_KEY).",
 )
 @click.option("--runtime", help="Runtime plugin that loads the models [default: slmk.toml runtime, ortgenai].")
 @click.option("--ep", "execution_provider", help="Execution provider (default: the one each model was built for).")
