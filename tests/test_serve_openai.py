@@ -163,6 +163,7 @@ def test_runtimes_without_logprobs_refuse_them_by_name(build):
         refused(post(running, "/v1/chat/completions", {**chat, "messages": [{"role": "user", "content": None}]}), None)
         refused(post(running, "/v1/chat/completions", {**chat, "messages": user("\x00\x00")}), "messages.0.content")
         refused(post(running, "/v1/chat/completions", {**chat, "top_p": 1e-300}), "top_p")
+        assert "32-bit" in refused(post(running, "/v1/chat/completions", {**chat, "temperature": 1e-300}), None)
         assert post(running, "/v1/chat/completions", chat).status_code == 200
 
 

@@ -151,7 +151,7 @@ def prompt_token_count(session: Any, messages: Sequence[Mapping[str, str]]) -> i
     return None
 
 
-def open_generation(session: Any, job: Job, search: dict[str, Any]) -> Iterator[str]:
+def open_generation(session: Any, job: Job, search: dict[str, Any], runtime: str) -> Iterator[str]:
     """The runtime's stream for ``job``: a conversation or token ids, with logprobs and echo when asked.
 
     ``max_new_tokens`` 0 (echo only) generates nothing: the prompt is scored and the stream is empty.
@@ -167,7 +167,7 @@ def open_generation(session: Any, job: Job, search: dict[str, Any]) -> Iterator[
     if job.min_tokens:
         count = len(ids) if ids is not None else prompt_token_count(session, job.messages)
         if count is None:
-            raise UsageError(f"the runtime {type(session).__name__} cannot count prompt tokens, so not min_tokens")
+            raise UsageError(f"the {runtime} runtime cannot count prompt tokens, so not min_tokens")
         search["min_length"] = count + job.min_tokens
     if ids is not None:
         return session.generate_ids(ids, **search, **extra)
@@ -297,7 +297,7 @@ class ModelWorker:
         scanner = StopScanner(job.stops)
         job.outcome = "error"
         try:
-            stream = open_generation(session, job, dict(job.search))
+            stream = open_generation(session, job, dict(job.search), self.runtime)
         except BaseException as exc:
             job.outcome, job.error = "rejected", exc
             self._post(job, "error", exc)
