@@ -380,3 +380,11 @@ def test_cors_is_off_unless_an_origin_is_given(build, server):
         assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "http://app.test"
         other = httpx.options(running.url + "/v1/models", headers={**preflight, "origin": "http://evil.test"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_key_a_header_cannot_carry_is_refused_at_start_up(build):
+    from slmk.api import UsageError
+
+    for key in ("two words", "tab\tkey", "   "):
+        with pytest.raises(UsageError):
+            serve([f"tiny={build}"], port=0, api_key=key)

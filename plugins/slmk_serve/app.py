@@ -2,9 +2,9 @@
 
 Imported only when a server starts: FastAPI and pydantic are not light.
 What the stack does is left to it: request parsing and validation (pydantic),
-the body size limit (FastAPI ``max_body_size``), Bearer parsing (``HTTPBearer``),
-server-sent events (``EventSourceResponse``, ``format_sse_event``) and noticing a
-client that leaves mid-stream (Starlette's ``StreamingResponse`` cancels the stream).
+the body size limit (FastAPI ``max_body_size``), CORS (Starlette), server-sent
+events (``EventSourceResponse``, ``format_sse_event``) and noticing a client that
+leaves mid-stream (Starlette's ``StreamingResponse`` cancels the stream).
 """
 
 from __future__ import annotations
@@ -293,7 +293,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if len(errors) > 1 and first.get("type") != "json_invalid":
+            # a union (content: text or parts) fails in each branch: the deepest error says most
+            first = max(errors, key=lambda error: len(error.get("loc", ())))
         if first.get("type") == "json_invalid":
             return error_response(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error')}")
         if tuple(first.get("loc", ())) == ("body",):
