@@ -97,6 +97,7 @@ def test_chat_logprobs_are_the_models_own_for_each_answer_token(client, session)
     assert all(i.top_logprobs == [] for i in streamed)  # top_logprobs left out: none
 
 
+@pytest.mark.slow
 def test_completions_echo_scores_a_token_id_prompt_as_score_does(server, session):
     ids = session.encode(TEXT)
     nll, scored = session.score(TEXT)
@@ -214,6 +215,7 @@ HARMLESS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "table", "base"),
     [
@@ -270,6 +272,7 @@ def test_error_messages_carry_no_hints_paths_or_repeats(server):
     assert long_prompt.status_code == 400 and "truncate" not in text and str(worker.folder) not in text
 
 
+@pytest.mark.slow
 def test_the_api_key_guards_every_route_before_the_body_is_read(build):
     key = "clé-ключ-🔑"  # non-ASCII: clients send it as UTF-8 bytes
     with serve([f"tiny={build}"], port=0, api_key=key) as running:
