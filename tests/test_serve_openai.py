@@ -98,6 +98,27 @@ def test_chat_logprobs_are_the_models_own_for_each_answer_token(client, session)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_prompt_logprobs_equal_score_token_by_token_or_in_chunks(tiny_build, precision):
+    """int4 prunes the output layer (last position's logits only: fed a token a call); fp32
+    gives every position's (fed 128 a call): both give score's sums, for more than a chunk."""
+    scored = open_session(tiny_build(precision))
+    try:
+        text = (TEXT + " ") * 12
+        ids = scored.encode(text)
+        assert len(ids) > 128
+        entries = scored.prompt_logprobs(ids, 2)
+        nll, count = scored.score(text)
+        assert [e["id"] for e in entries] == ids and entries[0]["logprob"] is None
+        assert -sum(e["logprob"] for e in entries[1:]) == pytest.approx(nll, rel=1e-9)
+        assert count == len(ids) - 1
+        assert all(e["logprob"] <= e["top"][0][3] + 1e-9 for e in entries[1:])  # the likeliest is first
+        assert scored.last_stats.prompt_tokens == len(ids) and scored.last_stats.generated_tokens == 0
+    finally:
+        scored.close()
+
+
+@pytest.mark.slow
 def test_completions_echo_scores_a_token_id_prompt_as_score_does(server, session):
     ids = session.encode(TEXT)
     nll, scored = session.score(TEXT)
