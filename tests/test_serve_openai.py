@@ -412,3 +412,18 @@ def test_a_key_a_header_cannot_carry_is_refused_at_start_up(build):
     for key in ("two words", "tab\tkey", "   "):
         with pytest.raises(UsageError):
             serve([f"tiny={build}"], port=0, api_key=key)
+
+
+def test_the_runtime_refuses_what_onnxruntime_genai_cannot_take_before_generating(session):
+    from slmk.api import UsageError
+
+    for options, needle in (
+        ({"random_seed": 2**31}, "random_seed"),
+        ({"top_k": 2**31}, "top_k"),
+        ({"top_k": session.vocab_size + 1}, "vocabulary"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": True}, "logprobs"),
+    ):
+        with pytest.raises(UsageError, match=needle):
+            session.generate(user("hi"), max_new_tokens=2, **options)
+    assert "".join(session.generate(user("hi"), max_new_tokens=2, random_seed=-(2**31), top_k=session.vocab_size))

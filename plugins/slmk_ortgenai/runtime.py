@@ -204,6 +204,7 @@ class OrtGenAISession:
         """
         adapter = search.pop("adapter", self.adapter)
         top_logprobs = search.pop("logprobs", None)
+        _check_top_logprobs(top_logprobs)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(
@@ -221,6 +222,7 @@ class OrtGenAISession:
         ``logprobs=K`` (0 to 20) records each generated token's log-probability and its K
         likeliest alternatives (``take_logprobs``); generate() takes it too."""
         top_logprobs = search.pop("logprobs", None)
+        _check_top_logprobs(top_logprobs)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
@@ -277,7 +279,6 @@ class OrtGenAISession:
         top_logprobs: int | None = None,
     ) -> Iterator[str]:
         og = self._og
-        _check_top_logprobs(top_logprobs)
         self._logprobs = []
         start = time.perf_counter()
         first_token_at = None
