@@ -343,6 +343,9 @@ class BatchingSession(ChatSession, Protocol):
     def begin(self, messages: Sequence[Mapping[str, str]], **search: Any) -> Any:
         """A new sequence (``.done``, ``.tokens``, ``.stats``, ``.finish_reason``); raises on bad options."""
 
+    def begin_ids(self, prompt_ids: Sequence[int], **search: Any) -> Any:
+        """The same for a prompt given as token ids (no chat template)."""
+
     def advance(self, sequences: Sequence[Any]) -> Mapping[Any, str]:
         """One token for each of ``sequences``: the text each one's token completes."""
 

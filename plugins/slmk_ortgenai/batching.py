@@ -197,6 +197,8 @@ class BatchingSession(OrtGenAISession):
         decoder = model.get("decoder") or {}
         self.context_length = int(model.get("context_length") or 0)
         self.default_search = dict(config.get("search") or {})
+        self.vocab_size = int(model.get("vocab_size") or 0)
+        self._logprobs: list[dict[str, Any]] = []
         self.min_cache_length = 0
         self._score_chunk = None
         names = decoder.get("inputs") or {}

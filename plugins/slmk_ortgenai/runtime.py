@@ -22,6 +22,7 @@ from slmk.api import (
 )
 
 from . import adapters as lora
+from . import logprobs as token_logprobs
 from .errors import first_line
 
 #: With truncate=True and no max_new_tokens, room left for the answer (at most half the context).
@@ -33,6 +34,8 @@ SCORE_CHUNK = 128
 #: 512 x 151936 fp32 logits tensor (297 MiB); in calls of 128 the peak RSS of a 0.5B int4
 #: build at a 512-token prompt fell from 946 to 661 MiB (benchmarks/peer_llamacpp.py).
 PREFILL_CHUNK = 128
+#: onnxruntime-genai takes random_seed and top_k as 32-bit integers (larger ones fail to convert).
+INT32 = (-(2**31), 2**31 - 1)
 
 
 def can_load(path: Path) -> str | None:
@@ -75,6 +78,7 @@ class OrtGenAISession:
         self.execution_provider = execution_provider
         self.last_stats: GenerationStats | None = None
         self.last_token_ids: list[int] = []  # the tokens the last generate() produced, eos included
+        self._logprobs: list[dict[str, Any]] = []  # entries of tokens generated since take_logprobs()
         options = dict(options or {})
         self.truncate = bool(options.pop("truncate", False))
         default_adapter = options.pop("adapter", None)
@@ -97,6 +101,7 @@ class OrtGenAISession:
         config = read_genai_config(self.path)
         self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
         self.default_search: dict[str, Any] = dict(config.get("search") or {})
+        self.vocab_size: int = int(config.get("model", {}).get("vocab_size") or 0)
         self.min_cache_length = _min_cache_length(config)
         self._score_chunk: int | None = None  # known at the first score(): see score_chunk
         try:
@@ -215,6 +220,8 @@ class OrtGenAISession:
         the base; without it, the session's default adapter (``adapter`` load option) is used.
         """
         adapter = search.pop("adapter", self.adapter)
+        top_logprobs = search.pop("logprobs", None)
+        _check_top_logprobs(top_logprobs)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(
@@ -223,20 +230,31 @@ class OrtGenAISession:
         check_search_values(search)
         adapter_name = self.load_adapter(adapter) if adapter else None
         prompt_ids = self.encode(self.render_prompt(messages))
-        return self._stream(*self._plan(prompt_ids, search), adapter=adapter_name)
+        return self._stream(*self._plan(prompt_ids, search), adapter=adapter_name, top_logprobs=top_logprobs)
 
     def generate_ids(self, prompt_ids: Sequence[int], **search: Any) -> Iterator[str]:
         """Stream the answer to a prompt given as token ids: no chat template, no tokenizer on the
-        way in (parity checks feed another tokenizer's ids; ``last_token_ids`` holds the answer)."""
+        way in (parity checks feed another tokenizer's ids; ``last_token_ids`` holds the answer).
+
+        ``logprobs=K`` (0 to 20) records each generated token's log-probability and its K
+        likeliest alternatives (``take_logprobs``); generate() takes it too."""
+        top_logprobs = search.pop("logprobs", None)
+        _check_top_logprobs(top_logprobs)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
         check_search_values(search)
         self._require_open()
-        return self._stream(*self._plan([int(t) for t in prompt_ids], search))
+        return self._stream(*self._plan([int(t) for t in prompt_ids], search), top_logprobs=top_logprobs)
 
     def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any], int]:
         search = {k: v for k, v in search.items() if v is not None}
+        if self.vocab_size and search.get("top_k", 0) > self.vocab_size:
+            # onnxruntime-genai would refuse it only when the generator is made, mid-stream
+            raise UsageError(
+                f"top_k {search['top_k']} is more than the model's vocabulary ({self.vocab_size} tokens)",
+                hint=f"top_k must be at most {self.vocab_size} (0: no limit)",
+            )
         truncate = bool(search.pop("truncate", self.truncate))
         new_tokens = search.pop("max_new_tokens", None)
         context = self.context_length or len(prompt_ids) + int(new_tokens or TRUNCATE_RESERVE)
@@ -270,9 +288,15 @@ class OrtGenAISession:
         return prompt_ids, search, new_token_limit
 
     def _stream(
-        self, prompt_ids: list[int], search: dict[str, Any], new_token_limit: int, adapter: str | None = None
+        self,
+        prompt_ids: list[int],
+        search: dict[str, Any],
+        new_token_limit: int,
+        adapter: str | None = None,
+        top_logprobs: int | None = None,
     ) -> Iterator[str]:
         og = self._og
+        self._logprobs = []
         start = time.perf_counter()
         first_token_at = None
         produced: list[int] = []
@@ -288,11 +312,15 @@ class OrtGenAISession:
                 generator.append_tokens(prompt_ids[begin : begin + PREFILL_CHUNK])
             stream = self._tokenizer.create_stream()
             while not generator.is_done() and len(produced) < new_token_limit:
+                # the logits the next token is drawn from (after generate_next_token they are the following one's)
+                row = token_logprobs.log_softmax(generator.get_logits())[-1] if top_logprobs is not None else None
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 produced.append(token)
+                if row is not None:  # the end token too (as vLLM lists it): echo scoring counts on it
+                    self._logprobs.append(token_logprobs.entry(row, token, top_logprobs, self._token_text))
                 if token in self.eos_token_ids:
                     continue  # the end-of-turn marker is not part of the answer
                 piece = stream.decode(token)
@@ -310,6 +338,34 @@ class OrtGenAISession:
                 time_to_first_token_s=(first_token_at or end) - start,
                 total_s=end - start,
             )
+
+    def _token_text(self, token_ids: Sequence[int]) -> str:
+        # onnxruntime-genai decodes an end token alone to U+FFFD: it has no text in the answer
+        return "" if len(token_ids) == 1 and token_ids[0] in self.eos_token_ids else self.decode(token_ids)
+
+    def take_logprobs(self) -> list[dict[str, Any]]:
+        """Entries of the tokens generated since the last call (``logprobs=K``); see logprobs.py."""
+        taken, self._logprobs = self._logprobs, []
+        return taken
+
+    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list[dict[str, Any]]:
+        """Teacher-forced entries of each prompt token (the first has no logprob), as echo reports them."""
+        self._require_open()
+        _check_top_logprobs(top)
+        ids = [int(t) for t in prompt_ids]
+        if self.context_length and len(ids) > self.context_length:
+            raise SlmkError(
+                f"the prompt has {len(ids)} tokens and the model's context holds {self.context_length}",
+                hint="shorten the prompt",
+            )
+        start = time.perf_counter()
+        entries = token_logprobs.prompt_entries(self, ids, top)
+        total = time.perf_counter() - start
+        self.last_token_ids = []
+        self.last_stats = GenerationStats(
+            prompt_tokens=len(ids), generated_tokens=0, time_to_first_token_s=total, total_s=total
+        )
+        return entries
 
     # ------------------------------------------------------------ score
     def score(self, text: str, *, window: int | None = None, stride: int | None = None) -> tuple[float, int]:
@@ -430,14 +486,19 @@ _SEARCH_VALUES: dict[str, tuple[Any, str]] = {
     "max_length": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "max_new_tokens": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "min_length": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "random_seed": (_is_int, "an integer"),
+    "random_seed": (lambda v: _is_int(v) and INT32[0] <= v <= INT32[1], "an integer from -2**31 to 2**31-1"),
     "do_sample": (lambda v: isinstance(v, bool), "true or false"),
     "truncate": (lambda v: isinstance(v, bool), "true or false"),
     "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "top_k": (lambda v: _is_int(v) and 0 <= v <= INT32[1], "an integer from 0 to 2**31-1"),
     "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
 }
+
+
+def _check_top_logprobs(top: int | None) -> None:
+    if top is not None and not (_is_int(top) and 0 <= top <= token_logprobs.MAX_TOP_LOGPROBS):
+        raise UsageError(f"logprobs = {top!r} is not allowed", hint="logprobs must be an integer from 0 to 20")
 
 
 def check_search_values(search: Mapping[str, Any]) -> None:

@@ -35,7 +35,7 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
 @click.option(
     "--api-key",
     envvar="SLMK_API_KEY",
-    help="Require `Authorization: Bearer KEY` on /v1 (also: $SLMK_API_KEY).",
+    help="Require `Authorization: Bearer KEY` on every route but /health (also: $SLMK_API_KEY).",
 )
 @click.option("--runtime", help="Runtime plugin that loads the models [default: slmk.toml runtime, ortgenai].")
 @click.option("--ep", "execution_provider", help="Execution provider (default: the one each model was built for).")
@@ -124,7 +124,13 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="warning",
     show_default=True,
-    help="uvicorn's log level (info: one line per request).",
+    help="Log level (info: one line per request with its model, tokens, time to first token and total).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="Let browser pages from this origin call the API (repeatable; `*`: any). Off by default.",
 )
 @click.pass_context
 def serve_command(
@@ -148,11 +154,12 @@ def serve_command(
     max_connections,
     cache_dir,
     log_level,
+    cors_origins,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (TARGET: build folder, installed NAME, or NAME=TARGET).
 
     \b
-    Routes: /v1/models, /v1/chat/completions (streamed or not), /v1/completions, /health.
+    Routes: /v1/models, /v1/chat/completions (streamed or not), /v1/completions, /health, /metrics.
     Listens on 127.0.0.1 only unless --host says otherwise. Ctrl-C stops it.
 
     \b
@@ -210,6 +217,7 @@ def serve_command(
         cache_dir=settings["cache_dir"],
         log_level=log_level,
         ray=ray,
+        cors_origins=cors_origins,
     )
     for note in server.notes:
         click.echo(f"warning: {note}", err=True)

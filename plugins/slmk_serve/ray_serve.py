@@ -65,6 +65,7 @@ class ModelReplica:
         return {
             "context_length": self.worker.context_length,
             "defaults": self.worker.defaults,
+            "vocab_size": getattr(self.worker, "vocab_size", 0),
             "node": self.node,
         }
 
@@ -121,6 +122,10 @@ def _error_from(record: dict[str, Any]) -> BaseException:
     return kind(record["message"], hint=record["hint"])
 
 
+class _NoExtras:
+    """Stands for a replica's session where the app checks capabilities: it offers no extras."""
+
+
 class RayModel:
     """The serve process's side of one model deployed on Ray: what the HTTP app calls a worker."""
 
@@ -132,6 +137,10 @@ class RayModel:
         self.context_length = int(info.get("context_length") or 0)
         self.defaults = dict(info.get("defaults") or {})
         self.created = int(time.time())
+        # what the app asks of a model's session before it takes logprobs, echo or token-id
+        # prompts: none of these travel to a replica (yet), so they are refused with 400
+        self.sessions = [_NoExtras()]
+        self.vocab_size = int(info.get("vocab_size") or 0)
         self.admitted = 0
         self.active = 0
         self.outcomes: dict[str, int] = {}

@@ -190,6 +190,7 @@ def serve(
     cache_dir: Path | None = None,
     log_level: str = "warning",
     ray: RayOptions | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> RunningServer:
     """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening.
 
@@ -205,8 +206,7 @@ def serve(
             f"slmk serve needs {exc.name}, which is not installed", hint="pip install 'slmk[serve]'"
         ) from None
     limits = limits or Limits()
-    if api_key is not None and not api_key.strip():
-        raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
+    check_api_key(api_key)
     sock = _bind(host, port)
     notes: list[str] = []
     deployment = None
@@ -234,12 +234,17 @@ def serve(
             deployment.close()
         raise
     app = create_app(
-        workers, api_key=api_key, max_body_bytes=limits.max_body_bytes, max_tokens_limit=limits.max_tokens_limit
+        workers,
+        api_key=api_key,
+        max_body_bytes=limits.max_body_bytes,
+        max_tokens_limit=limits.max_tokens_limit,
+        cors_origins=cors_origins,
     )
+    _log_requests(log_level)
     config = uvicorn.Config(
         app,
         log_level=log_level,
-        access_log=log_level in ("info", "debug", "trace"),
+        access_log=False,  # slmk.serve logs one line per request, with the model's tokens and times
         limit_concurrency=limits.max_connections,
         timeout_graceful_shutdown=5,
         lifespan="on",
@@ -270,9 +275,40 @@ def serve(
     return running
 
 
+def check_api_key(api_key: str | None) -> None:
+    """A key a client can send as ``Authorization: Bearer KEY``: not empty, no spaces or control characters.
+
+    Non-ASCII keys are allowed: clients send them as UTF-8 bytes, which is what is compared.
+    """
+    if api_key is None:
+        return
+    if not api_key.strip():
+        raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
+    if any(c.isspace() or not c.isprintable() for c in api_key):
+        raise UsageError(
+            "the API key holds a space or a control character, which an HTTP header cannot carry",
+            hint="use letters, digits and punctuation",
+        )
+
+
+def _log_requests(log_level: str) -> None:
+    """At info (or debug), slmk.serve's one line per request goes to stderr, as uvicorn's own lines do."""
+    logger = logging.getLogger("slmk.serve")
+    level = getattr(logging, log_level.upper(), logging.WARNING)
+    logger.setLevel(level)
+    if level <= logging.INFO and not any(getattr(h, "_slmk_serve", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        handler._slmk_serve = True
+        logger.addHandler(handler)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: accepted sockets inherit the protocol, and asyncio sets TCP_NODELAY only
+    # on sockets that say TCP. Without it a response written in two pieces waits for the
+    # client's delayed ACK (~40 ms) on every kept-alive connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

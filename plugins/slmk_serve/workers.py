@@ -23,13 +23,13 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import GenerationStats, SlmkError, UsageError
+from slmk.api import GenerationStats, SlmkError, UsageError, read_genai_config
 
 from .stops import StopScanner
 
@@ -107,14 +107,26 @@ class Job:
     last_token_is_end: bool | None = None  # None: the runtime does not say
     error: BaseException | None = None
     done: bool = False
+    prompt_ids: list[int] | None = None  # a prompt given as token ids: fed as is, no chat template
+    logprobs: int | None = None  # record each answer token's logprob and this many alternatives
+    echo: bool = False  # score the prompt's tokens too (prompt_logprobs, prompt_text)
+    token_logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries of the text yielded so far
+    prompt_logprobs: list[dict[str, Any]] = field(default_factory=list)
+    prompt_text: str = ""
 
     async def pieces(self) -> AsyncIterator[str]:
-        """The answer's text as it comes; the job is cancelled if the caller stops early."""
+        """The answer's text as it comes; the job is cancelled if the caller stops early.
+
+        With ``logprobs``, ``token_logprobs`` holds the entries of every piece yielded so far.
+        """
         try:
             while True:
                 kind, value = await self.events.get()
                 if kind == "text":
                     self.credits.release()
+                    if isinstance(value, tuple):  # (text, the entries of its tokens)
+                        value, entries = value
+                        self.token_logprobs.extend(entries)
                     yield value
                 elif kind == "done":
                     self.done = True
@@ -143,6 +155,38 @@ def prompt_token_count(session: Any, messages: Sequence[Mapping[str, str]]) -> i
     return None
 
 
+def open_generation(session: Any, job: Job, search: dict[str, Any], runtime: str) -> Iterator[str]:
+    """The runtime's stream for ``job``: a conversation or token ids, with logprobs and echo when asked.
+
+    ``max_new_tokens`` 0 (echo only) generates nothing: the prompt is scored and the stream is empty.
+    """
+    extra = {} if job.logprobs is None else {"logprobs": job.logprobs}
+    ids = job.prompt_ids
+    if job.echo:
+        ids = ids if ids is not None else session.encode(session.render_prompt(job.messages))
+        job.prompt_logprobs = session.prompt_logprobs(ids, job.logprobs or 0)
+        job.prompt_text = session.decode(ids)
+        if search.get("max_new_tokens") == 0:
+            return _nothing()
+    if job.min_tokens:
+        count = len(ids) if ids is not None else prompt_token_count(session, job.messages)
+        if count is None:
+            raise UsageError(f"the {runtime} runtime cannot count prompt tokens, so not min_tokens")
+        search["min_length"] = count + job.min_tokens
+    if ids is not None:
+        return session.generate_ids(ids, **search, **extra)
+    return session.generate(job.messages, **search, **extra)
+
+
+def _nothing() -> Iterator[str]:
+    yield from ()
+
+
+def _text_event(session: Any, job: Job, text: str) -> Any:
+    """What a text event carries: the text, and with logprobs the entries of the tokens it holds."""
+    return text if job.logprobs is None else (text, session.take_logprobs())
+
+
 class ModelWorker:
     """A served model: ``parallel`` sessions and the queue in front of them."""
 
@@ -155,6 +199,7 @@ class ModelWorker:
         first = sessions[0]
         self.context_length = int(getattr(first, "context_length", 0) or 0)
         self.defaults = dict(getattr(first, "default_search", {}) or {})
+        self.vocab_size = _vocab_size(folder)  # 0: not known (bounds top_k and token-id prompts)
         self.created = int(time.time())
         self.admitted = 0  # requests between admission and the end of their generation (loop thread only)
         self._lock = threading.Lock()
@@ -256,13 +301,7 @@ class ModelWorker:
         scanner = StopScanner(job.stops)
         job.outcome = "error"
         try:
-            search = dict(job.search)
-            if job.min_tokens:
-                count = prompt_token_count(session, job.messages)
-                if count is None:
-                    raise UsageError(f"the {self.runtime} runtime cannot count prompt tokens, so not min_tokens")
-                search["min_length"] = count + job.min_tokens
-            stream = session.generate(job.messages, **search)
+            stream = open_generation(session, job, dict(job.search), self.runtime)
         except BaseException as exc:
             job.outcome, job.error = "rejected", exc
             self._post(job, "error", exc)
@@ -283,16 +322,16 @@ class ModelWorker:
                         if job.cancel.is_set():
                             job.outcome = "cancelled"
                             break
-                        self._post(job, "text", text)
+                        self._post(job, "text", _text_event(session, job, text))
                     if scanner.stopped:
                         job.outcome = "stop"
                         break
                 else:
                     tail = scanner.flush()
                     job.outcome = "finished"
-                    if tail:
+                    if tail or job.logprobs is not None:  # the end token's logprob comes with no text
                         if job.credits.acquire(timeout=self.limits.stall_timeout_s):
-                            self._post(job, "text", tail)
+                            self._post(job, "text", _text_event(session, job, tail))
                         else:
                             job.outcome = "stalled"
             except BaseException as exc:
@@ -417,6 +456,9 @@ class BatchWorker(ModelWorker):
         self.admitted -= 1
 
     def _alone(self, job: Job) -> bool:
+        """Whether ``job`` asks for what a batched sequence does not do (logprobs, echo, other options)."""
+        if job.logprobs is not None or job.echo:
+            return True
         batched = self.session.batched_search
         return any(value is not None and key not in batched for key, value in job.search.items())
 
@@ -483,10 +525,14 @@ class BatchWorker(ModelWorker):
                     continue
                 try:
                     search = dict(job.search)
+                    ids = job.prompt_ids
                     if job.min_tokens:
-                        count = prompt_token_count(self.session, job.messages)
+                        count = len(ids) if ids is not None else prompt_token_count(self.session, job.messages)
                         search["min_length"] = count + job.min_tokens
-                    sequence = self.session.begin(job.messages, **search)
+                    if ids is not None:
+                        sequence = self.session.begin_ids(ids, **search)
+                    else:
+                        sequence = self.session.begin(job.messages, **search)
                 except BaseException as exc:
                     job.outcome, job.error = "rejected", exc
                     self._post(job, "error", exc)
@@ -569,6 +615,14 @@ def _last_token_is_end(session: Any) -> bool | None:
     if tokens is None or ends is None:
         return None
     return bool(tokens) and int(tokens[-1]) in ends
+
+
+def _vocab_size(folder: Path) -> int:
+    try:
+        size = read_genai_config(folder).get("model", {}).get("vocab_size")
+    except (SlmkError, OSError, ValueError, AttributeError):
+        return 0
+    return size if isinstance(size, int) and size > 0 else 0
 
 
 def _one_line(exc: BaseException) -> str:
