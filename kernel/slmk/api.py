@@ -111,6 +111,7 @@ from .records import (
     StepRequest,
     Task,
     TaskResult,
+    ToolCallFormat,
     Usability,
 )
 from .templates import (
@@ -129,6 +130,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testpoints import pause_point
+from .toolcalls import compact_schema, parse_tool_calls, tool_call_grammar
 
 __all__ = [
     # contract
@@ -153,6 +155,7 @@ __all__ = [
     "Installer",
     "LoadRequest",
     "ModelFamily",
+    "ToolCallFormat",
     "ModelSource",
     "Probe",
     "ProbeResult",
@@ -213,6 +216,10 @@ __all__ = [
     "resolve_template",
     "sample_rendering",
     "special_tokens_for",
+    # tool calls
+    "compact_schema",
+    "parse_tool_calls",
+    "tool_call_grammar",
     # plugins, settings and operations
     "Plan",
     "PluginInfo",

@@ -29,6 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmk.api import SlmkError, UsageError, __version__
 
+from .structured import ResponseFormat, check_can_constrain, guidance_of
+from .tools import MessageToolCall, ToolChoice, ToolDefinition, ToolPlan, conversation, plan_tools
 from .workers import Job, ModelWorker, Refused
 
 log = logging.getLogger("slmk.serve")
@@ -60,8 +62,12 @@ class TextPart(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    # tool calling (tools.py): an assistant turn's calls, a tool result's call
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class StreamOptions(_Lenient):
@@ -90,7 +96,11 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: Literal[False] | None = None
-    tools: list[Any] | None = Field(default=None, max_length=0)
+    # structured outputs and tools: structured.py, tools.py
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -99,6 +109,7 @@ class CompletionRequest(_Sampling):
     suffix: None = None
     logprobs: None = None
     best_of: int | None = Field(default=None, ge=1, le=1)
+    response_format: ResponseFormat | None = None  # structured.py
 
 
 # --------------------------------------------------------------------------- errors
@@ -295,7 +306,33 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
         completion = job.stats.generated_tokens if job.stats else 0
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    async def run(request: Request, worker: ModelWorker, job: Job, *, chat: bool, include_usage: bool):
+    def constrain(worker: ModelWorker, job: Job, response_format: ResponseFormat | None, plan: ToolPlan | None):
+        """Carry response_format and tools to the runtime as generation options (structured.py, tools.py)."""
+        guidance = guidance_of(response_format)
+        if guidance and plan is not None:
+            raise Refused(
+                400,
+                "response_format and tools cannot be used together: a tool call is not the response format",
+                code="invalid_value",
+                param="response_format",
+            )
+        if guidance:
+            check_can_constrain(worker)
+            job.search["guidance"] = guidance
+        if plan is not None:
+            if "guidance" in plan.search:
+                check_can_constrain(worker, "tool_choice")
+            job.search.update(plan.search)
+
+    async def run(
+        request: Request,
+        worker: ModelWorker,
+        job: Job,
+        *,
+        chat: bool,
+        include_usage: bool,
+        tool_plan: ToolPlan | None = None,
+    ):
         try:
             await _until_disconnect(request, worker.start(job))
         except _ClientGone:
@@ -330,12 +367,15 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
                 raise Refused(500, f"generation failed: {job.error}", code="runtime_error")
             reason = finish_reason(job, worker)
             if chat:
-                choice = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "finish_reason": reason,
-                    "logprobs": None,
-                }
+                message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                if tool_plan is not None:
+                    reader = tool_plan.reader()
+                    content = reader.feed(text)
+                    tail, calls = reader.finish()
+                    if calls:
+                        message = {**message, "content": (content + tail) or None, "tool_calls": calls}
+                        reason = "tool_calls"
+                choice = {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
             else:
                 choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
             return JSONResponse({**envelope(choice, stream=False), "usage": usage(job)})
@@ -345,7 +385,12 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
                 if chat:
                     first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                     yield _sse(envelope(first, stream=True))
+                reader = tool_plan.reader() if tool_plan is not None else None
                 async for text in job.pieces():
+                    if reader is not None:
+                        text = reader.feed(text)
+                        if not text:
+                            continue
                     if chat:
                         choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
                     else:
@@ -356,6 +401,17 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
                     yield _sse({"error": {"message": f"generation failed: {job.error}", "type": "server_error"}})
                     return
                 reason = finish_reason(job, worker)
+                if reader is not None:
+                    tail, calls = reader.finish()
+                    if tail:
+                        yield _sse(
+                            envelope({"index": 0, "delta": {"content": tail}, "finish_reason": None}, stream=True)
+                        )
+                    for number, call in enumerate(calls):
+                        delta = {"tool_calls": [{"index": number, **call}]}
+                        yield _sse(envelope({"index": 0, "delta": delta, "finish_reason": None}, stream=True))
+                    if calls:
+                        reason = "tool_calls"
                 if chat:
                     last = {"index": 0, "delta": {}, "finish_reason": reason}
                 else:
@@ -372,12 +428,14 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(body: ChatRequest, request: Request):
         worker = worker_for(body.model)
-        messages = [_message(i, m) for i, m in enumerate(body.messages)]
+        plan = plan_tools(worker, body.tools, body.tool_choice, body.parallel_tool_calls)
+        messages = conversation([_message(i, m) for i, m in enumerate(body.messages)], body.messages, plan)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         job = Job(messages, search_of(body, max_tokens), stops_of(body), body.min_tokens)
+        constrain(worker, job, body.response_format, plan)
         request.state.stream = body.stream
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-        return await run(request, worker, job, chat=True, include_usage=include_usage)
+        return await run(request, worker, job, chat=True, include_usage=include_usage, tool_plan=plan)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request):
@@ -388,6 +446,7 @@ def create_app(workers: dict[str, ModelWorker], *, api_key: str | None, max_body
         # The runtime hook generates from conversations: the prompt is one user turn, in the model's template.
         messages = [{"role": "user", "content": prompts[0]}]
         job = Job(messages, search_of(body, body.max_tokens), stops_of(body), body.min_tokens)
+        constrain(worker, job, body.response_format, None)
         request.state.stream = body.stream
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         return await run(request, worker, job, chat=False, include_usage=include_usage)

@@ -1,0 +1,133 @@
+"""Tool calls in a family's own format: parse them out of an answer, and write the grammar
+that forces one (``ToolCallFormat`` of a ``ModelFamily`` says the format).
+
+The grammar is llguidance's Lark dialect (onnxruntime-genai's ``lark_grammar`` guidance):
+literal text, special tokens as ``<|name|>``, and ``%json {schema}`` for the call itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .records import ToolCallFormat
+
+#: llguidance's option for compact JSON: with flexible whitespace a small model may
+#: write spaces until its token budget ends instead of the next value.
+COMPACT_JSON = {"whitespace_flexible": False}
+
+
+def compact_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with llguidance's compact-JSON option, unless the schema sets its own."""
+    return {"x-guidance": COMPACT_JSON, **schema}
+
+
+def parse_tool_calls(fmt: ToolCallFormat, text: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """(the text before the calls, [{"name", "arguments": dict}]) or None when ``text`` holds no
+    well-formed call (it is then an ordinary answer)."""
+    if fmt.parse is not None:
+        return fmt.parse(text)
+    start, end = fmt.start.strip(), fmt.end.strip()
+    if not start:
+        found = _decode_at(text, len(text) - len(text.lstrip()))
+        if found is None or text[found[1] :].strip():
+            return None
+        calls = _calls(fmt, found[0])
+        return ("", calls) if calls else None
+    at = text.find(start)
+    if at < 0:
+        return None
+    content, objects, position = text[:at], [], at
+    while position < len(text) and text.startswith(start, position):
+        found = _decode_at(text, _skip_space(text, position + len(start)))
+        if found is None:
+            return None
+        objects.append(found[0])
+        position = _skip_space(text, found[1])
+        if end:
+            if not text.startswith(end, position):
+                return None
+            position = _skip_space(text, position + len(end))
+        if fmt.json_list:
+            break
+    if text[position:].strip():
+        return None
+    calls = [call for value in objects for call in (_calls(fmt, value) or [None])]
+    if not calls or None in calls:
+        return None
+    return content.rstrip(), calls
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+def _decode_at(text: str, position: int) -> tuple[Any, int] | None:
+    try:
+        return json.JSONDecoder().raw_decode(text, position)
+    except ValueError:
+        return None
+
+
+def _calls(fmt: ToolCallFormat, value: Any) -> list[dict[str, Any]] | None:
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        arguments = item.get(fmt.arguments_key, item.get("arguments", {}))
+        if isinstance(arguments, str):  # some models write the arguments as a JSON string
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return None
+        if not isinstance(arguments, dict):
+            return None
+        calls.append({"name": item["name"], "arguments": arguments})
+    return calls or None
+
+
+def call_schema(fmt: ToolCallFormat, tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of one call to one of ``tools`` (OpenAI tool objects), in the family's keys."""
+    options = []
+    for tool in tools:
+        function = tool["function"]
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, fmt.arguments_key: parameters},
+                "required": ["name", fmt.arguments_key],
+                "additionalProperties": False,
+            }
+        )
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tool_call_grammar(fmt: ToolCallFormat, tools: Sequence[Mapping[str, Any]]) -> str:
+    """A Lark grammar (llguidance) whose every sentence is exactly one call to one of ``tools``."""
+    schema = call_schema(fmt, tools)
+    if fmt.json_list:
+        schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
+    body = f"%json {json.dumps(compact_schema(schema), ensure_ascii=False)}"
+    if fmt.start.strip():
+        body = f"{_lark_piece(fmt.start, fmt.start_is_token)} {body}"
+    if fmt.end.strip():
+        body = f"{body} {_lark_piece(fmt.end, fmt.start_is_token)}"
+    return f"start: {body}\n"
+
+
+def _lark_piece(text: str, is_token: bool) -> str:
+    """Text as Lark: a quoted literal, or a special token with its surrounding whitespace."""
+    if not is_token:
+        return json.dumps(text, ensure_ascii=False)
+    token = text.strip()
+    before, after = text[: text.index(token)], text[text.index(token) + len(token) :]
+    return " ".join(
+        [json.dumps(before, ensure_ascii=False)] * bool(before)
+        + [token]
+        + [json.dumps(after, ensure_ascii=False)] * bool(after)
+    )
