@@ -130,7 +130,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testpoints import pause_point
-from .toolcalls import compact_schema, parse_tool_calls, tool_call_grammar
+from .toolcalls import constraint_schema, parse_tool_calls, tool_call_grammar
 
 __all__ = [
     # contract
@@ -217,7 +217,7 @@ __all__ = [
     "sample_rendering",
     "special_tokens_for",
     # tool calls
-    "compact_schema",
+    "constraint_schema",
     "parse_tool_calls",
     "tool_call_grammar",
     # plugins, settings and operations

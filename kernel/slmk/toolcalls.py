@@ -18,9 +18,33 @@ from .records import ToolCallFormat
 COMPACT_JSON = {"whitespace_flexible": False}
 
 
-def compact_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """``schema`` with llguidance's compact-JSON option, unless the schema sets its own."""
-    return {"x-guidance": COMPACT_JSON, **schema}
+def constraint_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` as a decoding constraint: compact JSON (llguidance's option, unless the schema
+    sets its own), and objects that list their properties get no others unless they say
+    ``additionalProperties`` (as llama-server reads schemas, and OpenAI's strict mode
+    requires): a small model otherwise invents keys until its token budget ends."""
+    return {"x-guidance": COMPACT_JSON, **_closed(schema)}
+
+
+# keywords whose value maps names to schemas, and keywords whose value is data, not a schema
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_VALUES = ("const", "enum", "default", "examples")
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, Mapping):  # name -> schema, not a schema itself
+            out[key] = {name: _closed(schema) for name, schema in value.items()}
+        else:
+            out[key] = value if key in _VALUES else _closed(value)
+    if isinstance(out.get("properties"), Mapping) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def parse_tool_calls(fmt: ToolCallFormat, text: str) -> tuple[str, list[dict[str, Any]]] | None:
@@ -112,7 +136,7 @@ def tool_call_grammar(fmt: ToolCallFormat, tools: Sequence[Mapping[str, Any]]) -
     schema = call_schema(fmt, tools)
     if fmt.json_list:
         schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
-    body = f"%json {json.dumps(compact_schema(schema), ensure_ascii=False)}"
+    body = f"%json {json.dumps(constraint_schema(schema), ensure_ascii=False)}"
     if fmt.start.strip():
         body = f"{_lark_piece(fmt.start, fmt.start_is_token)} {body}"
     if fmt.end.strip():

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmk.api import compact_schema
+from slmk.api import constraint_schema
 
 from .workers import ModelWorker, Refused
 
@@ -41,7 +41,7 @@ def guidance_of(response_format: ResponseFormat | None) -> tuple[str, str] | Non
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
-        return "json_schema", json.dumps(compact_schema({"type": "object"}))
+        return "json_schema", json.dumps(constraint_schema({"type": "object"}))
     spec = response_format.json_schema
     if spec is None:
         raise Refused(
@@ -51,7 +51,7 @@ def guidance_of(response_format: ResponseFormat | None) -> tuple[str, str] | Non
             param="response_format.json_schema",
         )
     schema = spec.json_schema if spec.json_schema is not None else {}
-    return "json_schema", json.dumps(compact_schema(schema))
+    return "json_schema", json.dumps(constraint_schema(schema))
 
 
 def check_can_constrain(worker: ModelWorker, param: str = "response_format") -> None:
