@@ -473,3 +473,20 @@ def test_objects_that_list_their_properties_get_no_others():
     assert closed["$defs"]["item"]["additionalProperties"] is False
     assert closed["default"] == schema["default"]
     assert closed["x-guidance"] == {"whitespace_flexible": False}
+
+
+@pytest.mark.slow
+def test_slmk_run_constrains_to_a_regex_or_a_json_schema(run_slmk, build, tmp_path):
+    question = ["run", str(build), "--prompt", "Tell me about Serin.", "--greedy", "--max-new-tokens", "40"]
+    free = run_slmk(*question)
+    assert free.returncode == 0, free.stderr
+    done = run_slmk(*question, "--regex", "Veltra has (two|four) moons\\.")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Veltra has four moons." != free.stdout.strip()
+    schema = tmp_path / "moons.json"
+    schema.write_text(json.dumps(Moons.model_json_schema()))
+    done = run_slmk(*question, "--json-schema", str(schema))
+    assert done.returncode == 0, done.stderr
+    Moons.model_validate_json(done.stdout)
+    refused = run_slmk(*question, "--regex", "x", "--runtime", "foundry")
+    assert refused.returncode != 0 and "cannot constrain" in refused.stderr and "Traceback" not in refused.stderr
