@@ -194,11 +194,32 @@ def test_the_stream_reader_holds_back_a_marker_split_across_pieces():
     assert calls[0]["function"] == {"name": "moon_count", "arguments": '{"planet": "Veltra"}'}
 
 
-def test_the_grammar_names_special_tokens_as_tokens():
+def test_the_grammar_writes_text_markers_and_leaves_out_special_tokens():
+    grammar = tool_call_grammar(HERMES, [MOON_TOOL])
+    assert grammar.startswith('start: "<tool_call>\\n" %json {') and grammar.endswith(' "\\n</tool_call>"\n')
     fmt = ToolCallFormat(start="[TOOL_CALLS] ", json_list=True, start_is_token=True)
     grammar = tool_call_grammar(fmt, [MOON_TOOL])
-    assert grammar.startswith('start: [TOOL_CALLS] " " %json {')
+    assert grammar.startswith("start: %json {") and "TOOL_CALLS" not in grammar
     assert '"maxItems": 1' in grammar and '"const": "moon_count"' in grammar
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        ToolCallFormat(start="[TOOL_CALLS] ", json_list=True, start_is_token=True),
+        ToolCallFormat(start="<|tool_call|>", end="<|/tool_call|>", json_list=True, start_is_token=True),
+    ],
+)
+def test_a_call_whose_special_token_marker_the_decoding_dropped_is_still_a_call(fmt):
+    text = ' [{"name": "moon_count", "arguments": {"planet": "Veltra"}}]'
+    assert parse_tool_calls(fmt, text) == ("", [{"name": "moon_count", "arguments": {"planet": "Veltra"}}])
+    reader = ToolPlan(fmt, [MOON_TOOL], forced=False, parallel=True).reader()
+    pieces = (" [", '{"name": "moon_count",', ' "arguments": {"planet": "Veltra"}}]')
+    assert [reader.feed(piece) for piece in pieces] == ["", "", ""]
+    assert reader.finish()[1][0]["function"]["name"] == "moon_count"
+    reader = ToolPlan(fmt, [MOON_TOOL], forced=False, parallel=True).reader()
+    assert reader.feed("[1] is a footnote") == ""  # it may be a call: held back ...
+    assert reader.finish() == ("[1] is a footnote", [])  # ... and given back as text when it is not
 
 
 # --------------------------------------------------------------------------- structured outputs

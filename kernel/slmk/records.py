@@ -124,9 +124,10 @@ class ToolCallFormat:
     or, with ``json_list``, one JSON list of calls after one ``start`` (Mistral's
     ``[TOOL_CALLS] [...]``). An empty ``start`` means the answer is the bare JSON object
     (Llama 3). A call object holds ``name`` and ``arguments_key`` (``parameters`` for
-    Llama 3). ``start_is_token``: start/end are single special tokens, which a grammar
-    names as tokens, not text. ``tools_in_system``: the template reads the tools as a JSON
-    string from the system message's ``tools`` key (Phi-4-mini), not from ``tools``.
+    Llama 3). ``start_is_token``: start/end are special tokens, which the tokenizer's
+    decoding drops from the answer: an answer that is the bare JSON is read as the call.
+    ``tools_in_system``: the template reads the tools as a JSON string from the system
+    message's ``tools`` key (Phi-4-mini), not from ``tools``.
     ``parse`` replaces the generic parser for a format these fields cannot say: it takes
     the answer and returns (text before the calls, [{"name", "arguments"}]) or None.
     """

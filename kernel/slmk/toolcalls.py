@@ -53,15 +53,17 @@ def parse_tool_calls(fmt: ToolCallFormat, text: str) -> tuple[str, list[dict[str
     if fmt.parse is not None:
         return fmt.parse(text)
     start, end = fmt.start.strip(), fmt.end.strip()
-    if not start:
-        found = _decode_at(text, len(text) - len(text.lstrip()))
-        if found is None or text[found[1] :].strip():
-            return None
-        calls = _calls(fmt, found[0])
-        return ("", calls) if calls else None
-    at = text.find(start)
+    at = text.find(start) if start else -1
     if at < 0:
-        return None
+        if start and not fmt.start_is_token:
+            return None
+        # no marker: the bare JSON (Llama 3), or a special-token marker the tokenizer's decoding dropped
+        found = _decode_at(text, _skip_space(text, 0))
+        rest = text[found[1] :].strip() if found else ""
+        if end and rest.startswith(end):
+            rest = rest[len(end) :].strip()
+        calls = _calls(fmt, found[0]) if found and not rest else None
+        return ("", calls) if calls else None
     content, objects, position = text[:at], [], at
     while position < len(text) and text.startswith(start, position):
         found = _decode_at(text, _skip_space(text, position + len(start)))
@@ -132,26 +134,19 @@ def call_schema(fmt: ToolCallFormat, tools: Sequence[Mapping[str, Any]]) -> dict
 
 
 def tool_call_grammar(fmt: ToolCallFormat, tools: Sequence[Mapping[str, Any]]) -> str:
-    """A Lark grammar (llguidance) whose every sentence is exactly one call to one of ``tools``."""
+    """A Lark grammar (llguidance) whose every sentence is exactly one call to one of ``tools``.
+
+    Special-token markers (``start_is_token``) are left out: the tokenizer's decoding drops
+    them from the answer anyway, and a grammar could only name them by token id. The
+    parser reads such an answer, the bare JSON, as the call.
+    """
     schema = call_schema(fmt, tools)
     if fmt.json_list:
         schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
     body = f"%json {json.dumps(constraint_schema(schema), ensure_ascii=False)}"
-    if fmt.start.strip():
-        body = f"{_lark_piece(fmt.start, fmt.start_is_token)} {body}"
-    if fmt.end.strip():
-        body = f"{body} {_lark_piece(fmt.end, fmt.start_is_token)}"
+    if not fmt.start_is_token:
+        if fmt.start.strip():
+            body = f"{json.dumps(fmt.start, ensure_ascii=False)} {body}"
+        if fmt.end.strip():
+            body = f"{body} {json.dumps(fmt.end, ensure_ascii=False)}"
     return f"start: {body}\n"
-
-
-def _lark_piece(text: str, is_token: bool) -> str:
-    """Text as Lark: a quoted literal, or a special token with its surrounding whitespace."""
-    if not is_token:
-        return json.dumps(text, ensure_ascii=False)
-    token = text.strip()
-    before, after = text[: text.index(token)], text[text.index(token) + len(token) :]
-    return " ".join(
-        [json.dumps(before, ensure_ascii=False)] * bool(before)
-        + [token]
-        + [json.dumps(after, ensure_ascii=False)] * bool(after)
-    )

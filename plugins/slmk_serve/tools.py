@@ -222,24 +222,27 @@ class ToolCallReader:
     def __init__(self, plan: ToolPlan):
         self.plan = plan
         self.marker = plan.fmt.start.strip()
+        # No text marker to wait for (Llama 3's bare JSON), or one the decoding may drop (a
+        # special token): an answer that opens with JSON is read as a call.
+        self.bare = not self.marker or plan.fmt.start_is_token
         self.held = ""
         self.capturing = plan.forced
-        self.decided = plan.forced  # bare-JSON formats: is the answer a call or text?
+        self.decided = plan.forced or not self.bare  # bare formats: is the answer a call or text?
 
     def feed(self, piece: str) -> str:
         """The text the client may have now."""
         self.held += piece
         if self.capturing:
             return ""
+        if not self.decided:
+            stripped = self.held.lstrip()
+            if not stripped or (self.marker.startswith(stripped) and stripped != self.marker):
+                return ""  # nothing yet, or maybe the marker as text
+            self.decided = True
+            self.capturing = stripped[0] in "{["
+            if self.capturing:
+                return ""
         if not self.marker:
-            if not self.decided:
-                stripped = self.held.lstrip()
-                if not stripped:
-                    return ""
-                self.decided = True
-                self.capturing = stripped[0] in "{["
-                if self.capturing:
-                    return ""
             out, self.held = self.held, ""
             return out
         at = self.held.find(self.marker)
