@@ -509,5 +509,57 @@ def test_slmk_run_constrains_to_a_regex_or_a_json_schema(run_slmk, build, tmp_pa
     done = run_slmk(*question, "--json-schema", str(schema))
     assert done.returncode == 0, done.stderr
     Moons.model_validate_json(done.stdout)
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = run_slmk(*question, "--json-schema", str(tmp_path / "bad.json"))
+    assert bad.returncode != 0 and "not valid JSON" in bad.stderr and "Traceback" not in bad.stderr
     refused = run_slmk(*question, "--regex", "x", "--runtime", "foundry")
     assert refused.returncode != 0 and "cannot constrain" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("family", "template"),
+    [
+        ("qwen2", "qwen2.5"),
+        ("qwen3", "qwen3"),
+        ("smollm3", "smollm3"),
+        ("granite", "granite-3.1"),
+        ("phi3", "phi-4-mini"),
+        ("llama3", "llama-3.1"),
+        ("mistral", "mistral-v0.3"),
+    ],
+)
+def test_each_family_s_published_template_renders_a_tool_round_trip(family, template):
+    """The conversation slmk hands a template (tools, an assistant call, the tool's result)
+    renders through each family's real published template, as transformers would."""
+    from slmk_families.chat_templates import published
+    from slmk_serve.app import ChatMessage
+    from slmk_serve.tools import conversation
+
+    from slmk.api import get_registry
+
+    fmt = get_registry().model_families[family].tool_calls
+    text = published(template)
+    plan = ToolPlan(fmt, [MOON_TOOL], forced=False, parallel=True, calls_as_text="tool_calls" not in text)
+    call_id = "abc123XYZ"  # Mistral's template takes 9 letters and digits
+    given = [
+        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="user", content=QUESTION),
+        ChatMessage(
+            role="assistant",
+            content="",
+            tool_calls=[{"id": call_id, "function": {"name": "moon_count", "arguments": '{"planet": "Veltra"}'}}],
+        ),
+        ChatMessage(role="tool", content="4", tool_call_id=call_id),
+    ]
+    plain = [{"role": m.role, "content": m.content} for m in given]
+    messages = conversation(plain, given, plan)
+    tools = None if fmt.tools_in_system else [MOON_TOOL]
+    tokens = {"bos_token": "<s>", "eos_token": "</s>"}
+    rendered = render_chat_template(text, messages, tools=tools, special_tokens=tokens)
+    assert rendered.count("moon_count") >= 2  # offered, and called in the history
+    assert "Veltra" in rendered and "4" in rendered.split("moon_count")[-1]
+    reader = ToolPlan(fmt, [MOON_TOOL], forced=True, parallel=True).reader()
+    reader.feed('[{"name": "moon_count", "arguments": {}}]' if fmt.json_list else '{"name": "moon_count"}')
+    if fmt.call_id_length:
+        (call,) = reader.finish()[1]
+        assert len(call["id"]) == fmt.call_id_length and call["id"].isalnum()

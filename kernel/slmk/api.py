@@ -130,7 +130,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testpoints import pause_point
-from .toolcalls import constraint_schema, parse_tool_calls, tool_call_grammar
+from .toolcalls import constraint_schema, format_tool_calls, parse_tool_calls, tool_call_grammar
 
 __all__ = [
     # contract
@@ -218,6 +218,7 @@ __all__ = [
     "special_tokens_for",
     # tool calls
     "constraint_schema",
+    "format_tool_calls",
     "parse_tool_calls",
     "tool_call_grammar",
     # plugins, settings and operations

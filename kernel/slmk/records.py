@@ -127,7 +127,8 @@ class ToolCallFormat:
     Llama 3). ``start_is_token``: start/end are special tokens, which the tokenizer's
     decoding drops from the answer: an answer that is the bare JSON is read as the call.
     ``tools_in_system``: the template reads the tools as a JSON string from the system
-    message's ``tools`` key (Phi-4-mini), not from ``tools``.
+    message's ``tools`` key (Phi-4-mini), not from ``tools``. ``call_id_length``: the
+    template takes call ids of exactly that many letters and digits (Mistral: 9); 0: any.
     ``parse`` replaces the generic parser for a format these fields cannot say: it takes
     the answer and returns (text before the calls, [{"name", "arguments"}]) or None.
     """
@@ -138,6 +139,7 @@ class ToolCallFormat:
     arguments_key: str = "arguments"
     start_is_token: bool = False
     tools_in_system: bool = False
+    call_id_length: int = 0
     parse: Callable[[str], tuple[str, list[dict[str, Any]]] | None] | None = None
 
 

@@ -116,6 +116,17 @@ def _calls(fmt: ToolCallFormat, value: Any) -> list[dict[str, Any]] | None:
     return calls or None
 
 
+def format_tool_calls(fmt: ToolCallFormat, calls: Sequence[Mapping[str, Any]]) -> str:
+    """``calls`` ([{"name", "arguments"}]) as the family's models write them: for a template
+    that renders an earlier turn's calls only from the message's text."""
+    objects = [{"name": call["name"], fmt.arguments_key: call["arguments"]} for call in calls]
+    if fmt.json_list:
+        return f"{fmt.start}{json.dumps(objects, ensure_ascii=False)}{fmt.end}"
+    if not fmt.start.strip():
+        return "\n".join(json.dumps(item, ensure_ascii=False) for item in objects)
+    return "\n".join(f"{fmt.start}{json.dumps(item, ensure_ascii=False)}{fmt.end}" for item in objects)
+
+
 def call_schema(fmt: ToolCallFormat, tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The JSON schema of one call to one of ``tools`` (OpenAI tool objects), in the family's keys."""
     options = []

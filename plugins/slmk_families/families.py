@@ -130,7 +130,7 @@ ZEPHYR = _pieces(
 # (and renders an assistant turn that carries tool_calls).
 HERMES_TOOL_CALLS = ToolCallFormat(start="<tool_call>\n", end="\n</tool_call>")  # Qwen2.5, Qwen3, SmolLM3
 LLAMA3_TOOL_CALLS = ToolCallFormat(start="", arguments_key="parameters")  # the bare JSON object
-MISTRAL_TOOL_CALLS = ToolCallFormat(start="[TOOL_CALLS] ", json_list=True, start_is_token=True)
+MISTRAL_TOOL_CALLS = ToolCallFormat(start="[TOOL_CALLS] ", json_list=True, start_is_token=True, call_id_length=9)
 GRANITE_TOOL_CALLS = ToolCallFormat(start="<|tool_call|>", json_list=True, start_is_token=True)
 PHI4_MINI_TOOL_CALLS = ToolCallFormat(
     start="<|tool_call|>", end="<|/tool_call|>", json_list=True, start_is_token=True, tools_in_system=True

@@ -23,6 +23,7 @@ from slmk.api import (
     ModelInfo,
     SlmkError,
     ToolCallFormat,
+    format_tool_calls,
     get_registry,
     parse_tool_calls,
     resolve_family,
@@ -83,6 +84,7 @@ class ToolPlan:
     tools: list[dict[str, Any]]
     forced: bool  # required or named: the answer is one call, by grammar
     parallel: bool
+    calls_as_text: bool = False  # the template renders an earlier turn's calls only from its text
     search: dict[str, Any] = field(default_factory=dict)  # tools / guidance for the runtime
 
     def reader(self) -> ToolCallReader:
@@ -90,17 +92,16 @@ class ToolPlan:
 
 
 @lru_cache(maxsize=64)
-def _family_of(folder: Path) -> tuple[str, ToolCallFormat | None, bool]:
-    """(family name, its tool-call format, whether the build's chat template takes tools)."""
+def _family_of(folder: Path) -> tuple[str, ToolCallFormat | None, str]:
+    """(family name, its tool-call format, the build's chat template)."""
     try:
         info = ModelInfo.load(folder)
     except SlmkError:
-        return "unknown", None, False
+        return "unknown", None, ""
     family = resolve_family(get_registry(), info)
-    template = info.chat_template or ""
     if family is None:
-        return "unknown", None, False
-    return family.name, family.tool_calls, "tools" in template
+        return "unknown", None, ""
+    return family.name, family.tool_calls, info.chat_template or ""
 
 
 def plan_tools(
@@ -123,8 +124,8 @@ def plan_tools(
             code="unsupported_parameter",
             param="tools",
         )
-    family, fmt, template_takes_tools = _family_of(Path(worker.folder))
-    if fmt is None or not template_takes_tools:
+    family, fmt, template = _family_of(Path(worker.folder))
+    if fmt is None or "tools" not in template:
         why = (
             "its chat template has no tool support"
             if fmt
@@ -141,7 +142,11 @@ def plan_tools(
     if len(set(names)) != len(names):
         raise Refused(400, "tools: two tools have one name", code="invalid_value", param="tools")
     plan = ToolPlan(
-        fmt, definitions, forced=tool_choice not in (None, "auto"), parallel=parallel_tool_calls is not False
+        fmt,
+        definitions,
+        forced=tool_choice not in (None, "auto"),
+        parallel=parallel_tool_calls is not False,
+        calls_as_text="tool_calls" not in template,
     )
     if isinstance(tool_choice, NamedToolChoice):
         if tool_choice.function.name not in names:
@@ -190,6 +195,9 @@ def conversation(messages: list[dict[str, Any]], raw: list[Any], plan: ToolPlan 
                         "function": {"name": call.function.name, "arguments": arguments},
                     }
                 )
+            if plan is not None and plan.calls_as_text:
+                written = [call["function"] for call in message["tool_calls"]]
+                message["content"] = (message.get("content") or "") + format_tool_calls(plan.fmt, written)
         if message["role"] == "tool":
             call_id = getattr(given, "tool_call_id", None)
             if not call_id:
@@ -197,9 +205,9 @@ def conversation(messages: list[dict[str, Any]], raw: list[Any], plan: ToolPlan 
                     400, f"messages.{index}: a tool message needs tool_call_id", param=f"messages.{index}.tool_call_id"
                 )
             message["tool_call_id"] = call_id
-            name = getattr(given, "name", None) or names.get(call_id)
-            if name:
-                message["name"] = name
+        name = getattr(given, "name", None) or (names.get(message.get("tool_call_id", "")))
+        if name:  # a participant's name, or the tool's: templates that read message.name get it
+            message["name"] = name
         out.append(message)
     if plan is not None and plan.fmt.tools_in_system:
         listed = json.dumps([tool["function"] for tool in plan.tools], ensure_ascii=False)
@@ -254,6 +262,10 @@ class ToolCallReader:
         out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
         return out
 
+    def _call_id(self) -> str:
+        length = self.plan.fmt.call_id_length
+        return uuid.uuid4().hex[:length] if length else f"call_{uuid.uuid4().hex[:24]}"
+
     def finish(self) -> tuple[str, list[dict[str, Any]]]:
         """(the text still owed to the client, the calls in OpenAI's form; [] for none)."""
         text, self.held = self.held, ""
@@ -265,7 +277,7 @@ class ToolCallReader:
             calls = calls[:1]  # parallel_tool_calls: false, and the model wrote several
         return content, [
             {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "id": self._call_id(),
                 "type": "function",
                 "function": {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)},
             }

@@ -41,7 +41,7 @@ def _registry():
 @click.option(
     "--json-schema",
     "json_schema",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Constrain every answer to this JSON Schema file (ortgenai runtime).",
 )
 @click.option("--regex", help="Constrain every answer to this regular expression (ortgenai runtime).")
@@ -135,6 +135,7 @@ def run(
 
 def _guidance(json_schema: Path | None, regex: str | None) -> tuple[str, str] | None:
     """The runtime constraint --json-schema FILE or --regex asks for (None: free text)."""
+    from ..modelinfo import _read_json as read_json_object
     from ..toolcalls import constraint_schema
 
     if json_schema and regex:
@@ -143,13 +144,7 @@ def _guidance(json_schema: Path | None, regex: str | None) -> tuple[str, str] | 
         return "regex", regex
     if not json_schema:
         return None
-    try:
-        schema = json.loads(json_schema.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the JSON Schema {json_schema}: {exc}", hint="pass a JSON file") from None
-    if not isinstance(schema, dict):
-        raise UsageError(f"{json_schema} is not a JSON Schema object", hint='e.g. {"type": "object", ...}')
-    return "json_schema", json.dumps(constraint_schema(schema))
+    return "json_schema", json.dumps(constraint_schema(read_json_object(json_schema)))
 
 
 def _stream(session, messages, search) -> str:
