@@ -112,6 +112,7 @@ from .records import (
     StepRequest,
     Task,
     TaskResult,
+    ToolCallFormat,
     Usability,
 )
 from .templates import (
@@ -130,6 +131,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testpoints import pause_point
+from .toolcalls import constraint_schema, format_tool_calls, parse_tool_calls, tool_call_grammar
 
 __all__ = [
     # contract
@@ -154,6 +156,7 @@ __all__ = [
     "Installer",
     "LoadRequest",
     "ModelFamily",
+    "ToolCallFormat",
     "ModelSource",
     "Probe",
     "ProbeResult",
@@ -215,6 +218,11 @@ __all__ = [
     "resolve_template",
     "sample_rendering",
     "special_tokens_for",
+    # tool calls
+    "constraint_schema",
+    "format_tool_calls",
+    "parse_tool_calls",
+    "tool_call_grammar",
     # plugins, settings and operations
     "Plan",
     "PluginInfo",

@@ -116,6 +116,34 @@ class PromptTemplate:
 
 
 @dataclass(frozen=True)
+class ToolCallFormat:
+    """How a family's models write tool calls, so a server can parse them and constrain them.
+
+    The model writes ``start``, then the call(s) as JSON, then ``end``: one JSON object per
+    call, each wrapped in ``start``/``end`` (Qwen/Hermes ``<tool_call>{...}</tool_call>``),
+    or, with ``json_list``, one JSON list of calls after one ``start`` (Mistral's
+    ``[TOOL_CALLS] [...]``). An empty ``start`` means the answer is the bare JSON object
+    (Llama 3). A call object holds ``name`` and ``arguments_key`` (``parameters`` for
+    Llama 3). ``start_is_token``: start/end are special tokens, which the tokenizer's
+    decoding drops from the answer: an answer that is the bare JSON is read as the call.
+    ``tools_in_system``: the template reads the tools as a JSON string from the system
+    message's ``tools`` key (Phi-4-mini), not from ``tools``. ``call_id_length``: the
+    template takes call ids of exactly that many letters and digits (Mistral: 9); 0: any.
+    ``parse`` replaces the generic parser for a format these fields cannot say: it takes
+    the answer and returns (text before the calls, [{"name", "arguments"}]) or None.
+    """
+
+    start: str
+    end: str = ""
+    json_list: bool = False
+    arguments_key: str = "arguments"
+    start_is_token: bool = False
+    tools_in_system: bool = False
+    call_id_length: int = 0
+    parse: Callable[[str], tuple[str, list[dict[str, Any]]] | None] | None = None
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """A model family: how to recognise it and how to prompt it.
 
@@ -132,6 +160,7 @@ class ModelFamily:
     generation_defaults: Mapping[str, Any] = field(default_factory=dict)
     chat_template: str | None = None  # the family's published Jinja chat template
     converter_hints: Mapping[str, Any] = field(default_factory=dict)
+    tool_calls: ToolCallFormat | None = None  # None: the family's models are not known to call tools
 
 
 # -------------------------------------------------------- converters and quantizers

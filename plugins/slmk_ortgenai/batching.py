@@ -245,15 +245,18 @@ class BatchingSession(OrtGenAISession):
             raise SlmkError(f"{self.path}: batching reads float32 caches, this build has {past_input.type}")
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
         self._solo: OrtGenAISession | None = None
-        self.batched_search = BATCHED_SEARCH
+        self.batched_search = BATCHED_SEARCH | {"tools"}  # tools only shape the prompt
         self._rows: list[BatchedSequence] = []  # the sequences in the batch cache, in row order
         self._cache: list[Any] = []  # per past input: [rows, kv_heads, width, head_size]
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ sequences
-    def begin(self, messages: Sequence[Mapping[str, str]], **search: Any) -> BatchedSequence:
-        """A new sequence for ``messages``: options checked, prompt rendered; the model has not run yet."""
-        return self.begin_ids(self.encode(self.render_prompt(messages)), **search)
+    def begin(self, messages: Sequence[Mapping[str, Any]], **search: Any) -> BatchedSequence:
+        """A new sequence for ``messages`` (and ``tools``, OpenAI function tools for the chat template):
+        options checked, prompt rendered; the model has not run yet."""
+        tools = search.pop("tools", None)
+        prompt = self.render_prompt(messages, tools) if tools else self.render_prompt(messages)
+        return self.begin_ids(self.encode(prompt), **search)
 
     def begin_ids(self, prompt_ids: Sequence[int], **search: Any) -> BatchedSequence:
         self._require_open()

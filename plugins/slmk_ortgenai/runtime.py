@@ -36,6 +36,9 @@ SCORE_CHUNK = 128
 PREFILL_CHUNK = 128
 #: onnxruntime-genai takes random_seed and top_k as 32-bit integers (larger ones fail to convert).
 INT32 = (-(2**31), 2**31 - 1)
+#: What ``generate(..., guidance=(KIND, SPEC))`` constrains the answer with: onnxruntime-genai's
+#: llguidance kinds (a JSON schema, a regular expression, a Lark grammar).
+GUIDANCE_KINDS = ("json_schema", "regex", "lark_grammar")
 
 
 def can_load(path: Path) -> str | None:
@@ -70,6 +73,9 @@ def load(request: LoadRequest) -> OrtGenAISession:
 
 class OrtGenAISession:
     """A loaded build. ``generate`` streams text; ``encode`` and ``score`` serve benchmarks."""
+
+    guidance_kinds = GUIDANCE_KINDS  # what generate(guidance=...) takes (slmk serve asks)
+    takes_tools = True  # generate(tools=[...]) renders them through the model's chat template
 
     def __init__(self, path: Path, execution_provider: ExecutionProvider, options: Mapping[str, Any] | None = None):
         import onnxruntime_genai as og
@@ -198,13 +204,16 @@ class OrtGenAISession:
         self._require_open()
         return self._tokenizer.decode(list(token_ids))
 
-    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt text the model's own chat template makes of ``messages``."""
+    def render_prompt(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping] | None = None) -> str:
+        """The prompt text the model's own chat template makes of ``messages`` (and ``tools``,
+        OpenAI function tools, which the template describes to the model)."""
         self._require_open()
         check_messages(messages)
         try:
             return self._tokenizer.apply_chat_template(
-                json.dumps(list(map(dict, messages))), add_generation_prompt=True
+                json.dumps(list(map(dict, messages))),
+                tools=json.dumps(list(tools)) if tools else None,
+                add_generation_prompt=True,
             )
         except Exception as exc:
             raise SlmkError(
@@ -218,10 +227,13 @@ class OrtGenAISession:
 
         ``adapter=NAME`` (or a file) answers with that LoRA adapter, ``adapter=None`` with
         the base; without it, the session's default adapter (``adapter`` load option) is used.
+        ``guidance=(KIND, SPEC)`` constrains the answer (``GUIDANCE_KINDS``); ``tools`` are
+        OpenAI function tools for the chat template.
         """
         adapter = search.pop("adapter", self.adapter)
         top_logprobs = search.pop("logprobs", None)
         _check_top_logprobs(top_logprobs)
+        guidance, tools = search.pop("guidance", None), search.pop("tools", None)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(
@@ -229,8 +241,31 @@ class OrtGenAISession:
             )
         check_search_values(search)
         adapter_name = self.load_adapter(adapter) if adapter else None
-        prompt_ids = self.encode(self.render_prompt(messages))
-        return self._stream(*self._plan(prompt_ids, search), adapter=adapter_name, top_logprobs=top_logprobs)
+        if guidance is not None:
+            self._check_guidance(guidance)
+        prompt_ids = self.encode(self.render_prompt(messages, tools))
+        return self._stream(
+            *self._plan(prompt_ids, search), adapter=adapter_name, top_logprobs=top_logprobs, guidance=guidance
+        )
+
+    def _check_guidance(self, guidance: Any) -> None:
+        """Refuse a constraint onnxruntime-genai cannot compile now, not at the first token."""
+        kind, spec = guidance if isinstance(guidance, tuple) and len(guidance) == 2 else (None, None)
+        if kind not in GUIDANCE_KINDS or not isinstance(spec, str):
+            raise UsageError(
+                f"guidance must be (KIND, SPEC) with KIND one of {', '.join(GUIDANCE_KINDS)}, not {guidance!r}"
+            )
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=max(2, self.min_cache_length))
+        try:
+            params.set_guidance(kind, spec)
+            generator = self._og.Generator(self._model, params)  # the grammar compiles here
+            del generator
+        except Exception as exc:
+            raise UsageError(
+                f"onnxruntime-genai cannot use this {kind} constraint: {first_line(exc)}",
+                hint="llguidance takes JSON Schema (draft 2020-12 subset), Rust-style regex and its Lark dialect",
+            ) from exc
 
     def generate_ids(self, prompt_ids: Sequence[int], **search: Any) -> Iterator[str]:
         """Stream the answer to a prompt given as token ids: no chat template, no tokenizer on the
@@ -240,12 +275,17 @@ class OrtGenAISession:
         likeliest alternatives (``take_logprobs``); generate() takes it too."""
         top_logprobs = search.pop("logprobs", None)
         _check_top_logprobs(top_logprobs)
+        guidance = search.pop("guidance", None)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
         check_search_values(search)
         self._require_open()
-        return self._stream(*self._plan([int(t) for t in prompt_ids], search), top_logprobs=top_logprobs)
+        if guidance is not None:
+            self._check_guidance(guidance)
+        return self._stream(
+            *self._plan([int(t) for t in prompt_ids], search), top_logprobs=top_logprobs, guidance=guidance
+        )
 
     def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any], int]:
         search = {k: v for k, v in search.items() if v is not None}
@@ -294,6 +334,7 @@ class OrtGenAISession:
         new_token_limit: int,
         adapter: str | None = None,
         top_logprobs: int | None = None,
+        guidance: tuple[str, str] | None = None,
     ) -> Iterator[str]:
         og = self._og
         self._logprobs = []
@@ -305,6 +346,8 @@ class OrtGenAISession:
         try:
             params = og.GeneratorParams(self._model)
             params.set_search_options(**search)
+            if guidance:
+                params.set_guidance(*guidance)
             generator = og.Generator(self._model, params)
             if adapter:
                 generator.set_active_adapter(self._adapters, adapter)

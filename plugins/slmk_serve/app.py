@@ -30,6 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slmk.api import SlmkError, UsageError, __version__
 
 from .metrics import Metrics, Observer
+from .structured import ResponseFormat, check_can_constrain, guidance_of
+from .tools import MessageToolCall, ToolChoice, ToolDefinition, ToolPlan, conversation, plan_tools
 from .workers import Job, ModelWorker, Refused
 
 #: OpenAI's limit on alternatives per token (top_logprobs; logprobs of completions).
@@ -73,10 +75,6 @@ UNSUPPORTED_CHAT: dict[str, tuple[str, Any]] = {
     "logit_bias": ("the runtimes cannot bias tokens", _empty),
     "functions": ("legacy function calling is not supported", _empty),
     "function_call": ("legacy function calling is not supported", lambda v: v in (None, "none")),
-    "response_format": ("structured outputs are not supported yet", lambda v: v in (None, {"type": "text"})),
-    "tools": ("tool calling is not supported yet", _empty),
-    "tool_choice": ("tool calling is not supported yet", lambda v: v in (None, "none")),
-    "parallel_tool_calls": ("tool calling is not supported yet", lambda v: v is None),
     "service_tier": ("there is one tier", lambda v: v in (None, "auto", "default")),
     "modalities": ("text only", lambda v: v in (None, ["text"])),
     "audio": ("text only", _empty),
@@ -142,8 +140,12 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
+    # tool calling (tools.py): an assistant turn's calls, a tool result's call
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class StreamOptions(_Strict):
@@ -173,6 +175,11 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # structured outputs and tools: structured.py, tools.py
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -180,6 +187,7 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=None, ge=0)  # 0: with echo, score the prompt only
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None  # structured.py
 
 
 # --------------------------------------------------------------------------- errors
@@ -429,7 +437,33 @@ def create_app(
         completion = job.stats.generated_tokens if job.stats else 0
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    async def run(request: Request, worker: ModelWorker, job: Job, *, chat: bool, include_usage: bool):
+    def constrain(worker: ModelWorker, job: Job, response_format: ResponseFormat | None, plan: ToolPlan | None):
+        """Carry response_format and tools to the runtime as generation options (structured.py, tools.py)."""
+        guidance = guidance_of(response_format)
+        if guidance and plan is not None:
+            raise Refused(
+                400,
+                "response_format and tools cannot be used together: a tool call is not the response format",
+                code="invalid_value",
+                param="response_format",
+            )
+        if guidance:
+            check_can_constrain(worker)
+            job.search["guidance"] = guidance
+        if plan is not None:
+            if "guidance" in plan.search:
+                check_can_constrain(worker, "tool_choice")
+            job.search.update(plan.search)
+
+    async def run(
+        request: Request,
+        worker: ModelWorker,
+        job: Job,
+        *,
+        chat: bool,
+        include_usage: bool,
+        tool_plan: ToolPlan | None = None,
+    ):
         generation = {"model": worker.name, "prompt_tokens": 0, "completion_tokens": 0, "first_token_at": None}
         request.state.generation = generation  # for the request's log line and the token counters
 
@@ -483,12 +517,16 @@ def create_app(
                 raise Refused(500, _generation_failed(job.error, worker), code="runtime_error")
             reason = finish_reason(job, worker)
             if chat:
-                choice = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "finish_reason": reason,
-                    "logprobs": logprobs_of(job.token_logprobs) if job.logprobs is not None else None,
-                }
+                message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                if tool_plan is not None:
+                    reader = tool_plan.reader()
+                    content = reader.feed(text)
+                    tail, calls = reader.finish()
+                    if calls:
+                        message = {**message, "content": (content + tail) or None, "tool_calls": calls}
+                        reason = "tool_calls"
+                logprobs = logprobs_of(job.token_logprobs) if job.logprobs is not None else None
+                choice = {"index": 0, "message": message, "finish_reason": reason, "logprobs": logprobs}
             else:
                 prefix, prefix_entries = echoed()
                 entries = prefix_entries + job.token_logprobs
@@ -516,9 +554,14 @@ def create_app(
                         choice = {"index": 0, "text": prefix, "finish_reason": None}
                         choice["logprobs"] = piece_logprobs(prefix_entries)
                         yield _sse(envelope(choice, stream=True))
+                reader = tool_plan.reader() if tool_plan is not None else None
                 async for text in job.pieces():
                     first_piece()
                     entries, sent = job.token_logprobs[sent:], len(job.token_logprobs)
+                    if reader is not None:
+                        text = reader.feed(text)
+                        if not text and not entries:
+                            continue
                     if chat:
                         choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
                     else:
@@ -531,6 +574,17 @@ def create_app(
                     yield _sse({"error": {"message": _generation_failed(job.error, worker), "type": "server_error"}})
                     return
                 reason = finish_reason(job, worker)
+                if reader is not None:
+                    tail, calls = reader.finish()
+                    if tail:
+                        yield _sse(
+                            envelope({"index": 0, "delta": {"content": tail}, "finish_reason": None}, stream=True)
+                        )
+                    for number, call in enumerate(calls):
+                        delta = {"tool_calls": [{"index": number, **call}]}
+                        yield _sse(envelope({"index": 0, "delta": delta, "finish_reason": None}, stream=True))
+                    if calls:
+                        reason = "tool_calls"
                 if chat:
                     last = {"index": 0, "delta": {}, "finish_reason": reason}
                 else:
@@ -549,7 +603,8 @@ def create_app(
     async def chat_completions(body: ChatRequest, request: Request):
         check_fields(body, UNSUPPORTED_CHAT)
         worker = worker_for(body.model)
-        messages = [_message(i, m) for i, m in enumerate(body.messages)]
+        plan = plan_tools(worker, body.tools, body.tool_choice, body.parallel_tool_calls)
+        messages = conversation([_message(i, m) for i, m in enumerate(body.messages)], body.messages, plan)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         job = Job(messages, search_of(body, worker, max_tokens), stops_of(body), body.min_tokens)
         if body.top_logprobs is not None and not body.logprobs:
@@ -557,9 +612,10 @@ def create_app(
         if body.logprobs:
             require(worker, "take_logprobs", "logprobs", "token log-probabilities")
             job.logprobs = body.top_logprobs or 0
+        constrain(worker, job, body.response_format, plan)
         request.state.stream = body.stream
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-        return await run(request, worker, job, chat=True, include_usage=include_usage)
+        return await run(request, worker, job, chat=True, include_usage=include_usage, tool_plan=plan)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -591,6 +647,7 @@ def create_app(
         if body.logprobs is not None:
             require(worker, "take_logprobs", "logprobs", "token log-probabilities")
             job.logprobs = body.logprobs
+        constrain(worker, job, body.response_format, None)
         request.state.stream = body.stream
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         return await run(request, worker, job, chat=False, include_usage=include_usage)

@@ -66,6 +66,9 @@ class ModelReplica:
             "context_length": self.worker.context_length,
             "defaults": self.worker.defaults,
             "vocab_size": getattr(self.worker, "vocab_size", 0),
+            "folder": str(self.worker.folder),
+            "guidance_kinds": list(getattr(self.worker.sessions[0], "guidance_kinds", None) or ()),
+            "takes_tools": bool(getattr(self.worker.sessions[0], "takes_tools", False)),
             "node": self.node,
         }
 
@@ -122,8 +125,14 @@ def _error_from(record: dict[str, Any]) -> BaseException:
     return kind(record["message"], hint=record["hint"])
 
 
-class _NoExtras:
-    """Stands for a replica's session where the app checks capabilities: it offers no extras."""
+class _ReplicaSession:
+    """Stands for a replica's session where the app checks what it can do: constrained output
+    (``guidance`` travels in the request's options) and tools, as the replica's runtime says;
+    no logprobs, echo or token-id prompts (they do not travel to a replica)."""
+
+    def __init__(self, info: dict[str, Any]):
+        self.guidance_kinds = tuple(info.get("guidance_kinds") or ())
+        self.takes_tools = bool(info.get("takes_tools"))
 
 
 class RayModel:
@@ -137,9 +146,9 @@ class RayModel:
         self.context_length = int(info.get("context_length") or 0)
         self.defaults = dict(info.get("defaults") or {})
         self.created = int(time.time())
-        # what the app asks of a model's session before it takes logprobs, echo or token-id
-        # prompts: none of these travel to a replica (yet), so they are refused with 400
-        self.sessions = [_NoExtras()]
+        # what the app asks of a model's session before it takes an option (see _ReplicaSession)
+        self.sessions = [_ReplicaSession(info)]
+        self.folder = Path(info["folder"])
         self.vocab_size = int(info.get("vocab_size") or 0)
         self.admitted = 0
         self.active = 0
