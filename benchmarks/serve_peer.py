@@ -154,16 +154,19 @@ def scenario(server: Server, model: str, clients: int, requests: int, tokens: in
     }
 
 
-def prepare(work: Path, threads: int, llama_dir: Path) -> tuple[Path, Path, Path]:
-    """(slmk int4 build with ``threads`` intra-op threads, Q4_0 GGUF, llama.cpp bin folder)."""
+def prepare(work: Path, threads: int, llama_dir: Path | None) -> tuple[Path, Path | None, Path | None]:
+    """(slmk int4 build with ``threads`` intra-op threads, Q4_0 GGUF, llama.cpp bin folder);
+    without ``llama_dir`` the slmk build only."""
     from precision_sweep import make_shaped_model
 
-    binaries, source = peer.find_or_build_llama(llama_dir, work / "llama-build.log", ("llama-quantize", "llama-server"))
     model = make_shaped_model(work / "shaped-model")
     int4 = work / "slmk-int4"
     if not (int4 / "genai_config.json").is_file():
         peer.convert_slmk(model, int4, "int4", work)
     build = peer.variant_folder(int4, {"intra_op_num_threads": threads}, {}, work, f"int4-threads{threads}")
+    if llama_dir is None:
+        return build, None, None
+    binaries, source = peer.find_or_build_llama(llama_dir, work / "llama-build.log", ("llama-quantize", "llama-server"))
     f16, q4_0 = work / "f16.gguf", work / "q4_0.gguf"
     if not f16.is_file():
         peer.convert_gguf(model, f16, source, "f16", work)
@@ -183,9 +186,10 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8, help="slmk --max-batch and llama-server -np")
     parser.add_argument("--context", type=int, default=512, help="context per sequence")
     parser.add_argument("--json", dest="json_file", type=Path)
+    parser.add_argument("--slmk-only", action="store_true", help="no llama-server (nor its build): slmk's figures")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    build, gguf, binaries = prepare(args.work, args.threads, args.llama_dir)
+    build, gguf, binaries = prepare(args.work, args.threads, None if args.slmk_only else args.llama_dir)
     logs = Path(tempfile.mkdtemp(prefix="serve-peer-"))
     slmk_port, llama_port = free_port(), free_port()
     slmk_bin = Path(sys.executable).with_name("slmk")
@@ -198,21 +202,24 @@ def main() -> None:
             logs / "slmk.log",
             {"min_tokens": args.tokens},
         ),
-        Server(
-            "llama-server",
-            [str(binaries / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(llama_port)]
-            + ["-t", str(args.threads), "-tb", str(args.threads), "-np", str(args.slots)]
-            + ["-c", str(args.context * args.slots), "--no-webui", "-a", "model"],
-            llama_port,
-            logs / "llama.log",
-            {"ignore_eos": True},
-        ),
     ]
+    if not args.slmk_only:
+        servers.append(
+            Server(
+                "llama-server",
+                [str(binaries / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(llama_port)]
+                + ["-t", str(args.threads), "-tb", str(args.threads), "-np", str(args.slots)]
+                + ["-c", str(args.context * args.slots), "--no-webui", "-a", "model"],
+                llama_port,
+                logs / "llama.log",
+                {"ignore_eos": True},
+            )
+        )
     report: dict = {"machine": peer.machine(args.threads), "tokens": args.tokens, "slots": args.slots, "rows": []}
     try:
         for server in servers:
             server.wait_ready()
-            one_request(server, "model", PROMPTS[0], 8)  # warm-up
+            one_request(server, "model", PROMPTS[0], args.tokens)  # warm-up
         for index, clients in enumerate(args.clients):
             order = servers if index % 2 == 0 else servers[::-1]
             for server in order:
@@ -243,7 +250,10 @@ def print_report(report: dict) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for k in clients:
-        s, llama = rows[("slmk serve", k)], rows[("llama-server", k)]
+        s, llama = rows[("slmk serve", k)], rows.get(("llama-server", k))
+        if llama is None:
+            print(f"| {k} | {s['aggregate_tok_s']:.1f} | | | {s['ttft_s']['p50']:.3f} / {s['ttft_s']['p95']:.3f} | | |")
+            continue
         print(
             f"| {k} | {s['aggregate_tok_s']:.1f} | {llama['aggregate_tok_s']:.1f} | "
             f"{s['aggregate_tok_s'] / llama['aggregate_tok_s']:.2f}x | "
@@ -252,7 +262,9 @@ def print_report(report: dict) -> None:
             f"{s['ttft_s']['p95'] / llama['ttft_s']['p95']:.2f}x |"
         )
     rss = report.get("peak_rss_bytes") or {}
-    if rss:
+    if rss and "llama-server" not in rss:
+        print(f"peak RSS: slmk {rss['slmk serve'] / 2**20:.0f} MiB")
+    elif rss:
         s, llama = rss["slmk serve"], rss["llama-server"]
         print(f"peak RSS: slmk {s / 2**20:.0f} MiB, llama-server {llama / 2**20:.0f} MiB, ratio {s / llama:.2f}x")
     for server in ("slmk serve", "llama-server"):
