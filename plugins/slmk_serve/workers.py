@@ -341,26 +341,29 @@ class ModelWorker:
                 stream.close()  # GeneratorExit inside the runtime: its native generator is freed now
             job.stats = getattr(session, "last_stats", None) if stream is not None else None
             job.last_token_is_end = _last_token_is_end(session) if stream is not None else None
-            record = GenerationRecord(
-                model=self.name,
-                outcome=job.outcome,
-                prompt_tokens=job.stats.prompt_tokens if job.stats else 0,
-                generated_tokens=job.stats.generated_tokens if job.stats else 0,
-                seconds=round(time.perf_counter() - started, 4),
-                error=_one_line(job.error) if job.error else "",
-            )
-            # counted before the client hears "done": whoever got an answer sees it in /health
-            with self._lock:
-                self.active -= 1
-                self.history.append(record)
-                self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
-                self._changed.notify_all()
+            self._record(job, started)
             if stream is not None:
                 self._post(job, "done")
             try:
                 self._loop.call_soon_threadsafe(self._release, session)
             except RuntimeError:
                 pass
+
+    def _record(self, job: Job, started: float) -> None:
+        """Count how ``job`` ended; before its client hears "done": whoever got an answer sees it in /health."""
+        record = GenerationRecord(
+            model=self.name,
+            outcome=job.outcome,
+            prompt_tokens=job.stats.prompt_tokens if job.stats else 0,
+            generated_tokens=job.stats.generated_tokens if job.stats else 0,
+            seconds=round(time.perf_counter() - started, 4),
+            error=_one_line(job.error) if job.error else "",
+        )
+        with self._lock:
+            self.active -= 1
+            self.history.append(record)
+            self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
+            self._changed.notify_all()
 
     # ------------------------------------------------------------ any thread
     def wait_idle(self, timeout: float) -> bool:
@@ -476,23 +479,10 @@ class BatchWorker(ModelWorker):
 
     def _end(self, job: Job, sequence: Any, started: float) -> None:
         """Record how ``job`` ended, tell its client, and end its admission."""
-        stats = sequence.stats if sequence is not None else None
-        job.stats = stats
+        job.stats = sequence.stats if sequence is not None else None
         tokens = getattr(sequence, "tokens", None)
         job.last_token_is_end = int(tokens[-1]) in self.session.eos_token_ids if tokens else None
-        record = GenerationRecord(
-            model=self.name,
-            outcome=job.outcome,
-            prompt_tokens=stats.prompt_tokens if stats else 0,
-            generated_tokens=stats.generated_tokens if stats else 0,
-            seconds=round(time.perf_counter() - started, 4),
-            error=_one_line(job.error) if job.error else "",
-        )
-        with self._lock:
-            self.active -= 1
-            self.history.append(record)
-            self.outcomes[record.outcome] = self.outcomes.get(record.outcome, 0) + 1
-            self._changed.notify_all()
+        self._record(job, started)
         if sequence is not None:
             self._post(job, "done")
         try:
