@@ -18,6 +18,11 @@
 4. Server peak RSS: each server process's VmHWM after all scenarios (the model loaded,
    every concurrent request's cache included).
 
+Time to first token is the first streamed chunk with text. The shaped model's weights are
+random and its tokenizer is the tiny model's (936 entries of a 151936-word vocabulary), so
+most of its tokens decode to no text: with it, that time is close to the whole answer's
+and says little; use ``--model`` with a real model's Hugging Face folder for TTFT.
+
 Prints a table and the ratios slmk / llama-server, and the load average of the machine
 before and after each scenario. Figures only: nothing here asserts a time.
 """
@@ -154,12 +159,14 @@ def scenario(server: Server, model: str, clients: int, requests: int, tokens: in
     }
 
 
-def prepare(work: Path, threads: int, llama_dir: Path | None) -> tuple[Path, Path | None, Path | None]:
+def prepare(
+    work: Path, threads: int, llama_dir: Path | None, model: Path | None = None
+) -> tuple[Path, Path | None, Path | None]:
     """(slmk int4 build with ``threads`` intra-op threads, Q4_0 GGUF, llama.cpp bin folder);
     without ``llama_dir`` the slmk build only."""
     from precision_sweep import make_shaped_model
 
-    model = make_shaped_model(work / "shaped-model")
+    model = model or make_shaped_model(work / "shaped-model")
     int4 = work / "slmk-int4"
     if not (int4 / "genai_config.json").is_file():
         peer.convert_slmk(model, int4, "int4", work)
@@ -187,9 +194,10 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512, help="context per sequence")
     parser.add_argument("--json", dest="json_file", type=Path)
     parser.add_argument("--slmk-only", action="store_true", help="no llama-server (nor its build): slmk's figures")
+    parser.add_argument("--model", type=Path, help="a Hugging Face folder to serve instead of the 0.5B-shaped model")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    build, gguf, binaries = prepare(args.work, args.threads, None if args.slmk_only else args.llama_dir)
+    build, gguf, binaries = prepare(args.work, args.threads, None if args.slmk_only else args.llama_dir, args.model)
     logs = Path(tempfile.mkdtemp(prefix="serve-peer-"))
     slmk_port, llama_port = free_port(), free_port()
     slmk_bin = Path(sys.executable).with_name("slmk")
@@ -197,7 +205,7 @@ def main() -> None:
         Server(
             "slmk serve",
             [str(slmk_bin), "serve", f"model={build}", "--port", str(slmk_port), "--max-batch", str(args.slots)]
-            + ["--max-queue", "64", "--max-tokens-limit", str(args.tokens)],
+            + ["--max-queue", "64", "--queue-timeout", "3600", "--max-tokens-limit", str(args.tokens)],
             slmk_port,
             logs / "slmk.log",
             {"min_tokens": args.tokens},
