@@ -67,6 +67,16 @@ def test_the_same_api_tests_pass_on_an_embedded_ray_with_two_replicas(build, ref
             with openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0, timeout=120) as client:
                 for test in SAME_API_TESTS:
                     _call(test, running, client, build, reference)
+                model = api.model_of(build)
+                # constrained output travels to the replica (which runs it alone, beside its batch)
+                body = {"model": model, "messages": api.user("hi"), "max_tokens": 8}
+                constrained = api.post(
+                    running, "/v1/chat/completions", {**body, "response_format": {"type": "json_object"}}
+                )
+                assert constrained.status_code == 200, constrained.text
+                # logprobs do not: refused in one line, not silently dropped
+                refused = api.post(running, "/v1/chat/completions", {**body, "logprobs": True})
+                assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
             assert running.wait_idle(30)
             health = api.httpx.get(running.url + "/health").json()["models"][api.model_of(build)]
             assert health["ray"] and health["outcomes"]["finished"] > 0
