@@ -225,15 +225,7 @@ class ModelWorker:
         Raises ``Refused`` when the queue is full or the wait too long, and the runtime's
         own error when it refuses the request (bad options, a prompt over the context).
         """
-        capacity = len(self.sessions) + self.limits.max_queue
-        if self.admitted >= capacity:
-            raise Refused(
-                503,
-                f"model {self.name} is busy: {self.admitted} requests generating or queued (at most {capacity})",
-                code="queue_full",
-                retry_after=1,
-            )
-        self.admitted += 1
+        self._admit(len(self.sessions) + self.limits.max_queue)
         handed_over = False
         try:
             session = await self._take_session()
@@ -252,6 +244,17 @@ class ModelWorker:
             else:
                 self.admitted -= 1
             raise
+
+    def _admit(self, capacity: int) -> None:
+        """Count a request in, or refuse it at once (503) when ``capacity`` requests are in already."""
+        if self.admitted >= capacity:
+            raise Refused(
+                503,
+                f"model {self.name} is busy: {self.admitted} requests generating or queued (at most {capacity})",
+                code="queue_full",
+                retry_after=1,
+            )
+        self.admitted += 1
 
     async def _take_session(self) -> Any:
         """A free session, waiting at most ``queue_timeout_s``.
@@ -417,15 +420,7 @@ class BatchWorker(ModelWorker):
             self._thread.start()
 
     async def start(self, job: Job) -> None:
-        capacity = self.max_batch + self.limits.max_queue
-        if self.admitted >= capacity:
-            raise Refused(
-                503,
-                f"model {self.name} is busy: {self.admitted} requests generating or queued (at most {capacity})",
-                code="queue_full",
-                retry_after=1,
-            )
-        self.admitted += 1
+        self._admit(self.max_batch + self.limits.max_queue)
         if self._alone(job):
             # options a batch cannot take: one at a time on the runtime's plain session
             self._loop.run_in_executor(self._executor, self._run_alone, job)
