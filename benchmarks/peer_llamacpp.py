@@ -4,7 +4,8 @@ Prints figures and ratios (not a timed test), and writes them as JSON:
 
 1. llama.cpp is built (or found) from the source vendored in the llama-cpp-python sdist
    (``pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36``; only the
-   llama-bench, llama-quantize and llama-perplexity targets, Release) in a cache folder
+   llama-bench, llama-quantize and llama-perplexity targets, Release, native flags minus
+   AMX: see find_or_build_llama) in a cache folder
    outside git (default ~/.cache/slmk-peer). Nothing of llama.cpp is committed.
 2. The 0.5B-shaped Qwen2.5 model of benchmarks/precision_sweep.py (random weights, its
    model maker) is converted by slmk to int4 and int8 and by llama.cpp to GGUF f16
@@ -131,14 +132,14 @@ def machine(threads: int) -> dict:
 
 
 # --------------------------------------------------------------------------- llama.cpp
-def find_or_build_llama(llama_dir: Path, log: Path) -> tuple[Path, Path]:
-    """(bin folder with llama-bench/llama-quantize/llama-perplexity, vendored llama.cpp source)."""
+def find_or_build_llama(llama_dir: Path, log: Path, targets: tuple[str, ...] = LLAMA_TARGETS) -> tuple[Path, Path]:
+    """(bin folder with ``targets``, vendored llama.cpp source); builds the missing ones."""
     llama_dir.mkdir(parents=True, exist_ok=True)
     name = LLAMA_CPP_PYTHON.replace("==", "-").replace("-", "_", 2)  # llama_cpp_python-0.3.36
     source = llama_dir / name / "vendor" / "llama.cpp"
     build = llama_dir / "build"
     binaries = build / "bin"
-    if all((binaries / t).is_file() for t in LLAMA_TARGETS) and (source / "convert_hf_to_gguf.py").is_file():
+    if all((binaries / t).is_file() for t in targets) and (source / "convert_hf_to_gguf.py").is_file():
         return binaries, source
     if not (source / "CMakeLists.txt").is_file():
         archives = sorted(llama_dir.glob("llama_cpp_python-*.tar.gz"))
@@ -149,17 +150,22 @@ def find_or_build_llama(llama_dir: Path, log: Path) -> tuple[Path, Path]:
             archives = sorted(llama_dir.glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(archives[-1]) as archive:
             archive.extractall(llama_dir, filter="data")
-    print(f"building {', '.join(LLAMA_TARGETS)} (Release) in {build}: several minutes on 2 cores")
+    print(f"building {', '.join(targets)} (Release) in {build}: several minutes on 2 cores")
     configure = ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"]
     configure += ["-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
-    configure += ["-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_NATIVE=ON"]
+    configure += ["-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DGGML_NATIVE=ON"]
+    # Native flags minus AMX: VMs whose CPU reports AMX without allowing it (the kernel has not
+    # enabled the tile state) die with SIGSEGV in ggml_backend_amx_mul_mat; the AVX-512/AVX2
+    # kernels are as fast for these batch sizes.
+    no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    configure += [f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}"]
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"]
     with open(log, "ab") as handle:
         subprocess.run(configure, check=True, stdout=handle, stderr=handle)
         jobs = str(len(os.sched_getaffinity(0)))
         subprocess.run(
-            ["cmake", "--build", str(build), "-j", jobs, "--target", *LLAMA_TARGETS],
+            ["cmake", "--build", str(build), "-j", jobs, "--target", *targets],
             check=True,
             stdout=handle,
             stderr=handle,

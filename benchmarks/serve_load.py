@@ -114,14 +114,14 @@ def reference(build: Path, server: Server, tokens: int, repeats: int) -> dict:
 class Server:
     """``slmk serve`` in a subprocess, on 127.0.0.1 and a free port."""
 
-    def __init__(self, build: Path, *, parallel: int, max_queue: int, max_connections: int):
+    def __init__(self, build: Path, *, max_batch: int, max_queue: int, max_connections: int):
         import psutil
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ORT_DISABLE_TELEMETRY": "1"}
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "slmk", "serve", f"bench={build}", "--port", "0", "--host", "127.0.0.1"),
-                *("--parallel", str(parallel), "--max-queue", str(max_queue)),
+                *("--max-batch", str(max_batch), "--max-queue", str(max_queue)),
                 *("--max-connections", str(max_connections)),
             ],
             stdout=subprocess.PIPE,
@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients per scenario")
     parser.add_argument("--requests", type=int, default=20, help="requests per client")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer (fixed with min_tokens)")
-    parser.add_argument("--parallel", type=int, default=1, help="server sessions per model")
+    parser.add_argument("--max-batch", type=int, default=8, help="answers per model decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="server queue per model")
     parser.add_argument("--overload-clients", type=int, default=32, help="clients for the overload scenario (0: skip)")
     parser.add_argument("--overload-queue", type=int, default=4, help="--max-queue of the overload server")
@@ -298,7 +298,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="slmk-serve-load-") as work:
         build = args.build or (build_shaped(args.shaped) if args.shaped else build_tiny(Path(work)))
         report: dict = {"build": str(build), "tokens": args.tokens, "cpus": os.cpu_count()}
-        server = Server(build, parallel=args.parallel, max_queue=args.max_queue, max_connections=512)
+        server = Server(build, max_batch=args.max_batch, max_queue=args.max_queue, max_connections=512)
         try:
             load(server, 1, 3, args.tokens, args.max_seconds)  # warm-up: first-call allocations
             report["rss_after_warmup_mb"] = server.rss_mb()
@@ -310,7 +310,7 @@ def main() -> None:
         finally:
             server.stop()
         if args.overload_clients:
-            server = Server(build, parallel=args.parallel, max_queue=args.overload_queue, max_connections=512)
+            server = Server(build, max_batch=args.max_batch, max_queue=args.overload_queue, max_connections=512)
             try:
                 report["overload"] = {
                     "max_queue": args.overload_queue,

@@ -23,7 +23,7 @@ import pytest
 from _signals import default_signals
 from slmk_serve.server import is_loopback, parse_target, serve
 from slmk_serve.stops import StopScanner
-from slmk_serve.workers import MAX_AHEAD, Job, Limits, ModelWorker
+from slmk_serve.workers import MAX_AHEAD, BatchWorker, Job, Limits, ModelWorker
 
 from slmk.api import LoadRequest, UsageError, get_registry, open_session, resolve_ep
 
@@ -82,14 +82,16 @@ def model_of(build) -> str:
 
 
 @contextmanager
-def holding_the_session(running, name):
-    """Take the model's only session as a running request would, and give it back after."""
+def holding_the_batch(running, name):
+    """Fill the model's only batch place with a request whose client never reads, and end it after."""
     worker = running.workers[name]
-    session = asyncio.run_coroutine_threadsafe(worker._pool.get(), worker._loop).result(timeout=30)
+    assert isinstance(worker, BatchWorker) and worker.max_batch == 1
+    job = Job(user("hi"), {"max_new_tokens": 450}, min_tokens=450)
+    asyncio.run_coroutine_threadsafe(worker.start(job), worker._loop).result(timeout=60)
     try:
         yield
     finally:
-        worker._loop.call_soon_threadsafe(worker._pool.put_nowait, session)
+        worker._loop.call_soon_threadsafe(job.stop)
 
 
 def post(running, path, body, **kwargs):
@@ -337,46 +339,116 @@ def test_an_api_key_is_required_when_set(build, reference):
 
 
 def test_a_full_queue_answers_503_at_once_and_a_long_wait_503_after_the_timeout(build):
-    limits = Limits(max_queue=0, queue_timeout_s=0.5)
+    limits = Limits(max_batch=1, max_queue=1, queue_timeout_s=0.5)
     with serve([str(build)], port=0, limits=limits) as running:
         model = model_of(build)
         body = {"model": model, "messages": user("hi"), "max_tokens": 4}
-        with holding_the_session(running, model):
-            # the request is admitted (one place) but its session never comes within the timeout
+        with holding_the_batch(running, model):
+            # the request is admitted (the queue's one place) but the batch never has room within the timeout
             assert_openai_error(post(running, "/v1/chat/completions", body), 503, "queue_timeout")
         assert post(running, "/v1/chat/completions", body).status_code == 200
-    limits = Limits(max_queue=0, queue_timeout_s=60)
+    limits = Limits(max_batch=1, max_queue=1, queue_timeout_s=60)
     with serve([str(build)], port=0, limits=limits) as running:
         model = model_of(build)
         worker = running.workers[model]
         body = {"model": model, "messages": user("hi"), "max_tokens": 4}
-        # fill the model's one place with a request that waits for the held session
+        # fill the model's two places: the batch's (held) and the queue's (a request waiting for it)
         results = {}
         with httpx.Client(timeout=120) as waiting_client:
-            with holding_the_session(running, model):
+            with holding_the_batch(running, model):
                 waiter = threading.Thread(
                     target=lambda: results.setdefault(
                         "first", waiting_client.post(running.url + "/v1/chat/completions", json=body)
                     )
                 )
                 waiter.start()
-                asyncio.run_coroutine_threadsafe(_until(lambda: worker.admitted == 1), worker._loop).result(timeout=60)
+                asyncio.run_coroutine_threadsafe(_until(lambda: worker.admitted == 2), worker._loop).result(timeout=60)
                 refused = post(running, "/v1/chat/completions", body)
                 assert_openai_error(refused, 503, "queue_full")
                 assert refused.headers["retry-after"] == "1"
             waiter.join(timeout=120)
-        assert results["first"].status_code == 200  # the waiting request was served once the session came back
+        assert results["first"].status_code == 200  # the waiting request was served once the batch had room
 
 
-def test_parallel_sessions_answer_while_one_is_busy(build, reference):
-    with serve([f"tiny={build}"], port=0, limits=Limits(parallel=2, max_queue=0, queue_timeout_s=60)) as running:
-        assert len(running.workers["tiny"].sessions) == 2
-        with holding_the_session(running, "tiny"):  # one session busy: the other answers at once
-            question = QUESTIONS[0]
-            body = {"model": "tiny", "messages": user(question), "temperature": 0, "max_tokens": ANSWER_TOKENS}
-            reply = post(running, "/v1/chat/completions", body)
-            assert reply.status_code == 200
-            assert reply.json()["choices"][0]["message"]["content"] == reference[question].text
+def test_concurrent_answers_are_batched_and_equal_the_single_answers_token_for_token(build, reference):
+    """Eight clients at once on one copy of the model: decoded together, each answer as if alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limits = Limits(max_batch=4, max_queue=16)
+    with serve([f"tiny={build}"], port=0, limits=limits) as running:
+        worker = running.workers["tiny"]
+        assert isinstance(worker, BatchWorker) and worker.snapshot()["max_batch"] == 4
+        largest = []
+        batch = worker.session
+        advance = batch.advance
+
+        def counting(sequences):  # how many answers each step decodes together
+            largest.append(len(sequences))
+            return advance(sequences)
+
+        batch.advance = counting
+
+        def ask(question):
+            with openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0, timeout=120) as c:
+                stream = c.chat.completions.create(
+                    model="tiny", messages=user(question), temperature=0, max_tokens=ANSWER_TOKENS, stream=True
+                )
+                return question, [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(ask, QUESTIONS * 3))
+        assert running.wait_idle(30)
+    for question, pieces in results:
+        assert "".join(pieces) == reference[question].text
+    assert max(largest) > 1  # answers really were decoded together
+    assert max(largest) <= 4
+
+
+def test_a_cancelled_answer_never_disturbs_the_others(build, reference):
+    """Clients that hang up mid-answer leave the batch; the answers decoded beside them stay exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve([f"tiny={build}"], port=0, limits=Limits(max_batch=4)) as running:
+        worker = running.workers["tiny"]
+        model = "tiny"
+        leaving = {"model": model, "messages": user("hi"), "max_tokens": 450, "min_tokens": 450, "stream": True}
+        gate = threading.Barrier(4)
+
+        def leave():
+            gate.wait(timeout=60)
+            with httpx.stream("POST", running.url + "/v1/chat/completions", json=leaving, timeout=120) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        break  # hang up after the first token
+
+        def ask(question):
+            gate.wait(timeout=60)
+            reply = post(
+                running,
+                "/v1/chat/completions",
+                {"model": model, "messages": user(question), "temperature": 0, "max_tokens": ANSWER_TOKENS},
+            )
+            return question, reply.json()["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(4) as pool:
+            leavers = [pool.submit(leave) for _ in range(2)]
+            answers = [pool.submit(ask, q) for q in QUESTIONS[:2]]
+            results = [future.result(timeout=120) for future in answers]
+            for future in leavers:
+                future.result(timeout=120)
+        assert running.wait_idle(30)
+        outcomes = [record.outcome for record in worker.history]
+    for question, text in results:
+        assert text == reference[question].text
+    assert outcomes.count("finished") >= 2
+    assert "cancelled" in outcomes or outcomes.count("finished") == 4
+
+
+def test_parallel_is_refused_in_one_line(run_slmk, build):
+    result = run_slmk("serve", str(build), "--parallel", "2")
+    assert result.returncode != 0
+    assert "--parallel was removed" in result.stderr and "--max-batch" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def _until(condition) -> None:
@@ -447,6 +519,51 @@ def test_a_client_that_stops_reading_frees_the_session_after_the_stall_timeout(b
     assert job.outcome == "stalled"
     # it ran MAX_AHEAD pieces ahead of its absent reader, then gave up
     assert MAX_AHEAD <= job.stats.generated_tokens < 450
+
+
+def test_a_batched_client_that_stops_reading_is_paused_then_dropped_after_the_stall_timeout(build, reference):
+    session = open_session(build, options={"max_batch": 2})
+    worker = BatchWorker("tiny", build, "ortgenai", session, Limits(max_batch=2, stall_timeout_s=0.3))
+    question = QUESTIONS[0]
+
+    async def scenario():
+        worker.attach(asyncio.get_running_loop())
+        silent = Job(user("hi"), {"max_new_tokens": 450}, min_tokens=450)
+        await worker.start(silent)  # generating, and nobody takes its pieces
+        reader = Job(user(question), {"do_sample": False, "max_new_tokens": ANSWER_TOKENS})
+        await worker.start(reader)
+        text = "".join([piece async for piece in reader.pieces()])
+        idle = await asyncio.get_running_loop().run_in_executor(None, worker.wait_idle, 60)
+        return silent, text, idle
+
+    try:
+        silent, text, idle = asyncio.run(scenario())
+    finally:
+        worker.close()
+    assert idle
+    assert text == reference[question].text  # decoded beside the paused one, unchanged
+    assert silent.outcome == "stalled"
+    # it ran MAX_AHEAD pieces ahead of its absent reader, then was paused, then dropped
+    assert MAX_AHEAD <= silent.stats.generated_tokens < 450
+
+
+def test_a_request_the_batch_cannot_take_runs_alone_on_a_plain_session(build):
+    session = open_session(build, options={"max_batch": 2})
+    worker = BatchWorker("tiny", build, "ortgenai", session, Limits(max_batch=2))
+
+    async def scenario():
+        worker.attach(asyncio.get_running_loop())
+        job = Job(user("hi"), {"adapter": "base"})  # a LoRA adapter: not an option of a batched sequence
+        with pytest.raises(UsageError, match="not built for separate adapters"):  # the plain session's answer
+            await worker.start(job)
+        return await asyncio.get_running_loop().run_in_executor(None, worker.wait_idle, 60)
+
+    try:
+        assert asyncio.run(scenario())
+        assert worker.admitted == 0 and worker.outcomes == {"rejected": 1}
+        assert session._solo is not None  # loaded for it, at first use
+    finally:
+        worker.close()
 
 
 # --------------------------------------------------------------------------- endpoint runtime

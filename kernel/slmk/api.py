@@ -95,6 +95,7 @@ from .records import (
     FORMAT_ORTGENAI,
     PRECISIONS,
     RECORD_TYPES,
+    BatchingSession,
     ChatSession,
     Command,
     Converter,
@@ -119,6 +120,7 @@ from .records import (
     StepRequest,
     Task,
     TaskResult,
+    ToolCallFormat,
     Usability,
 )
 from .templates import (
@@ -137,6 +139,7 @@ from .templates import (
     special_tokens_for,
 )
 from .testpoints import pause_point
+from .toolcalls import constraint_schema, format_tool_calls, parse_tool_calls, tool_call_grammar
 from .verify import summary as verification_summary
 
 __all__ = [
@@ -162,12 +165,14 @@ __all__ = [
     "Installer",
     "LoadRequest",
     "ModelFamily",
+    "ToolCallFormat",
     "ModelSource",
     "Probe",
     "ProbeResult",
     "PromptTemplate",
     "Quantizer",
     "Runtime",
+    "BatchingSession",
     "ScoringSession",
     "Setting",
     "StepRequest",
@@ -229,6 +234,11 @@ __all__ = [
     "resolve_template",
     "sample_rendering",
     "special_tokens_for",
+    # tool calls
+    "constraint_schema",
+    "format_tool_calls",
+    "parse_tool_calls",
+    "tool_call_grammar",
     # plugins, settings and operations
     "Plan",
     "PluginInfo",

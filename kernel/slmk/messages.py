@@ -9,7 +9,7 @@ from importlib_metadata import PackageNotFoundError, version
 
 from .errors import UsageError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # tool: a tool's result, answering a tool call
 
 
 def check_messages(messages: Sequence[Mapping[str, str]]) -> None:

@@ -116,6 +116,34 @@ class PromptTemplate:
 
 
 @dataclass(frozen=True)
+class ToolCallFormat:
+    """How a family's models write tool calls, so a server can parse them and constrain them.
+
+    The model writes ``start``, then the call(s) as JSON, then ``end``: one JSON object per
+    call, each wrapped in ``start``/``end`` (Qwen/Hermes ``<tool_call>{...}</tool_call>``),
+    or, with ``json_list``, one JSON list of calls after one ``start`` (Mistral's
+    ``[TOOL_CALLS] [...]``). An empty ``start`` means the answer is the bare JSON object
+    (Llama 3). A call object holds ``name`` and ``arguments_key`` (``parameters`` for
+    Llama 3). ``start_is_token``: start/end are special tokens, which the tokenizer's
+    decoding drops from the answer: an answer that is the bare JSON is read as the call.
+    ``tools_in_system``: the template reads the tools as a JSON string from the system
+    message's ``tools`` key (Phi-4-mini), not from ``tools``. ``call_id_length``: the
+    template takes call ids of exactly that many letters and digits (Mistral: 9); 0: any.
+    ``parse`` replaces the generic parser for a format these fields cannot say: it takes
+    the answer and returns (text before the calls, [{"name", "arguments"}]) or None.
+    """
+
+    start: str
+    end: str = ""
+    json_list: bool = False
+    arguments_key: str = "arguments"
+    start_is_token: bool = False
+    tools_in_system: bool = False
+    call_id_length: int = 0
+    parse: Callable[[str], tuple[str, list[dict[str, Any]]] | None] | None = None
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """A model family: how to recognise it and how to prompt it.
 
@@ -132,6 +160,7 @@ class ModelFamily:
     generation_defaults: Mapping[str, Any] = field(default_factory=dict)
     chat_template: str | None = None  # the family's published Jinja chat template
     converter_hints: Mapping[str, Any] = field(default_factory=dict)
+    tool_calls: ToolCallFormat | None = None  # None: the family's models are not known to call tools
 
 
 # -------------------------------------------------------- converters and quantizers
@@ -300,6 +329,7 @@ class Runtime:
     can_load: Callable[[Path], str | None] | None = None  # None, or why not
     priority: int = 0  # the default runtime is the one with the highest priority
     input_format: str = FORMAT_ORTGENAI  # what it loads: builds, or FORMAT_HF (the source model itself)
+    batches: bool = False  # takes the load option max_batch and may return a BatchingSession
 
 
 @runtime_checkable
@@ -323,6 +353,38 @@ class ScoringSession(ChatSession, Protocol):
 
     def score(self, text: str) -> tuple[float, int]:
         """Teacher-forced negative log-likelihood of ``text``: (sum in nats, tokens scored)."""
+
+
+@runtime_checkable
+class BatchingSession(ChatSession, Protocol):
+    """A session that decodes many sequences together on one copy of the weights (continuous batching).
+
+    A runtime returns one when ``LoadRequest.options`` has ``max_batch``. ``begin`` checks a
+    request and renders its prompt without running the model; each ``advance`` gives every
+    sequence passed one more token (new ones are fed their prompt first, then join), so a
+    sequence joins the running batch whenever it is passed and leaves when it is done or
+    released. One thread calls ``advance``.
+    """
+
+    max_batch: int
+    context_length: int
+    batched_search: frozenset[str]
+
+    def begin(self, messages: Sequence[Mapping[str, str]], **search: Any) -> Any:
+        """A new sequence (``.done``, ``.tokens``, ``.stats``, ``.finish_reason``); raises on bad options."""
+
+    def begin_ids(self, prompt_ids: Sequence[int], **search: Any) -> Any:
+        """The same for a prompt given as token ids (no chat template)."""
+
+    def advance(self, sequences: Sequence[Any]) -> Mapping[Any, str]:
+        """One token for each of ``sequences``: the text each one's token completes."""
+
+    def release(self, sequence: Any) -> None:
+        """Drop a sequence that will not be advanced again (cancelled): its cache is freed."""
+
+    def solo(self) -> ChatSession:
+        """A plain session of the same model for requests the batch cannot take (``batched_search``
+        names the search options a batched sequence takes); runs one at a time."""
 
 
 # --------------------------------------------------------------------------- model sources

@@ -622,9 +622,13 @@ def render_chat_template(
     *,
     add_generation_prompt: bool = True,
     special_tokens: Mapping[str, str] | Iterable[str] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
     **template_vars: Any,
 ) -> str:
     """Render a Hugging Face chat template exactly as ``apply_chat_template(tokenize=False)``.
+
+    ``tools`` are OpenAI-style function tools (``{"type": "function", "function": {...}}``),
+    the template's ``tools`` variable.
 
     ``special_tokens`` are the tokenizer's ``special_tokens_map`` (``bos_token``,
     ``eos_token`` ...); ``template_vars`` are extra variables (``enable_thinking``,
@@ -647,6 +651,8 @@ def render_chat_template(
     if chat_template in _EXCEEDED:
         raise _limit_error(_EXCEEDED[chat_template])
     variables = {**as_special_tokens(special_tokens), **template_vars}
+    if tools:
+        variables["tools"] = [dict(tool) for tool in tools]  # travels to the worker with the variables
     plain = _plain_messages(messages)
     try:
         return render_worker.render(chat_template, plain, add_generation_prompt, variables)
@@ -670,7 +676,11 @@ def render_in_process(
         raise _limit_error(_EXCEEDED[chat_template])
     # str(), not _weight(): a caller's conversation may hold anything, a cycle included
     conversation_chars = sum(len(str(value)) for message in plain for value in message.values())
-    budget = _RenderBudget(conversation_chars + sum(len(str(value)) for value in variables.values()))
+    variables = dict(variables)
+    tools = variables.pop("tools", None)
+    budget = _RenderBudget(
+        conversation_chars + sum(len(str(value)) for value in variables.values()) + len(str(tools or ""))
+    )
     token = _BUDGET.set(budget)
     try:
         try:
@@ -686,7 +696,7 @@ def render_in_process(
             ) from exc
         pieces = []
         for piece in compiled.generate(
-            messages=plain, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+            messages=plain, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **variables
         ):
             budget.step()
             budget.produce(len(piece), "output")

@@ -30,6 +30,7 @@ from slmk.api import (
     ModelInfo,
     PromptTemplate,
     TemplateError,
+    ToolCallFormat,
     derive_prompt_template,
     model_identity,
     sample_rendering,
@@ -125,6 +126,17 @@ ZEPHYR = _pieces(
 )
 
 
+# Tool-call formats, as each family's published chat template describes them to the model
+# (and renders an assistant turn that carries tool_calls).
+HERMES_TOOL_CALLS = ToolCallFormat(start="<tool_call>\n", end="\n</tool_call>")  # Qwen2.5, Qwen3, SmolLM3
+LLAMA3_TOOL_CALLS = ToolCallFormat(start="", arguments_key="parameters")  # the bare JSON object
+MISTRAL_TOOL_CALLS = ToolCallFormat(start="[TOOL_CALLS] ", json_list=True, start_is_token=True, call_id_length=9)
+GRANITE_TOOL_CALLS = ToolCallFormat(start="<|tool_call|>", json_list=True, start_is_token=True)
+PHI4_MINI_TOOL_CALLS = ToolCallFormat(
+    start="<|tool_call|>", end="<|/tool_call|>", json_list=True, start_is_token=True, tools_in_system=True
+)
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """The data of one family; ``record()`` turns it into the kernel's ModelFamily."""
@@ -144,6 +156,7 @@ class FamilySpec:
     bonus: Callable[[ModelInfo], int] = field(default=lambda info: 0)
     bonus_required: bool = False  # markers shared with a more general family: claim only with the bonus
     variant: Callable[[ModelInfo], PromptTemplate | None] = field(default=lambda info: None)
+    tool_calls: ToolCallFormat | None = None  # how the family's published templates ask for tool calls
 
     def type_agrees(self, info: ModelInfo) -> bool:
         model_type, architectures = model_identity(info)
@@ -181,6 +194,7 @@ class FamilySpec:
             stop_tokens=self.stop_tokens,
             generation_defaults=dict(self.generation_defaults),
             chat_template=published(self.chat_template_file),
+            tool_calls=self.tool_calls,
         )
 
 
@@ -207,6 +221,7 @@ def _mistral_variant(info: ModelInfo) -> PromptTemplate | None:
 SPECS: tuple[FamilySpec, ...] = (
     FamilySpec(
         name="qwen2",
+        tool_calls=HERMES_TOOL_CALLS,
         description="Qwen2 / Qwen2.5 and any plain ChatML model (<|im_start|>role ... <|im_end|>)",
         markers=("<|im_start|>", "<|im_end|>"),
         pieces=_chatml("qwen2"),
@@ -227,6 +242,7 @@ SPECS: tuple[FamilySpec, ...] = (
     ),
     FamilySpec(
         name="qwen3",
+        tool_calls=HERMES_TOOL_CALLS,
         description="Qwen3 (ChatML with <think> reasoning; history answers lose their reasoning)",
         markers=("<|im_start|>", "<|im_end|>"),
         pieces=_chatml("qwen3"),
@@ -257,6 +273,7 @@ SPECS: tuple[FamilySpec, ...] = (
     ),
     FamilySpec(
         name="smollm3",
+        tool_calls=HERMES_TOOL_CALLS,
         description="SmolLM3 (ChatML; a metadata system block with the date and /think or /no_think reasoning)",
         markers=("<|im_start|>", "<|im_end|>"),
         pieces=_chatml("smollm3"),
@@ -272,6 +289,7 @@ SPECS: tuple[FamilySpec, ...] = (
     ),
     FamilySpec(
         name="granite",
+        tool_calls=GRANITE_TOOL_CALLS,
         description="IBM Granite 3.x (<|start_of_role|>role<|end_of_role|> ... <|end_of_text|>)",
         markers=("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
         pieces=GRANITE,
@@ -286,6 +304,7 @@ SPECS: tuple[FamilySpec, ...] = (
     ),
     FamilySpec(
         name="phi3",
+        tool_calls=PHI4_MINI_TOOL_CALLS,
         description="Phi-3 / Phi-3.5 / Phi-4-mini (<|user|> ... <|end|> <|assistant|>)",
         markers=("<|user|>", "<|assistant|>", "<|end|>"),
         pieces=PHI3,
@@ -301,6 +320,7 @@ SPECS: tuple[FamilySpec, ...] = (
     ),
     FamilySpec(
         name="llama3",
+        tool_calls=LLAMA3_TOOL_CALLS,
         description="Llama 3 / 3.1 / 3.2 / 3.3 (<|start_header_id|>role<|end_header_id|> ... <|eot_id|>)",
         markers=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
         pieces=LLAMA3,
@@ -314,6 +334,7 @@ SPECS: tuple[FamilySpec, ...] = (
     ),
     FamilySpec(
         name="mistral",
+        tool_calls=MISTRAL_TOOL_CALLS,
         description="Mistral Instruct v0.1-v0.3 ([INST] ... [/INST]; no system turn of its own)",
         markers=("[INST]", "[/INST]"),
         pieces=MISTRAL_V03,

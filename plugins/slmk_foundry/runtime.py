@@ -40,6 +40,8 @@ from .layout import PUBLISHER, locate, read_entry, read_json
 _FIXED_IN_CONFIG = ("repetition_penalty", "min_length")
 #: Sampling options sent with every request: the caller's, else the build's search values.
 _SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "random_seed")
+#: The smallest normal 32-bit float: Foundry Local reads sampling values as 32-bit floats.
+_FLOAT32_TINY = 1.1754943508222875e-38
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -161,7 +163,8 @@ class FoundrySession:
             request._close()
             session._close()
             if isinstance(exc, fl.FoundryLocalException):
-                raise SlmkError(f"Foundry Local rejected the request: {sdk._native_message(exc)}") from exc
+                # a refusal of this request (e.g. nothing to generate from), not a failing runtime
+                raise UsageError(f"Foundry Local rejected the request: {sdk._native_message(exc)}") from exc
             raise
         return self._stream(session, request, prompt_tokens)
 
@@ -200,6 +203,15 @@ class FoundrySession:
         sampling.update({k: search.pop(k) for k in _SAMPLING if k in search})
         if sampling["temperature"] == 0:  # the usual spelling of greedy decoding
             sampling["temperature"], sampling["do_sample"] = None, False
+        for key in ("temperature", "top_p"):
+            value = sampling[key]
+            if isinstance(value, float) and 0 < value < _FLOAT32_TINY:
+                # Foundry Local parses it as a 32-bit float (std::stof), which fails below this
+                raise UsageError(
+                    f"{key} {value:g} is too small for Foundry Local (its floats are 32-bit)",
+                    hint=f"use at least {_FLOAT32_TINY:g}"
+                    + (", or 0 for greedy decoding" if key == "temperature" else ""),
+                )
         return self._fl.SearchOptions(
             max_output_tokens=room,
             do_sample=sampling["do_sample"],

@@ -115,5 +115,6 @@ def slmk_runtimes():
         description="onnxruntime-genai in-process: streams tokens, applies the model's chat template",
         load=runtime.load,
         can_load=runtime.can_load,
+        batches=True,
         priority=10,
     )

@@ -22,6 +22,7 @@ from slmk.api import (
 )
 
 from . import adapters as lora
+from . import logprobs as token_logprobs
 from .errors import first_line
 from .tokenization import exact_encoder
 
@@ -34,6 +35,11 @@ SCORE_CHUNK = 128
 #: 512 x 151936 fp32 logits tensor (297 MiB); in calls of 128 the peak RSS of a 0.5B int4
 #: build at a 512-token prompt fell from 946 to 661 MiB (benchmarks/peer_llamacpp.py).
 PREFILL_CHUNK = 128
+#: onnxruntime-genai takes random_seed and top_k as 32-bit integers (larger ones fail to convert).
+INT32 = (-(2**31), 2**31 - 1)
+#: What ``generate(..., guidance=(KIND, SPEC))`` constrains the answer with: onnxruntime-genai's
+#: llguidance kinds (a JSON schema, a regular expression, a Lark grammar).
+GUIDANCE_KINDS = ("json_schema", "regex", "lark_grammar")
 
 
 def can_load(path: Path) -> str | None:
@@ -46,11 +52,31 @@ def load(request: LoadRequest) -> OrtGenAISession:
     reason = can_load(request.path)
     if reason:
         raise UsageError(f"cannot load {request.path}: {reason}", hint="pass the output folder of `slmk convert`")
-    return OrtGenAISession(request.path, request.execution_provider, request.options)
+    options = dict(request.options)
+    max_batch = options.pop("max_batch", None)
+    if max_batch is not None:
+        # continuous batching (slmk serve): one copy of the weights for every sequence
+        from .batching import BatchingSession, batching_problem
+
+        ep = request.execution_provider
+        problem = (
+            batching_problem(request.path)
+            or ("it loads an adapter" if options.get("adapter") else None)
+            or (f"batching runs on the CPU, not {ep.name}" if ep.genai_provider else None)
+        )
+        if problem is None:
+            return BatchingSession(request.path, request.execution_provider, max_batch, options)
+        session = OrtGenAISession(request.path, request.execution_provider, options)
+        session.not_batched = problem  # the caller says why: one answer at a time
+        return session
+    return OrtGenAISession(request.path, request.execution_provider, options)
 
 
 class OrtGenAISession:
     """A loaded build. ``generate`` streams text; ``encode`` and ``score`` serve benchmarks."""
+
+    guidance_kinds = GUIDANCE_KINDS  # what generate(guidance=...) takes (slmk serve asks)
+    takes_tools = True  # generate(tools=[...]) renders them through the model's chat template
 
     def __init__(self, path: Path, execution_provider: ExecutionProvider, options: Mapping[str, Any] | None = None):
         import onnxruntime_genai as og
@@ -59,6 +85,7 @@ class OrtGenAISession:
         self.execution_provider = execution_provider
         self.last_stats: GenerationStats | None = None
         self.last_token_ids: list[int] = []  # the tokens the last generate() produced, eos included
+        self._logprobs: list[dict[str, Any]] = []  # entries of tokens generated since take_logprobs()
         options = dict(options or {})
         self.truncate = bool(options.pop("truncate", False))
         default_adapter = options.pop("adapter", None)
@@ -81,6 +108,7 @@ class OrtGenAISession:
         config = read_genai_config(self.path)
         self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
         self.default_search: dict[str, Any] = dict(config.get("search") or {})
+        self.vocab_size: int = int(config.get("model", {}).get("vocab_size") or 0)
         self.min_cache_length = _min_cache_length(config)
         self._score_chunk: int | None = None  # known at the first score(): see score_chunk
         try:
@@ -181,13 +209,16 @@ class OrtGenAISession:
         self._require_open()
         return self._tokenizer.decode(list(token_ids))
 
-    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt text the model's own chat template makes of ``messages``."""
+    def render_prompt(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping] | None = None) -> str:
+        """The prompt text the model's own chat template makes of ``messages`` (and ``tools``,
+        OpenAI function tools, which the template describes to the model)."""
         self._require_open()
         check_messages(messages)
         try:
             return self._tokenizer.apply_chat_template(
-                json.dumps(list(map(dict, messages))), add_generation_prompt=True
+                json.dumps(list(map(dict, messages))),
+                tools=json.dumps(list(tools)) if tools else None,
+                add_generation_prompt=True,
             )
         except Exception as exc:
             raise SlmkError(
@@ -201,8 +232,13 @@ class OrtGenAISession:
 
         ``adapter=NAME`` (or a file) answers with that LoRA adapter, ``adapter=None`` with
         the base; without it, the session's default adapter (``adapter`` load option) is used.
+        ``guidance=(KIND, SPEC)`` constrains the answer (``GUIDANCE_KINDS``); ``tools`` are
+        OpenAI function tools for the chat template.
         """
         adapter = search.pop("adapter", self.adapter)
+        top_logprobs = search.pop("logprobs", None)
+        _check_top_logprobs(top_logprobs)
+        guidance, tools = search.pop("guidance", None), search.pop("tools", None)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(
@@ -210,21 +246,60 @@ class OrtGenAISession:
             )
         check_search_values(search)
         adapter_name = self.load_adapter(adapter) if adapter else None
-        prompt_ids = self.encode(self.render_prompt(messages))
-        return self._stream(*self._plan(prompt_ids, search), adapter=adapter_name)
+        if guidance is not None:
+            self._check_guidance(guidance)
+        prompt_ids = self.encode(self.render_prompt(messages, tools))
+        return self._stream(
+            *self._plan(prompt_ids, search), adapter=adapter_name, top_logprobs=top_logprobs, guidance=guidance
+        )
+
+    def _check_guidance(self, guidance: Any) -> None:
+        """Refuse a constraint onnxruntime-genai cannot compile now, not at the first token."""
+        kind, spec = guidance if isinstance(guidance, tuple) and len(guidance) == 2 else (None, None)
+        if kind not in GUIDANCE_KINDS or not isinstance(spec, str):
+            raise UsageError(
+                f"guidance must be (KIND, SPEC) with KIND one of {', '.join(GUIDANCE_KINDS)}, not {guidance!r}"
+            )
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=max(2, self.min_cache_length))
+        try:
+            params.set_guidance(kind, spec)
+            generator = self._og.Generator(self._model, params)  # the grammar compiles here
+            del generator
+        except Exception as exc:
+            raise UsageError(
+                f"onnxruntime-genai cannot use this {kind} constraint: {first_line(exc)}",
+                hint="llguidance takes JSON Schema (draft 2020-12 subset), Rust-style regex and its Lark dialect",
+            ) from exc
 
     def generate_ids(self, prompt_ids: Sequence[int], **search: Any) -> Iterator[str]:
         """Stream the answer to a prompt given as token ids: no chat template, no tokenizer on the
-        way in (parity checks feed another tokenizer's ids; ``last_token_ids`` holds the answer)."""
+        way in (parity checks feed another tokenizer's ids; ``last_token_ids`` holds the answer).
+
+        ``logprobs=K`` (0 to 20) records each generated token's log-probability and its K
+        likeliest alternatives (``take_logprobs``); generate() takes it too."""
+        top_logprobs = search.pop("logprobs", None)
+        _check_top_logprobs(top_logprobs)
+        guidance = search.pop("guidance", None)
         unknown = sorted(set(search) - set(SEARCH_OPTIONS))
         if unknown:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
         check_search_values(search)
         self._require_open()
-        return self._stream(*self._plan([int(t) for t in prompt_ids], search))
+        if guidance is not None:
+            self._check_guidance(guidance)
+        return self._stream(
+            *self._plan([int(t) for t in prompt_ids], search), top_logprobs=top_logprobs, guidance=guidance
+        )
 
     def _plan(self, prompt_ids: list[int], search: dict[str, Any]) -> tuple[list[int], dict[str, Any], int]:
         search = {k: v for k, v in search.items() if v is not None}
+        if self.vocab_size and search.get("top_k", 0) > self.vocab_size:
+            # onnxruntime-genai would refuse it only when the generator is made, mid-stream
+            raise UsageError(
+                f"top_k {search['top_k']} is more than the model's vocabulary ({self.vocab_size} tokens)",
+                hint=f"top_k must be at most {self.vocab_size} (0: no limit)",
+            )
         truncate = bool(search.pop("truncate", self.truncate))
         new_tokens = search.pop("max_new_tokens", None)
         context = self.context_length or len(prompt_ids) + int(new_tokens or TRUNCATE_RESERVE)
@@ -258,9 +333,16 @@ class OrtGenAISession:
         return prompt_ids, search, new_token_limit
 
     def _stream(
-        self, prompt_ids: list[int], search: dict[str, Any], new_token_limit: int, adapter: str | None = None
+        self,
+        prompt_ids: list[int],
+        search: dict[str, Any],
+        new_token_limit: int,
+        adapter: str | None = None,
+        top_logprobs: int | None = None,
+        guidance: tuple[str, str] | None = None,
     ) -> Iterator[str]:
         og = self._og
+        self._logprobs = []
         start = time.perf_counter()
         first_token_at = None
         produced: list[int] = []
@@ -269,6 +351,8 @@ class OrtGenAISession:
         try:
             params = og.GeneratorParams(self._model)
             params.set_search_options(**search)
+            if guidance:
+                params.set_guidance(*guidance)
             generator = og.Generator(self._model, params)
             if adapter:
                 generator.set_active_adapter(self._adapters, adapter)
@@ -276,11 +360,15 @@ class OrtGenAISession:
                 generator.append_tokens(prompt_ids[begin : begin + PREFILL_CHUNK])
             stream = self._tokenizer.create_stream()
             while not generator.is_done() and len(produced) < new_token_limit:
+                # the logits the next token is drawn from (after generate_next_token they are the following one's)
+                row = token_logprobs.log_softmax(generator.get_logits())[-1] if top_logprobs is not None else None
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 produced.append(token)
+                if row is not None:  # the end token too (as vLLM lists it): echo scoring counts on it
+                    self._logprobs.append(token_logprobs.entry(row, token, top_logprobs, self._token_text))
                 if token in self.eos_token_ids:
                     continue  # the end-of-turn marker is not part of the answer
                 piece = stream.decode(token)
@@ -298,6 +386,34 @@ class OrtGenAISession:
                 time_to_first_token_s=(first_token_at or end) - start,
                 total_s=end - start,
             )
+
+    def _token_text(self, token_ids: Sequence[int]) -> str:
+        # onnxruntime-genai decodes an end token alone to U+FFFD: it has no text in the answer
+        return "" if len(token_ids) == 1 and token_ids[0] in self.eos_token_ids else self.decode(token_ids)
+
+    def take_logprobs(self) -> list[dict[str, Any]]:
+        """Entries of the tokens generated since the last call (``logprobs=K``); see logprobs.py."""
+        taken, self._logprobs = self._logprobs, []
+        return taken
+
+    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list[dict[str, Any]]:
+        """Teacher-forced entries of each prompt token (the first has no logprob), as echo reports them."""
+        self._require_open()
+        _check_top_logprobs(top)
+        ids = [int(t) for t in prompt_ids]
+        if self.context_length and len(ids) > self.context_length:
+            raise SlmkError(
+                f"the prompt has {len(ids)} tokens and the model's context holds {self.context_length}",
+                hint="shorten the prompt",
+            )
+        start = time.perf_counter()
+        entries = token_logprobs.prompt_entries(self, ids, top)
+        total = time.perf_counter() - start
+        self.last_token_ids = []
+        self.last_stats = GenerationStats(
+            prompt_tokens=len(ids), generated_tokens=0, time_to_first_token_s=total, total_s=total
+        )
+        return entries
 
     # ------------------------------------------------------------ score
     def score(self, text: str, *, window: int | None = None, stride: int | None = None) -> tuple[float, int]:
@@ -440,14 +556,19 @@ _SEARCH_VALUES: dict[str, tuple[Any, str]] = {
     "max_length": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "max_new_tokens": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "min_length": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "random_seed": (_is_int, "an integer"),
+    "random_seed": (lambda v: _is_int(v) and INT32[0] <= v <= INT32[1], "an integer from -2**31 to 2**31-1"),
     "do_sample": (lambda v: isinstance(v, bool), "true or false"),
     "truncate": (lambda v: isinstance(v, bool), "true or false"),
     "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "top_k": (lambda v: _is_int(v) and 0 <= v <= INT32[1], "an integer from 0 to 2**31-1"),
     "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
 }
+
+
+def _check_top_logprobs(top: int | None) -> None:
+    if top is not None and not (_is_int(top) and 0 <= top <= token_logprobs.MAX_TOP_LOGPROBS):
+        raise UsageError(f"logprobs = {top!r} is not allowed", hint="logprobs must be an integer from 0 to 20")
 
 
 def check_search_values(search: Mapping[str, Any]) -> None:

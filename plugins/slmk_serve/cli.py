@@ -35,16 +35,42 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
 @click.option(
     "--api-key",
     envvar="SLMK_API_KEY",
-    help="Require `Authorization: Bearer KEY` on /v1 (also: $SLMK_API_KEY).",
+    help="Require `Authorization: Bearer KEY` on every route but /health (also: $SLMK_API_KEY).",
 )
 @click.option("--runtime", help="Runtime plugin that loads the models [default: slmk.toml runtime, ortgenai].")
 @click.option("--ep", "execution_provider", help="Execution provider (default: the one each model was built for).")
 @click.option(
-    "--parallel",
+    "--max-batch",
     type=click.IntRange(min=1),
-    default=1,
+    default=8,
     show_default=True,
-    help="Sessions per model: answers generated at the same time (each holds its own copy of the model).",
+    help="Answers per model decoded together on one copy of the weights (continuous batching).",
+)
+@click.option(
+    "--parallel",
+    hidden=True,
+    type=int,
+    help="Removed: use --max-batch (one copy of the model decodes several answers together).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run each model as a Ray Serve deployment: on the cluster at ADDRESS (host:port), "
+    "or on an embedded Ray without one.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    help="With --ray: replicas per model, placed on the cluster's nodes, each batching its own requests [default: 1].",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --ray: CPUs Ray reserves for each replica [default: 1].",
 )
 @click.option(
     "--max-queue",
@@ -98,7 +124,13 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="warning",
     show_default=True,
-    help="uvicorn's log level (info: one line per request).",
+    help="Log level (info: one line per request with its model, tokens, time to first token and total).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="Let browser pages from this origin call the API (repeatable; `*`: any). Off by default.",
 )
 @click.pass_context
 def serve_command(
@@ -109,7 +141,11 @@ def serve_command(
     api_key,
     runtime,
     execution_provider,
+    max_batch,
     parallel,
+    ray_address,
+    replicas,
+    replica_cpus,
     max_queue,
     queue_timeout,
     stall_timeout,
@@ -118,20 +154,41 @@ def serve_command(
     max_connections,
     cache_dir,
     log_level,
+    cors_origins,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (TARGET: build folder, installed NAME, or NAME=TARGET).
 
     \b
-    Routes: /v1/models, /v1/chat/completions (streamed or not), /v1/completions, /health.
+    Routes: /v1/models, /v1/chat/completions (streamed or not), /v1/completions, /health, /metrics.
     Listens on 127.0.0.1 only unless --host says otherwise. Ctrl-C stops it.
+
+    \b
+    Concurrent requests to a model are decoded together (continuous batching, --max-batch).
 
     \b
     slmk serve build/tiny-int4
     slmk serve tiny=build/tiny-int4 chat=tiny-chat --api-key "$KEY" --port 8080
+    slmk serve build/tiny-int4 --ray 10.0.0.5:6379 --replicas 2
     """
     from .server import is_loopback, serve
     from .workers import Limits
 
+    if parallel is not None:
+        from slmk.api import UsageError
+
+        raise UsageError(
+            "--parallel was removed: it loaded a copy of the model per answer",
+            hint="use --max-batch N: N answers decoded together on one copy",
+        )
+    ray = None
+    if ray_address is not None:
+        from .server import RayOptions
+
+        ray = RayOptions(address=ray_address or None, replicas=replicas or 1, num_cpus=replica_cpus or 1.0)
+    elif replicas is not None or replica_cpus is not None:
+        from slmk.api import UsageError
+
+        raise UsageError("--replicas and --replica-cpus need --ray", hint="add --ray (embedded) or --ray HOST:PORT")
     settings = _settings(ctx, runtime, cache_dir)
     if not is_loopback(host):
         click.echo(
@@ -141,7 +198,7 @@ def serve_command(
         )
     limits = Limits(
         max_queue=max_queue,
-        parallel=parallel,
+        max_batch=max_batch,
         max_tokens_limit=max_tokens_limit,
         max_body_bytes=max_body_bytes,
         queue_timeout_s=queue_timeout,
@@ -159,7 +216,11 @@ def serve_command(
         installer=settings["installer"],
         cache_dir=settings["cache_dir"],
         log_level=log_level,
+        ray=ray,
+        cors_origins=cors_origins,
     )
+    for note in server.notes:
+        click.echo(f"warning: {note}", err=True)
     click.echo(f"serving {', '.join(server.models)} at {server.base_url} ({settings['runtime']}); Ctrl-C stops")
     click.echo(how_to_call(server.url, server.models[0], api_key))
     server.wait()

@@ -12,12 +12,13 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.api import SlmkError, UsageError, open_session, resolve_target
+from slmk.api import BatchingSession, SlmkError, UsageError, get_registry, open_session, resolve_target
 
-from .workers import Limits, ModelWorker
+from .workers import BatchWorker, Limits, ModelWorker
 
 #: Longest wait for uvicorn to start listening (startup is a few ms; a stuck one is a bug).
 START_TIMEOUT_S = 30.0
@@ -48,37 +49,32 @@ def load_models(
     limits: Limits,
     installer: str = "foundry",
     cache_dir: Path | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, ModelWorker]:
-    """One worker per target, each with ``limits.parallel`` sessions loaded by ``runtime``."""
-    if not targets:
-        raise UsageError("nothing to serve", hint="pass build folders or installed model names")
+    """One worker per target, each with one session loaded by ``runtime``.
+
+    A runtime that batches is asked for ``limits.max_batch`` sequences at once; a build it
+    cannot batch (or another runtime) answers one request at a time, and ``notes`` says so.
+    """
+    batches = getattr(get_registry().get("slmk_runtimes", runtime, "runtime"), "batches", False)
     workers: dict[str, ModelWorker] = {}
     try:
-        for target in targets:
-            name, ref = parse_target(target)
-            folder, installed = resolve_target(ref, installer=installer, cache_dir=cache_dir)
-            name = name or (installed.name if installed else Path(folder).name)
-            if name in workers:
-                raise UsageError(
-                    f"two models are named {name!r}", hint="name them: slmk serve NAME1=TARGET1 NAME2=TARGET2"
-                )
-            sessions: list[Any] = []
-            try:
-                for _ in range(limits.parallel):
-                    sessions.append(
-                        open_session(
-                            folder,
-                            runtime=runtime,
-                            execution_provider=execution_provider,
-                            installed=installed,
-                            cache_dir=cache_dir,
-                        )
-                    )
-            except BaseException:
-                for session in sessions:
-                    session.close()
-                raise
-            workers[name] = ModelWorker(name, Path(folder), runtime, sessions, limits)
+        for name, folder, installed in _resolved_targets(targets, installer=installer, cache_dir=cache_dir):
+            session = open_session(
+                folder,
+                runtime=runtime,
+                execution_provider=execution_provider,
+                installed=installed,
+                cache_dir=cache_dir,
+                options={"max_batch": limits.max_batch} if batches else None,
+            )
+            if isinstance(session, BatchingSession):
+                workers[name] = BatchWorker(name, Path(folder), runtime, session, limits)
+            else:
+                why = getattr(session, "not_batched", None) or f"the {runtime} runtime does not batch"
+                if notes is not None and limits.max_batch > 1:
+                    notes.append(f"{name}: not batched ({why}): one answer at a time")
+                workers[name] = ModelWorker(name, Path(folder), runtime, [session], limits)
     except BaseException:
         for worker in workers.values():
             worker.close()
@@ -86,8 +82,46 @@ def load_models(
     return workers
 
 
+def _resolved_targets(targets: Sequence[str], *, installer: str, cache_dir: Path | None) -> list[tuple[str, Path, Any]]:
+    """(name, folder, installed model or None) of each target; names must differ."""
+    if not targets:
+        raise UsageError("nothing to serve", hint="pass build folders or installed model names")
+    resolved: dict[str, tuple[str, Path, Any]] = {}
+    for target in targets:
+        name, ref = parse_target(target)
+        folder, installed = resolve_target(ref, installer=installer, cache_dir=cache_dir)
+        name = name or (installed.name if installed else Path(folder).name)
+        if name in resolved:
+            raise UsageError(f"two models are named {name!r}", hint="name them: slmk serve NAME1=TARGET1 NAME2=TARGET2")
+        resolved[name] = (name, Path(folder), installed)
+    return list(resolved.values())
+
+
+def _named_targets(targets: Sequence[str], *, installer: str, cache_dir: Path | None) -> list[tuple[str, Path]]:
+    return [(name, folder) for name, folder, _ in _resolved_targets(targets, installer=installer, cache_dir=cache_dir)]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``slmk serve --ray``: the cluster (None: an embedded one), replicas per model, CPUs per replica."""
+
+    address: str | None = None
+    replicas: int = 1
+    num_cpus: float = 1.0
+    temp_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise UsageError(f"replicas must be at least 1, not {self.replicas}")
+        if self.num_cpus <= 0:
+            raise UsageError(f"replica CPUs must be positive, not {self.num_cpus}")
+
+
 class RunningServer:
     """An endpoint running in a background thread; ``stop()`` (or ``with``) ends it."""
+
+    notes: list[str] = []  # what the start-up could not honour in full (e.g. a model not batched)
+    deployment: Any = None  # the Ray Serve deployments (--ray), shut down with the server
 
     def __init__(self, server: Any, thread: threading.Thread, sock: socket.socket, workers: dict[str, ModelWorker]):
         self._server = server
@@ -132,6 +166,9 @@ class RunningServer:
         for worker in self.workers.values():
             worker.close()
         self.workers = {}
+        if self.deployment is not None:
+            self.deployment.close()
+            self.deployment = None
 
     def __enter__(self) -> RunningServer:
         return self
@@ -152,8 +189,14 @@ def serve(
     installer: str = "foundry",
     cache_dir: Path | None = None,
     log_level: str = "warning",
+    ray: RayOptions | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> RunningServer:
-    """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening."""
+    """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening.
+
+    With ``ray``, each model runs as a Ray Serve deployment of ``ray.replicas`` replicas
+    (each batching on its own) and this process keeps the HTTP endpoint.
+    """
     try:
         import uvicorn
 
@@ -163,28 +206,45 @@ def serve(
             f"slmk serve needs {exc.name}, which is not installed", hint="pip install 'slmk[serve]'"
         ) from None
     limits = limits or Limits()
-    if api_key is not None and not api_key.strip():
-        raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
+    check_api_key(api_key)
     sock = _bind(host, port)
+    notes: list[str] = []
+    deployment = None
     try:
-        workers = load_models(
-            targets,
-            runtime=runtime,
-            execution_provider=execution_provider,
-            limits=limits,
-            installer=installer,
-            cache_dir=cache_dir,
-        )
+        if ray is None:
+            workers = load_models(
+                targets,
+                runtime=runtime,
+                execution_provider=execution_provider,
+                limits=limits,
+                installer=installer,
+                cache_dir=cache_dir,
+                notes=notes,
+            )
+        else:
+            from .ray_serve import RayDeployment
+
+            deployment = RayDeployment(ray.address, ray.replicas, ray.num_cpus, ray.temp_dir)
+            workers = {}
+            for name, folder in _named_targets(targets, installer=installer, cache_dir=cache_dir):
+                workers[name] = deployment.deploy(name, folder, runtime, execution_provider, limits)
     except BaseException:
         sock.close()
+        if deployment is not None:
+            deployment.close()
         raise
     app = create_app(
-        workers, api_key=api_key, max_body_bytes=limits.max_body_bytes, max_tokens_limit=limits.max_tokens_limit
+        workers,
+        api_key=api_key,
+        max_body_bytes=limits.max_body_bytes,
+        max_tokens_limit=limits.max_tokens_limit,
+        cors_origins=cors_origins,
     )
+    _log_requests(log_level)
     config = uvicorn.Config(
         app,
         log_level=log_level,
-        access_log=log_level in ("info", "debug", "trace"),
+        access_log=False,  # slmk.serve logs one line per request, with the model's tokens and times
         limit_concurrency=limits.max_connections,
         timeout_graceful_shutdown=5,
         lifespan="on",
@@ -206,13 +266,49 @@ def serve(
             sock.close()
             for worker in workers.values():
                 worker.close()
+            if deployment is not None:
+                deployment.close()
             raise SlmkError("the HTTP server did not start", hint="run with --log-level info to see why")
-    return RunningServer(server, thread, sock, workers)
+    running = RunningServer(server, thread, sock, workers)
+    running.notes = notes
+    running.deployment = deployment
+    return running
+
+
+def check_api_key(api_key: str | None) -> None:
+    """A key a client can send as ``Authorization: Bearer KEY``: not empty, no spaces or control characters.
+
+    Non-ASCII keys are allowed: clients send them as UTF-8 bytes, which is what is compared.
+    """
+    if api_key is None:
+        return
+    if not api_key.strip():
+        raise UsageError("the API key is empty", hint="pass a non-empty --api-key, or none")
+    if any(c.isspace() or not c.isprintable() for c in api_key):
+        raise UsageError(
+            "the API key holds a space or a control character, which an HTTP header cannot carry",
+            hint="use letters, digits and punctuation",
+        )
+
+
+def _log_requests(log_level: str) -> None:
+    """At info (or debug), slmk.serve's one line per request goes to stderr, as uvicorn's own lines do."""
+    logger = logging.getLogger("slmk.serve")
+    level = getattr(logging, log_level.upper(), logging.WARNING)
+    logger.setLevel(level)
+    if level <= logging.INFO and not any(getattr(h, "_slmk_serve", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        handler._slmk_serve = True
+        logger.addHandler(handler)
 
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: accepted sockets inherit the protocol, and asyncio sets TCP_NODELAY only
+    # on sockets that say TCP. Without it a response written in two pieces waits for the
+    # client's delayed ACK (~40 ms) on every kept-alive connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

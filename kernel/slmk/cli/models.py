@@ -35,6 +35,13 @@ from .options import (
 )
 @cache_dir_option
 @generation_options
+@click.option(
+    "--json-schema",
+    "json_schema",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Constrain every answer to this JSON Schema file (ortgenai runtime).",
+)
+@click.option("--regex", help="Constrain every answer to this regular expression (ortgenai runtime).")
 @click.option("--json", "as_json", is_flag=True, help="With --prompt: print the answer and stats as JSON.")
 @pass_state
 def run(
@@ -52,17 +59,21 @@ def run(
     top_k,
     repetition_penalty,
     greedy,
+    json_schema,
+    regex,
     as_json,
 ) -> None:
     """Chat with a build folder or an installed model (TARGET: folder or NAME[:VERSION]).
 
     The model's own chat template is applied; tokens stream as they are generated.
     In the interactive chat, /reset clears the conversation and /exit (or Ctrl-D) quits.
+    --json-schema and --regex constrain the answer while it is generated.
     """
     from .. import app
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
     search = search_from(state, settings, max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
+    guidance = _guidance(json_schema, regex)
     cache = installer_cache(settings)
     folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=cache)
     session = app.open_session(
@@ -75,6 +86,14 @@ def run(
     )
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     try:
+        if guidance:
+            if guidance[0] not in (getattr(session, "guidance_kinds", None) or ()):
+                option = "--json-schema" if json_schema else "--regex"
+                raise UsageError(
+                    f"the {settings['runtime']} runtime cannot constrain its answers ({option})",
+                    hint="use --runtime ortgenai",
+                )
+            search = {**search, "guidance": guidance}
         if prompt is not None:
             messages = [*history, {"role": "user", "content": prompt}]
             if as_json:
@@ -109,6 +128,20 @@ def run(
             history.append({"role": "assistant", "content": _stream(session, history, search)})
     finally:
         session.close()
+
+
+def _guidance(json_schema: Path | None, regex: str | None) -> tuple[str, str] | None:
+    """The runtime constraint --json-schema FILE or --regex asks for (None: free text)."""
+    from ..modelinfo import _read_json as read_json_object
+    from ..toolcalls import constraint_schema
+
+    if json_schema and regex:
+        raise UsageError("--json-schema and --regex cannot be used together", hint="pass one of them")
+    if regex:
+        return "regex", regex
+    if not json_schema:
+        return None
+    return "json_schema", json.dumps(constraint_schema(read_json_object(json_schema)))
 
 
 def _stream(session, messages, search) -> str:
