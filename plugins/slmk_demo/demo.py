@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slmk.api import ModelInfo, Progress, UsageError, cache_root, convert, open_session, package_data_dir
+from slmk.api import (
+    ModelInfo,
+    Progress,
+    UsageError,
+    cache_root,
+    convert,
+    open_session,
+    package_data_dir,
+    verification_summary,
+)
 
 
 def default_demo_model() -> Path:
@@ -56,6 +65,7 @@ def demo(
     say(
         f"  total {result.size_bytes / 1e6:.2f} MB (safetensors weights {source_size / 1e6:.2f} MB, ratio {ratio:.2f}x)"
     )
+    say(f"source check: {verification_summary(result.verification)}")
     start = time.perf_counter()
     session = open_session(result.output)
     load_s = time.perf_counter() - start
