@@ -151,6 +151,13 @@ class FoundrySession:
             raise UsageError(f"unknown search option(s) {', '.join(unknown)}", hint=f"use {', '.join(SEARCH_OPTIONS)}")
         check_messages(messages)
         fl = self._fl
+        # tool results and calls reach a model only through slmk's own runtime (slmk serve's tools)
+        for message in messages:
+            if not hasattr(fl.MessageItem, message["role"]):
+                raise UsageError(
+                    f"the foundry runtime cannot take a {message['role']!r} message (role)",
+                    hint="use the ortgenai runtime for tool calls",
+                )
         session = fl.ChatSession(self._model)
         request = fl.Request()
         try:
