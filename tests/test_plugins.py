@@ -342,3 +342,44 @@ def test_an_interrupt_from_a_plugin_stops_slmk_naming_the_plugin(run_slmk, tmp_p
     result = run_slmk("plugins", env={"PYTHONPATH": str(site)})
     assert result.returncode == 130, result.stderr
     assert "interrupted in plugin 'ctrlc' (importing slmk_ctrlc)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_probe_or_supports_that_raises_is_one_line_naming_its_plugin(run_slmk, tiny_model_dir, tiny_build, tmp_path):
+    """Record callables run at a plugin boundary too: an execution provider's probe() and a
+    converter's supports() that raise give one line naming the plugin, never an internal error."""
+    site = tmp_path / "raising"
+    site.mkdir()
+    _write_distribution(
+        site,
+        "slmk-raising",
+        "slmk_raising",
+        "raising",
+        """
+        from slmk.api import Converter, ExecutionProvider, hookimpl
+
+        def _boom(*args):
+            raise RuntimeError("the probe fell over")
+
+        @hookimpl
+        def slmk_execution_providers():
+            yield ExecutionProvider(name="flaky", description="raises", ort_provider="X", genai_provider=None,
+                                    builder_ep="cpu", olive_device="cpu", foundry_suffix="generic-cpu",
+                                    build_precisions=("int4",), run_precisions=("int4",), probe=_boom)
+
+        @hookimpl
+        def slmk_converters():
+            yield Converter(name="shaky", description="raises", precisions=("int4",), execution_providers=("cpu",),
+                            convert=_boom, supports=_boom, priority=100)
+    """,
+    )
+    env = {"PYTHONPATH": str(site)}
+    for args in (
+        ["inspect", str(tiny_model_dir)],
+        ["convert", str(tiny_model_dir), "-p", "int4", "-o", str(tmp_path / "out"), "--plan"],
+        ["run", str(tiny_build("int4")), "--ep", "flaky", "--prompt", "hi"],
+    ):
+        result = run_slmk(*args, env=env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode not in (0, 3) and "Traceback" not in result.stderr, (args, result.stderr)
+        assert lines and "plugin 'raising'" in lines[-1], (args, result.stderr)
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import SlmkError, UsageError, contain_plugin_failure
+from .errors import SlmkError, UsageError, call_plugin, contain_plugin_failure
 from .modelinfo import ModelInfo
 from .pipeline import BuildResult, run_plan
 from .planner import Plan, make_plan
@@ -92,7 +92,8 @@ def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
 
 def require_usable(ep: ExecutionProvider, action: str) -> None:
     """Stop with a clear message when the hardware for ``action`` is missing here."""
-    usability = ep.probe()
+    owner = get_registry().owner("slmk_execution_providers", ep.name)
+    usability = call_plugin(owner, f"probing execution provider {ep.name!r}", ep.probe)
     if not usability.usable:
         raise SlmkError(
             f"cannot {action} on {ep.name}: {usability.reason}",
@@ -454,12 +455,16 @@ def inspect_model(
         template_error = exc.one_line()
     blockers = []
     for name, conv in registry.converters.items():
-        reason = conv.supports(info) if conv.supports else None
+        reason = None
+        if conv.supports:
+            owner = registry.owner("slmk_converters", name)
+            reason = call_plugin(owner, f"converter {name!r} checking the model", conv.supports, info)
         if reason:
             blockers.append(f"{name}: {reason}")
     matrix = []
     for ep_name, ep in sorted(registry.execution_providers.items()):
-        usable = ep.probe()
+        owner = registry.owner("slmk_execution_providers", ep_name)
+        usable = call_plugin(owner, f"probing execution provider {ep_name!r}", ep.probe)
         for precision in PRECISIONS:
             try:
                 check_precision(ep, precision)

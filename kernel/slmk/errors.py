@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SlmkError(Exception):
     """A failure the user can act on: what went wrong, and how to fix it.
@@ -63,6 +65,19 @@ class PluginInterrupted(KeyboardInterrupt):
         super().__init__(f"plugin {plugin!r} ({where})")
         self.plugin = plugin
         self.where = where
+
+
+def call_plugin(plugin: str, where: str, function: Any, *args: Any) -> Any:
+    """``function(*args)`` of a plugin record: what it raises (anything but slmk's own errors and
+    an interrupt) becomes one PluginError line naming the plugin, never an internal error."""
+    try:
+        return function(*args)
+    except SlmkError:
+        raise
+    except BaseException as exc:
+        contain_plugin_failure(exc, plugin, where)
+        hint = f"fix or uninstall it (SLMK_DISABLE_PLUGINS={plugin})"
+        raise PluginError(plugin, None, f"{where}: {type(exc).__name__}: {exc}", hint=hint) from None
 
 
 def contain_plugin_failure(exc: BaseException, plugin: str, where: str) -> None:

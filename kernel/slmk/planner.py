@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import SlmkError, UsageError
+from .errors import SlmkError, UsageError, call_plugin
 from .modelinfo import ModelInfo
 from .plugins import Registry
 from .records import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, ExecutionProvider, Quantizer
@@ -89,8 +89,10 @@ def _matches(via: str | None, registry: Registry, hook: str, record_name: str) -
     return via is None or via in (record_name, registry.owner(hook, record_name))
 
 
-def _converter_blocker(converter: Converter, info: ModelInfo) -> str | None:
-    return converter.supports(info) if converter.supports else None
+def _converter_blocker(converter: Converter, info: ModelInfo, plugin: str) -> str | None:
+    if not converter.supports:
+        return None
+    return call_plugin(plugin, f"converter {converter.name!r} checking the model", converter.supports, info)
 
 
 def make_plan(
@@ -150,7 +152,7 @@ def make_plan(
                 continue
             if conv.explicit_only and via != name:
                 continue
-            blocker = _converter_blocker(conv, info)
+            blocker = _converter_blocker(conv, info, registry.owner("slmk_converters", name))
             if blocker:
                 blockers.append(f"{name}: {blocker}")
                 continue
