@@ -35,6 +35,7 @@ from slmk.api import SEARCH_OPTIONS, ExecutionProvider, GenerationStats, SlmkErr
 
 from .errors import first_line
 from .runtime import PREFILL_CHUNK, OrtGenAISession, _build_precision, _min_cache_length, check_search_values
+from .tokenization import exact_encoder
 
 #: Search options a batched sequence honours (the others are refused when asked for).
 BATCHED_SEARCH = frozenset(
@@ -244,6 +245,8 @@ class BatchingSession(OrtGenAISession):
         if past_input.type != "tensor(float)":
             raise SlmkError(f"{self.path}: batching reads float32 caches, this build has {past_input.type}")
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
+        # transformers' prompt tokens, as the plain session encodes them
+        self._exact_encode = exact_encoder(self.path)
         self._solo: OrtGenAISession | None = None
         self.batched_search = BATCHED_SEARCH | {"tools"}  # tools only shape the prompt
         self._rows: list[BatchedSequence] = []  # the sequences in the batch cache, in row order
