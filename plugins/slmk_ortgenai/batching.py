@@ -34,8 +34,7 @@ from typing import Any
 from slmk.api import SEARCH_OPTIONS, ExecutionProvider, GenerationStats, SlmkError, UsageError, read_genai_config
 
 from .errors import first_line
-from .runtime import PREFILL_CHUNK, OrtGenAISession, _build_precision, _min_cache_length, check_search_values
-from .tokenization import exact_encoder
+from .runtime import PREFILL_CHUNK, OrtGenAISession, _min_cache_length, check_search_values
 
 #: Search options a batched sequence honours (the others are refused when asked for).
 BATCHED_SEARCH = frozenset(
@@ -157,6 +156,9 @@ class BatchingSession(OrtGenAISession):
     (the ChatSession API) runs a batch of one.
     """
 
+    runtime_label = "batched ortgenai"
+    option_names = ("truncate",)
+
     def __init__(
         self,
         path: Path,
@@ -164,44 +166,28 @@ class BatchingSession(OrtGenAISession):
         max_batch: int,
         options: Mapping[str, Any] | None = None,
     ):
+        self.max_batch = int(max_batch)
+        if self.max_batch < 1:
+            raise UsageError(f"max_batch must be at least 1, not {max_batch}")
+        self._read_build(path, execution_provider, options)
+        self.min_cache_length = 0  # batching_problem() refused sliding-window builds
+        self._load()
+        self._ready()
+        self._solo: OrtGenAISession | None = None
+        self.batched_search = BATCHED_SEARCH | {"tools"}  # tools only shape the prompt
+        self._rows: list[BatchedSequence] = []  # the sequences in the batch cache, in row order
+        self._cache: list[Any] = []  # per past input: [rows, kv_heads, width, head_size]
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        """The decoder graph in a plain onnxruntime session (stepped here), og's tokenizer."""
         import numpy as np
         import onnxruntime as ort
         import onnxruntime_genai as og
 
-        self.path = Path(path)
-        self.execution_provider = execution_provider
-        self.max_batch = int(max_batch)
-        if self.max_batch < 1:
-            raise UsageError(f"max_batch must be at least 1, not {max_batch}")
-        options = dict(options or {})
-        self.truncate = bool(options.pop("truncate", False))
-        if options:
-            raise UsageError(
-                f"unknown runtime option(s) {', '.join(sorted(options))} for batched ortgenai",
-                hint="batched ortgenai takes truncate and max_batch",
-            )
         self._np = np
         self._og = og
-        self._adapters = None
-        self._adapter_names: dict[str, str] = {}
-        self.adapter = None
-        self.last_stats: GenerationStats | None = None
-        self.last_token_ids: list[int] = []
-        precision = _build_precision(self.path)
-        if precision and precision not in execution_provider.run_precisions:
-            raise SlmkError(
-                f"{self.path} is a {precision} build, which does not run on {execution_provider.name}",
-                hint=self._load_hint(),
-            )
-        config = read_genai_config(self.path)
-        model = config.get("model") or {}
-        decoder = model.get("decoder") or {}
-        self.context_length = int(model.get("context_length") or 0)
-        self.default_search = dict(config.get("search") or {})
-        self.vocab_size = int(model.get("vocab_size") or 0)
-        self._logprobs: list[dict[str, Any]] = []
-        self.min_cache_length = 0
-        self._score_chunk = None
+        decoder = (self._config.get("model") or {}).get("decoder") or {}
         names = decoder.get("inputs") or {}
         outputs = decoder.get("outputs") or {}
         layers = int(decoder.get("num_hidden_layers") or 0)
@@ -244,14 +230,6 @@ class BatchingSession(OrtGenAISession):
         self._kv_heads, self._head_size = int(past_input.shape[1]), int(decoder.get("head_size") or 0)
         if past_input.type != "tensor(float)":
             raise SlmkError(f"{self.path}: batching reads float32 caches, this build has {past_input.type}")
-        self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
-        # transformers' prompt tokens, as the plain session encodes them
-        self._exact_encode = exact_encoder(self.path)
-        self._solo: OrtGenAISession | None = None
-        self.batched_search = BATCHED_SEARCH | {"tools"}  # tools only shape the prompt
-        self._rows: list[BatchedSequence] = []  # the sequences in the batch cache, in row order
-        self._cache: list[Any] = []  # per past input: [rows, kv_heads, width, head_size]
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ sequences
     def begin(self, messages: Sequence[Mapping[str, Any]], **search: Any) -> BatchedSequence:

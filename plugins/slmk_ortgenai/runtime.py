@@ -78,26 +78,38 @@ class OrtGenAISession:
     guidance_kinds = GUIDANCE_KINDS  # what generate(guidance=...) takes (slmk serve asks)
     takes_tools = True  # generate(tools=[...]) renders them through the model's chat template
 
-    def __init__(self, path: Path, execution_provider: ExecutionProvider, options: Mapping[str, Any] | None = None):
-        import onnxruntime_genai as og
+    #: what this session's options are called in messages, and which it takes
+    runtime_label = "ortgenai"
+    option_names = ("truncate", "adapter")
 
+    def __init__(self, path: Path, execution_provider: ExecutionProvider, options: Mapping[str, Any] | None = None):
+        options = self._read_build(path, execution_provider, options)
+        self._load()
+        self._ready()
+        if options.get("adapter"):
+            self.adapter = self.load_adapter(options["adapter"])
+
+    def _read_build(
+        self, path: Path, execution_provider: ExecutionProvider, options: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """What every session reads from a build before loading it (shared with the batched
+        session); returns the options taken, unknown ones refused."""
         self.path = Path(path)
         self.execution_provider = execution_provider
         self.last_stats: GenerationStats | None = None
         self.last_token_ids: list[int] = []  # the tokens the last generate() produced, eos included
         self._logprobs: list[dict[str, Any]] = []  # entries of tokens generated since take_logprobs()
         options = dict(options or {})
-        self.truncate = bool(options.pop("truncate", False))
-        default_adapter = options.pop("adapter", None)
-        if options:
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
             raise UsageError(
-                f"unknown runtime option(s) {', '.join(sorted(options))} for ortgenai",
-                hint="ortgenai takes truncate and adapter",
+                f"unknown runtime option(s) {', '.join(unknown)} for {self.runtime_label}",
+                hint=f"{self.runtime_label} takes {' and '.join(self.option_names)}",
             )
+        self.truncate = bool(options.get("truncate", False))
         self._adapters = None  # og.Adapters, made on the first adapter load
         self._adapter_names: dict[str, str] = {}  # adapter file -> the name og knows it by
         self.adapter: str | None = None  # the adapter generate() uses when none is given
-        self._og = og
         precision = _build_precision(self.path)
         if precision and precision not in execution_provider.run_precisions:
             # onnxruntime loads e.g. an fp16 build on CPU and then fails at the first token.
@@ -105,12 +117,21 @@ class OrtGenAISession:
                 f"{self.path} is a {precision} build, which does not run on {execution_provider.name}",
                 hint=self._load_hint(),
             )
-        config = read_genai_config(self.path)
-        self.context_length: int = int(config.get("model", {}).get("context_length") or 0)
-        self.default_search: dict[str, Any] = dict(config.get("search") or {})
-        self.vocab_size: int = int(config.get("model", {}).get("vocab_size") or 0)
-        self.min_cache_length = _min_cache_length(config)
+        self._config = read_genai_config(self.path)
+        model = self._config.get("model") or {}
+        self.context_length: int = int(model.get("context_length") or 0)
+        self.default_search: dict[str, Any] = dict(self._config.get("search") or {})
+        self.vocab_size: int = int(model.get("vocab_size") or 0)
+        self.min_cache_length = _min_cache_length(self._config)
         self._score_chunk: int | None = None  # known at the first score(): see score_chunk
+        return options
+
+    def _load(self) -> None:
+        """Load the model and tokenizer with onnxruntime-genai."""
+        import onnxruntime_genai as og
+
+        self._og = og
+        execution_provider = self.execution_provider
         try:
             og_config = og.Config(str(self.path))
             og_config.clear_providers()
@@ -123,11 +144,12 @@ class OrtGenAISession:
                 f"onnxruntime-genai cannot load {self.path} on {execution_provider.name}: {first_line(exc)}",
                 hint=self._load_hint(),
             ) from exc
+
+    def _ready(self) -> None:
+        """After loading: the end tokens and the prompt encoder."""
         self.eos_token_ids = frozenset(int(t) for t in self._tokenizer.eos_token_ids)
         # transformers' prompt tokens (onnxruntime-genai's own differ for SentencePiece tokenizers)
         self._exact_encode = exact_encoder(self.path)
-        if default_adapter:
-            self.adapter = self.load_adapter(default_adapter)
 
     # ------------------------------------------------------------ adapters
     def available_adapters(self) -> list[str]:
