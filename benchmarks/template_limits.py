@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 CHILD = """
 import json, resource, sys, time
 from slmk import render_worker
-from slmk.templates import ChatTemplateError, render_chat_template
+from slmk.sandbox import ChatTemplateError, render_chat_template
 template = sys.stdin.read()
 render_chat_template("{{ 1 }}", [])  # the worker is up: time the hostile rendering alone
 start = time.perf_counter()
@@ -66,7 +66,7 @@ def hostile_figures() -> None:
 def worker_figures(repeats: int) -> None:
     """Starting a worker, and one small rendering through it against the same one in-process."""
     from slmk import render_worker
-    from slmk.templates import render_in_process
+    from slmk.sandbox import render_in_process
 
     template, messages = (
         "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}",
@@ -109,7 +109,7 @@ def overhead_figures(repeats: int) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from test_templates import SPECIAL_TOKENS
 
-    from slmk.templates import _plain_messages, render_chat_template, render_in_process
+    from slmk.sandbox import _plain_messages, render_chat_template, render_in_process
 
     conversation = [
         {"role": "system", "content": "Be brief."},

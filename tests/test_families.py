@@ -15,7 +15,8 @@ from test_templates import CANNOT_BE_FOUR_PIECES, SPECIAL_TOKENS, chat_template,
 
 from slmk.errors import SlmkError
 from slmk.modelinfo import ModelInfo
-from slmk.templates import TemplateMismatch, check_round_trip, resolve_family, resolve_template, special_tokens_for
+from slmk.prompt_template import TemplateMismatch, check_round_trip, resolve_family, resolve_template
+from slmk.sandbox import special_tokens_for
 from slmk.testing import make_registry
 
 #: template file -> (family, config.json model_type, architecture) of the models that ship it

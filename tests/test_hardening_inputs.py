@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from slmk.templates import RENDER_STEPS, RENDER_VALUE_CHARS, ChatTemplateError, render_chat_template
+from slmk.sandbox import RENDER_STEPS, RENDER_VALUE_CHARS, ChatTemplateError, render_chat_template
 
 #: A hostile rendering gets this much address space (a bounded one needs about a tenth).
 MEMORY_LIMIT = 3 * 1024**3

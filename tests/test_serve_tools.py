@@ -29,6 +29,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 from slmk_serve.server import serve
+from slmk_serve.toolcall_format import parse_tool_calls, tool_call_grammar
 from slmk_serve.tools import ToolPlan
 from slmk_serve.workers import Limits
 
@@ -36,9 +37,7 @@ from slmk.api import (
     ToolCallFormat,
     constraint_schema,
     open_session,
-    parse_tool_calls,
     render_chat_template,
-    tool_call_grammar,
 )
 
 DATA = Path(__file__).parent / "data"

@@ -1,4 +1,4 @@
-"""slmk.templates: rendering as transformers does, the generic derivation, the round-trip check,
+"""slmk.sandbox and slmk.prompt_template: rendering as transformers does, the generic derivation, the round-trip check,
 and resolving a model's template (no family plugin registered here: the generic path)."""
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ import pytest
 
 from slmk.errors import SlmkError, UsageError
 from slmk.modelinfo import ModelInfo
-from slmk.records import PromptTemplate
-from slmk.templates import (
-    ChatTemplateError,
-    TemplateError,
+from slmk.prompt_template import (
     TemplateMismatch,
     analyse_chat_template,
-    as_special_tokens,
     check_round_trip,
     derive_prompt_template,
-    render_chat_template,
     resolve_template,
 )
+from slmk.records import PromptTemplate
+from slmk.sandbox import ChatTemplateError, TemplateError, as_special_tokens, render_chat_template
 from slmk.testing import make_registry
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
@@ -216,9 +213,9 @@ def test_render_errors_are_one_line_slmk_errors():
         render_chat_template(chat_template("gemma-2"), CONVERSATIONS[1], special_tokens=SPECIAL_TOKENS["gemma-2"])
 
 
-def test_the_kernel_module_imports_nothing_heavy():
+def test_the_kernel_modules_import_nothing_heavy():
     code = (
-        "import sys, slmk.templates; "
+        "import sys, slmk.sandbox, slmk.prompt_template; "
         "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -528,7 +525,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(UNMETERED))
 def test_work_no_meter_sees_is_stopped_by_the_worker_in_one_line(tmp_path, name):
-    from slmk.templates import RENDER_SECONDS, RENDER_WALL_SECONDS
+    from slmk.sandbox import RENDER_SECONDS, RENDER_WALL_SECONDS
 
     model = _model_with_chat_template(tmp_path / "model", UNMETERED[name])
     proc = _run_cli("template", "show", str(model), cwd=tmp_path)
@@ -546,12 +543,12 @@ def test_a_template_growing_memory_stays_within_the_memory_budget(tmp_path, name
     """The worker's peak RSS, measured in a child process (printing the nested list makes 2 GB unbounded)."""
     import resource
 
-    from slmk.templates import RENDER_MEMORY_BYTES
+    from slmk.sandbox import RENDER_MEMORY_BYTES
 
     code = (
         "import json, resource, sys\n"
         "from slmk import render_worker\n"
-        "from slmk.templates import ChatTemplateError, render_chat_template\n"
+        "from slmk.sandbox import ChatTemplateError, render_chat_template\n"
         "try:\n"
         "    render_chat_template(sys.stdin.read(), [{'role': 'user', 'content': 'hi'}])\n"
         "    outcome = 'rendered'\n"
@@ -572,7 +569,7 @@ def test_a_template_growing_memory_stays_within_the_memory_budget(tmp_path, name
 
 @pytest.mark.slow
 def test_the_worker_limits_hold_from_python_too_and_the_next_rendering_works():
-    from slmk.templates import RenderLimitError
+    from slmk.sandbox import RenderLimitError
 
     with pytest.raises(RenderLimitError, match="render limit"):
         render_chat_template(UNMETERED["nested-equal"], [{"role": "user", "content": "hi"}])
@@ -607,7 +604,7 @@ def test_a_worker_killed_during_a_rendering_is_one_line_and_the_next_rendering_w
     import signal
     import threading
 
-    from slmk.templates import RenderLimitError
+    from slmk.sandbox import RenderLimitError
 
     pid = _worker_pid()
     started = threading.Event()
@@ -656,7 +653,7 @@ def test_ctrl_c_during_a_rendering_stops_slmk_at_once_and_ends_the_worker(tmp_pa
     import signal
     import time
 
-    from slmk.templates import RENDER_SECONDS
+    from slmk.sandbox import RENDER_SECONDS
 
     model = _model_with_chat_template(tmp_path / "model", UNMETERED["nested-equal"])
     proc = subprocess.Popen(

@@ -52,6 +52,7 @@ from .cli.options import (
     search_from,
 )
 from .config import Settings, check_values, load_settings, read_toml
+from .constraints import constraint_schema
 from .environ import temporary_environ
 from .errors import ConfigError, PluginError, SlmkError, StepFailed, UsageError
 from .fsutil import (
@@ -90,6 +91,16 @@ from .modelinfo import ModelInfo, pickled_weights
 from .planner import Plan, check_precision, make_plan
 from .plugins import PluginInfo, Registry, make_registry
 from .progress import QUIET, Progress
+from .prompt_template import (
+    TemplateMismatch,
+    analyse_chat_template,
+    check_round_trip,
+    derive_prompt_template,
+    model_identity,
+    resolve_family,
+    resolve_template,
+    sample_rendering,
+)
 from .records import (
     FORMAT_HF,
     FORMAT_ORTGENAI,
@@ -123,23 +134,8 @@ from .records import (
     ToolCallFormat,
     Usability,
 )
-from .templates import (
-    ChatTemplateError,
-    TemplateError,
-    TemplateMismatch,
-    analyse_chat_template,
-    as_special_tokens,
-    check_round_trip,
-    derive_prompt_template,
-    model_identity,
-    render_chat_template,
-    resolve_family,
-    resolve_template,
-    sample_rendering,
-    special_tokens_for,
-)
+from .sandbox import ChatTemplateError, TemplateError, as_special_tokens, render_chat_template, special_tokens_for
 from .testpoints import pause_point
-from .toolcalls import constraint_schema, format_tool_calls, parse_tool_calls, tool_call_grammar
 from .verify import summary as verification_summary
 
 __all__ = [
@@ -234,11 +230,8 @@ __all__ = [
     "resolve_template",
     "sample_rendering",
     "special_tokens_for",
-    # tool calls
+    # decoding constraints
     "constraint_schema",
-    "format_tool_calls",
-    "parse_tool_calls",
-    "tool_call_grammar",
     # plugins, settings and operations
     "Plan",
     "PluginInfo",

@@ -28,7 +28,8 @@ def _check_chat_template(folder: Path) -> None:
     """Render the build's chat template once through slmk's bounded renderer before a runtime
     does: the runtimes' own template engines have no time or memory limit, so a template that
     loops or explodes is refused here with one line instead of hanging the runtime."""
-    from .templates import TemplateError, _naming_model, render_chat_template, special_tokens_for
+    from .prompt_template import _naming_model
+    from .sandbox import TemplateError, render_chat_template, special_tokens_for
 
     info = ModelInfo.load(folder)
     if info.chat_template:
@@ -395,8 +396,8 @@ def install(
     registry: Registry | None = None,
 ):
     """Install a build with the right prompt template; returns the InstalledModel."""
+    from .prompt_template import resolve_template
     from .records import InstallRequest
-    from .templates import resolve_template
 
     registry = registry or get_registry()
     info = ModelInfo.load(build_dir)
@@ -448,7 +449,7 @@ def inspect_model(
     family = None
     template_error = None
     try:
-        from .templates import resolve_template
+        from .prompt_template import resolve_template
 
         family = resolve_template(registry, info).family
     except SlmkError as exc:
@@ -505,7 +506,7 @@ def inspect_model(
 
 def show_template(target: str, template_file: Path | None = None, registry: Registry | None = None) -> dict[str, Any]:
     """The PromptTemplate for a model/build folder or a family name, with its source."""
-    from .templates import family_prompt_template, resolve_template
+    from .prompt_template import family_prompt_template, resolve_template
 
     registry = registry or get_registry()
     if not Path(target).exists() and target in registry.model_families:

@@ -40,7 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime", str, None, "runtime plugin for run, bench and validate [default: the preferred one]"),
     Setting("cache_dir", str, None, "slmk's step cache (default: $XDG_CACHE_HOME/slmk)"),
     Setting("trust_remote_code", bool, False, "allow model code from the model folder to run"),
-    Setting("install.cache_dir", str, None, "the Foundry Local cache to install into"),
+    Setting("install.cache_dir", str, None, "the installer's cache folder [default: the installer's own]"),
     # the algorithms come from the converters' and quantizers' records: the planner checks the name
     Setting("quantization.algorithm", str, "default", "weight quantization algorithm (`slmk plugins` lists them)"),
     Setting("quantization.block_size", int, 32, "int4 block size", choices=(16, 32, 64, 128, 256)),

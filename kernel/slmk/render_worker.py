@@ -1,11 +1,11 @@
 """The render worker: every chat template renders in a small child process with hard limits.
 
-Metering Jinja (templates.py) stops the usual ways a template loops or builds a big value,
+Metering Jinja (sandbox.py) stops the usual ways a template loops or builds a big value,
 with a precise message. It cannot see work done in C: ``==`` on two lists that share their
 halves 40 levels deep compares 2**40 pairs, ``str.format`` allocates its result before any
 hook runs, a codec can be quadratic. A budget that holds for any template has to bound the
 process, so renderings run in one long-lived worker (``python -m slmk.render_worker``: the
-kernel's templates module and jinja2, no model, no plugins) and:
+kernel's sandbox module and jinja2, no model, no plugins) and:
 
 * before each rendering the worker sets its CPU-time limit (``RLIMIT_CPU``) to what it has
   used plus ``RENDER_SECONDS`` (rounded up to the next second): the kernel ends it with
@@ -95,7 +95,7 @@ class RenderWorker:
     def _send(self, frame: bytes) -> Any:
         """Write a request to the worker, starting one when there is none or it has ended
         (a worker that died between renderings is no fault of this rendering)."""
-        from .templates import ChatTemplateError
+        from .sandbox import ChatTemplateError
 
         for attempt in (1, 2):
             if self._proc is None or self._proc.poll() is not None:
@@ -141,7 +141,7 @@ class RenderWorker:
     # ------------------------------------------------------------------ requests
     def render(self, chat_template: str, plain: list, add_generation_prompt: bool, variables: dict) -> str:
         """One rendering in the worker, within the deadline; raises ChatTemplateError (one line)."""
-        from .templates import (
+        from .sandbox import (
             RENDER_BYTES_PER_CHAR,
             RENDER_MEMORY_BYTES,
             RENDER_SECONDS,
@@ -193,7 +193,7 @@ class RenderWorker:
 
 
 def _gone_error(reason: str, status: int | None) -> SlmkError:
-    from .templates import _CPU_TIME_REASON, RENDER_WALL_SECONDS, _limit_error
+    from .sandbox import _CPU_TIME_REASON, RENDER_WALL_SECONDS, _limit_error
 
     if reason == "timeout":
         return _limit_error(f"it ran for more than {RENDER_WALL_SECONDS:g} s")
@@ -210,10 +210,10 @@ def _gone_error(reason: str, status: int | None) -> SlmkError:
 
 
 def _error_from_answer(answer: dict) -> SlmkError:
-    from . import templates
+    from . import sandbox
 
-    kinds = {cls.__name__: cls for cls in (templates.ChatTemplateError, *templates.UNUSABLE_TEMPLATE_ERRORS)}
-    cls = kinds.get(answer.get("error"), templates.ChatTemplateError)
+    kinds = {cls.__name__: cls for cls in (sandbox.ChatTemplateError, *sandbox.UNUSABLE_TEMPLATE_ERRORS)}
+    cls = kinds.get(answer.get("error"), sandbox.ChatTemplateError)
     error = cls(str(answer.get("message", "the chat template failed")), answer.get("hint"))
     cause = answer.get("cause")
     if isinstance(cause, list) and len(cause) == 2:
@@ -298,7 +298,7 @@ def isolated() -> bool:
 def render(chat_template: str, plain: list, add_generation_prompt: bool, variables: dict) -> str:
     """Render in the worker (see the module docstring); raises ChatTemplateError."""
     if not isolated():
-        from .templates import render_in_process
+        from .sandbox import render_in_process
 
         return render_in_process(chat_template, plain, add_generation_prompt, variables)
     return _worker().render(chat_template, plain, add_generation_prompt, variables)
@@ -332,9 +332,9 @@ def _set_soft_limit(resource: Any, which: int, soft: int) -> None:
 def _serve(source: Any, sink: Any) -> None:
     import resource
 
-    from . import templates
+    from . import sandbox
 
-    templates._environment_class()  # import jinja2 and build the sandbox before saying ready
+    sandbox._environment_class()  # import jinja2 and build the sandbox before saying ready
     import jinja2  # noqa: F401
 
     _set_soft_limit(resource, resource.RLIMIT_CORE, 0)
@@ -358,13 +358,13 @@ def _serve(source: Any, sink: Any) -> None:
         try:
             chat_template, plain, add_generation_prompt, variables = pickle.loads(request)
             request = None
-            answer: dict = {"text": templates.render_in_process(chat_template, plain, add_generation_prompt, variables)}
-        except templates.ChatTemplateError as exc:
+            answer: dict = {"text": sandbox.render_in_process(chat_template, plain, add_generation_prompt, variables)}
+        except sandbox.ChatTemplateError as exc:
             answer = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
             if exc.__cause__ is not None:  # what the template raised, for callers that look at it
                 answer["cause"] = [type(exc.__cause__).__name__, str(exc.__cause__)[:_MAX_CAUSE_CHARS]]
         except MemoryError:
-            limit = templates._limit_error("it needed more memory than a rendering may take")
+            limit = sandbox._limit_error("it needed more memory than a rendering may take")
             answer = {"error": "RenderLimitError", "message": limit.message, "hint": limit.hint}
         except BaseException as exc:  # the worker answers; the parent decides
             answer = {"error": "ChatTemplateError", "message": f"the chat template failed: {type(exc).__name__}"}

@@ -5,7 +5,7 @@ Each family recognises a model by the turn markers its chat template renders (tr
 over ``model_type``: fine-tunes swap templates) and by ``model_type``/``architectures``,
 and gives its PromptTemplate, stop tokens and published generation defaults. The
 heavy lifting (rendering, deriving, the round-trip check) is the kernel's
-``slmk.templates``; this module imports nothing heavy.
+``slmk.prompt_template``; this module imports nothing heavy.
 """
 
 from __future__ import annotations

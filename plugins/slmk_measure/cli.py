@@ -84,8 +84,8 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
         return settings, folder, open_endpoint
     if not target:
         raise UsageError("no TARGET given", hint="pass a build folder or an installed model name, or --endpoint URL")
-    foundry_cache = installer_cache(settings)
-    folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=foundry_cache)
+    install_cache = installer_cache(settings)
+    folder, installed = app.resolve_target(target, installer=settings["installer"], cache_dir=install_cache)
 
     def open_session():
         return app.open_session(
@@ -93,7 +93,7 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
             runtime=settings["runtime"],
             execution_provider=execution_provider,
             installed=installed,
-            cache_dir=foundry_cache,
+            cache_dir=install_cache,
         )
 
     return settings, Path(folder), open_session

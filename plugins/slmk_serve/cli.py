@@ -117,7 +117,8 @@ def how_to_call(url: str, model: str, api_key: str | None) -> str:
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False),
-    help="Foundry Local cache for installed names (default: slmk.toml install.cache_dir, $SLMK_FOUNDRY_CACHE).",
+    help="The installer's cache folder where installed names are looked up (default: slmk.toml install.cache_dir, "
+    "else the installer's own default).",
 )
 @click.option(
     "--log-level",

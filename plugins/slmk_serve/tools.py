@@ -23,13 +23,11 @@ from slmk.api import (
     ModelInfo,
     SlmkError,
     ToolCallFormat,
-    format_tool_calls,
     get_registry,
-    parse_tool_calls,
     resolve_family,
-    tool_call_grammar,
 )
 
+from .toolcall_format import format_tool_calls, parse_tool_calls, tool_call_grammar
 from .workers import ModelWorker, Refused
 
 FUNCTION_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"

@@ -132,8 +132,8 @@ def run(
 
 def _guidance(json_schema: Path | None, regex: str | None) -> tuple[str, str] | None:
     """The runtime constraint --json-schema FILE or --regex asks for (None: free text)."""
+    from ..constraints import constraint_schema
     from ..modelinfo import _read_json as read_json_object
-    from ..toolcalls import constraint_schema
 
     if json_schema and regex:
         raise UsageError("--json-schema and --regex cannot be used together", hint="pass one of them")
