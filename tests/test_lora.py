@@ -22,8 +22,8 @@ from slmk_ortgenai import adapters
 
 from slmk import app
 from slmk.errors import UsageError
-from slmk.testing import make_registry
 from slmk.records import ConvertRequest
+from slmk.testing import make_registry
 
 REPO = Path(__file__).resolve().parent.parent
 LORA = REPO / "examples" / "tiny-chat-lora"
