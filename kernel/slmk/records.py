@@ -432,13 +432,11 @@ class ModelSource:
     ``detect(path)`` says whether a folder is one (cheap, JSON only). ``describe(path,
     base)`` is what `slmk inspect` shows; ``materialize(path, base, progress)`` returns a
     Hugging Face folder the rest of slmk can take (e.g. the adapter merged into its
-    base; cached); ``convert(request)`` builds it,
-    for modes beyond materialize-then-convert (e.g. a base with separate adapter files).
-    ``base`` is the user's ``--base`` or None.
-
-    ``convert(request)`` gets the whole ConvertRequest (``request.base``, ``request.source_mode``
-    is one of ``modes`` other than the first) and returns what ``slmk.api.convert`` returns: a
-    BuildResult, or the Plan when ``request.plan_only``. None: the source has one mode.
+    base; cached). ``base`` is the user's ``--base`` or None. For modes beyond
+    materialize-then-convert (e.g. a base with separate adapter files), ``convert(request)``
+    builds it from the whole ConvertRequest (``request.source_mode`` is one of ``modes`` other
+    than the first) and returns what ``slmk.api.convert`` returns: a BuildResult, or the Plan
+    when ``request.plan_only``. None: the source has one mode.
     """
 
     name: str
