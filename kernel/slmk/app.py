@@ -144,7 +144,13 @@ def convert_request(request: ConvertRequest, registry: Registry | None = None) -
         if request.output is None:
             output = Path(f"build/{model.resolve().name}-{request.precision}-{request.execution_provider}")
             request = replace(request, output=output)
-        if request.source_mode and source.modes and request.source_mode != source.modes[0] and source.convert:
+        if request.source_mode and source.modes and request.source_mode != source.modes[0]:
+            if source.convert is None:
+                owner = registry.owner("slmk_model_sources", source.name)
+                raise SlmkError(
+                    f"model source {source.name!r} declares mode {request.source_mode!r} but no convert for it",
+                    hint=f"a bug of plugin {owner}: report it to its author",
+                )
             return source.convert(request)
         model = source.materialize(model, request.base, request.progress or Progress(quiet=True))
     elif request.base is not None or request.source_mode:
