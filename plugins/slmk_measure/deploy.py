@@ -162,13 +162,6 @@ def deploy(
     registry = registry or get_registry()
     progress = progress or Progress(quiet=True)
     model, name, gate, precision = request.model, request.name, request.gate, request.precision
-    runtime, installer, install_cache, steps_cache = (
-        request.runtime,
-        request.installer,
-        request.install_cache,
-        request.steps_cache,
-    )
-    force, reference, verify = request.force, request.reference, request.verify
     inner = nested(progress)
     parsed: Gate | None = parse_gate(gate) if gate else None
     if parsed and precision:
@@ -181,8 +174,8 @@ def deploy(
         )
     model_dir = info.path.resolve()
     ep = app.resolve_ep(registry, request.execution_provider)
-    installer = installer or registry.default_name("slmk_installers") or "none"
-    runtime = runtime or registry.default_name("slmk_runtimes") or "none"
+    installer = request.installer or registry.default_name("slmk_installers") or "none"
+    runtime = request.runtime or registry.default_name("slmk_runtimes") or "none"
     inst = registry.get("slmk_installers", installer)
     result = DeployResult(
         model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None
@@ -200,7 +193,7 @@ def deploy(
         candidates = [wanted]
     reference_name = None
     if parsed and parsed.needs_reference:
-        reference_name, result.reference_note = choose_reference(reference, model_dir)
+        reference_name, result.reference_note = choose_reference(request.reference, model_dir)
         if reference_name != SOURCE:
             reference_name = max(candidates, key=PRECISIONS.index)
         if result.reference_note:
@@ -239,9 +232,9 @@ def deploy(
             model_dir,
             candidate,
             ep.name,
-            cache_dir=steps_cache,
+            cache_dir=request.steps_cache,
             progress=inner,
-            verify=verify,
+            verify=request.verify,
             verify_prompts=eval_prompts(items),
         )
         if not need:
@@ -301,13 +294,13 @@ def deploy(
     result.verification = app.build_info(folder).get("verification")
 
     with progress.step(f"validate the {chosen} build"):
-        request = ValidationRequest(
+        validation = ValidationRequest(
             folder,
             items,
             eval_note="" if items else "no eval file (pass --eval FILE.jsonl)",
             limits=request.validate_limits,
         )
-        report = run_validate(lambda: open_build(folder), request, inner)
+        report = run_validate(lambda: open_build(folder), validation, inner)
         result.validation = report
         if not report["ok"]:
             failed = [c for c in report["checks"] if c["status"] == "fail"]
@@ -322,7 +315,13 @@ def deploy(
             tune(folder)
     with progress.step(f"install {name}"):
         installed = app.install(
-            folder, name, installer=installer, cache_dir=install_cache, force=force, progress=inner, registry=registry
+            folder,
+            name,
+            installer=installer,
+            cache_dir=request.install_cache,
+            force=request.force,
+            progress=inner,
+            registry=registry,
         )
         result.installed = {
             "ref": installed.ref,
@@ -335,7 +334,7 @@ def deploy(
         }
     with progress.step(f"first answer from {installed.ref} ({runtime})"):
         result.first_answer = _first_answer(
-            installed, runtime, ep, install_cache, items, registry, inst, progress=inner
+            installed, runtime, ep, request.install_cache, items, registry, inst, progress=inner
         )
     return result
 
