@@ -123,7 +123,7 @@ def main() -> None:
     for name, folder in builds.items():
         if not (folder / "genai_config.json").is_file():
             extra = {"prune_lm_head": False} if name == "int4-full-logits" else None
-            convert(model, folder, precision="int4", extra_options=extra)
+            convert(model, folder, precision="int4", options=extra)
     options = [("generator", builds["int4"]), ("batching", builds["int4"]), ("engine", builds["int4-full-logits"])]
     samples: dict[str, list[dict]] = {name: [] for name, _ in options}
     for round_index in range(args.rounds):

@@ -51,7 +51,7 @@ def main() -> int:
 
     from slmk_ortgenai import adapters
 
-    from slmk.api import open_session
+    from slmk.api import ConvertRequest, open_session
 
     figures: dict[str, float] = {}
     adapter, figures["resolve_s"] = timed(lambda: adapters.resolve(ADAPTER))
@@ -62,7 +62,9 @@ def main() -> int:
     for mode in adapters.MODES:
         out = work / f"{mode}-int4"
         _, figures[f"convert_{mode}_int4_s"] = timed(
-            lambda out=out, mode=mode: adapters.convert_adapter(ADAPTER, out, mode=mode, precision="int4")
+            lambda out=out, mode=mode: adapters.convert_adapter(
+                ConvertRequest(ADAPTER, out, precision="int4", source_mode=mode)
+            )
         )
         builds[mode] = out
         figures[f"{mode}_int4_bytes"] = size(out)

@@ -188,7 +188,7 @@ def convert_slmk(model: Path, out: Path, precision: str, work: Path, options: di
         "import json, sys\n"
         "from slmk import api\n"
         "api.convert(sys.argv[1], sys.argv[2], precision=sys.argv[3], force=True,"
-        " extra_options=json.loads(sys.argv[4]) or None)\n"
+        " options=json.loads(sys.argv[4]) or {})\n"
     )
     try:
         measured = run_measured(

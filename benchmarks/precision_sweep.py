@@ -383,20 +383,19 @@ def print_shaped(report: dict) -> None:
 
 def tiny_sweep(work: Path) -> dict:
     os.environ.setdefault("SLMK_CACHE_DIR", str(work / "slmk-cache"))
-    from slmk_measure.compare import run_compare
+    from slmk_measure.compare import CompareRequest, run_compare
     from slmk_measure.evalset import load_eval
 
     from slmk import app
     from slmk.plugins import get_registry
 
-    report = run_compare(
+    request = CompareRequest(
         TINY / "model",
         list(PRECISIONS),
-        app.resolve_ep(get_registry(), "cpu"),
-        lambda path: app.open_session(path),
         items=load_eval(TINY / "data" / "eval.jsonl"),
         heldout=(TINY / "data" / "heldout.txt").read_text(),
     )
+    report = run_compare(request, app.resolve_ep(get_registry(), "cpu"), lambda path: app.open_session(path))
     print()
     print(
         "| tiny-chat | size | vs fp32 | held-out ppl | ppl change | domain accuracy | greedy agreement | decode tok/s |"

@@ -142,11 +142,11 @@ def test_a_cached_step_missing_a_file_or_its_manifest_is_not_reused(first):
 
 
 def test_the_step_key_includes_trust_remote_code(tiny_model_dir):
-    from slmk.api import ModelInfo, get_registry, make_plan, resolve_ep
+    from slmk.api import ConvertRequest, ModelInfo, get_registry, make_plan, resolve_ep
 
     registry = get_registry()
     ep = resolve_ep(registry, "cpu")
-    [step] = make_plan(registry, ModelInfo.load(tiny_model_dir), "int4", ep).steps
+    [step] = make_plan(registry, ModelInfo.load(tiny_model_dir), ep, ConvertRequest(tiny_model_dir)).steps
     keys = {trust: step_key(registry, step, "fingerprint", ep, None, trust) for trust in (False, True)}
     assert keys[False] != keys[True]
 

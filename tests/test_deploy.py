@@ -8,7 +8,7 @@ import re
 import shutil
 
 import pytest
-from slmk_measure.compare import run_compare
+from slmk_measure.compare import CompareRequest, run_compare
 
 from slmk import app
 from slmk.plugins import get_registry
@@ -24,14 +24,13 @@ def table(tiny_model_dir, tiny_build, tiny_eval):
     for precision in ("fp32", "int8", "int4"):
         tiny_build(precision)  # the shared step cache makes deploy's builds copies of links
     data = tiny_model_dir.parent / "data"
-    report = run_compare(
+    request = CompareRequest(
         tiny_model_dir,
         ["fp32", "int8", "int4"],
-        app.resolve_ep(get_registry(), "cpu"),
-        lambda path: app.open_session(path),
         items=load_eval(data / "eval.jsonl"),
         heldout=(data / "heldout.txt").read_text(),
     )
+    report = run_compare(request, app.resolve_ep(get_registry(), "cpu"), lambda path: app.open_session(path))
     return {row["precision"]: row for row in report["precisions"]}
 
 

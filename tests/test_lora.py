@@ -22,6 +22,7 @@ from slmk_ortgenai import adapters
 
 from slmk import app
 from slmk.errors import UsageError
+from slmk.records import ConvertRequest
 from slmk.testing import make_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,9 @@ def builds(tmp_path_factory, registry) -> dict[str, Path]:
     for mode in adapters.MODES:
         for precision in ("int4", "fp32"):
             folder = root / f"{mode}-{precision}"
-            adapters.convert_adapter(ADAPTER, folder, mode=mode, precision=precision, registry=registry)
+            adapters.convert_adapter(
+                ConvertRequest(ADAPTER, folder, precision=precision, source_mode=mode), registry=registry
+            )
             out[f"{mode}-{precision}"] = folder
     return out
 
@@ -301,7 +304,9 @@ def test_each_bad_adapter_is_one_clear_error_and_writes_nothing(tmp_path, regist
     cache, output = tmp_path / "cache", tmp_path / "out"
     before = snapshot(tmp_path)
     with pytest.raises(UsageError) as caught:
-        adapters.convert_adapter(folder, output, mode=mode, cache_dir=cache, registry=registry, **kwargs)
+        adapters.convert_adapter(
+            ConvertRequest(folder, output, source_mode=mode, cache_dir=cache, **kwargs), registry=registry
+        )
     error = caught.value
     text = f"{error} | {getattr(error, 'hint', '')}"
     assert "\n" not in str(error)

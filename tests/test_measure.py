@@ -471,3 +471,14 @@ def test_the_leak_judgement_tells_warm_up_from_a_leak():
     # the final look never defers
     assert judge_leak(warm[:100], threshold, final=True)[0] in ("pass", "fail")
     assert LEAK_BLOCK > 0
+
+
+def test_every_validate_key_of_a_sweep_is_a_validation_limit():
+    """A sweep's [validate] table becomes ValidationLimits(**table): each key it accepts must be a limit."""
+    from dataclasses import fields
+
+    from slmk_measure.sweep import SWEEP_SETTINGS
+    from slmk_measure.validate import ValidationLimits
+
+    table = {s.key.split(".", 1)[1] for s in SWEEP_SETTINGS if s.key.startswith("validate.")}
+    assert table == {f.name for f in fields(ValidationLimits)}

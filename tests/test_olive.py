@@ -226,7 +226,7 @@ def test_quantization_workflow_says_what_it_produced(tiny_model_dir, tmp_path, c
             tiny_model_dir,
             tmp_path / "out",
             via="olive-workflow",
-            extra_options={"olive_config": str(DATA / "rtn_only.json")},
+            options={"olive_config": str(DATA / "rtn_only.json")},
         )
     message = failure.value.one_line()
     assert "produced a Hugging Face folder of 4-bit weights (olive quantization, group size 32)" in message
@@ -243,7 +243,7 @@ def test_pruned_pass_is_named_although_olive_returns_normally(tiny_model_dir, tm
             tiny_model_dir,
             tmp_path / "out",
             via="olive-workflow",
-            extra_options={"olive_config": str(DATA / "invalid_gptq.json")},
+            options={"olive_config": str(DATA / "invalid_gptq.json")},
         )
     assert list(clean_cwd.iterdir()) == []
 

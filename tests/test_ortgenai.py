@@ -20,7 +20,7 @@ from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.modelinfo import ModelInfo
 from slmk.planner import make_plan
 from slmk.progress import Progress
-from slmk.records import FORMAT_HF, LoadRequest, StepRequest
+from slmk.records import FORMAT_HF, ConvertRequest, LoadRequest, StepRequest
 from slmk.testing import make_registry
 
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
@@ -96,7 +96,7 @@ def test_unsupported_architecture_is_refused_before_torch_loads(tmp_path):
 
 def test_planner_reports_the_reason(registry, tmp_path):
     with pytest.raises(UsageError, match="does not support MambaForCausalLM"):
-        make_plan(registry, _info("MambaForCausalLM", tmp_path), "int4", CPU)
+        make_plan(registry, _info("MambaForCausalLM", tmp_path), CPU, ConvertRequest(tmp_path))
 
 
 def test_unknown_and_bad_options_are_usage_errors():

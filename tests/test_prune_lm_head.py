@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def full_build(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "int4-full-logits"
-    app.convert(tiny_model_dir, out, precision="int4", extra_options={"prune_lm_head": "false"})
+    app.convert(tiny_model_dir, out, precision="int4", options={"prune_lm_head": "false"})
     return out
 
 

@@ -21,7 +21,7 @@ import httpx2 as httpx
 import openai
 import pytest
 from _signals import default_signals
-from slmk_serve.server import is_loopback, parse_target, serve
+from slmk_serve.server import ServeOptions, is_loopback, parse_target, serve
 from slmk_serve.stops import StopScanner
 from slmk_serve.workers import MAX_AHEAD, BatchWorker, Job, Limits, ModelWorker
 
@@ -67,7 +67,7 @@ def reference(build):
 @pytest.fixture(scope="module")
 def server(build):
     limits = Limits(max_queue=8, max_tokens_limit=MAX_TOKENS_LIMIT, max_body_bytes=BODY_LIMIT)
-    with serve([str(build), f"second={build}"], port=0, limits=limits) as running:
+    with serve([str(build), f"second={build}"], ServeOptions(port=0, limits=limits)) as running:
         yield running
 
 
@@ -312,7 +312,7 @@ def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(server, cli
 
 
 def test_an_api_key_is_required_when_set(build, reference):
-    with serve([str(build)], port=0, api_key="s3cret") as running:
+    with serve([str(build)], ServeOptions(port=0, api_key="s3cret")) as running:
         model = model_of(build)
         assert httpx.get(running.url + "/health").status_code == 200  # liveness needs no key
         missing = httpx.get(running.url + "/v1/models")
@@ -340,7 +340,7 @@ def test_an_api_key_is_required_when_set(build, reference):
 
 def test_a_full_queue_answers_503_at_once_and_a_long_wait_503_after_the_timeout(build):
     limits = Limits(max_batch=1, max_queue=1, queue_timeout_s=0.5)
-    with serve([str(build)], port=0, limits=limits) as running:
+    with serve([str(build)], ServeOptions(port=0, limits=limits)) as running:
         model = model_of(build)
         body = {"model": model, "messages": user("hi"), "max_tokens": 4}
         with holding_the_batch(running, model):
@@ -348,7 +348,7 @@ def test_a_full_queue_answers_503_at_once_and_a_long_wait_503_after_the_timeout(
             assert_openai_error(post(running, "/v1/chat/completions", body), 503, "queue_timeout")
         assert post(running, "/v1/chat/completions", body).status_code == 200
     limits = Limits(max_batch=1, max_queue=1, queue_timeout_s=60)
-    with serve([str(build)], port=0, limits=limits) as running:
+    with serve([str(build)], ServeOptions(port=0, limits=limits)) as running:
         model = model_of(build)
         worker = running.workers[model]
         body = {"model": model, "messages": user("hi"), "max_tokens": 4}
@@ -375,7 +375,7 @@ def test_concurrent_answers_are_batched_and_equal_the_single_answers_token_for_t
     from concurrent.futures import ThreadPoolExecutor
 
     limits = Limits(max_batch=4, max_queue=16)
-    with serve([f"tiny={build}"], port=0, limits=limits) as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, limits=limits)) as running:
         worker = running.workers["tiny"]
         assert isinstance(worker, BatchWorker) and worker.snapshot()["max_batch"] == 4
         largest = []
@@ -408,7 +408,7 @@ def test_a_cancelled_answer_never_disturbs_the_others(build, reference):
     """Clients that hang up mid-answer leave the batch; the answers decoded beside them stay exact."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with serve([f"tiny={build}"], port=0, limits=Limits(max_batch=4)) as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, limits=Limits(max_batch=4))) as running:
         worker = running.workers["tiny"]
         model = "tiny"
         leaving = {"model": model, "messages": user("hi"), "max_tokens": 450, "min_tokens": 450, "stream": True}
@@ -484,7 +484,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_generation_at_once(server, bu
 
 
 def test_the_foundry_runtime_serves_through_the_same_hook(build, reference):
-    with serve([f"tiny={build}"], port=0, runtime="foundry") as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, runtime="foundry")) as running:
         assert running.workers["tiny"].runtime == "foundry"
         with openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0) as c:
             question = QUESTIONS[0]

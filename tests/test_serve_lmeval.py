@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slmk_serve.server import serve
+from slmk_serve.server import ServeOptions, serve
 
 from slmk.api import open_session
 
@@ -72,7 +72,7 @@ def test_lm_eval_loglikelihood_scores_equal_slmks_own(tiny_build, tmp_path):
         "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
         "TOKENIZERS_PARALLELISM": "false",
     }
-    with serve([f"tiny={build}"], port=0) as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0)) as running:
         model_args = ",".join(
             [
                 "model=tiny",

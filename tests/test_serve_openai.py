@@ -18,7 +18,7 @@ import httpx2 as httpx
 import openai
 import pytest
 from slmk_serve.app import UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETIONS, public_message
-from slmk_serve.server import serve
+from slmk_serve.server import ServeOptions, serve
 from slmk_serve.workers import Limits
 from test_serve import holding_the_batch
 
@@ -46,7 +46,7 @@ def session(build):
 
 @pytest.fixture(scope="module")
 def server(build):
-    with serve([f"tiny={build}"], port=0, limits=Limits(max_tokens_limit=64)) as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, limits=Limits(max_tokens_limit=64))) as running:
         yield running
 
 
@@ -173,7 +173,7 @@ def test_bad_logprobs_requests_are_refused_naming_the_field(server, session):
 
 
 def test_runtimes_without_logprobs_refuse_them_by_name(build):
-    with serve([f"tiny={build}"], port=0, runtime="foundry") as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, runtime="foundry")) as running:
         chat = {"model": "tiny", "messages": user("hi"), "max_tokens": 2}
         assert "foundry" in refused(post(running, "/v1/chat/completions", {**chat, "logprobs": True}), "logprobs")
         completion = {"model": "tiny", "prompt": "hi", "max_tokens": 0, "echo": True}
@@ -298,7 +298,7 @@ def test_error_messages_carry_no_hints_paths_or_repeats(server):
 @pytest.mark.slow
 def test_the_api_key_guards_every_route_before_the_body_is_read(build):
     key = "clé-ключ-🔑"  # non-ASCII: clients send it as UTF-8 bytes
-    with serve([f"tiny={build}"], port=0, api_key=key) as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, api_key=key)) as running:
         assert httpx.get(running.url + "/health").status_code == 200
         for path in ("/openapi.json", "/metrics", "/v1/models", "/docs"):
             assert httpx.get(running.url + path).status_code == 401, path
@@ -353,7 +353,7 @@ def test_accepted_connections_have_tcp_nodelay(server):
 def test_metrics_health_and_the_request_log_line(build, caplog):
     caplog.set_level(logging.INFO, logger="slmk.serve")
     limits = Limits(max_batch=1, max_queue=1, queue_timeout_s=0.2)
-    with serve([f"tiny={build}"], port=0, limits=limits, log_level="info") as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, limits=limits, log_level="info")) as running:
         body = {"model": "tiny", "messages": user(QUESTION), "max_tokens": 8, "temperature": 0}
         reply = post(running, "/v1/chat/completions", body).json()
         with holding_the_batch(running, "tiny"):
@@ -391,7 +391,7 @@ def test_metrics_health_and_the_request_log_line(build, caplog):
 def test_cors_is_off_unless_an_origin_is_given(build, server):
     preflight = {"origin": "http://app.test", "access-control-request-method": "POST"}
     assert "access-control-allow-origin" not in httpx.options(server.url + "/v1/models", headers=preflight).headers
-    with serve([f"tiny={build}"], port=0, api_key="k", cors_origins=["http://app.test"]) as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, api_key="k", cors_origins=["http://app.test"])) as running:
         answer = httpx.options(
             running.url + "/v1/chat/completions",
             headers={**preflight, "access-control-request-headers": "authorization,content-type"},
@@ -408,7 +408,7 @@ def test_a_key_a_header_cannot_carry_is_refused_at_start_up(build):
 
     for key in ("two words", "tab\tkey", "   "):
         with pytest.raises(UsageError):
-            serve([f"tiny={build}"], port=0, api_key=key)
+            serve([f"tiny={build}"], ServeOptions(port=0, api_key=key))
 
 
 def test_the_runtime_refuses_what_onnxruntime_genai_cannot_take_before_generating(session):

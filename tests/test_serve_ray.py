@@ -28,7 +28,7 @@ os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RA
 import openai
 import test_serve as api
 from slmk_serve.ray_serve import RayModel
-from slmk_serve.server import RayOptions, serve
+from slmk_serve.server import RayOptions, ServeOptions, serve
 from test_sweep import _free_port, _kill_tree, _wait_for
 
 build = api.build
@@ -62,7 +62,7 @@ def test_the_same_api_tests_pass_on_an_embedded_ray_with_two_replicas(build, ref
     limits = api.Limits(max_queue=8, max_tokens_limit=api.MAX_TOKENS_LIMIT, max_body_bytes=api.BODY_LIMIT)
     ray = RayOptions(replicas=2, num_cpus=0.25, temp_dir=temp_dir)
     try:
-        with serve([str(build), f"second={build}"], port=0, limits=limits, ray=ray) as running:
+        with serve([str(build), f"second={build}"], ServeOptions(port=0, limits=limits, ray=ray)) as running:
             assert all(isinstance(worker, RayModel) for worker in running.workers.values())
             with openai.OpenAI(base_url=running.base_url, api_key="unused", max_retries=0, timeout=120) as client:
                 for test in SAME_API_TESTS:
@@ -142,7 +142,7 @@ def test_replicas_on_two_nodes_answer_and_one_survives_losing_the_other(build, r
 
         # one CPU per node and one per replica: Ray puts one replica on each node
         ray = RayOptions(address=f"127.0.0.1:{port}", replicas=2, num_cpus=1)
-        running = serve([f"tiny={build}"], port=0, limits=api.Limits(max_queue=32), ray=ray)
+        running = serve([f"tiny={build}"], ServeOptions(port=0, limits=api.Limits(max_queue=32), ray=ray))
         model = running.workers["tiny"]
         question = api.QUESTIONS[0]
         expected = reference[question].text

@@ -28,7 +28,7 @@ import httpx2 as httpx
 import openai
 import pytest
 from pydantic import BaseModel
-from slmk_serve.server import serve
+from slmk_serve.server import ServeOptions, serve
 from slmk_serve.toolcall_format import parse_tool_calls, tool_call_grammar
 from slmk_serve.tools import ToolPlan
 from slmk_serve.workers import Limits
@@ -98,7 +98,7 @@ def tools_build(build, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(build, tools_build):
     limits = Limits(max_queue=8, max_tokens_limit=256)
-    with serve([f"tiny={build}", f"tools={tools_build}"], port=0, limits=limits) as running:
+    with serve([f"tiny={build}", f"tools={tools_build}"], ServeOptions(port=0, limits=limits)) as running:
         yield running
 
 
@@ -291,7 +291,7 @@ def test_a_schema_the_runtime_cannot_use_is_refused(server):
 
 @pytest.mark.slow
 def test_a_runtime_that_cannot_constrain_refuses_instead_of_answering_prose(build):
-    with serve([f"tiny={build}"], port=0, runtime="foundry") as running:
+    with serve([f"tiny={build}"], ServeOptions(port=0, runtime="foundry")) as running:
         response = post(
             running, {"model": "tiny", "messages": user(QUESTION), "response_format": {"type": "json_object"}}
         )

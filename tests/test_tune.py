@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from slmk_ortgenai import tune as tuning
 from slmk_ortgenai.session_options import logical_cores, parse_session_options
+from slmk_ortgenai.tune import TuneOptions
 
 from slmk.api import TMP_PREFIX, UsageError, read_genai_config
 
@@ -23,6 +24,11 @@ def build_copy(tiny_build, tmp_path) -> Path:
     folder = tmp_path / "builds" / "int4"
     shutil.copytree(tiny_build("int4"), folder)
     return folder
+
+
+def _rebuild_once(source: Path) -> TuneOptions:
+    """One thread count, the rebuild stages, the shortest measurement that still tells candidates apart."""
+    return TuneOptions(threads=[1], rebuild_options=True, source=source, rounds=1, prompt_tokens=16, new_tokens=3)
 
 
 def _without_session_options(config: dict) -> dict:
@@ -41,7 +47,7 @@ def test_build_has_a_thread_count(tiny_build):
 @pytest.mark.slow
 def test_tune_threads_writes_the_choice_and_a_fixed_table(build_copy):
     before = read_genai_config(build_copy)
-    result = tuning.tune(build_copy, threads=[2, 1], rounds=2, prompt_tokens=24, new_tokens=4)
+    result = tuning.tune(build_copy, TuneOptions(threads=[2, 1], rounds=2, prompt_tokens=24, new_tokens=4))
 
     # what was tried: one trial per thread count, in increasing order, each measured every round
     assert [t.label for t in result.trials] == ["threads=1", "threads=2"]
@@ -96,8 +102,7 @@ def test_rebuild_keeps_only_candidates_that_pass_the_gate(build_copy, tiny_model
         gated.append(folder)
         return "perplexity up 40%"
 
-    result = tuning.tune(
-        build_copy,
+    options = TuneOptions(
         threads=[1],
         rebuild_options=True,
         source=tiny_model_dir,
@@ -106,6 +111,7 @@ def test_rebuild_keeps_only_candidates_that_pass_the_gate(build_copy, tiny_model
         prompt_tokens=16,
         new_tokens=3,
     )
+    result = tuning.tune(build_copy, options)
     assert len(gated) == 1  # block_size=32 is the build's own setting: not rebuilt
     labels = [t.label for t in result.trials]
     assert labels == ["threads=1", "threads=1", "block_size=64, threads=1"]
@@ -131,7 +137,7 @@ def test_bad_input_is_a_usage_error(tmp_path):
 def test_bad_thread_counts_are_refused_before_measuring(build_copy):
     before = (build_copy / "genai_config.json").read_text()
     with pytest.raises(UsageError, match="thread counts must be positive"):
-        tuning.tune(build_copy, threads=[0, 1])
+        tuning.tune(build_copy, TuneOptions(threads=[0, 1]))
     assert (build_copy / "genai_config.json").read_text() == before
 
 
@@ -147,9 +153,7 @@ def test_rebuild_that_passes_leaves_a_consistent_build(build_copy, tiny_model_di
     """Whichever candidate wins, the folder afterwards is that candidate: its files, its record, its threads."""
     monkeypatch.setattr(tuning, "REBUILD_STAGES", (("block_size", ({"block_size": 64},)),))
     weights_before = (build_copy / "model.onnx.data").read_bytes()
-    result = tuning.tune(
-        build_copy, threads=[1], rebuild_options=True, source=tiny_model_dir, rounds=1, prompt_tokens=16, new_tokens=3
-    )
+    result = tuning.tune(build_copy, _rebuild_once(tiny_model_dir))
     assert [t.label for t in result.trials] == ["threads=1", "threads=1", "block_size=64, threads=1"]
     assert result.trials[-1].quality == "not checked" and len(result.trials[-1].request_s) == 1
     record = json.loads((build_copy / "slmk_build.json").read_text())
@@ -185,8 +189,6 @@ def test_the_tune_command_writes_the_choice_and_rebuilds_behind_the_accuracy_gat
 def test_the_embedding_stage_is_for_tied_models_only(build_copy, tiny_model_dir, monkeypatch):
     """The tiny model is untied: keeping its embedding apart is what it has already; nothing is rebuilt."""
     monkeypatch.setattr(tuning, "REBUILD_STAGES", (tuning.REBUILD_STAGES[-1],))
-    result = tuning.tune(
-        build_copy, threads=[1], rebuild_options=True, source=tiny_model_dir, rounds=1, prompt_tokens=16, new_tokens=3
-    )
+    result = tuning.tune(build_copy, _rebuild_once(tiny_model_dir))
     assert tuning.REBUILD_STAGES[0][0] == "embedding"
     assert [t.label for t in result.trials] == ["threads=1"]

@@ -52,7 +52,7 @@ def _build(model: Path, out: Path, precision: str, options: dict, *, stream: boo
             model,
             out,
             precision=precision,
-            extra_options=options,
+            options=options,
             cache_dir=out.parent / f"cache-{out.name}",
             progress=progress,
         )

@@ -7,6 +7,7 @@ result object the CLI renders (as text or --json).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from .pipeline import BuildResult, run_plan
 from .planner import Plan, make_plan
 from .plugins import Registry, get_registry
 from .progress import Progress
-from .records import FORMAT_HF, ChatSession, ExecutionProvider, LoadRequest, ProbeResult
+from .records import FORMAT_HF, ChatSession, ConvertRequest, ExecutionProvider, LoadRequest, ProbeResult
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
@@ -103,38 +104,29 @@ def require_usable(ep: ExecutionProvider, action: str) -> None:
 
 
 def convert(
-    model: str | Path | None,
-    output: str | Path | None,
-    *,
-    precision: str = "int4",
-    execution_provider: str = "cpu",
-    via: str | None = None,
-    quantization: dict[str, Any] | None = None,
-    calibration: str | Path | None = None,
-    search: dict[str, Any] | None = None,
-    force: bool = False,
-    trust_remote_code: bool = False,
-    plan_only: bool = False,
-    extra_options: dict[str, Any] | None = None,
-    plugin_settings: dict[str, Any] | None = None,
-    base: str | Path | None = None,
-    source_mode: str | None = None,
-    progress: Progress | None = None,
-    registry: Registry | None = None,
-    cache_dir: str | Path | None = None,
-    verify: bool = True,
-    verify_prompts: list[list[dict[str, str]]] | None = None,
+    model: str | Path | None, output: str | Path | None = None, *, registry: Registry | None = None, **fields: Any
 ) -> BuildResult | Plan:
-    """Plan and build ``model`` at ``precision`` for ``execution_provider`` into ``output``.
+    """Plan and build ``model`` into ``output``: ``fields`` are those of ConvertRequest
+    (precision, execution_provider, via, options, quantization, calibration, force, ...).
 
-    ``extra_options`` are converter/quantizer options (``-O KEY=VALUE``), checked against
-    what the planned steps declare. ``plugin_settings`` are plugins' settings by key; a
-    converter whose ``selected_by`` key is set there is used, with the value as its
-    option (``olive.config`` -> ``olive_config``). ``output`` None: ``build/NAME-PRECISION-EP``.
+    The keyword form of ``convert_request(ConvertRequest(model, output, **fields))``; an
+    unknown field is a TypeError, as for any keyword argument.
+    """
+    paths = {key: Path(fields[key]) for key in ("calibration", "base", "cache_dir") if fields.get(key) is not None}
+    request = ConvertRequest(
+        model=Path(model) if model is not None else None,
+        output=Path(output) if output is not None else None,
+        **{**fields, **paths},
+    )
+    return convert_request(request, registry)
+
+
+def convert_request(request: ConvertRequest, registry: Registry | None = None) -> BuildResult | Plan:
+    """Plan and build ``request.model`` at its precision for its execution provider into ``request.output``.
 
     A folder a model source claims (a LoRA adapter) is materialized first (merged into
     ``base``, its own base when None); ``source_mode`` other than the first of the
-    source's modes hands the whole conversion to the source (e.g. ``separate``).
+    source's modes hands the whole request to the source (e.g. ``separate``).
 
     ``verify``: run the source (transformers) and the build on a few chat prompts
     (``verify_prompts``, else slmk's own) and record the verdict in slmk_build.json; an
@@ -142,50 +134,27 @@ def convert(
     (``slmk.verify``). False records that it was skipped.
     """
     registry = registry or get_registry()
-    extra_options = dict(extra_options or {})
-    if plugin_settings is None:  # called from Python or another command: slmk.toml and the environment decide
-        from .config import load_settings
-
-        resolved = load_settings({}, plugin_settings=registry.settings.values())
-        plugin_settings = {key: resolved[key] for key in registry.settings if resolved[key] is not None}
-    for name, converter in registry.converters.items():
-        value = plugin_settings.get(converter.selected_by or "")
-        if value is not None:
-            via = name
-            extra_options[converter.selected_by.replace(".", "_")] = value
-            if model is None and converter.default_model is not None:
-                model = converter.default_model(extra_options)
-    if model is None:
+    request = _with_selected_converter(request, registry)
+    if request.model is None:
         raise UsageError(
             "no model folder given", hint="pass MODEL_DIR or set `model` in slmk.toml (slmk init MODEL_DIR)"
         )
+    model = request.model
     source = registry.model_source(model)
     if source is not None:
-        if output is None:
-            output = f"build/{Path(model).resolve().name}-{precision}-{execution_provider}"
-        if source_mode and source.modes and source_mode != source.modes[0]:
-            return source.convert(
-                model,
-                output,
-                base=base,
-                mode=source_mode,
-                precision=precision,
-                execution_provider=execution_provider,
-                via=via,
-                quantization=quantization,
-                calibration=calibration,
-                search=search,
-                force=force,
-                trust_remote_code=trust_remote_code,
-                plan_only=plan_only,
-                extra_options=extra_options,
-                progress=progress,
-                cache_dir=cache_dir,
-                verify=verify,
-                verify_prompts=verify_prompts,
-            )
-        model = source.materialize(Path(model), Path(base) if base else None, progress or Progress(quiet=True))
-    elif base is not None or source_mode:
+        if request.output is None:
+            output = Path(f"build/{model.resolve().name}-{request.precision}-{request.execution_provider}")
+            request = replace(request, output=output)
+        if request.source_mode and source.modes and request.source_mode != source.modes[0]:
+            if source.convert is None:
+                owner = registry.owner("slmk_model_sources", source.name)
+                raise SlmkError(
+                    f"model source {source.name!r} declares mode {request.source_mode!r} but no convert for it",
+                    hint=f"a bug of plugin {owner}: report it to its author",
+                )
+            return source.convert(request)
+        model = source.materialize(model, request.base, request.progress or Progress(quiet=True))
+    elif request.base is not None or request.source_mode:
         raise UsageError(
             f"{model} is not an adapter folder: --base and --adapter-mode apply to adapters only",
             hint="drop them for a plain model folder",
@@ -193,32 +162,15 @@ def convert(
     info = ModelInfo.load(model)
     if info.format != FORMAT_HF:
         raise UsageError(f"{info.path} is already an ONNX build", hint="convert takes a Hugging Face model folder")
-    ep = registry.get("slmk_execution_providers", execution_provider)
-    if output is None:
-        output = f"build/{info.path.resolve().name}-{precision}-{ep.name}"
-    quantization = dict(quantization or {})
-    algorithm = quantization.pop("algorithm", "default") or "default"
-    quantization.pop("calibration", None)
-    calibration_path = Path(calibration).expanduser() if calibration else None
-    if calibration_path and not calibration_path.is_file():
-        raise UsageError(f"calibration file {calibration_path} not found", hint="pass a .jsonl or .txt file")
-    options = {**quantization, **extra_options}
-    # a converter that runs the algorithm itself (the builder's rtn, k_quant) needs its name too
-    converter_options = {**options, "algorithm": algorithm} if algorithm != "default" else options
-    plan = make_plan(
-        registry,
-        info,
-        precision,
-        ep,
-        via=via,
-        algorithm=algorithm,
-        calibration=calibration_path is not None,
-        converter_options=converter_options,
-        quantizer_options={"algorithm": algorithm, **options},
-        user_options=extra_options,
-        plugin_settings=plugin_settings,
-    )
-    if plan_only:
+    ep = registry.get("slmk_execution_providers", request.execution_provider)
+    if request.output is None:
+        request = replace(request, output=Path(f"build/{info.path.resolve().name}-{request.precision}-{ep.name}"))
+    calibration = request.calibration.expanduser() if request.calibration else None
+    if calibration and not calibration.is_file():
+        raise UsageError(f"calibration file {calibration} not found", hint="pass a .jsonl or .txt file")
+    request = replace(request, calibration=calibration)
+    plan = make_plan(registry, info, ep, request)
+    if request.plan_only:
         return plan
     from .fsutil import cache_root
     from .verify import BuildCheck
@@ -226,27 +178,36 @@ def convert(
     check = BuildCheck(
         registry,
         info,
-        precision,
+        request.precision,
         ep,
-        enabled=verify,
-        prompts=verify_prompts,
-        cache=Path(cache_dir) if cache_dir else cache_root(),
-        progress=progress,
+        enabled=request.verify,
+        prompts=request.verify_prompts,
+        cache=request.cache_dir or cache_root(),
+        progress=request.progress,
     )
-    return run_plan(
-        registry,
-        info,
-        plan,
-        ep,
-        Path(output),
-        force=force,
-        progress=progress,
-        calibration=calibration_path,
-        trust_remote_code=trust_remote_code,
-        search=search,
-        cache_dir=Path(cache_dir) if cache_dir else None,
-        check=check,
-    )
+    return run_plan(registry, info, plan, request, check=check)
+
+
+def _with_selected_converter(request: ConvertRequest, registry: Registry) -> ConvertRequest:
+    """The request with its plugin settings resolved (slmk.toml and the environment when None) and a
+    converter whose ``selected_by`` key is set there chosen, the value passed as its option
+    (``olive.config`` -> ``olive_config``)."""
+    plugin_settings = request.plugin_settings
+    if plugin_settings is None:  # called from Python or another command: slmk.toml and the environment decide
+        from .config import load_settings
+
+        resolved = load_settings({}, plugin_settings=registry.settings.values())
+        plugin_settings = {key: resolved[key] for key in registry.settings if resolved[key] is not None}
+    via, model, options = request.via, request.model, dict(request.options)
+    for name, converter in registry.converters.items():
+        value = plugin_settings.get(converter.selected_by or "")
+        if value is not None:
+            via = name
+            options[converter.selected_by.replace(".", "_")] = value
+            if model is None and converter.default_model is not None:
+                found = converter.default_model(options)
+                model = Path(found) if found is not None else None
+    return replace(request, via=via, model=model, options=options, plugin_settings=plugin_settings)
 
 
 def materialize(
@@ -469,7 +430,10 @@ def inspect_model(
         for precision in PRECISIONS:
             try:
                 check_precision(ep, precision)
-                buildable = bool(info.format == FORMAT_HF and make_plan(registry, info, precision, ep))
+                buildable = bool(
+                    info.format == FORMAT_HF
+                    and make_plan(registry, info, ep, ConvertRequest(info.path, precision=precision))
+                )
                 note = ""
             except SlmkError as exc:
                 buildable, note = False, exc.message

@@ -248,7 +248,8 @@ def slmk_model_sources() -> Iterable[ModelSource]:
 
     ``inspect``, ``convert``, ``compare`` and ``deploy`` ask each source's ``detect`` first;
     the first that claims a folder describes it, materializes it into a Hugging Face
-    folder, or converts it itself for its own ``modes``.
+    folder, or converts it itself for its own ``modes`` beyond the first: ``convert(request)``
+    gets the whole ConvertRequest (``request.source_mode`` names the mode).
 
     Example::
 
@@ -268,7 +269,7 @@ def slmk_model_sources() -> Iterable[ModelSource]:
         @hookimpl
         def slmk_model_sources():
             yield ModelSource(name="delta", description="a base plus a weight delta", detect=_detect,
-                              describe=_describe, materialize=_materialize, convert=None)
+                              describe=_describe, materialize=_materialize)  # one mode: no convert
     """
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import SlmkError, StepFailed
+from .errors import SlmkError, StepFailed, UsageError
 from .fsutil import (
     atomic_dir,
     cache_root,
@@ -43,7 +43,7 @@ from .modelinfo import ModelInfo
 from .planner import Plan, PlannedStep
 from .plugins import Registry
 from .progress import Progress
-from .records import ExecutionProvider, StepRequest
+from .records import ConvertRequest, ExecutionProvider, StepRequest
 from .testpoints import pause_point
 
 STEP_MARKER = "step.json"
@@ -143,36 +143,40 @@ def _file_fingerprint(path: Path) -> str:
     return hash_json({"name": path.name, "size": stat.st_size, "mtime": stat.st_mtime_ns})
 
 
+@dataclass(frozen=True)
+class _BuildContext:
+    """What every step of one build shares."""
+
+    registry: Registry
+    ep: ExecutionProvider
+    root: Path  # the step cache
+    progress: Progress
+    calibration: Path | None
+    trust_remote_code: bool
+
+
 def run_plan(
-    registry: Registry,
-    info: ModelInfo,
-    plan: Plan,
-    ep: ExecutionProvider,
-    output: Path,
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-    calibration: Path | None = None,
-    trust_remote_code: bool = False,
-    search: dict[str, Any] | None = None,
-    cache_dir: Path | None = None,
-    check: Any = None,
+    registry: Registry, info: ModelInfo, plan: Plan, request: ConvertRequest, check: Any = None
 ) -> BuildResult:
-    """Run ``plan`` on ``info``'s folder into ``output``: each step cached, the output written atomically.
+    """Run ``plan`` on ``info``'s folder into ``request.output``: each step cached, the output written
+    atomically. The request also gives force, progress, calibration, trust_remote_code, search
+    (written to genai_config.json) and cache_dir; the plan names the execution provider.
 
     ``check`` (a ``verify.BuildCheck``): ``check.before(final_key)`` runs ahead of the first step,
     ``check.after(folder)`` on the finished build before it is renamed into place; what it returns
     is recorded as ``verification`` in slmk_build.json, and when it raises nothing is kept.
     """
-    progress = progress or Progress(quiet=True)
-    output = Path(output).expanduser().resolve()
+    force, calibration, trust_remote_code = request.force, request.calibration, request.trust_remote_code
+    ep = registry.get("slmk_execution_providers", plan.execution_provider)
+    progress = request.progress or Progress(quiet=True)
+    if request.output is None:
+        raise UsageError("no output folder given", hint="pass -o OUTPUT")
+    output = Path(request.output).expanduser().resolve()
     if output.exists() and not force:
-        from .errors import UsageError
-
         raise UsageError(
             f"output {output} already exists", hint="choose another -o folder or pass --force to replace it"
         )
-    root = Path(cache_dir) if cache_dir else cache_root()
+    root = Path(request.cache_dir) if request.cache_dir else cache_root()
     check_cache_folder(root, "the step cache (SLMK_CACHE_DIR)")
     steps_dir = root / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +188,7 @@ def run_plan(
     fingerprint = fingerprint_tree(source)
     calibration_fp = _file_fingerprint(calibration) if calibration else None
     progress.total_steps = len(plan.steps) + 1
+    context = _BuildContext(registry, ep, root, progress, calibration, trust_remote_code)
     keys = []
     for step in plan.steps:  # each key holds the one before it: the last names the whole build
         keys.append(step_key(registry, step, keys[-1] if keys else fingerprint, ep, calibration_fp, trust_remote_code))
@@ -205,7 +210,7 @@ def run_plan(
                 if step_dir.exists():
                     progress.log(f"not reusing {step_dir}: {'; '.join(damage[:3])}; building it again")
                 shutil.rmtree(step_dir, ignore_errors=True)
-                _run_step(registry, step, source, step_dir, ep, root, progress, calibration, trust_remote_code, key)
+                _run_step(context, step, source, step_dir, key)
                 status = "ran"
         result.steps.append(
             StepRun(
@@ -221,7 +226,7 @@ def run_plan(
         source = step_dir / "model"
     with progress.step(f"write {output}"), atomic_dir(output, force=force) as tmp:
         copy_tree(source, tmp)  # copies: editing the build never reaches the cache
-        write_search(tmp, search or {})
+        write_search(tmp, dict(request.search))
         write_json_atomic(
             tmp / BUILD_INFO,
             {
@@ -277,18 +282,8 @@ def _out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def _run_step(
-    registry: Registry,
-    step: PlannedStep,
-    source: Path,
-    step_dir: Path,
-    ep: ExecutionProvider,
-    root: Path,
-    progress: Progress,
-    calibration: Path | None,
-    trust_remote_code: bool,
-    key: str,
-) -> None:
+def _run_step(context: _BuildContext, step: PlannedStep, source: Path, step_dir: Path, key: str) -> None:
+    registry, root = context.registry, context.root
     work_dir = root / "work" / key
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -299,12 +294,12 @@ def _run_step(
                 source=source,
                 output=model_dir,
                 precision=step.precision,
-                execution_provider=ep,
+                execution_provider=context.ep,
                 options=step.options,
                 work_dir=work_dir,
-                progress=progress,
-                calibration=calibration,
-                trust_remote_code=trust_remote_code,
+                progress=context.progress,
+                calibration=context.calibration,
+                trust_remote_code=context.trust_remote_code,
             )
             if step.kind == "convert":
                 registry.converters[step.tool].convert(request)

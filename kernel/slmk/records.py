@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .modelinfo import ModelInfo
+    from .pipeline import BuildResult
+    from .planner import Plan
     from .progress import Progress
 
 #: Every precision slmk knows, smallest first. Plugins declare which they reach.
@@ -181,6 +183,41 @@ class StepRequest:
     progress: Progress
     calibration: Path | None = None
     trust_remote_code: bool = False
+
+
+# --------------------------------------------------------------------------- conversions
+@dataclass(frozen=True)
+class ConvertRequest:
+    """One conversion as the user asked for it: from the CLI (or Python) to a model source and the planner.
+
+    ``output`` None: ``build/NAME-PRECISION-EP``. ``options`` are converter/quantizer options
+    (``-O KEY=VALUE``), checked against what the planned steps declare; ``quantization`` holds
+    ``algorithm``, ``block_size`` ... (``[quantization]`` of slmk.toml). ``plugin_settings``:
+    plugins' settings by key (None: slmk.toml and the environment decide); a converter whose
+    ``selected_by`` key is set there is used. ``base``/``source_mode``: for a folder a model
+    source claims (an adapter). ``verify``: check the build against its source model on
+    ``verify_prompts`` (None: slmk's own). ``plan_only``: stop at the plan.
+    """
+
+    model: Path | None
+    output: Path | None = None
+    precision: str = "int4"
+    execution_provider: str = "cpu"
+    via: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    quantization: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Path | None = None
+    search: Mapping[str, Any] = field(default_factory=dict)
+    plugin_settings: Mapping[str, Any] | None = None
+    base: Path | None = None
+    source_mode: str | None = None
+    force: bool = False
+    trust_remote_code: bool = False
+    plan_only: bool = False
+    verify: bool = True
+    verify_prompts: Sequence[Sequence[Mapping[str, str]]] | None = None
+    cache_dir: Path | None = None
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -395,9 +432,11 @@ class ModelSource:
     ``detect(path)`` says whether a folder is one (cheap, JSON only). ``describe(path,
     base)`` is what `slmk inspect` shows; ``materialize(path, base, progress)`` returns a
     Hugging Face folder the rest of slmk can take (e.g. the adapter merged into its
-    base; cached); ``convert(path, output, base=, mode=, **convert_options)`` builds it,
-    for modes beyond materialize-then-convert (e.g. a base with separate adapter files).
-    ``base`` is the user's ``--base`` or None.
+    base; cached). ``base`` is the user's ``--base`` or None. For modes beyond
+    materialize-then-convert (e.g. a base with separate adapter files), ``convert(request)``
+    builds it from the whole ConvertRequest (``request.source_mode`` is one of ``modes`` other
+    than the first) and returns what ``slmk.api.convert`` returns: a BuildResult, or the Plan
+    when ``request.plan_only``. None: the source has one mode.
     """
 
     name: str
@@ -405,7 +444,7 @@ class ModelSource:
     detect: Callable[[Path], bool]
     describe: Callable[[Path, Path | None], Mapping[str, Any]]
     materialize: Callable[[Path, Path | None, Progress], Path]
-    convert: Callable[..., Any]
+    convert: Callable[[ConvertRequest], BuildResult | Plan] | None = None
     modes: tuple[str, ...] = ()
 
 

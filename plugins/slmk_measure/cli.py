@@ -350,7 +350,7 @@ def validate(
     """
     import datetime as _dt
 
-    from .validate import render_markdown, run_validate
+    from .validate import ValidationLimits, ValidationRequest, render_markdown, run_validate
 
     settings, folder, open_session = _open_target(
         state, target, runtime, execution_provider, cache_dir, endpoint, endpoint_model, api_key
@@ -362,13 +362,7 @@ def validate(
     if greedy is None:
         search["do_sample"] = False  # measurements repeat: greedy unless asked to sample
     source, source_note = _validation_source(folder, reference)
-    report = run_validate(
-        open_session,
-        folder,
-        strict=strict,
-        items=items,
-        eval_note=eval_note,
-        search=search,
+    limits = ValidationLimits(
         max_new_tokens=answer_tokens,
         leak_runs=leak_runs,
         leak_kb_per_run=leak_threshold_kb,
@@ -376,10 +370,9 @@ def validate(
         session_growth_mb=session_growth_mb,
         min_accuracy=min_accuracy,
         max_slowdown=max_slowdown,
-        progress=_progress(state, quiet, as_json),
-        source=source,
-        source_note=source_note,
     )
+    request = ValidationRequest(folder, items, eval_note, search, limits, source, source_note, strict)
+    report = run_validate(open_session, request, _progress(state, quiet, as_json))
     report = {
         "target": target,
         "folder": str(folder),
@@ -474,7 +467,7 @@ def compare(
     from slmk import api as app
     from slmk.api import FORMAT_HF, ModelInfo, get_registry
 
-    from .compare import run_compare
+    from .compare import CompareRequest, run_compare
     from .display import nested
 
     if plot_file:
@@ -499,20 +492,18 @@ def compare(
     reference, reference_note = choose_reference(reference, folder)
     if reference_note and not as_json:
         click.echo(reference_note, err=True)
-    report = run_compare(
+    request = CompareRequest(
         folder,
         [p.strip() for p in precisions.split(",") if p.strip()],
-        ep,
-        open_session,
         items=items,
         heldout=heldout,
         tolerance=tolerance,
         cache_dir=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
-        progress=progress,
-        sub_progress=nested(progress),
         reference=reference,
-        open_source=app.open_source_session,
         verify=not no_verify,
+    )
+    report = run_compare(
+        request, ep, open_session, progress=progress, sub_progress=nested(progress), open_source=app.open_source_session
     )
     report.update(
         {
@@ -662,8 +653,9 @@ def deploy(
     The reference is the source model run by transformers (--reference fp32: the
     fp32 build). Every build is checked against the source (--no-verify skips it).
     """
-    from .deploy import NoPrecisionPasses
+    from .deploy import DeployRequest, NoPrecisionPasses
     from .deploy import deploy as run_deploy
+    from .validate import ValidationLimits
 
     settings = state.settings(
         {
@@ -687,8 +679,8 @@ def deploy(
         precision = settings["precision"]
     progress = _progress(state, quiet, as_json)
     try:
-        result = run_deploy(
-            settings["model"],
+        request = DeployRequest(
+            Path(settings["model"]),
             settings["name"],
             gate=gate,
             precision=precision,
@@ -698,14 +690,13 @@ def deploy(
             install_cache=installer_cache(settings),
             steps_cache=Path(settings["cache_dir"]) if settings["cache_dir"] else None,
             force=force,
-            eval_file=eval_file,
-            heldout_file=heldout_file,
-            validate_options={"leak_runs": leak_runs, "max_slowdown": max_slowdown},
-            tune=_tuning(tuner) if tuner else None,
-            progress=progress,
+            eval_file=Path(eval_file) if eval_file else None,
+            heldout_file=Path(heldout_file) if heldout_file else None,
+            validate_limits=ValidationLimits(leak_runs=leak_runs, max_slowdown=max_slowdown),
             reference=reference,
             verify=not no_verify,
         )
+        result = run_deploy(request, tune=_tuning(tuner) if tuner else None, progress=progress)
     except NoPrecisionPasses as exc:
         if as_json:
             emit_json(exc.result.as_dict())

@@ -8,6 +8,7 @@ The reference is the source model run by transformers (what the user trained) un
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError, build_
 from .driver import Driver
 from .evalset import EvalItem
 from .gate import Gate, parse_gate
-from .quality import Measurement, agreement_prompts, measure
+from .quality import Measurement, Workload, agreement_prompts, measure
 from .reference import SOURCE, rank
 
 #: The quality a smaller precision must keep to be recommended, unless told otherwise.
@@ -102,17 +103,8 @@ def measure_build(
     try:
         driver = Driver(session, folder)
         prompts = agreement_prompts(items, heldout) if need & {"agreement", "answers"} else None
-        return measure(
-            driver,
-            precision,
-            folder,
-            need=need,
-            items=items,
-            heldout=heldout,
-            reference=reference,
-            prompts=prompts,
-            progress=progress,
-        )
+        workload = Workload(need, items, heldout, prompts)
+        return measure(driver, precision, folder, workload, reference=reference, progress=progress)
     finally:
         session.close()
 
@@ -151,31 +143,40 @@ def recommend(rows: dict[str, Measurement], reference: Measurement, gate: Gate) 
     }
 
 
+@dataclass(frozen=True)
+class CompareRequest:
+    """One `slmk compare`: ``model`` built at each of ``precisions`` and measured on the eval ``items``
+    and ``heldout`` text; ``tolerance`` (a gate) picks the recommendation; ``reference`` is the source
+    model (transformers) or fp32 (the most precise build); ``cache_dir`` the step cache."""
+
+    model: Path
+    precisions: Sequence[str]
+    items: Sequence[EvalItem] = ()
+    heldout: str | None = None
+    tolerance: str | None = None
+    cache_dir: Path | None = None
+    reference: str = SOURCE
+    verify: bool = True
+
+
 def run_compare(
-    model: Path,
-    precisions: Sequence[str],
+    request: CompareRequest,
     ep: ExecutionProvider,
     open_session: Callable[[Path], Any],
     *,
-    items: Sequence[EvalItem] = (),
-    heldout: str | None = None,
-    tolerance: str | None = None,
-    cache_dir: Path | None = None,
     progress: Progress | None = None,
     sub_progress: Progress | None = None,
-    reference: str = SOURCE,
     open_source: Callable[[Path], Any] | None = None,
-    verify: bool = True,
 ) -> dict[str, Any]:
-    """Measure the source model (``reference`` source; ``open_source`` loads it) and a build per precision.
-
-    With ``reference`` fp32 the most precise build is the reference instead.
+    """Measure the source model (``request.reference`` source; ``open_source`` loads it) and a build per
+    precision. With reference fp32 the most precise build is the reference instead.
     """
+    model, items, heldout, cache_dir = request.model, request.items, request.heldout, request.cache_dir
     progress = progress or Progress(quiet=True)
     open_source = open_source or open_source_session
-    gate = parse_gate(tolerance or DEFAULT_TOLERANCE)
-    precisions = check_precisions(precisions, ep)
-    reference_name = SOURCE if reference == SOURCE else reference_precision(precisions)
+    gate = parse_gate(request.tolerance or DEFAULT_TOLERANCE)
+    precisions = check_precisions(request.precisions, ep)
+    reference_name = SOURCE if request.reference == SOURCE else reference_precision(precisions)
     order = [reference_name] + [p for p in precisions if p != reference_name]
     progress.total_steps = 2 * len(precisions) + (reference_name == SOURCE)
     rows: dict[str, Measurement] = {}
@@ -194,7 +195,7 @@ def run_compare(
                 ep.name,
                 cache_dir=cache_dir,
                 progress=sub_progress,
-                verify=verify,
+                verify=request.verify,
                 verify_prompts=eval_prompts(items),
             )
             verifications[precision] = build_info(folder).get("verification")

@@ -36,7 +36,7 @@ from .evalset import EvalItem, default_file, load_eval
 from .gate import Gate, parse_gate
 from .quality import Measurement
 from .reference import SOURCE, choose_reference
-from .validate import DEFAULT_LEAK_RUNS, run_validate
+from .validate import ValidationLimits, ValidationRequest, run_validate
 
 #: The precision deployed when no quality gate is given.
 DEFAULT_PRECISION = "int4"
@@ -125,29 +125,43 @@ def candidate_precisions(ep: ExecutionProvider) -> list[str]:
     return [p for p in PRECISIONS if p in ep.run_precisions and p in ep.build_precisions]
 
 
+@dataclass(frozen=True)
+class DeployRequest:
+    """One `slmk deploy`: the fine-tuned ``model`` folder installed as ``name``.
+
+    ``gate`` (a quality gate) or ``precision`` chooses the precision; ``reference`` is what relative
+    gate terms compare with ("source" or "fp32"); ``install_cache``/``steps_cache``: the installer's
+    and the build step cache's folders; ``eval_file``/``heldout_file``: else the model's ../data files.
+    """
+
+    model: Path
+    name: str
+    gate: str | None = None
+    precision: str | None = None
+    execution_provider: str = "cpu"
+    runtime: str | None = None
+    installer: str | None = None
+    install_cache: Path | None = None
+    steps_cache: Path | None = None
+    force: bool = False
+    eval_file: Path | None = None
+    heldout_file: Path | None = None
+    validate_limits: ValidationLimits = field(default_factory=ValidationLimits)
+    reference: str | None = None
+    verify: bool = True
+
+
 def deploy(
-    model: str | Path,
-    name: str,
+    request: DeployRequest,
     *,
-    gate: str | None = None,
-    precision: str | None = None,
-    execution_provider: str = "cpu",
-    runtime: str | None = None,
-    installer: str | None = None,
-    install_cache: Path | None = None,
-    steps_cache: Path | None = None,
-    force: bool = False,
-    eval_file: str | Path | None = None,
-    heldout_file: str | Path | None = None,
-    validate_options: dict[str, Any] | None = None,
     tune: Callable[[Path], Any] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
-    reference: str | None = None,
-    verify: bool = True,
 ) -> DeployResult:
+    """Build, gate, validate, install and ask the installed model once; ``tune(folder)`` tunes the chosen build."""
     registry = registry or get_registry()
     progress = progress or Progress(quiet=True)
+    model, name, gate, precision = request.model, request.name, request.gate, request.precision
     inner = nested(progress)
     parsed: Gate | None = parse_gate(gate) if gate else None
     if parsed and precision:
@@ -159,16 +173,16 @@ def deploy(
             f"{info.path} is not a Hugging Face model folder", hint="deploy takes the fine-tuned model folder"
         )
     model_dir = info.path.resolve()
-    ep = app.resolve_ep(registry, execution_provider)
-    installer = installer or registry.default_name("slmk_installers") or "none"
-    runtime = runtime or registry.default_name("slmk_runtimes") or "none"
+    ep = app.resolve_ep(registry, request.execution_provider)
+    installer = request.installer or registry.default_name("slmk_installers") or "none"
+    runtime = request.runtime or registry.default_name("slmk_runtimes") or "none"
     inst = registry.get("slmk_installers", installer)
     result = DeployResult(
         model=str(model_dir), name=name, execution_provider=ep.name, gate=str(parsed) if parsed else None
     )
 
     # the data beside the folder the user named (an adapter's ../data, not its merged copy's)
-    items, heldout = _data(Path(model).resolve(), eval_file, heldout_file, parsed)
+    items, heldout = _data(Path(model).resolve(), request.eval_file, request.heldout_file, parsed)
     candidates = candidate_precisions(ep)
     if parsed is None:
         wanted = precision or DEFAULT_PRECISION
@@ -179,7 +193,7 @@ def deploy(
         candidates = [wanted]
     reference_name = None
     if parsed and parsed.needs_reference:
-        reference_name, result.reference_note = choose_reference(reference, model_dir)
+        reference_name, result.reference_note = choose_reference(request.reference, model_dir)
         if reference_name != SOURCE:
             reference_name = max(candidates, key=PRECISIONS.index)
         if result.reference_note:
@@ -218,9 +232,9 @@ def deploy(
             model_dir,
             candidate,
             ep.name,
-            cache_dir=steps_cache,
+            cache_dir=request.steps_cache,
             progress=inner,
-            verify=verify,
+            verify=request.verify,
             verify_prompts=eval_prompts(items),
         )
         if not need:
@@ -280,15 +294,13 @@ def deploy(
     result.verification = app.build_info(folder).get("verification")
 
     with progress.step(f"validate the {chosen} build"):
-        options = {"leak_runs": DEFAULT_LEAK_RUNS, **(validate_options or {})}
-        report = run_validate(
-            lambda: open_build(folder),
+        validation = ValidationRequest(
             folder,
-            items=items,
+            items,
             eval_note="" if items else "no eval file (pass --eval FILE.jsonl)",
-            progress=inner,
-            **options,
+            limits=request.validate_limits,
         )
+        report = run_validate(lambda: open_build(folder), validation, inner)
         result.validation = report
         if not report["ok"]:
             failed = [c for c in report["checks"] if c["status"] == "fail"]
@@ -303,7 +315,13 @@ def deploy(
             tune(folder)
     with progress.step(f"install {name}"):
         installed = app.install(
-            folder, name, installer=installer, cache_dir=install_cache, force=force, progress=inner, registry=registry
+            folder,
+            name,
+            installer=installer,
+            cache_dir=request.install_cache,
+            force=request.force,
+            progress=inner,
+            registry=registry,
         )
         result.installed = {
             "ref": installed.ref,
@@ -316,7 +334,7 @@ def deploy(
         }
     with progress.step(f"first answer from {installed.ref} ({runtime})"):
         result.first_answer = _first_answer(
-            installed, runtime, ep, install_cache, items, registry, inst, progress=inner
+            installed, runtime, ep, request.install_cache, items, registry, inst, progress=inner
         )
     return result
 

@@ -7,7 +7,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,25 +170,35 @@ def decode_speed(
     )
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What to measure (``need``: ppl, accuracy, agreement, answers, decode_tps) and on what: eval
+    ``items``, ``heldout`` text, the agreement ``prompts``, answers of up to ``max_new_tokens``."""
+
+    need: Set[str]
+    items: Sequence[EvalItem] = ()
+    heldout: str | None = None
+    prompts: Sequence[Any] | None = None
+    max_new_tokens: int = 64
+
+
 def measure(
     driver: Driver,
     precision: str,
     folder: Path,
+    workload: Workload,
     *,
-    need: set[str],
-    items: Sequence[EvalItem] = (),
-    heldout: str | None = None,
     reference: Measurement | None = None,
-    prompts=None,
-    max_new_tokens: int = 64,
     progress: Progress | None = None,
 ) -> Measurement:
-    """Measure the metrics in ``need`` (ppl, accuracy, agreement, answers, decode_tps) for a loaded build.
+    """Measure the metrics the workload needs for a loaded build.
 
     Agreement is measured against ``reference``; without one, this build is the reference.
     ``answers`` (greedy answers to the agreement prompts) is what a reference
     precision needs so that others can be compared with it.
     """
+    need, items, heldout, prompts = workload.need, workload.items, workload.heldout, workload.prompts
+    max_new_tokens = workload.max_new_tokens
     result = Measurement(precision=precision, path=str(folder), size_bytes=dir_size(folder))
     if "ppl" in need:
         if heldout:

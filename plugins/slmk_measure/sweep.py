@@ -636,7 +636,7 @@ def measure_sources(config: SweepConfig, rows: list[dict[str, Any]], progress: P
 
     from .driver import Driver
     from .evalset import load_eval
-    from .quality import agreement_prompts, measure
+    from .quality import Workload, agreement_prompts, measure
 
     measured_models = {r["model"] for r in rows if not r.get("error")}
     sources = {}
@@ -656,7 +656,7 @@ def measure_sources(config: SweepConfig, rows: list[dict[str, Any]], progress: P
                 driver = Driver(session, model.path)
                 prompts = agreement_prompts(items, heldout)
                 need = {"ppl", "accuracy", "answers"}
-                found = measure(driver, SOURCE, model.path, need=need, items=items, heldout=heldout, prompts=prompts)
+                found = measure(driver, SOURCE, model.path, Workload(need, items, heldout, prompts))
                 answers = [driver.tokens(answer) for answer in found.answers]  # token ids, as the cells give theirs
             finally:
                 session.close()

@@ -106,7 +106,7 @@ def _measure(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     from .driver import Driver
     from .evalset import load_eval
     from .resources import rss_bytes
-    from .validate import run_validate
+    from .validate import ValidationLimits, ValidationRequest, run_validate
 
     open_build = _open(spec)
     items = load_eval(spec["eval_file"]) if spec.get("eval_file") else []
@@ -153,7 +153,8 @@ def _measure(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     )
     validate = spec.get("validate")
     if validate is not None:
-        report = run_validate(lambda: open_build(folder), folder, items=items, search={"do_sample": False}, **validate)
+        request = ValidationRequest(folder, items, search={"do_sample": False}, limits=ValidationLimits(**validate))
+        report = run_validate(lambda: open_build(folder), request)
         row["validation_ok"] = report["ok"]
         row["validation"] = {
             "counts": report["counts"],

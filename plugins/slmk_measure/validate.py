@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,41 +129,59 @@ def control_tokens(folder: Path) -> dict[str, int]:
     return in_template or special
 
 
+@dataclass(frozen=True)
+class ValidationLimits:
+    """What the checks measure and the thresholds they judge by (`slmk validate` options, a sweep's
+    ``[validate]`` table)."""
+
+    max_new_tokens: int = 64
+    leak_runs: int = DEFAULT_LEAK_RUNS
+    leak_kb_per_run: float = DEFAULT_LEAK_KB_PER_RUN
+    sessions: int = DEFAULT_SESSIONS
+    session_growth_mb: float = DEFAULT_SESSION_GROWTH_MB
+    min_accuracy: float = DEFAULT_MIN_ACCURACY
+    max_slowdown: float = DEFAULT_MAX_SLOWDOWN
+
+
+@dataclass(frozen=True)
+class ValidationRequest:
+    """One validation: the build ``folder``, its eval set (``eval_note``: why there is none), the
+    search options answers are generated with, the limits, and the Hugging Face folder the build was
+    made from (``source_note``: why it is not run, when it is not). ``strict``: a warning fails too."""
+
+    folder: Path
+    items: Sequence[EvalItem] = ()
+    eval_note: str = ""
+    search: Mapping[str, Any] = field(default_factory=dict)
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
+    source: Path | None = None
+    source_note: str = ""
+    strict: bool = False
+
+
 class Validator:
     def __init__(
         self,
         open_session: Callable[[], ChatSession],
-        folder: Path,
-        *,
-        items: Sequence[EvalItem] = (),
-        eval_note: str = "",
-        search: dict[str, Any] | None = None,
-        max_new_tokens: int = 64,
-        leak_runs: int = DEFAULT_LEAK_RUNS,
-        leak_kb_per_run: float = DEFAULT_LEAK_KB_PER_RUN,
-        sessions: int = DEFAULT_SESSIONS,
-        session_growth_mb: float = DEFAULT_SESSION_GROWTH_MB,
-        min_accuracy: float = DEFAULT_MIN_ACCURACY,
-        max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
+        request: ValidationRequest,
         progress: Progress | None = None,
-        source: Path | None = None,
-        source_note: str = "",
     ):
+        limits = request.limits
         self.open_session = open_session
-        self.source = Path(source) if source else None  # the Hugging Face folder the build was made from
-        self.source_note = source_note  # why the source is not run (when it is not)
+        self.source = Path(request.source) if request.source else None  # the folder the build was made from
+        self.source_note = request.source_note  # why the source is not run (when it is not)
         self.build_accuracy: float | None = None
-        self.folder = Path(folder)
-        self.items = list(items)
-        self.eval_note = eval_note
-        self.search = dict(search or {})
-        self.max_new_tokens = max_new_tokens
-        self.leak_runs = leak_runs
-        self.leak_kb_per_run = leak_kb_per_run
-        self.sessions = sessions
-        self.session_growth_mb = session_growth_mb
-        self.min_accuracy = min_accuracy
-        self.max_slowdown = max_slowdown
+        self.folder = Path(request.folder)
+        self.items = list(request.items)
+        self.eval_note = request.eval_note
+        self.search = dict(request.search)
+        self.max_new_tokens = limits.max_new_tokens
+        self.leak_runs = limits.leak_runs
+        self.leak_kb_per_run = limits.leak_kb_per_run
+        self.sessions = limits.sessions
+        self.session_growth_mb = limits.session_growth_mb
+        self.min_accuracy = limits.min_accuracy
+        self.max_slowdown = limits.max_slowdown
         self.progress = progress or Progress(quiet=True)
         self.checks: list[Check] = []
         answered = [i for i in self.items if i.has_answer]
@@ -675,11 +693,12 @@ class Validator:
 
 
 def run_validate(
-    open_session: Callable[[], ChatSession], folder: Path, *, strict: bool = False, **options: Any
+    open_session: Callable[[], ChatSession], request: ValidationRequest, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run every check; the report's ``ok`` is False when a check failed (or warned, with ``strict``)."""
     start = time.perf_counter()
-    checks = Validator(open_session, folder, **options).run()
+    checks = Validator(open_session, request, progress).run()
+    strict = request.strict
     failing = ("fail", "warn") if strict else ("fail",)
     counts = {status: sum(c.status == status for c in checks) for status in ("pass", "fail", "warn", "skip")}
     return {

@@ -72,7 +72,7 @@ def olive_config(
     """
     from slmk.api import ModelInfo, UsageError, cache_root, get_registry, resolve_ep, write_text_atomic
 
-    from .quantize import check_block_size, check_calibration, quantization_workflow
+    from .quantize import OliveQuantization, check_block_size, check_calibration, quantization_workflow
     from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_pass_broken
 
     info = ModelInfo.load(model_dir)
@@ -83,16 +83,11 @@ def olive_config(
     if calibration:
         check_calibration(Path(calibration))
     olive_output = olive_output or f"{info.path.resolve().name}-olive-{algorithm}-{precision}"
+    quantization = OliveQuantization(
+        algorithm, precision, int(block_size), Path(calibration) if calibration else None, trust_remote_code
+    )
     config = quantization_workflow(
-        info.path,
-        algorithm=algorithm,
-        precision=precision,
-        block_size=int(block_size),
-        execution_provider=ep,
-        calibration=Path(calibration) if calibration else None,
-        trust_remote_code=trust_remote_code,
-        output_dir=olive_output,
-        cache_dir=cache_root() / "olive-cache",
+        info.path, quantization, ep, output_dir=olive_output, cache_dir=cache_root() / "olive-cache"
     )
     text = json.dumps(config, indent=2) + "\n"
     if output_file:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,19 +95,29 @@ def check_block_size(info: ModelInfo, block_size: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class OliveQuantization:
+    """What one Olive quantization pass makes: weights of ``precision`` by ``algorithm`` (rtn, gptq ...) in
+    blocks of ``block_size``; GPTQ reads ``calibration`` (the user's file, never a downloaded data set)."""
+
+    algorithm: str
+    precision: str
+    block_size: int
+    calibration: Path | None = None
+    trust_remote_code: bool = False
+
+
 def quantization_workflow(
     model_dir: Path,
-    *,
-    algorithm: str,
-    precision: str,
-    block_size: int,
+    quantization: OliveQuantization,
     execution_provider: ExecutionProvider,
-    calibration: Path | None = None,
-    trust_remote_code: bool = False,
+    *,
     output_dir: str | Path = "olive-output",
     cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The Olive workflow (a dict for ``olive run --config``) that quantizes ``model_dir``."""
+    algorithm, precision, block_size = quantization.algorithm, quantization.precision, quantization.block_size
+    calibration, trust_remote_code = quantization.calibration, quantization.trust_remote_code
     if algorithm not in ALGORITHM_PASSES:
         raise UsageError(
             f"Olive quantization has no algorithm {algorithm!r} here", hint=f"use one of {', '.join(ALGORITHM_PASSES)}"
@@ -207,15 +218,10 @@ def quantize(request: StepRequest, algorithm: str) -> None:
     if request.calibration is not None and algorithm == "gptq":
         count = check_calibration(request.calibration)
         progress.log(f"calibration: {count} records from {request.calibration}")
-    config = quantization_workflow(
-        request.source,
-        algorithm=algorithm,
-        precision=request.precision,
-        block_size=block_size,
-        execution_provider=request.execution_provider,
-        calibration=request.calibration,
-        trust_remote_code=request.trust_remote_code,
+    quantization = OliveQuantization(
+        algorithm, request.precision, block_size, request.calibration, request.trust_remote_code
     )
+    config = quantization_workflow(request.source, quantization, request.execution_provider)
     result = run_workflow(config, request.work_dir, progress, what=f"{algorithm} {request.precision} quantization")
     folder = result.folder
     quantized = (

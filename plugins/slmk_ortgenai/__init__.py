@@ -57,10 +57,10 @@ def _describe(path, base):
     return describe(path, base)
 
 
-def _convert_adapter(path, output, **options):
+def _convert_adapter(request):
     from .adapters import convert_adapter
 
-    return convert_adapter(path, output, **options)
+    return convert_adapter(request)
 
 
 def _is_adapter(path):

@@ -26,22 +26,26 @@ import json
 import re
 import shutil
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmk.api import (
+    ConvertRequest,
     ModelInfo,
     Progress,
     UsageError,
     atomic_dir,
     atomic_file,
     cache_root,
+    convert_request,
     file_lock,
     hash_json,
     write_json_atomic,
 )
-from slmk.api import convert as build_model
+
+if TYPE_CHECKING:
+    from slmk.api import Registry
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -642,60 +646,55 @@ def merged_model(adapter: Adapter, *, cache_dir: Path | None = None, progress: P
     return folder
 
 
-def convert_adapter(
-    path: str | Path,
-    output: str | Path,
-    *,
-    base: str | Path | None = None,
-    mode: str = "merge",
-    adapter_name: str | None = None,
-    extra_options: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-    cache_dir: str | Path | None = None,
-    **convert_options: Any,
-):
-    """`slmk convert ADAPTER_DIR [--base DIR] [--adapter-mode merge|separate]`.
+def convert_adapter(request: ConvertRequest, registry: Registry | None = None):
+    """`slmk convert ADAPTER_DIR [--base DIR] [--adapter-mode merge|separate]`: ``request.model`` is
+    the adapter folder, ``request.source_mode`` the mode (None: merge).
 
     ``merge`` (default): the adapter merged into the fp32 base, built like any model.
-    ``separate``: the base built once with LoRA inputs, plus ``adapters/NAME.onnx_adapter``;
+    ``separate``: the base built once with LoRA inputs, plus ``adapters/NAME.onnx_adapter``
+    (NAME: ``-O adapter_name=NAME``, else the adapter folder's name);
     ``slmk run BUILD --adapter NAME`` (or the session's ``adapter=``) switches adapters
-    per request on one loaded model. ``convert_options`` are those of ``slmk.api.convert``
-    (precision, execution_provider, force, plan_only, ...). Everything is checked before
-    anything is written.
+    per request on one loaded model. Everything is checked before anything is written.
     """
+    mode = request.source_mode or "merge"
     if mode not in MODES:
         raise UsageError(f"unknown adapter mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
-    adapter = resolve(path, base)
-    output = Path(output)
-    if not convert_options.get("plan_only"):
+    adapter = resolve(request.model, request.base)
+    output = Path(request.output)
+    if not request.plan_only:
         check_weights_finite(adapter)
-    if output.exists() and not convert_options.get("force"):
+    if output.exists() and not request.force:
         raise UsageError(
             f"output {output} already exists", hint="choose another -o folder or pass --force to replace it"
         )
-    progress = progress or Progress(quiet=True)
-    options = dict(extra_options or {})
-    cache = Path(cache_dir) if cache_dir else None
+    progress = request.progress or Progress(quiet=True)
+    options = dict(request.options)
+    adapter_name = options.get("adapter_name") or adapter.name
     if mode == "merge":
-        if convert_options.get("plan_only"):
+        if request.plan_only:
             source = adapter.base  # the plan is the base's; merging waits for a real build
         else:
-            source = merged_model(adapter, cache_dir=cache, progress=progress)
+            source = merged_model(adapter, cache_dir=request.cache_dir, progress=progress)
     else:
         source = adapter.base
         options.update(
             adapter_path=str(adapter.path.resolve()),
-            adapter_name=adapter_name or adapter.name,
+            adapter_name=adapter_name,
             adapter_digest=adapter.digest(),
         )
-    result = build_model(source, output, extra_options=options, progress=progress, cache_dir=cache, **convert_options)
-    if convert_options.get("plan_only"):
+    result = convert_request(
+        replace(
+            request, model=Path(source), output=output, base=None, source_mode=None, options=options, progress=progress
+        ),
+        registry,
+    )
+    if request.plan_only:
         return result
     info_file = output / "slmk_build.json"
     build = json.loads(info_file.read_text(encoding="utf-8"))
     build["adapter"] = {
         "path": str(adapter.path.resolve()),
-        "name": adapter_name or adapter.name,
+        "name": adapter_name,
         "mode": mode,
         "base": str(adapter.base),
         "sha256": adapter.digest(),

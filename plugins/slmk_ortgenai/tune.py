@@ -40,6 +40,7 @@ from typing import Any
 from slmk.api import (
     QUIET,
     TMP_PREFIX,
+    ExecutionProvider,
     ModelInfo,
     Progress,
     UsageError,
@@ -233,20 +234,11 @@ def _measure_once(folder: Path, execution_provider, content: str, prompt_tokens:
     trial.first_token_s.append(stats.time_to_first_token_s)
 
 
-def _measure(
-    trials: Sequence[Trial],
-    folders: Sequence[Path],
-    execution_provider,
-    content: str,
-    prompt_tokens: int,
-    new_tokens: int,
-    rounds: int,
-    progress: Progress,
-) -> None:
-    for round_index in range(rounds):
-        progress.log(f"round {round_index + 1}/{rounds}: {len(trials)} candidates")
+def _measure(trials: Sequence[Trial], folders: Sequence[Path], run: _Tuning) -> None:
+    for round_index in range(run.options.rounds):
+        run.progress.log(f"round {round_index + 1}/{run.options.rounds}: {len(trials)} candidates")
         for trial, folder in zip(trials, folders, strict=True):
-            _measure_once(folder, execution_provider, content, prompt_tokens, new_tokens, trial)
+            _measure_once(folder, run.ep, run.content, run.prompt_tokens, run.options.new_tokens, trial)
 
 
 def _best(trials: Sequence[Trial]) -> Trial:
@@ -258,25 +250,45 @@ def _best(trials: Sequence[Trial]) -> Trial:
 
 
 # ------------------------------------------------------------------ tune
-def tune(
-    build_dir: str | Path,
-    *,
-    threads: Sequence[int] | None = None,
-    rebuild_options: bool = False,
-    source: str | Path | None = None,
-    quality_gate: QualityGate | None = None,
-    prompt_tokens: int = 128,
-    new_tokens: int = 32,
-    rounds: int = 3,
-    execution_provider: str = "cpu",
-    progress: Progress = QUIET,
-) -> TuneResult:
-    """Measure ``build_dir``'s settings here, write the fastest into its genai_config.json; see the module doc.
+@dataclass(frozen=True)
+class TuneOptions:
+    """What `slmk tune` tries and how long it measures.
 
     ``threads``: the intra-op thread counts to try (default 1 .. logical cores).
     ``rebuild_options``: also try builder options (needs the HF source: ``source`` or slmk_build.json's).
     ``quality_gate``: checks each rebuilt candidate; the build as it is is taken to pass.
+    Each candidate answers a prompt of ``prompt_tokens`` with ``new_tokens``, ``rounds`` times.
     """
+
+    threads: Sequence[int] | None = None
+    rebuild_options: bool = False
+    source: Path | None = None
+    quality_gate: QualityGate | None = None
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    rounds: int = 3
+    execution_provider: str = "cpu"
+
+
+@dataclass
+class _Tuning:
+    """One tuning run as it goes: what every stage measures with, and what it has tried and made."""
+
+    build: Path
+    options: TuneOptions
+    ep: ExecutionProvider
+    progress: Progress
+    content: str = ""
+    prompt_tokens: int = 0  # the measured prompt's real length in tokens
+    trials: list[Trial] = field(default_factory=list)
+    scratch: list[Path] = field(default_factory=list)
+
+
+def tune(build_dir: str | Path, options: TuneOptions | None = None, progress: Progress = QUIET) -> TuneResult:
+    """Measure ``build_dir``'s settings here, write the fastest into its genai_config.json; see the module doc."""
+    options = options or TuneOptions()
+    threads, rebuild_options, source = options.threads, options.rebuild_options, options.source
+    prompt_tokens, new_tokens, rounds = options.prompt_tokens, options.new_tokens, options.rounds
     build = Path(build_dir).expanduser().resolve()
     problems = build_problems(build)
     if problems:
@@ -295,29 +307,24 @@ def tune(
                 f"cannot rebuild {build}: its Hugging Face source {str(source) or '(not recorded)'} is not there",
                 hint="pass the source model folder, or tune without rebuilding",
             )
-    ep = resolve_ep(get_registry(), execution_provider)
-    scratch: list[Path] = []
-    trials: list[Trial] = []
+    run = _Tuning(build, options, resolve_ep(get_registry(), options.execution_provider), progress)
     try:
         # ---- stage 1: threads on the build as it is
         stage = [Trial(settings={"intra_op_num_threads": n}, quality="as built") for n in counts]
         folders = [_candidate_folder(build, t.settings, build.parent) for t in stage]
-        scratch += folders
+        run.scratch += folders
         from .runtime import OrtGenAISession
 
-        with OrtGenAISession(folders[0], ep) as session:
-            content, measured_tokens = _prompt_for(session, prompt_tokens)
+        with OrtGenAISession(folders[0], run.ep) as session:
+            run.content, run.prompt_tokens = _prompt_for(session, prompt_tokens)
         progress.log(f"threads {', '.join(map(str, counts))}: {rounds} rounds")
-        _measure(stage, folders, ep, content, measured_tokens, new_tokens, rounds, progress)
-        trials += stage
+        _measure(stage, folders, run)
+        run.trials += stage
         best = _best(stage)
         best_folder = folders[stage.index(best)]
         # ---- stage 2: builder options (each stage keeps the best so far and varies one thing)
         if rebuild_options:
-            best, best_folder = _rebuild_stages(
-                build, Path(source), info, best, best_folder, trials, scratch, quality_gate, ep, content,
-                measured_tokens, new_tokens, rounds, progress,
-            )  # fmt: skip
+            best, best_folder = _rebuild_stages(run, Path(source), info, best, best_folder)
         best.chosen = True
         # ---- write: session options always; the model files only when a rebuild won
         if best.build_options:
@@ -325,24 +332,25 @@ def tune(
         written = write_session_options(build, best.settings)
         progress.log("genai_config.json session_options: " + json.dumps(best.settings, sort_keys=True))
     finally:
-        for folder in scratch:
+        for folder in run.scratch:
             shutil.rmtree(folder, ignore_errors=True)
     return TuneResult(
         build_dir=build,
-        prompt_tokens=measured_tokens,
+        prompt_tokens=run.prompt_tokens,
         new_tokens=new_tokens,
         rounds=rounds,
         cores=cores,
-        trials=trials,
+        trials=run.trials,
         written=written,
         rebuilt=dict(best.build_options),
     )
 
 
 def _rebuild_stages(
-    build, source, info, best, best_folder, trials, scratch, quality_gate, ep, content, prompt_tokens, new_tokens,
-    rounds, progress,
-):  # fmt: skip
+    run: _Tuning, source: Path, info: Mapping[str, Any], best: Trial, best_folder: Path
+) -> tuple[Trial, Path]:
+    """Each rebuild stage in turn: its candidates built, gated and measured against the best so far."""
+    build, progress, quality_gate = run.build, run.progress, run.options.quality_gate
     tied = ModelInfo.load(source).config.get("tie_word_embeddings") is True
     stages = [stage for stage in REBUILD_STAGES if tied or stage[0] not in TIED_ONLY_STAGES]
     precision = info.get("precision") or "int4"
@@ -358,7 +366,7 @@ def _rebuild_stages(
             if options == current:
                 continue  # the best so far already has these options
             out = _scratch(build.parent, "rebuild")
-            scratch.append(out)
+            run.scratch.append(out)
             shutil.rmtree(out)  # convert() creates it atomically
             progress.log(f"{name}: rebuilding with {', '.join(f'{k}={_text(v)}' for k, v in options.items())}")
             everything = {**built, **options}
@@ -368,7 +376,7 @@ def _rebuild_stages(
             # Should an option combination build but not load (the 0.18 builder alone wrote int4 +
             # a tied embedding + last_matmul:int8 so; slmk's builder fixes now make it loadable),
             # the candidate is reported as failed and the search goes on.
-            problem = _build_and_load(source, out, precision, ep, quantization, {**extra, **best.settings})
+            problem = _build_and_load(source, out, precision, run.ep, quantization, {**extra, **best.settings})
             if problem:
                 trial.quality = f"fail: {problem}"
             elif quality_gate is not None:
@@ -386,10 +394,8 @@ def _rebuild_stages(
         folders.insert(0, best_folder)
         # a candidate that failed the gate is not worth timing: it cannot be chosen
         measured = [(t, f) for t, f in zip(stage, folders, strict=True) if not t.quality.startswith("fail")]
-        _measure(
-            [t for t, _ in measured], [f for _, f in measured], ep, content, prompt_tokens, new_tokens, rounds, progress
-        )
-        trials += stage
+        _measure([t for t, _ in measured], [f for _, f in measured], run)
+        run.trials += stage
         winner = _best(stage)
         best, best_folder = winner, folders[stage.index(winner)]
         current = dict(best.build_options)
@@ -409,7 +415,7 @@ def _build_and_load(source, out, precision, ep, quantization, extra) -> str | No
             precision=precision,
             execution_provider=ep.name,
             quantization=quantization,
-            extra_options=extra,
+            options=extra,
             force=True,
         )
         OrtGenAISession(out, ep).close()

@@ -110,7 +110,7 @@ def tune_command(
     """
     from slmk.api import get_registry, resolve_ep
 
-    from .tune import tune
+    from .tune import TuneOptions, tune
 
     build = Path(build_dir)
     try:
@@ -127,18 +127,17 @@ def tune_command(
                 f"--rebuild needs eval items for its quality gate; none at {eval_path}", hint="pass --eval FILE.jsonl"
             )
         gate = accuracy_gate(eval_path, min_accuracy, resolve_ep(get_registry(), ep_name))
-    result = tune(
-        build,
+    options = TuneOptions(
         threads=counts,
         rebuild_options=rebuild,
-        source=source,
+        source=Path(source) if source else None,
         quality_gate=gate,
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
         rounds=rounds,
         execution_provider=ep_name,
-        progress=state.progress(as_json),
     )
+    result = tune(build, options, state.progress(as_json))
     if as_json:
         emit_json(result.as_dict())
     else:

@@ -171,7 +171,7 @@ def serve_command(
     slmk serve tiny=build/tiny-int4 chat=tiny-chat --api-key "$KEY" --port 8080
     slmk serve build/tiny-int4 --ray 10.0.0.5:6379 --replicas 2
     """
-    from .server import is_loopback, serve
+    from .server import ServeOptions, is_loopback, serve
     from .workers import Limits
 
     if parallel is not None:
@@ -206,8 +206,7 @@ def serve_command(
         stall_timeout_s=stall_timeout,
         max_connections=max_connections,
     )
-    server = serve(
-        targets,
+    options = ServeOptions(
         host=host,
         port=port,
         api_key=api_key,
@@ -220,6 +219,7 @@ def serve_command(
         ray=ray,
         cors_origins=cors_origins,
     )
+    server = serve(targets, options)
     for note in server.notes:
         click.echo(f"warning: {note}", err=True)
     click.echo(f"serving {', '.join(server.models)} at {server.base_url} ({settings['runtime']}); Ctrl-C stops")

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,26 +177,35 @@ class RunningServer:
         self.stop()
 
 
-def serve(
-    targets: Sequence[str],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    runtime: str = "ortgenai",
-    execution_provider: str | None = None,
-    limits: Limits | None = None,
-    installer: str = "foundry",
-    cache_dir: Path | None = None,
-    log_level: str = "warning",
-    ray: RayOptions | None = None,
-    cors_origins: Sequence[str] = (),
-) -> RunningServer:
-    """Load ``targets`` and serve them on ``host:port`` (port 0: any free port); returns once listening.
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `slmk serve` serves: where it listens (port 0: any free port), who may call (``api_key``,
+    ``cors_origins``), what loads the models (``runtime``, ``execution_provider``; installed names
+    through ``installer`` and its ``cache_dir``), the limits, the log level, and Ray Serve (``ray``)."""
 
-    With ``ray``, each model runs as a Ray Serve deployment of ``ray.replicas`` replicas
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    runtime: str = "ortgenai"
+    execution_provider: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    installer: str = "foundry"
+    cache_dir: Path | None = None
+    log_level: str = "warning"
+    ray: RayOptions | None = None
+    cors_origins: Sequence[str] = ()
+
+
+def serve(targets: Sequence[str], options: ServeOptions | None = None) -> RunningServer:
+    """Load ``targets`` and serve them as ``options`` say; returns once listening.
+
+    With ``options.ray``, each model runs as a Ray Serve deployment of ``ray.replicas`` replicas
     (each batching on its own) and this process keeps the HTTP endpoint.
     """
+    options = options or ServeOptions()
+    host, port, api_key, runtime = options.host, options.port, options.api_key, options.runtime
+    execution_provider, installer, cache_dir = options.execution_provider, options.installer, options.cache_dir
+    log_level, ray, cors_origins = options.log_level, options.ray, options.cors_origins
     try:
         import uvicorn
 
@@ -205,7 +214,7 @@ def serve(
         raise UsageError(
             f"slmk serve needs {exc.name}, which is not installed", hint="pip install 'slmk[serve]'"
         ) from None
-    limits = limits or Limits()
+    limits = options.limits
     check_api_key(api_key)
     sock = _bind(host, port)
     notes: list[str] = []

@@ -9,6 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..plugins import get_registry
+from ..records import ConvertRequest
 from .options import PRECISION_CHOICES, PluginOptionsCommand, State, emit_json, human_size, pass_state
 
 
@@ -271,26 +272,27 @@ def convert(
         }
     )
     plugin_settings = {key: settings[key] for key in get_registry().settings if settings[key] is not None}
-    result = app.convert(
-        settings["model"],
-        settings["output"],
+    request = ConvertRequest(
+        model=_path(settings["model"]),
+        output=_path(settings["output"]),
         precision=settings["precision"],
         execution_provider=settings["execution_provider"],
         via=settings["converter"],
+        options=parse_key_values(options),
         quantization=settings.quantization(),
-        calibration=settings["quantization.calibration"],
+        calibration=_path(settings["quantization.calibration"]),
         search=settings.generation(),
+        plugin_settings=plugin_settings,
+        base=_path(base),
+        source_mode=adapter_mode,
         force=force,
         trust_remote_code=settings["trust_remote_code"],
         plan_only=plan_only,
-        extra_options=parse_key_values(options),
-        plugin_settings=plugin_settings,
-        base=base,
-        source_mode=adapter_mode,
-        progress=state.progress(as_json),
-        cache_dir=settings["cache_dir"],
         verify=not no_verify,
+        cache_dir=_path(settings["cache_dir"]),
+        progress=state.progress(as_json),
     )
+    result = app.convert_request(request)
     if plan_only:
         if as_json:
             emit_json(result.as_dict())
@@ -303,6 +305,10 @@ def convert(
         emit_json(result.as_dict())
         return
     render_build(result)
+
+
+def _path(value) -> Path | None:
+    return Path(value) if value is not None else None
 
 
 def parse_key_values(pairs: tuple[str, ...]) -> dict[str, str]:
