@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from slmk.api import (
+from slmk.api import UsageError
+from slmk.api.cli import (
     State,
-    UsageError,
     cache_dir_option,
     emit_json,
     generation_options,
@@ -19,9 +19,9 @@ from slmk.api import (
     quiet_option,
     runtime_options,
     search_from,
-    verification_summary,
-    write_text_atomic,
 )
+from slmk.api.files import write_text_atomic
+from slmk.api.operations import verification_summary
 
 from .reference import REFERENCE_HELP, REFERENCES, SOURCE, choose_reference
 from .validate import (
@@ -100,7 +100,7 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
 
 
 def _ep_of(folder: Path, execution_provider: str | None) -> str:
-    from slmk.api import build_info
+    from slmk.api.operations import build_info
 
     return execution_provider or build_info(folder).get("execution_provider") or "cpu"
 
@@ -472,7 +472,8 @@ def compare(
     and the build's check against the source. Builds are cached.
     """
     from slmk import api as app
-    from slmk.api import FORMAT_HF, ModelInfo, get_registry
+    from slmk.api import FORMAT_HF, ModelInfo
+    from slmk.api.operations import get_registry
 
     from .compare import run_compare
     from .display import nested
@@ -744,7 +745,7 @@ def deploy(
 
 def _plugin_command(name: str, what: str) -> click.Command:
     """A command another plugin contributes, looked up by name (plugins never import each other)."""
-    from slmk.api import get_registry
+    from slmk.api.operations import get_registry
 
     record = get_registry().commands.get(name)
     if record is None:

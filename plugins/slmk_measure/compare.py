@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError, build_info, open_source_session
+from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError
+from slmk.api.operations import build_info, open_source_session
 
 from .driver import Driver
 from .evalset import EvalItem
@@ -45,7 +46,7 @@ def check_precisions(precisions: Sequence[str], ep: ExecutionProvider) -> list[s
 
 def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Path:
     """Where compare and deploy keep their builds of ``model`` (hard links into the step cache)."""
-    from slmk.api import cache_root, hash_json
+    from slmk.api.files import cache_root, hash_json
 
     root = Path(cache_dir) if cache_dir else cache_root()
     key = hash_json({"model": str(Path(model).resolve())})[:10]

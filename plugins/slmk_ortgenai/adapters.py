@@ -30,18 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    ModelInfo,
-    Progress,
-    UsageError,
-    atomic_dir,
-    atomic_file,
-    cache_root,
-    file_lock,
-    hash_json,
-    write_json_atomic,
-)
-from slmk.api import convert as build_model
+from slmk.api import ModelInfo, Progress, UsageError
+from slmk.api.files import atomic_dir, atomic_file, cache_root, file_lock, hash_json, write_json_atomic
+from slmk.api.operations import convert as build_model
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

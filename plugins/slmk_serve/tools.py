@@ -19,16 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmk.api import (
-    ModelInfo,
-    SlmkError,
-    ToolCallFormat,
-    format_tool_calls,
-    get_registry,
-    parse_tool_calls,
-    resolve_family,
-    tool_call_grammar,
-)
+from slmk.api import ModelInfo, SlmkError, ToolCallFormat
+from slmk.api.operations import get_registry
+from slmk.api.templates import format_tool_calls, parse_tool_calls, resolve_family, tool_call_grammar
 
 from .workers import ModelWorker, Refused
 
