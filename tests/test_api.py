@@ -58,7 +58,7 @@ SUBMODULES = {
         "model_identity", "parse_tool_calls", "render_chat_template", "resolve_family", "resolve_template",
         "sample_rendering", "special_tokens_for", "tool_call_grammar",
     ],
-    "testing": ["make_registry", "pause_point"],
+    "testing": ["isolated_default_registry", "make_registry", "pause_point"],
 }  # fmt: skip
 
 

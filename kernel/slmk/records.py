@@ -227,7 +227,15 @@ class StepRequest:
 
 @dataclass(frozen=True)
 class Converter(Record):
-    """Turns a Hugging Face folder into an ONNX Runtime GenAI folder."""
+    """Turns a Hugging Face folder into an ONNX Runtime GenAI folder.
+
+    A converter with ``selected_by`` runs what the user's setting names (a workflow file):
+    the planner never picks it on its own, only when that setting is set (its value passed
+    as the option of the same name, ``olive.config`` -> ``olive_config``) or it is named
+    with ``--via``; ``default_model`` then reads the model from those options when the
+    user names none. ``prepare`` (converters and quantizers alike) checks and completes
+    the options before planning.
+    """
 
     name: str
     description: str
@@ -240,12 +248,11 @@ class Converter(Record):
     tool_versions: Callable[[], Mapping[str, str]] = dict  # part of the step cache key
     accepts_quantized_input: bool = False  # converts HF weights another tool quantized
     options: Mapping[str, str] = field(default_factory=dict)  # option name -> help
-    explicit_only: bool = False  # planned only when named itself (--via NAME), e.g. it needs an option
     algorithms: tuple[str, ...] = ()  # weight quantization algorithms it runs itself (besides "default")
     quantization_options: tuple[str, ...] = ()  # options that only matter when it quantizes (not in an fp32 key)
-    selected_by: str | None = None  # a setting key (e.g. "olive.config"): when set, this converter is used
+    selected_by: str | None = None  # a setting key ("olive.config") that selects it: planned only when selected
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
-    default_model: Callable[[Mapping[str, Any]], str | None] | None = None  # the model when the user names none
+    default_model: Callable[[Mapping[str, Any]], str | None] | None = None  # the model its options name, if any
 
 
 @dataclass(frozen=True)
