@@ -166,7 +166,7 @@ def test_a_missing_example_is_caught():
 def test_record_fields_and_their_comments_are_in_the_reference():
     text = docgen.render()
     assert "- `run_precisions`: `tuple[str, ...]` — what loads and runs on it" in text
-    assert "- `selected_by`: `str | None` = `None` — a setting key" in text
+    assert "- `explicit_only`: `bool` = `False` — planned only when named itself" in text
     for hook_name, _ in HOOKS:
         record = RECORD_TYPES[hook_name]
         assert f"## {hook_name}" in text

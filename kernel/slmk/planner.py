@@ -150,7 +150,7 @@ def make_plan(
                 continue
             if quantized_input and not conv.accepts_quantized_input:
                 continue
-            if conv.selected_by and via != name:  # used only when selected
+            if conv.explicit_only and via != name:
                 continue
             blocker = _converter_blocker(conv, info, registry.owner("slmk_converters", name))
             if blocker:

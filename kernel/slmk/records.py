@@ -229,10 +229,11 @@ class StepRequest:
 class Converter(Record):
     """Turns a Hugging Face folder into an ONNX Runtime GenAI folder.
 
-    A converter with ``selected_by`` runs what the user's setting names (a workflow file):
-    the planner never picks it on its own, only when that setting is set (its value passed
-    as the option of the same name, ``olive.config`` -> ``olive_config``) or it is named
-    with ``--via``; ``default_model`` then reads the model from those options when the
+    ``explicit_only``: the planner never picks it on its own (a converter for some models
+    only, or one that needs an option), only when it is named with ``--via`` or selected
+    by its setting. ``selected_by``: a setting whose value, when set, selects this
+    converter and is passed as the option of the same name (``olive.config`` ->
+    ``olive_config``); ``default_model`` then reads the model from those options when the
     user names none. ``prepare`` (converters and quantizers alike) checks and completes
     the options before planning.
     """
@@ -250,7 +251,8 @@ class Converter(Record):
     options: Mapping[str, str] = field(default_factory=dict)  # option name -> help
     algorithms: tuple[str, ...] = ()  # weight quantization algorithms it runs itself (besides "default")
     quantization_options: tuple[str, ...] = ()  # options that only matter when it quantizes (not in an fp32 key)
-    selected_by: str | None = None  # a setting key ("olive.config") that selects it: planned only when selected
+    explicit_only: bool = False  # planned only when named itself (--via NAME) or selected by its setting
+    selected_by: str | None = None  # a setting key ("olive.config"): when set, this converter is used
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
     default_model: Callable[[Mapping[str, Any]], str | None] | None = None  # the model its options name, if any
 

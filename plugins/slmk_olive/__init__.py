@@ -132,6 +132,7 @@ def slmk_converters():
         tool_versions=workflow_tool_versions,
         options=OPTIONS,
         priority=-10,
+        explicit_only=True,
         selected_by="olive.config",
         prepare=_prepare,
         default_model=_input_model,
