@@ -51,7 +51,7 @@ SUBMODULES = {
     "operations": [
         "QUIET", "Registry", "build_info", "check_precision", "check_values", "convert", "get_registry", "install",
         "make_plan", "materialize", "open_session", "open_source_session", "read_toml", "resolve_ep",
-        "resolve_target", "source_unavailable", "verification_summary",
+        "resolve_target", "run_doctor", "source_unavailable", "verification_summary",
     ],
     "templates": [
         "TemplateError", "check_round_trip", "constraint_schema", "derive_prompt_template", "format_tool_calls",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from slmk.api import UsageError
+from slmk.api import LoadRequest, UsageError
 from slmk.api.cli import (
     State,
     cache_dir_option,
@@ -55,7 +55,7 @@ def endpoint_options(f):
 
 def _open_target(state: State, target, runtime, execution_provider, cache_dir, endpoint=None, model=None, key=None):
     """(settings, folder, opener) for a build folder, an installed model name, or an endpoint."""
-    from slmk import api as app
+    from slmk.api import operations as app
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
     if endpoint:
@@ -74,7 +74,7 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
 
         def open_endpoint():
             return registry.get("slmk_runtimes", ENDPOINT_RUNTIME).load(
-                app.LoadRequest(
+                LoadRequest(
                     path=folder,
                     execution_provider=registry.get("slmk_execution_providers", execution_provider or "cpu"),
                     options={"base_url": endpoint, "model": model, "api_key": key},
@@ -407,7 +407,7 @@ def validate(
 def _validation_source(folder: Path, reference: str | None) -> tuple[Path | None, str]:
     """(the source folder validate runs beside the build, or None; why not). ``--reference source``
     that cannot run is refused in one line; by default the build is then checked alone, saying why."""
-    from slmk import api as app
+    from slmk.api import operations as app
 
     if reference == "none":
         return None, "--reference none: the source model is not run"
@@ -471,8 +471,8 @@ def compare(
     perplexity on held-out text, greedy agreement with the reference, domain accuracy,
     and the build's check against the source. Builds are cached.
     """
-    from slmk import api as app
     from slmk.api import FORMAT_HF, ModelInfo
+    from slmk.api import operations as app
     from slmk.api.operations import get_registry
 
     from .compare import run_compare

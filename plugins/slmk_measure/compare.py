@@ -64,7 +64,7 @@ def build(
     verify_prompts: list[list[dict[str, str]]] | None = None,
 ) -> Path:
     """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
-    from slmk import api as app
+    from slmk.api import operations as app
 
     out = builds_root(model, ep_name, cache_dir) / precision
     # convert numbers its own steps: a fresh Progress on the same stream for each build

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk import api as app
 from slmk.api import FORMAT_HF, PRECISIONS, ExecutionProvider, ModelInfo, Progress, SlmkError, UsageError
+from slmk.api import operations as app
 from slmk.api.operations import Registry, get_registry
 
 from .compare import build, builds_root, eval_prompts, measure_build

@@ -14,6 +14,7 @@ from ..app import (
     open_source_session,
     resolve_ep,
     resolve_target,
+    run_doctor,
     source_unavailable,
 )
 from ..config import check_values, read_toml
@@ -38,6 +39,7 @@ __all__ = [
     "read_toml",
     "resolve_ep",
     "resolve_target",
+    "run_doctor",
     "source_unavailable",
     "verification_summary",
 ]
