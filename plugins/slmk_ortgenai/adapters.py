@@ -650,7 +650,7 @@ def convert_adapter(
     ``merge`` (default): the adapter merged into the fp32 base, built like any model.
     ``separate``: the base built once with LoRA inputs, plus ``adapters/NAME.onnx_adapter``;
     ``slmk run BUILD --adapter NAME`` (or the session's ``adapter=``) switches adapters
-    per request on one loaded model. ``convert_options`` are those of ``slmk.api.convert``
+    per request on one loaded model. ``convert_options`` are those of ``slmk.api.operations.convert``
     (precision, execution_provider, force, plan_only, ...). Everything is checked before
     anything is written.
     """
