@@ -79,7 +79,7 @@ def child(option: str, build: str, sequences: list[int], tokens: int) -> dict:
         sys.path.insert(0, str(HERE.parent / "plugins"))
         from slmk_ortgenai.batching import BatchingSession
 
-        from slmk.api import get_registry, resolve_ep
+        from slmk.api.operations import get_registry, resolve_ep
 
         session = BatchingSession(Path(build), resolve_ep(get_registry(), "cpu"), max(sequences))
         for count in sequences:
@@ -115,7 +115,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from precision_sweep import make_shaped_model
 
-    from slmk.api import convert
+    from slmk.api.operations import convert
 
     args.work.mkdir(parents=True, exist_ok=True)
     model = make_shaped_model(args.work / "shaped-model")

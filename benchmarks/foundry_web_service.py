@@ -34,7 +34,8 @@ def main() -> None:
     )
     import httpx2 as httpx
 
-    from slmk.api import convert, install, installed_version, open_session
+    from slmk.api.files import installed_version
+    from slmk.api.operations import convert, install, open_session
 
     build = work / "tiny-int4"
     convert(REPO / "examples" / "tiny-chat" / "model", build, precision="int4")

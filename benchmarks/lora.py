@@ -51,7 +51,8 @@ def main() -> int:
 
     from slmk_ortgenai import adapters
 
-    from slmk.api import ConvertRequest, open_session
+    from slmk.api import ConvertRequest
+    from slmk.api.operations import open_session
 
     figures: dict[str, float] = {}
     adapter, figures["resolve_s"] = timed(lambda: adapters.resolve(ADAPTER))

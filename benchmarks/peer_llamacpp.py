@@ -186,8 +186,8 @@ def convert_slmk(model: Path, out: Path, precision: str, work: Path, options: di
     cache = Path(tempfile.mkdtemp(prefix="slmk-cache-", dir=work))
     code = (
         "import json, sys\n"
-        "from slmk import api\n"
-        "api.convert(sys.argv[1], sys.argv[2], precision=sys.argv[3], force=True,"
+        "from slmk.api.operations import convert\n"
+        "convert(sys.argv[1], sys.argv[2], precision=sys.argv[3], force=True,"
         " options=json.loads(sys.argv[4]) or {})\n"
     )
     try:

@@ -48,7 +48,7 @@ def summary(values: list[float]) -> dict[str, float | None]:
 
 
 def build_tiny(work: Path) -> Path:
-    from slmk.api import convert
+    from slmk.api.operations import convert
 
     out = work / "tiny-int4"
     convert(REPO / "examples" / "tiny-chat" / "model", out, precision="int4")
@@ -60,7 +60,7 @@ def build_shaped(work: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from precision_sweep import make_shaped_model
 
-    from slmk.api import convert
+    from slmk.api.operations import convert
 
     out = work / "shaped-int4"
     if not (out / "genai_config.json").is_file():
@@ -76,7 +76,7 @@ def reference(build: Path, server: Server, tokens: int, repeats: int) -> dict:
     """
     import openai
 
-    from slmk.api import open_session
+    from slmk.api.operations import open_session
 
     session = open_session(build)
     count = len(session.encode(session.render_prompt([{"role": "user", "content": PROMPT}])))

@@ -142,7 +142,8 @@ def test_a_cached_step_missing_a_file_or_its_manifest_is_not_reused(first):
 
 
 def test_the_step_key_includes_trust_remote_code(tiny_model_dir):
-    from slmk.api import ConvertRequest, ModelInfo, get_registry, make_plan, resolve_ep
+    from slmk.api import ConvertRequest, ModelInfo
+    from slmk.api.operations import get_registry, make_plan, resolve_ep
 
     registry = get_registry()
     ep = resolve_ep(registry, "cpu")

@@ -40,11 +40,6 @@ HOOKS = docgen.hookspec_functions()
 CPU = ExecutionProvider(
     name="cpu",
     description="test",
-    ort_provider="CPUExecutionProvider",
-    genai_provider=None,
-    builder_ep="cpu",
-    olive_device="cpu",
-    foundry_suffix="generic-cpu",
     build_precisions=("fp32",),
     run_precisions=("fp32",),
     probe=lambda: Usability(True, "test"),
@@ -170,7 +165,7 @@ def test_a_missing_example_is_caught():
 
 def test_record_fields_and_their_comments_are_in_the_reference():
     text = docgen.render()
-    assert "- `builder_ep`: `str` — model builder `-e` value" in text
+    assert "- `run_precisions`: `tuple[str, ...]` — what loads and runs on it" in text
     assert "- `explicit_only`: `bool` = `False` — planned only when named itself" in text
     for hook_name, _ in HOOKS:
         record = RECORD_TYPES[hook_name]

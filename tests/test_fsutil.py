@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from slmk.api import TMP_PREFIX, atomic_file, clean_stale_tmp, write_bytes_atomic, write_json_atomic, write_text_atomic
+from slmk.api.files import atomic_file, clean_stale_tmp, write_json_atomic, write_text_atomic
+from slmk.fsutil import TMP_PREFIX, write_bytes_atomic
 
 #: Each writer rewrites the file this often with its own letter; the file is big enough that a
 #: write is many system calls, so a shared temporary name or an in-place write would show.
@@ -20,7 +21,7 @@ SIZE = 256 * 1024
 WRITER = """
 import sys
 from pathlib import Path
-from slmk.api import write_bytes_atomic
+from slmk.fsutil import write_bytes_atomic
 path, letter, rounds, size = Path(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 sys.stdin.readline()  # both writers start together

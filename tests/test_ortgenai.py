@@ -14,7 +14,7 @@ import slmk_system
 from slmk_ortgenai import builder, runtime
 from slmk_system.providers import CPU
 
-from slmk.api import read_search, search_defaults
+from slmk.api.models import read_search, search_defaults
 from slmk.app import open_session
 from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.modelinfo import ModelInfo

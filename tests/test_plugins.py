@@ -17,11 +17,6 @@ def _ep(name: str) -> ExecutionProvider:
     return ExecutionProvider(
         name=name,
         description="test",
-        ort_provider="X",
-        genai_provider=None,
-        builder_ep="cpu",
-        olive_device="cpu",
-        foundry_suffix=f"{name}-test",
         build_precisions=("int4",),
         run_precisions=("int4",),
         probe=lambda: Usability(True, "always"),
@@ -107,8 +102,7 @@ def third_party_site(tmp_path):
         @hookimpl
         def slmk_execution_providers():
             yield ExecutionProvider(
-                name="npu-demo", description="a third-party provider", ort_provider="NpuExecutionProvider",
-                genai_provider="npu", builder_ep="cpu", olive_device="npu", foundry_suffix="npu-demo-npu",
+                name="npu-demo", description="a third-party provider",
                 build_precisions=("int4",), run_precisions=("int4",),
                 probe=lambda: Usability(False, "no NPU here", fix="install the NPU driver"),
             )
@@ -362,8 +356,7 @@ def test_a_probe_or_supports_that_raises_is_one_line_naming_its_plugin(run_slmk,
 
         @hookimpl
         def slmk_execution_providers():
-            yield ExecutionProvider(name="flaky", description="raises", ort_provider="X", genai_provider=None,
-                                    builder_ep="cpu", olive_device="cpu", foundry_suffix="generic-cpu",
+            yield ExecutionProvider(name="flaky", description="raises",
                                     build_precisions=("int4",), run_precisions=("int4",), probe=_boom)
 
         @hookimpl

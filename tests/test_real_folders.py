@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slmk.api import ModelInfo, UsageError, convert, open_session
+from slmk.api import ModelInfo, UsageError
+from slmk.api.operations import convert, open_session
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -25,7 +25,8 @@ from slmk_serve.server import ServeOptions, is_loopback, parse_target, serve
 from slmk_serve.stops import StopScanner
 from slmk_serve.workers import MAX_AHEAD, BatchWorker, Job, Limits, ModelWorker
 
-from slmk.api import LoadRequest, UsageError, get_registry, open_session, resolve_ep
+from slmk.api import LoadRequest, UsageError
+from slmk.api.operations import get_registry, open_session, resolve_ep
 
 QUESTIONS = ["How many moons does Veltra have?", "Hello! Who are you?", "What is the capital of Veltra?"]
 ANSWER_TOKENS = 48

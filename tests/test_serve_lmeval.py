@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from slmk_serve.server import ServeOptions, serve
 
-from slmk.api import open_session
+from slmk.api.operations import open_session
 
 EVAL = Path(__file__).resolve().parent.parent / "examples" / "tiny-chat" / "data" / "eval.jsonl"
 DOCS = 8

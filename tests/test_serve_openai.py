@@ -22,7 +22,8 @@ from slmk_serve.server import ServeOptions, serve
 from slmk_serve.workers import Limits
 from test_serve import holding_the_batch
 
-from slmk.api import SlmkError, open_session
+from slmk.api import SlmkError
+from slmk.api.operations import open_session
 
 QUESTION = "How many moons does Veltra have?"
 TEXT = "Veltra has four moons: Ossa, Pell, Tirra and Quell."

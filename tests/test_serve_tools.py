@@ -33,12 +33,9 @@ from slmk_serve.toolcall_format import parse_tool_calls, tool_call_grammar
 from slmk_serve.tools import ToolPlan
 from slmk_serve.workers import Limits
 
-from slmk.api import (
-    ToolCallFormat,
-    constraint_schema,
-    open_session,
-    render_chat_template,
-)
+from slmk.api import ToolCallFormat
+from slmk.api.operations import open_session
+from slmk.api.templates import constraint_schema, render_chat_template
 
 DATA = Path(__file__).parent / "data"
 QUESTION = "How many moons does Veltra have?"
@@ -534,7 +531,7 @@ def test_each_family_s_published_template_renders_a_tool_round_trip(family, temp
     from slmk_serve.app import ChatMessage
     from slmk_serve.tools import conversation
 
-    from slmk.api import get_registry
+    from slmk.api.operations import get_registry
 
     fmt = get_registry().model_families[family].tool_calls
     text = published(template)

@@ -36,7 +36,8 @@ from slmk_measure.sweep import (  # noqa: E402
     run_sweep,
 )
 
-from slmk.api import ExecutorOptions, Task, UsageError, get_registry  # noqa: E402
+from slmk.api import ExecutorOptions, Task, UsageError  # noqa: E402
+from slmk.api.operations import get_registry  # noqa: E402
 
 ALL_PRECISIONS = ["fp32", "int8", "int4"]
 
@@ -533,7 +534,8 @@ def test_an_adapter_folder_is_swept_merged_into_its_base():
 
 RAY_PROBE = """
 import json, os, subprocess, sys
-from slmk.api import ExecutorOptions, Task, get_registry
+from slmk.api import ExecutorOptions, Task
+from slmk.api.operations import get_registry
 session = get_registry().executors["ray"].open(ExecutorOptions(num_cpus=1))
 try:
     worker_home = session.submit(Task(name="home", function=os.getenv, args=("HOME",), num_cpus=1)).result(300).value

@@ -12,7 +12,9 @@ from slmk_ortgenai import tune as tuning
 from slmk_ortgenai.session_options import logical_cores, parse_session_options
 from slmk_ortgenai.tune import TuneOptions
 
-from slmk.api import TMP_PREFIX, UsageError, read_genai_config
+from slmk.api import UsageError
+from slmk.api.files import is_temp_name
+from slmk.api.models import read_genai_config
 
 ROW = re.compile(r"^\| (\d+) \| ([^|]+) \| (\d+\.\d) \| (\d+\.\d) \| (\d+\.\d) \| (\d+\.\d) \| ([^|]+) \| (yes|) \|$")
 HEADER = "| # | settings | prefill tok/s | decode tok/s | first token ms | request ms | quality | chosen |"
@@ -69,7 +71,7 @@ def test_tune_threads_writes_the_choice_and_a_fixed_table(build_copy):
     assert result.written == after["model"]["decoder"]["session_options"]
     assert result.rebuilt == {}
     # no scratch folder is left beside the build
-    assert not [p for p in build_copy.parent.iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert not [p for p in build_copy.parent.iterdir() if is_temp_name(p.name)]
 
     lines = result.table().splitlines()
     assert lines[0] == (
@@ -120,7 +122,7 @@ def test_rebuild_keeps_only_candidates_that_pass_the_gate(build_copy, tiny_model
     assert result.rebuilt == {}
     assert "| 3 | block_size=64, threads=1 | nan | nan | nan | inf | fail: perplexity up 40% |  |" in result.table()
     assert read_genai_config(build_copy)["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1
-    assert not [p for p in build_copy.parent.iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert not [p for p in build_copy.parent.iterdir() if is_temp_name(p.name)]
 
 
 def test_bad_input_is_a_usage_error(tmp_path):
@@ -167,7 +169,7 @@ def test_rebuild_that_passes_leaves_a_consistent_build(build_copy, tiny_model_di
         assert "block_size" not in options
         assert (build_copy / "model.onnx.data").read_bytes() == weights_before
     assert read_genai_config(build_copy)["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1
-    assert not [p for p in build_copy.parent.iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert not [p for p in build_copy.parent.iterdir() if is_temp_name(p.name)]
 
 
 def test_the_tune_command_writes_the_choice_and_rebuilds_behind_the_accuracy_gate(build_copy, run_slmk):

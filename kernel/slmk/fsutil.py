@@ -124,11 +124,18 @@ def hash_json(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _tmp_name(final: Path, kind: str = "") -> Path:
-    """A unique temporary name beside ``final``: this process, this machine, a random part, and
-    ``final``'s name last (so the suffix a tool infers the format from stays)."""
+def temp_path(final: Path, kind: str = "") -> Path:
+    """A unique temporary name beside ``final``: this process, this machine, ``kind``, a random part,
+    and ``final``'s name last (so the suffix a tool infers the format from stays).
+
+    ``clean_stale_tmp`` removes it once its process is gone; rename it to ``final`` when complete."""
     tag = f"{kind}-" if kind else ""
     return final.parent / f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}-{tag}{uuid.uuid4().hex[:8]}-{final.name}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary name (``temp_path``, ``atomic_dir``, ``atomic_file``): not a result yet."""
+    return name.startswith(TMP_PREFIX)
 
 
 def clean_stale_tmp(parent: Path) -> None:
@@ -177,12 +184,12 @@ def atomic_dir(final: Path, force: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not force:
         raise UsageError(f"{final} already exists", hint="choose another output or pass --force to replace it")
-    tmp = _tmp_name(final)
+    tmp = temp_path(final)
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
-            old = _tmp_name(final, "old")
+            old = temp_path(final, "old")
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -207,7 +214,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final)
+    tmp = temp_path(final)
     try:
         yield tmp
         _fsync_path(tmp, os.O_RDWR)

@@ -61,10 +61,12 @@ def slmk_probes() -> Iterable[Probe]:
 
 @hookspec
 def slmk_execution_providers() -> Iterable[ExecutionProvider]:
-    """Hardware providers: the names each tool uses, precisions, and a usability probe.
+    """Hardware providers: slmk's name, what users see, precisions, and a usability probe.
 
     ``probe()`` is a small function that never raises; honour an override
     environment variable so users can force it (like conda's ``CONDA_OVERRIDE_CUDA``).
+    The record names no tool: each tool plugin maps slmk's name to its tool's names
+    (``ep.tool_name(MAPPING, "the tool")``) and refuses, in one line, one it does not map.
 
     Example::
 
@@ -74,8 +76,6 @@ def slmk_execution_providers() -> Iterable[ExecutionProvider]:
         def slmk_execution_providers():
             yield ExecutionProvider(
                 name="mynpu", description="Example NPU",
-                ort_provider="MyNpuExecutionProvider", genai_provider="mynpu",
-                builder_ep="cpu", olive_device="npu", foundry_suffix="mynpu-npu",
                 build_precisions=("int4",), run_precisions=("int4",),
                 probe=lambda: Usability(False, "no NPU driver found", fix="install the NPU driver"),
             )

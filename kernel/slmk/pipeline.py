@@ -130,7 +130,7 @@ def step_key(
             "tool": step.tool,
             "versions": _tool_versions(registry, step),
             "precision": step.precision,
-            "ep": ep.builder_ep,
+            "ep": ep.name,
             "options": step.options,
             "input": input_fingerprint,
             "calibration": calibration_fingerprint,

@@ -285,7 +285,7 @@ class Registry:
         if name in records:
             return records[name]
         for record in records.values():
-            if name in getattr(record, "aliases", ()):
+            if isinstance(record, ExecutionProvider) and name in record.aliases:
                 return record
         known = ", ".join(sorted(records)) or "none"
         raise SlmkError(f"unknown {what} {name!r}", hint=f"known: {known}; `slmk plugins` lists who provides what")
@@ -296,7 +296,7 @@ class Registry:
         records = self.records(hook_name)
         if not records:
             return None
-        return min(records, key=lambda name: (-getattr(records[name], "priority", 0), name))
+        return min(records, key=lambda name: (-records[name].priority, name))
 
     def refuse_command(self, name: str, reason: str) -> None:
         """Record that the plugin command ``name`` was not added (it shadows a built-in command)."""

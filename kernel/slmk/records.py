@@ -7,10 +7,11 @@ them without running anything (the style of conda's plugin records).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from .modelinfo import ModelInfo
@@ -18,12 +19,43 @@ if TYPE_CHECKING:
     from .planner import Plan
     from .progress import Progress
 
+T = TypeVar("T")
+
 #: Every precision slmk knows, smallest first. Plugins declare which they reach.
 PRECISIONS: tuple[str, ...] = ("int4", "int8", "fp16", "bf16", "fp32")
 
 #: Model formats a step reads or writes.
 FORMAT_HF = "hf"  # a Hugging Face folder (config.json + weights)
 FORMAT_ORTGENAI = "ortgenai"  # an ONNX Runtime GenAI folder (genai_config.json + model.onnx)
+
+
+#: What a record's name may be: lower case letters, digits, ``-``, ``_`` and ``.`` (a setting's table).
+RECORD_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Record:
+    """What every record a hook returns shares: a name users type, and a priority.
+
+    The name is checked when the record is made, so a plugin with a bad name fails in
+    its own hook (reported by ``slmk plugins``), not later when a user types it.
+    ``priority`` orders records of one kind where slmk picks one: the highest is the
+    default runtime or installer, the planner prefers the highest converter.
+    """
+
+    name: str
+    _: KW_ONLY
+    priority: int = 0  # where slmk picks one record of a kind (default runtime, installer, converter): highest wins
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not RECORD_NAME.fullmatch(name):
+            raise ValueError(
+                f"{type(self).__name__} name {name!r} is not usable: lower case letters, digits, '-', '_', '.'"
+            )
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise ValueError(f"{type(self).__name__} {name!r}: priority must be an int, not {self.priority!r}")
 
 
 # --------------------------------------------------------------------------- probes
@@ -43,7 +75,7 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
-class Probe:
+class Probe(Record):
     """A check of the environment. ``check()`` never raises; it returns findings."""
 
     name: str
@@ -62,23 +94,34 @@ class Usability:
 
 
 @dataclass(frozen=True)
-class ExecutionProvider:
-    """A hardware provider and the name each tool uses for it.
+class ExecutionProvider(Record):
+    """Hardware to build for and run on, as slmk names it and users see it.
 
-    ``probe()`` must be cheap, never raise, and import nothing heavy at module level.
+    The record says nothing about any tool: each tool plugin maps slmk's ``name`` to its
+    tool's own names (onnxruntime's provider, the model builder's ``-e``, Olive's device,
+    Foundry Local's variant suffix) in its own module, with ``tool_name``. ``probe()`` must
+    be cheap, never raise, and import nothing heavy at module level.
     """
 
     name: str  # slmk's name: "cpu", "cuda", "dml", "webgpu"
     description: str
-    ort_provider: str  # onnxruntime: "CPUExecutionProvider"
-    genai_provider: str | None  # og.Config.append_provider name; None = the default CPU provider
-    builder_ep: str  # model builder `-e` value
-    olive_device: str  # Olive system accelerator device: "cpu", "gpu"
-    foundry_suffix: str  # Foundry Local variant suffix: "generic-cpu", "cuda-gpu"
-    build_precisions: tuple[str, ...]  # what the model builder can produce for it
+    build_precisions: tuple[str, ...]  # precisions a build for it can have
     run_precisions: tuple[str, ...]  # what loads and runs on it
     probe: Callable[[], Usability]
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # other names users may type ("gpu" for "cuda")
+
+    def tool_name(self, names: Mapping[str, T], tool: str) -> T:
+        """This provider's name in ``tool``, looked up in the tool plugin's ``names`` (slmk's name -> the tool's).
+
+        A one-line UsageError when ``names`` has no entry for it: the tool cannot use it."""
+        if self.name not in names:
+            from .errors import UsageError
+
+            raise UsageError(
+                f"{tool} does not know the execution provider {self.name!r}",
+                hint=f"{tool} maps: {', '.join(sorted(names))}; choose one with -e",
+            )
+        return names[self.name]
 
 
 # ------------------------------------------------------------------ model families
@@ -146,7 +189,7 @@ class ToolCallFormat:
 
 
 @dataclass(frozen=True)
-class ModelFamily:
+class ModelFamily(Record):
     """A model family: how to recognise it and how to prompt it.
 
     ``match(info)`` returns a score (0: not this family; higher wins; a family that
@@ -161,7 +204,6 @@ class ModelFamily:
     stop_tokens: tuple[str, ...] = ()
     generation_defaults: Mapping[str, Any] = field(default_factory=dict)
     chat_template: str | None = None  # the family's published Jinja chat template
-    converter_hints: Mapping[str, Any] = field(default_factory=dict)
     tool_calls: ToolCallFormat | None = None  # None: the family's models are not known to call tools
 
 
@@ -221,8 +263,17 @@ class ConvertRequest:
 
 
 @dataclass(frozen=True)
-class Converter:
-    """Turns a Hugging Face folder into an ONNX Runtime GenAI folder."""
+class Converter(Record):
+    """Turns a Hugging Face folder into an ONNX Runtime GenAI folder.
+
+    ``explicit_only``: the planner never picks it on its own (a converter for some models
+    only, or one that needs an option), only when it is named with ``--via`` or selected
+    by its setting. ``selected_by``: a setting whose value, when set, selects this
+    converter and is passed as the option of the same name (``olive.config`` ->
+    ``olive_config``); ``default_model`` then reads the model from those options when the
+    user names none. ``prepare`` (converters and quantizers alike) checks and completes
+    the options before planning.
+    """
 
     name: str
     description: str
@@ -235,17 +286,16 @@ class Converter:
     tool_versions: Callable[[], Mapping[str, str]] = dict  # part of the step cache key
     accepts_quantized_input: bool = False  # converts HF weights another tool quantized
     options: Mapping[str, str] = field(default_factory=dict)  # option name -> help
-    priority: int = 0  # the planner prefers higher when several can do the job
-    explicit_only: bool = False  # planned only when named itself (--via NAME), e.g. it needs an option
     algorithms: tuple[str, ...] = ()  # weight quantization algorithms it runs itself (besides "default")
     quantization_options: tuple[str, ...] = ()  # options that only matter when it quantizes (not in an fp32 key)
-    selected_by: str | None = None  # a setting key (e.g. "olive.config"): when set, this converter is used
+    explicit_only: bool = False  # planned only when named itself (--via NAME) or selected by its setting
+    selected_by: str | None = None  # a setting key ("olive.config"): when set, this converter is used
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
-    default_model: Callable[[Mapping[str, Any]], str | None] | None = None  # the model when the user names none
+    default_model: Callable[[Mapping[str, Any]], str | None] | None = None  # the model its options name, if any
 
 
 @dataclass(frozen=True)
-class Quantizer:
+class Quantizer(Record):
     """Lowers the precision of a model, on HF weights (``stage="hf"``) or on ONNX."""
 
     name: str
@@ -257,7 +307,6 @@ class Quantizer:
     uses_calibration: bool = False
     tool_versions: Callable[[], Mapping[str, str]] = dict
     options: Mapping[str, str] = field(default_factory=dict)
-    priority: int = 0
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
 
 
@@ -297,7 +346,7 @@ class InstallRequest:
 
 
 @dataclass(frozen=True)
-class Installer:
+class Installer(Record):
     """Puts a built model where a runtime finds it, lists and removes it."""
 
     name: str
@@ -306,7 +355,6 @@ class Installer:
     list: Callable[[Path | None], list[InstalledModel]]
     remove: Callable[[str, str | None, Path | None], InstalledModel]
     locate: Callable[[Path | None], Path]  # the cache folder it would use
-    priority: int = 0  # the default installer is the one with the highest priority
 
 
 # -------------------------------------------------------------------------- runtimes
@@ -357,14 +405,13 @@ class LoadRequest:
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Runtime(Record):
     """Loads a model folder and generates."""
 
     name: str
     description: str
     load: Callable[[LoadRequest], ChatSession]
     can_load: Callable[[Path], str | None] | None = None  # None, or why not
-    priority: int = 0  # the default runtime is the one with the highest priority
     input_format: str = FORMAT_ORTGENAI  # what it loads: builds, or FORMAT_HF (the source model itself)
     batches: bool = False  # takes the load option max_batch and may return a BatchingSession
 
@@ -426,7 +473,7 @@ class BatchingSession(ChatSession, Protocol):
 
 # --------------------------------------------------------------------------- model sources
 @dataclass(frozen=True)
-class ModelSource:
+class ModelSource(Record):
     """A kind of model folder that is not a plain Hugging Face model, e.g. a PEFT LoRA adapter.
 
     ``detect(path)`` says whether a folder is one (cheap, JSON only). ``describe(path,
@@ -450,7 +497,7 @@ class ModelSource:
 
 # --------------------------------------------------------------------------- commands
 @dataclass(frozen=True)
-class Command:
+class Command(Record):
     """An ``slmk`` sub-command a plugin contributes.
 
     ``load()`` returns the ``click.Command``; it is called only when the command runs or
@@ -465,7 +512,7 @@ class Command:
 
 # --------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Setting:
+class Setting(Record):
     """A key of slmk.toml, with its type, default and check.
 
     The kernel declares its own; a plugin declares its keys through ``slmk_settings``
@@ -473,7 +520,7 @@ class Setting:
     option for it to each command named in ``commands``.
     """
 
-    key: str
+    name: str  # the key: ``serve.port``
     type: type
     default: Any
     help: str
@@ -484,9 +531,9 @@ class Setting:
     commands: tuple[str, ...] = ()
 
     @property
-    def name(self) -> str:
-        """The key: what the registry names the record by."""
-        return self.key
+    def key(self) -> str:
+        """The key in slmk.toml (the record's name)."""
+        return self.name
 
     @property
     def env(self) -> str:
@@ -555,7 +602,7 @@ class ExecutorSession(Protocol):
 
 
 @dataclass(frozen=True)
-class Executor:
+class Executor(Record):
     """Runs tasks somewhere: in this process, in local worker processes, on a cluster."""
 
     name: str

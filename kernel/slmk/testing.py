@@ -1,6 +1,6 @@
 """Helpers for testing slmk plugins against the real kernel.
 
-    from slmk.api import make_registry
+    from slmk.api.testing import make_registry
 
     def test_my_family_is_found():
         import slmk_my_family

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from slmk import api
-from slmk.api import PROJECT, RECORD_TYPES, hookspecs
+from slmk.api.authoring import PROJECT, RECORD_TYPES, hookspecs
 
 #: pluggy marks a hookspec function with this attribute.
 SPEC_MARKER = f"{PROJECT}_spec"
@@ -126,10 +126,14 @@ def _record_section(cls: type) -> list[str]:
     doc = inspect.getdoc(cls)
     if doc and not doc.startswith(f"{cls.__name__}("):  # not the docstring dataclass() makes up
         lines += [_markdown(doc), ""]
-    comments = _field_comments(cls)
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a field's comment where it is declared: the record base's too
+        if klass.__module__ == cls.__module__:
+            comments.update(_field_comments(klass))
     if dataclasses.is_dataclass(cls):
-        for field in dataclasses.fields(cls):
-            entry = f"- `{field.name}`: `{field.type}`"
+        # in the order the constructor takes them: positional first, then keyword-only (the base's priority)
+        for field in sorted(dataclasses.fields(cls), key=lambda f: bool(f.kw_only)):
+            entry = f"- `{field.name}`" + (" (keyword)" if field.kw_only else "") + f": `{field.type}`"
             default = _default(field)
             if default is not None:
                 entry += f" = `{default}`"
@@ -140,14 +144,14 @@ def _record_section(cls: type) -> list[str]:
             if isinstance(member, property):
                 returns = _annotation(inspect.signature(member.fget).return_annotation)
                 lines.append(f"- `{name}` (property): `{returns}`")
-    else:  # a Protocol or a plain class: its attributes and public methods
+    else:  # a Protocol or a plain class: its attributes
         for name, annotation in getattr(cls, "__annotations__", {}).items():
             lines.append(f"- `{name}`: `{annotation}`")
-        for name, member in vars(cls).items():
-            if inspect.isfunction(member) and not name.startswith("_"):
-                summary = (inspect.getdoc(member) or "").split("\n")[0]
-                entry = f"- `{name}{_signature(member, skip_self=True)}`"
-                lines.append(entry + (f" — {_markdown(summary)}" if summary else ""))
+    for name, member in vars(cls).items():  # and its public methods
+        if inspect.isfunction(member) and not name.startswith("_"):
+            summary = (inspect.getdoc(member) or "").split("\n")[0]
+            entry = f"- `{name}{_signature(member, skip_self=True)}`"
+            lines.append(entry + (f" — {_markdown(summary)}" if summary else ""))
     lines.append("")
     return lines
 

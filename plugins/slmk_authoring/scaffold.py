@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmk.api import PROJECT, SlmkError, UsageError, __version__, package_data_dir
+from slmk.api import SlmkError, UsageError, __version__
+from slmk.api.authoring import PROJECT
+from slmk.api.files import package_data_dir
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ def _name_taken(name: str, distribution: str) -> str | None:
 
 def new_plugin(name: str, kind: str, output_dir: Path | str = ".", *, force: bool = False) -> NewPlugin:
     """Write ``<output_dir>/slmk-<name>/``, atomically; refuse an existing folder unless ``force``."""
-    from slmk.api import atomic_dir
+    from slmk.api.files import atomic_dir
 
     files = render_files(name, kind)
     values = placeholders(name, kind)
@@ -235,7 +237,7 @@ def new_plugin(name: str, kind: str, output_dir: Path | str = ".", *, force: boo
 def _record_name_notes(name: str, hook: str) -> tuple[str, ...]:
     """A warning when an installed plugin already contributes a record of this name: slmk
     stops on two records of one name, so one of the plugins would have to be disabled."""
-    from slmk.api import get_registry
+    from slmk.api.operations import get_registry
 
     registry = get_registry()
     try:

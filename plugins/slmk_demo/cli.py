@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slmk.api import PRECISION_CHOICES, State, emit_json, pass_state
+from slmk.api.cli import PRECISION_CHOICES, State, emit_json, pass_state
 
 
 @click.command()

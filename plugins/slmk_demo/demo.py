@@ -6,16 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    ModelInfo,
-    Progress,
-    UsageError,
-    cache_root,
-    convert,
-    open_session,
-    package_data_dir,
-    verification_summary,
-)
+from slmk.api import ModelInfo, Progress, UsageError
+from slmk.api.files import cache_root, package_data_dir
+from slmk.api.operations import convert, open_session, verification_summary
 
 
 def default_demo_model() -> Path:

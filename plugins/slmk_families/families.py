@@ -25,12 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmk.api import (
-    ModelFamily,
-    ModelInfo,
-    PromptTemplate,
+from slmk.api import ModelFamily, ModelInfo, PromptTemplate, ToolCallFormat
+from slmk.api.templates import (
     TemplateError,
-    ToolCallFormat,
     derive_prompt_template,
     model_identity,
     sample_rendering,

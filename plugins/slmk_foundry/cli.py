@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slmk.api import State, cache_dir_option, emit_json, installer_cache, json_option, pass_state
+from slmk.api.cli import State, cache_dir_option, emit_json, installer_cache, json_option, pass_state
 
 
 @click.command()

@@ -13,7 +13,7 @@ exiting and about to shut the Foundry Local SDK down).
 
 from __future__ import annotations
 
-from slmk.api import pause_point as pause
+from slmk.api.testing import pause_point as pause
 
 PAUSE_ENV = "SLMK_TEST_PAUSE_AT"
 PAUSE_POINTS = ("copied", "checked", "renamed", "committed", "removed", "closing")

@@ -35,14 +35,12 @@ import ctypes.util
 import datetime as _dt
 import os
 import sys
-import uuid
 from collections.abc import Iterable
 from importlib import util
 from pathlib import Path
 from typing import Any
 
 from slmk.api import (
-    TMP_PREFIX,
     InstalledModel,
     InstallRequest,
     ModelInfo,
@@ -51,17 +49,20 @@ from slmk.api import (
     SlmkError,
     StepFailed,
     UsageError,
-    build_problems,
+)
+from slmk.api import __version__ as slmk_version
+from slmk.api.files import (
     clean_stale_tmp,
     copy_tree,
     dir_size,
     file_lock,
     remove_tree,
+    temp_path,
     tree_entries,
     write_json_atomic,
     write_text_atomic,
 )
-from slmk.api import __version__ as slmk_version
+from slmk.api.models import build_problems
 
 from . import sdk
 from .hooks import PAUSE_ENV, PAUSE_POINTS, pause
@@ -74,6 +75,7 @@ from .layout import (
     Entry,
     duplicates,
     foundry_id,
+    foundry_suffix,
     leaf_of,
     leaves_with_marker,
     locate,
@@ -247,7 +249,7 @@ def _check_template(template: PromptTemplate | None) -> dict[str, str]:
 def _round_trip(leaf: Path, template: PromptTemplate, progress: Progress) -> None:
     """The legacy PromptTemplate must render conversations exactly as the chat template
     that Foundry Local v2 and onnxruntime-genai apply: two generations, one prompt."""
-    from slmk.api import check_round_trip, special_tokens_for
+    from slmk.api.templates import check_round_trip, special_tokens_for
 
     info = ModelInfo.load(leaf)
     if not info.chat_template:
@@ -384,7 +386,7 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def _aside_name(root: Path, kind: str, folder_name: str) -> Path:
-    return root / f"{TMP_PREFIX}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}-{folder_name}"
+    return temp_path(root / folder_name, kind)
 
 
 def _mark(folder: Path) -> None:
@@ -531,6 +533,7 @@ def install(request: InstallRequest) -> InstalledModel:
     _check_build(build)
     pieces = _check_template(request.template)
     ep = request.execution_provider
+    suffix = foundry_suffix(ep)  # refuses a provider Foundry Local has no variant for, before any work
     progress = request.progress
     build_info = read_json(build / "slmk_build.json") or {}
     cache = locate(request.cache_dir)
@@ -541,8 +544,8 @@ def install(request: InstallRequest) -> InstalledModel:
         same_name = [e for e in scan(cache) if e.name.casefold() == name.casefold()]
         replaced = max(same_name, key=lambda e: e.version) if request.force and same_name else None
         version = replaced.version if replaced else max((e.version for e in same_name), default=0) + 1
-        model_id = foundry_id(name, ep.foundry_suffix, version)
-        final = root / model_dir_name(name, ep.foundry_suffix, version)
+        model_id = foundry_id(name, suffix, version)
+        final = root / model_dir_name(name, suffix, version)
         stage = _aside_name(root, "new", final.name)
         leaf = leaf_of(stage, version)
         record = {
@@ -552,7 +555,7 @@ def install(request: InstallRequest) -> InstalledModel:
             "legacy_name": name,
             "precision": build_info.get("precision"),
             "execution_provider": ep.name,
-            "foundry_suffix": ep.foundry_suffix,
+            "foundry_suffix": suffix,
             "source_build": str(build),
             "source_model": build_info.get("source"),
             "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),

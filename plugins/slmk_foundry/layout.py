@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.api import TMP_PREFIX, UsageError
+from slmk.api import ExecutionProvider, UsageError
+from slmk.api.files import is_temp_name
 
 #: slmk's publisher folder inside the Foundry cache: everything slmk writes lives under it.
 PUBLISHER = "slmk"
@@ -132,6 +133,15 @@ def validate_name(name: str) -> str:
     return name
 
 
+#: Foundry Local's variant suffix for each slmk execution provider (its DirectML and WebGPU builds are "generic-gpu").
+FOUNDRY_SUFFIX = {"cpu": "generic-cpu", "cuda": "cuda-gpu", "dml": "generic-gpu", "webgpu": "generic-gpu"}
+
+
+def foundry_suffix(ep: ExecutionProvider) -> str:
+    """Foundry Local's variant suffix for ``ep``; a one-line UsageError when Foundry Local has none."""
+    return ep.tool_name(FOUNDRY_SUFFIX, "Foundry Local")
+
+
 def foundry_id(name: str, suffix: str, version: int | str) -> str:
     """The Foundry Local v2 model id: ``my-model-generic-cpu:1`` (the suffix picks the EP)."""
     return f"{name}-{suffix}:{version}"
@@ -150,7 +160,7 @@ def leaf_of(model_dir: Path, version: int | str) -> Path:
 
 
 def is_tmp(path: Path) -> bool:
-    return path.name.startswith(TMP_PREFIX)
+    return is_temp_name(path.name)
 
 
 # ------------------------------------------------------------------ records

@@ -19,21 +19,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    SEARCH_OPTIONS,
-    ExecutionProvider,
-    GenerationStats,
-    LoadRequest,
-    SlmkError,
-    UsageError,
-    build_problems,
-    cache_root,
-    check_messages,
-    read_genai_config,
-)
+from slmk.api import ExecutionProvider, GenerationStats, LoadRequest, SlmkError, UsageError
+from slmk.api.files import cache_root
+from slmk.api.models import SEARCH_OPTIONS, build_problems, check_messages, read_genai_config
 
 from . import sdk
-from .layout import PUBLISHER, locate, read_entry, read_json
+from .layout import PUBLISHER, foundry_suffix, locate, read_entry, read_json
 
 #: Request options the SDK takes per request (repetition_penalty and min_length are
 #: not among them: Foundry applies the build's genai_config.json ``search`` values).
@@ -77,7 +68,7 @@ def _target(request: LoadRequest, folder: Path) -> tuple[Path, str, str, bool]:
         cache = folder.parents[2] if in_layout else locate(request.cache_dir)
         return cache, entry.foundry_id, entry.name, False
     digest = hashlib.sha256(str(folder).encode()).hexdigest()[:10]
-    model_id = f"slmk-build-{digest}-{request.execution_provider.foundry_suffix}:1"
+    model_id = f"slmk-build-{digest}-{foundry_suffix(request.execution_provider)}:1"
     # A build folder may have been rebuilt since it was last run: register it afresh.
     return builds_cache(), model_id, folder.name, True
 

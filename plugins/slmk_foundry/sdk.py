@@ -22,7 +22,8 @@ from importlib import util
 from pathlib import Path
 from typing import Any
 
-from slmk.api import SlmkError, cache_root
+from slmk.api import SlmkError
+from slmk.api.files import cache_root
 
 from .layout import Entry, publisher_dir
 

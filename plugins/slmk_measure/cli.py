@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from slmk.api import (
+from slmk.api import LoadRequest, UsageError
+from slmk.api.cli import (
     State,
-    UsageError,
     cache_dir_option,
     emit_json,
     generation_options,
@@ -19,9 +19,9 @@ from slmk.api import (
     quiet_option,
     runtime_options,
     search_from,
-    verification_summary,
-    write_text_atomic,
 )
+from slmk.api.files import write_text_atomic
+from slmk.api.operations import verification_summary
 
 from .reference import REFERENCE_HELP, REFERENCES, SOURCE, choose_reference
 from .validate import (
@@ -55,7 +55,7 @@ def endpoint_options(f):
 
 def _open_target(state: State, target, runtime, execution_provider, cache_dir, endpoint=None, model=None, key=None):
     """(settings, folder, opener) for a build folder, an installed model name, or an endpoint."""
-    from slmk import api as app
+    from slmk.api import operations as app
 
     settings = state.settings({"runtime": runtime, "install.cache_dir": cache_dir})
     if endpoint:
@@ -74,7 +74,7 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
 
         def open_endpoint():
             return registry.get("slmk_runtimes", ENDPOINT_RUNTIME).load(
-                app.LoadRequest(
+                LoadRequest(
                     path=folder,
                     execution_provider=registry.get("slmk_execution_providers", execution_provider or "cpu"),
                     options={"base_url": endpoint, "model": model, "api_key": key},
@@ -100,7 +100,7 @@ def _open_target(state: State, target, runtime, execution_provider, cache_dir, e
 
 
 def _ep_of(folder: Path, execution_provider: str | None) -> str:
-    from slmk.api import build_info
+    from slmk.api.operations import build_info
 
     return execution_provider or build_info(folder).get("execution_provider") or "cpu"
 
@@ -400,7 +400,7 @@ def validate(
 def _validation_source(folder: Path, reference: str | None) -> tuple[Path | None, str]:
     """(the source folder validate runs beside the build, or None; why not). ``--reference source``
     that cannot run is refused in one line; by default the build is then checked alone, saying why."""
-    from slmk import api as app
+    from slmk.api import operations as app
 
     if reference == "none":
         return None, "--reference none: the source model is not run"
@@ -464,8 +464,9 @@ def compare(
     perplexity on held-out text, greedy agreement with the reference, domain accuracy,
     and the build's check against the source. Builds are cached.
     """
-    from slmk import api as app
-    from slmk.api import FORMAT_HF, ModelInfo, get_registry
+    from slmk.api import FORMAT_HF, ModelInfo
+    from slmk.api import operations as app
+    from slmk.api.operations import get_registry
 
     from .compare import CompareRequest, run_compare
     from .display import nested
@@ -735,7 +736,7 @@ def deploy(
 
 def _plugin_command(name: str, what: str) -> click.Command:
     """A command another plugin contributes, looked up by name (plugins never import each other)."""
-    from slmk.api import get_registry
+    from slmk.api.operations import get_registry
 
     record = get_registry().commands.get(name)
     if record is None:

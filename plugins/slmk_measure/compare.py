@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError, build_info, open_source_session
+from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError
+from slmk.api.operations import build_info, open_source_session
 
 from .driver import Driver
 from .evalset import EvalItem
@@ -46,7 +47,7 @@ def check_precisions(precisions: Sequence[str], ep: ExecutionProvider) -> list[s
 
 def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Path:
     """Where compare and deploy keep their builds of ``model`` (hard links into the step cache)."""
-    from slmk.api import cache_root, hash_json
+    from slmk.api.files import cache_root, hash_json
 
     root = Path(cache_dir) if cache_dir else cache_root()
     key = hash_json({"model": str(Path(model).resolve())})[:10]
@@ -64,7 +65,7 @@ def build(
     verify_prompts: list[list[dict[str, str]]] | None = None,
 ) -> Path:
     """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
-    from slmk import api as app
+    from slmk.api import operations as app
 
     out = builds_root(model, ep_name, cache_dir) / precision
     # convert numbers its own steps: a fresh Progress on the same stream for each build

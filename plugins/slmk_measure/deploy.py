@@ -17,18 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk import api as app
-from slmk.api import (
-    FORMAT_HF,
-    PRECISIONS,
-    ExecutionProvider,
-    ModelInfo,
-    Progress,
-    Registry,
-    SlmkError,
-    UsageError,
-    get_registry,
-)
+from slmk.api import FORMAT_HF, PRECISIONS, ExecutionProvider, ModelInfo, Progress, SlmkError, UsageError
+from slmk.api import operations as app
+from slmk.api.operations import Registry, get_registry
 
 from .compare import build, builds_root, eval_prompts, measure_build
 from .display import nested
@@ -212,7 +203,7 @@ def deploy(
                 hint="`slmk doctor` lists every check with its fix",
             )
     with progress.step("template"):
-        from slmk.api import resolve_template
+        from slmk.api.templates import resolve_template
 
         resolved = resolve_template(registry, info)
         result.template = {"source": resolved.source, "family": resolved.family, "notes": list(resolved.notes)}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slmk.api import UsageError, atomic_file
+from slmk.api import UsageError
+from slmk.api.files import atomic_file
 
 
 def _pyplot():

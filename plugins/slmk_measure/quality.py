@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import Progress, dir_size
+from slmk.api import Progress
+from slmk.api.files import dir_size
 
 from .driver import Driver, user
 from .evalset import EvalItem

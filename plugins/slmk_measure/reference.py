@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmk.api import PRECISIONS, UsageError, source_unavailable
+from slmk.api import PRECISIONS, UsageError
+from slmk.api.operations import source_unavailable
 
 SOURCE = "source"
 REFERENCES = (SOURCE, "fp32")

@@ -26,25 +26,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    MAX_CONTEXT_LENGTH,
-    PRECISIONS,
-    ExecutorOptions,
-    ModelInfo,
-    Progress,
-    Setting,
-    SlmkError,
-    Task,
-    UsageError,
-    atomic_file,
-    cache_root,
-    check_values,
-    get_registry,
-    hash_json,
-    materialize,
-    read_toml,
-    write_text_atomic,
-)
+from slmk.api import PRECISIONS, ExecutorOptions, ModelInfo, Progress, Setting, SlmkError, Task, UsageError
+from slmk.api.files import atomic_file, cache_root, hash_json, write_text_atomic
+from slmk.api.models import MAX_CONTEXT_LENGTH
+from slmk.api.operations import check_values, get_registry, materialize, read_toml
 
 from . import sweep_cells
 from .reference import REFERENCES, SOURCE, choose_reference
@@ -632,7 +617,7 @@ def measure_sources(config: SweepConfig, rows: list[dict[str, Any]], progress: P
     """Each model's source (transformers on its folder), measured in the driver as the cells
     measure builds (perplexity, accuracy, greedy answers): the reference of its rows. A model whose
     source cannot run here (or ``reference = "fp32"``) gets none: its most precise cell is the reference."""
-    from slmk.api import open_source_session
+    from slmk.api.operations import open_source_session
 
     from .driver import Driver
     from .evalset import load_eval
@@ -865,7 +850,7 @@ def plot_sweep(result: dict[str, Any], path: Path) -> Path | None:
 
 def install_best(picked: dict[str, dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
     """Install each chosen build under its model's name (a new version when installed already)."""
-    from slmk.api import install
+    from slmk.api.operations import install
 
     installed = []
     for choice in picked.values():

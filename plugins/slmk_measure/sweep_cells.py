@@ -53,7 +53,7 @@ def _note_start(spec: dict[str, Any], phase: str) -> None:
 
 def build_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Convert ``spec["model"]`` at the cell's precision for its EP into ``spec["build_dir"]``."""
-    from slmk.api import convert
+    from slmk.api.operations import convert
 
     _note_start(spec, "build")
     try:
@@ -79,7 +79,7 @@ def build_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _open(spec: dict[str, Any]):
-    from slmk.api import open_session
+    from slmk.api.operations import open_session
 
     def open_build(path=None):
         return open_session(

@@ -247,7 +247,7 @@ class Validator:
     def check_source(self) -> None:
         """The build's recorded check against its source, and the eval accuracy of the source itself
         (transformers) beside the build's: what the user trained is the reference."""
-        from slmk.api import build_info, open_source_session, verification_summary
+        from slmk.api.operations import build_info, open_source_session, verification_summary
 
         recorded = build_info(self.folder).get("verification")
         evidence = f"build: {verification_summary(recorded)}"

@@ -70,8 +70,11 @@ def olive_config(
     CI=1 olive run --config olive_int4.json
     slmk convert ./my-model-olive-rtn-int4/model -p int4 -o build/int4
     """
-    from slmk.api import ModelInfo, UsageError, cache_root, get_registry, resolve_ep, write_text_atomic
+    from slmk.api import ModelInfo, UsageError
+    from slmk.api.files import cache_root, write_text_atomic
+    from slmk.api.operations import get_registry, resolve_ep
 
+    from .providers import builder_ep
     from .quantize import OliveQuantization, check_block_size, check_calibration, quantization_workflow
     from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_pass_broken
 
@@ -104,7 +107,7 @@ def olive_config(
         f"run it:     CI=1 OLIVE_DISABLE_TELEMETRY=1 olive run --config {config_name}",
         f"then build: slmk convert {quantized} -p {precision} --ep {ep.name} -o BUILD",
         f"        or: python -m onnxruntime_genai.models.builder -i {quantized} -o BUILD -p {precision} "
-        f"-e {ep.builder_ep}",
+        f"-e {builder_ep(ep)}",
     ]
     if model_builder_pass_broken(installed("olive-ai"), installed(*GENAI_DISTRIBUTIONS)):
         notes.append("(no ModelBuilder pass in the file: olive-ai 0.13's fails with onnxruntime-genai >= 0.16)")

@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.api import StepFailed, StepRequest, UsageError, dir_size, link_or_copy_tree
+from slmk.api import StepFailed, StepRequest, UsageError
+from slmk.api.files import dir_size, link_or_copy_tree
 
+from .providers import ort_provider
 from .workflow import WorkflowResult, run_workflow
 
 OPTION = "olive_config"
@@ -141,7 +143,7 @@ def _next_step(result: WorkflowResult) -> str:
 
 def _note_execution_provider(config: Mapping[str, Any], request: StepRequest) -> None:
     """Say so when the workflow targets another provider than the one slmk was asked for."""
-    wanted = request.execution_provider.ort_provider
+    wanted = ort_provider(request.execution_provider)
     named = {
         str(provider)
         for system in (config.get("systems") or {}).values()

@@ -15,18 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    ExecutionProvider,
-    ModelInfo,
-    StepFailed,
-    StepRequest,
-    UsageError,
-    dir_size,
-    link_or_copy_tree,
-    pickled_weights,
-)
+from slmk.api import ExecutionProvider, ModelInfo, StepFailed, StepRequest, UsageError
+from slmk.api.files import dir_size, link_or_copy_tree
+from slmk.api.models import pickled_weights
 
 from .olive_data import CALIBRATION_DATASET, CalibrationError, read_records
+from .providers import olive_device, ort_provider
 
 #: slmk algorithm -> Olive 0.13 pass type (HF weights in, HF weights out).
 ALGORITHM_PASSES: dict[str, str] = {"rtn": "Rtn", "gptq": "Gptq"}
@@ -154,8 +148,8 @@ def quantization_workflow(
                 "type": "LocalSystem",
                 "accelerators": [
                     {
-                        "device": execution_provider.olive_device,
-                        "execution_providers": [execution_provider.ort_provider],
+                        "device": olive_device(execution_provider),
+                        "execution_providers": [ort_provider(execution_provider)],
                     }
                 ],
             }

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from slmk.api import installed_version as installed
+from slmk.api.files import installed_version as installed
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
 GENAI_DISTRIBUTIONS = (

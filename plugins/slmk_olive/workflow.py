@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmk.api import Progress, StepFailed, UsageError, temporary_environ
+from slmk.api import Progress, StepFailed, UsageError
+from slmk.api.files import temporary_environ
 
 from .versions import GENAI_DISTRIBUTIONS, installed, model_builder_fix, model_builder_pass_broken
 

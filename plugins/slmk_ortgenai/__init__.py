@@ -6,24 +6,9 @@ inside the functions that convert or load.
 
 from __future__ import annotations
 
-from slmk.api import (
-    PRECISIONS,
-    Command,
-    Converter,
-    ModelSource,
-    Runtime,
-    Setting,
-    context_length,
-    hookimpl,
-    missing_search_defaults,
-    read_genai_config,
-    read_search,
-    search_defaults,
-)
+from slmk.api import PRECISIONS, Command, Converter, ModelSource, Runtime, Setting, hookimpl
 
-from . import builder, runtime
-
-__all__ = ["context_length", "missing_search_defaults", "read_genai_config", "read_search", "search_defaults"]
+from . import builder, providers, runtime
 
 
 @hookimpl
@@ -32,7 +17,7 @@ def slmk_converters():
         name="ortgenai-builder",
         description="onnxruntime-genai model builder, in-process: HF folder -> ONNX (int4, int8, fp16, bf16, fp32)",
         precisions=PRECISIONS,
-        execution_providers=("cpu", "cuda", "dml", "webgpu"),
+        execution_providers=tuple(providers.BUILDER_EP),
         convert=builder.convert,
         supports=builder.supports,
         tool_versions=builder.tool_versions,

@@ -30,22 +30,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slmk.api import (
-    ConvertRequest,
-    ModelInfo,
-    Progress,
-    UsageError,
-    atomic_dir,
-    atomic_file,
-    cache_root,
-    convert_request,
-    file_lock,
-    hash_json,
-    write_json_atomic,
-)
+from slmk.api import ConvertRequest, ModelInfo, Progress, UsageError
+from slmk.api.files import atomic_dir, atomic_file, cache_root, file_lock, hash_json, write_json_atomic
+from slmk.api.operations import convert_request
 
 if TYPE_CHECKING:
-    from slmk.api import Registry
+    from slmk.api.operations import Registry
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

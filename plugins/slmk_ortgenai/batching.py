@@ -31,7 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import SEARCH_OPTIONS, ExecutionProvider, GenerationStats, SlmkError, UsageError, read_genai_config
+from slmk.api import ExecutionProvider, GenerationStats, SlmkError, UsageError
+from slmk.api.models import SEARCH_OPTIONS, read_genai_config
 
 from .errors import first_line
 from .runtime import PREFILL_CHUNK, OrtGenAISession, _min_cache_length, check_search_values

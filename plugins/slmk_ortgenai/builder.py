@@ -23,22 +23,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    ModelInfo,
-    SlmkError,
-    StepFailed,
-    StepRequest,
-    UsageError,
-    dir_size,
-    installed_version,
-    missing_search_defaults,
-    pickled_weights,
-    write_json_atomic,
-    write_search,
-)
+from slmk.api import ModelInfo, SlmkError, StepFailed, StepRequest, UsageError
+from slmk.api.files import dir_size, installed_version, write_json_atomic
+from slmk.api.models import missing_search_defaults, pickled_weights, write_search
 
 from . import adapters, tokenization, weight_quant
 from .errors import first_line
+from .providers import builder_ep
 from .session_options import SESSION_OPTIONS, default_session_options, parse_session_options, write_session_options
 
 #: Distributions that ship ``onnxruntime_genai`` (one per hardware flavour).
@@ -550,6 +541,7 @@ _BASE_PATCHES = ("to_nbits", "make_tied_embeddings_init", "make_tied_quantized_e
 def convert(request: StepRequest) -> None:
     """Build ``request.source`` into ``request.output`` with the model builder."""
     ep = request.execution_provider
+    builder_ep_name = builder_ep(ep)  # refuses a provider the builder has no name for, before any work
     pairs, notes = builder_options(request.options, trust_remote_code=request.trust_remote_code)
     if request.precision in PRUNED_BY_DEFAULT and request.options.get("prune_lm_head") is None:
         pairs.append("prune_lm_head=true")
@@ -583,7 +575,7 @@ def convert(request: StepRequest) -> None:
     shown = [p for p in pairs if not p.startswith(("hf_token=", "hf_remote=", "nodes_to_exclude=/model"))]
     request.progress.log(
         f"model builder (onnxruntime-genai {tool_versions()['onnxruntime-genai']}): "
-        f"{info.architecture} -> {request.precision} for {ep.builder_ep}"
+        f"{info.architecture} -> {request.precision} for {builder_ep_name}"
         + (f" with {' '.join(shown)}" if shown else "")
     )
     for note in notes:
@@ -596,10 +588,10 @@ def convert(request: StepRequest) -> None:
             # parse_extra_options loads the config the builder then works from: fixes cover both
             with _builder_fixes() as fixes:
                 extra = parse_extra_options(
-                    None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), pairs
+                    None, str(request.source), str(staging), request.precision, builder_ep_name, str(cache_dir), pairs
                 )
                 create_model(
-                    None, str(request.source), str(staging), request.precision, ep.builder_ep, str(cache_dir), **extra
+                    None, str(request.source), str(staging), request.precision, builder_ep_name, str(cache_dir), **extra
                 )
     except (KeyboardInterrupt, SystemExit, SlmkError):
         raise
@@ -607,7 +599,7 @@ def convert(request: StepRequest) -> None:
         tail = _tail(log_path)
         raise StepFailed(
             f"the model builder failed on {info.path.name} ({info.architecture}, {request.precision}, "
-            f"{ep.builder_ep}): {first_line(exc)}",
+            f"{builder_ep_name}): {first_line(exc)}",
             hint=("last builder output: " + " | ".join(tail)) if tail else "rerun with --debug for the traceback",
         ) from exc
     finally:

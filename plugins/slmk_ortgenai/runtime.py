@@ -9,21 +9,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    SEARCH_OPTIONS,
-    ExecutionProvider,
-    GenerationStats,
-    LoadRequest,
-    SlmkError,
-    UsageError,
-    build_problems,
-    check_messages,
-    read_genai_config,
-)
+from slmk.api import ExecutionProvider, GenerationStats, LoadRequest, SlmkError, UsageError
+from slmk.api.models import SEARCH_OPTIONS, build_problems, check_messages, read_genai_config
 
 from . import adapters as lora
 from . import logprobs as token_logprobs
 from .errors import first_line
+from .providers import genai_provider
 from .tokenization import exact_encoder
 
 #: With truncate=True and no max_new_tokens, room left for the answer (at most half the context).
@@ -62,7 +54,7 @@ def load(request: LoadRequest) -> OrtGenAISession:
         problem = (
             batching_problem(request.path)
             or ("it loads an adapter" if options.get("adapter") else None)
-            or (f"batching runs on the CPU, not {ep.name}" if ep.genai_provider else None)
+            or (f"batching runs on the CPU, not {ep.name}" if genai_provider(ep) else None)
         )
         if problem is None:
             return BatchingSession(request.path, request.execution_provider, max_batch, options)
@@ -133,10 +125,11 @@ class OrtGenAISession:
         self._og = og
         execution_provider = self.execution_provider
         try:
+            provider = genai_provider(execution_provider)
             og_config = og.Config(str(self.path))
             og_config.clear_providers()
-            if execution_provider.genai_provider:
-                og_config.append_provider(execution_provider.genai_provider)
+            if provider:
+                og_config.append_provider(provider)
             self._model = og.Model(og_config)
             self._tokenizer = og.Tokenizer(self._model)
         except Exception as exc:

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slmk.api import GENAI_CONFIG, MAX_SESSION_THREADS, UsageError, read_genai_config, write_json_atomic
+from slmk.api import UsageError
+from slmk.api.files import write_json_atomic
+from slmk.api.models import GENAI_CONFIG, MAX_SESSION_THREADS, read_genai_config
 
 #: Session options slmk writes (slmk option name = genai_config.json key), with their help.
 SESSION_OPTIONS: dict[str, str] = {

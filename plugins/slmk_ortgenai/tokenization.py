@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from slmk.api import write_json_atomic
+from slmk.api.files import write_json_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
 METASPACE = "\u2581"

@@ -31,25 +31,15 @@ import json
 import os
 import shutil
 import statistics
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    QUIET,
-    TMP_PREFIX,
-    ExecutionProvider,
-    ModelInfo,
-    Progress,
-    UsageError,
-    build_info,
-    build_problems,
-    get_registry,
-    link_or_copy_tree,
-    resolve_ep,
-)
+from slmk.api import ExecutionProvider, ModelInfo, Progress, UsageError
+from slmk.api.files import link_or_copy_tree, temp_path
+from slmk.api.models import build_problems
+from slmk.api.operations import QUIET, build_info, get_registry, resolve_ep
 
 from .session_options import logical_cores, write_session_options
 
@@ -186,7 +176,7 @@ def thread_candidates(cores: int) -> list[int]:
 # ------------------------------------------------------------------ measuring
 def _scratch(parent: Path, name: str) -> Path:
     """A temporary folder beside the build (same filesystem: hard links work; clean_stale_tmp knows the prefix)."""
-    folder = parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+    folder = temp_path(parent / name)
     folder.mkdir()
     return folder
 
@@ -404,7 +394,8 @@ def _rebuild_stages(
 
 def _build_and_load(source, out, precision, ep, quantization, extra) -> str | None:
     """Build a candidate and load it once; why it failed (one line), or None."""
-    from slmk.api import SlmkError, convert
+    from slmk.api import SlmkError
+    from slmk.api.operations import convert
 
     from .runtime import OrtGenAISession
 
@@ -444,7 +435,7 @@ def _replace_model_files(build: Path, rebuilt: Path) -> None:
     """Swap the rebuilt folder in for the build, keeping slmk_build.json's record of the rebuild."""
     staged = _scratch(build.parent, "tuned")
     link_or_copy_tree(rebuilt, staged)
-    old = build.parent / f"{TMP_PREFIX}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
+    old = temp_path(build, "old")
     os.replace(build, old)
     os.replace(staged, build)
     shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
-from slmk.api import UsageError, build_info, emit_json, json_option, pass_state
+from slmk.api import UsageError
+from slmk.api.cli import emit_json, json_option, pass_state
+from slmk.api.operations import build_info
 
 #: Answer tokens per eval question when the gate checks a rebuilt candidate.
 GATE_ANSWER_TOKENS = 48
@@ -108,7 +110,7 @@ def tune_command(
     The table lists every candidate with its prefill and decode speed and the choice; the
     chosen session options are written into the build's genai_config.json.
     """
-    from slmk.api import get_registry, resolve_ep
+    from slmk.api.operations import get_registry, resolve_ep
 
     from .tune import TuneOptions, tune
 

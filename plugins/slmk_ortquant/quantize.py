@@ -20,7 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slmk.api import StepFailed, StepRequest, UsageError, dir_size, link_or_copy_tree
+from slmk.api import StepFailed, StepRequest, UsageError
+from slmk.api.files import dir_size, link_or_copy_tree
 
 GENAI_CONFIG = "genai_config.json"
 BLOCK_SIZES = (16, 32, 64, 128, 256)

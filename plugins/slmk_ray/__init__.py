@@ -33,19 +33,9 @@ from typing import Any
 
 import click
 
-from slmk.api import (
-    Command,
-    Executor,
-    ExecutorOptions,
-    SlmkError,
-    Task,
-    TaskResult,
-    UsageError,
-    cache_root,
-    get_registry,
-    hookimpl,
-    temporary_environ,
-)
+from slmk.api import Command, Executor, ExecutorOptions, SlmkError, Task, TaskResult, UsageError, hookimpl
+from slmk.api.files import cache_root, temporary_environ
+from slmk.api.operations import get_registry
 
 MEASURE_SLOT = "slmk_measure_slot"
 NODE_NAME_ENV = "SLMK_NODE_NAME"

@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from slmk.api import SEARCH_OPTIONS, GenerationStats, LoadRequest, SlmkError, UsageError, check_messages
+from slmk.api import GenerationStats, LoadRequest, SlmkError, UsageError
+from slmk.api.models import SEARCH_OPTIONS, check_messages
 
 #: Search options with an OpenAI request field.
 _FIELDS = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "random_seed": "seed"}

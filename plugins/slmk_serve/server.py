@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import BatchingSession, SlmkError, UsageError, get_registry, open_session, resolve_target
+from slmk.api import BatchingSession, SlmkError, UsageError
+from slmk.api.operations import get_registry, open_session, resolve_target
 
 from .workers import BatchWorker, Limits, ModelWorker
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmk.api import constraint_schema
+from slmk.api.templates import constraint_schema
 
 from .workers import ModelWorker, Refused
 

@@ -11,7 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slmk.api import ToolCallFormat, constraint_schema
+from slmk.api import ToolCallFormat
+from slmk.api.templates import constraint_schema
 
 
 def parse_tool_calls(fmt: ToolCallFormat, text: str) -> tuple[str, list[dict[str, Any]]] | None:

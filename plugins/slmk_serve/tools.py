@@ -19,13 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slmk.api import (
-    ModelInfo,
-    SlmkError,
-    ToolCallFormat,
-    get_registry,
-    resolve_family,
-)
+from slmk.api import ModelInfo, SlmkError, ToolCallFormat
+from slmk.api.operations import get_registry
+from slmk.api.templates import resolve_family
 
 from .toolcall_format import format_tool_calls, parse_tool_calls, tool_call_grammar
 from .workers import ModelWorker, Refused

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import GenerationStats, SlmkError, UsageError, read_genai_config
+from slmk.api import GenerationStats, SlmkError, UsageError
+from slmk.api.models import read_genai_config
 
 from .stops import StopScanner
 

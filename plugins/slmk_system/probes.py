@@ -61,7 +61,7 @@ def check_python() -> Iterator[ProbeResult]:
 
 
 def _disk_target() -> Path:
-    from slmk.api import cache_root
+    from slmk.api.files import cache_root
 
     path = cache_root()
     while not path.exists() and path != path.parent:  # the cache may not exist yet: measure its disk

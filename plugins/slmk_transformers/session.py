@@ -15,17 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slmk.api import (
-    FORMAT_HF,
-    GenerationStats,
-    LoadRequest,
-    ModelInfo,
-    SlmkError,
-    UsageError,
-    check_messages,
-    render_chat_template,
-    special_tokens_for,
-)
+from slmk.api import FORMAT_HF, GenerationStats, LoadRequest, ModelInfo, SlmkError, UsageError
+from slmk.api.models import check_messages
+from slmk.api.templates import render_chat_template, special_tokens_for
 
 #: Search options this runtime honours; any other is refused.
 SEARCH_OPTIONS = (

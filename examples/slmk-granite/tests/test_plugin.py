@@ -16,7 +16,8 @@ from slmk_granite.hooks import (
     match,
 )
 
-from slmk.api import ModelInfo, check_round_trip, derive_prompt_template, resolve_template
+from slmk.api import ModelInfo
+from slmk.api.templates import check_round_trip, derive_prompt_template, resolve_template
 
 # Granite 3.1-3.3 turn format, simplified: the dated default system message these
 # versions inject, without their tool and document blocks (written for this test).

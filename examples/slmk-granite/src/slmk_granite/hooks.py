@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from slmk.api import ModelFamily, ModelInfo, PromptTemplate, hookimpl, model_identity, sample_rendering
+from slmk.api import ModelFamily, ModelInfo, PromptTemplate, hookimpl
+from slmk.api.templates import model_identity, sample_rendering
 
 # slmk has a built-in "granite" family since; a plugin's record may not take a built-in's name
 # (it would be refused), so this one is "granite-plugin" and wins by scoring higher
