@@ -10,7 +10,7 @@ from pathlib import Path
 KERNEL = Path(__file__).resolve().parent.parent / "kernel" / "slmk"
 
 #: Lines of kernel/slmk/**/*.py outside cli/, as counted by `wc -l`.
-KERNEL_LINE_BUDGET = 6_917  # +90 in #22: the api package (its submodule docstrings), Record base, ConvertRequest
+KERNEL_LINE_BUDGET = 6_919  # +90 in #22: the api package (its submodule docstrings), Record base, ConvertRequest
 
 
 def _kernel_lines() -> dict[str, int]:

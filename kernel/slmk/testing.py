@@ -12,7 +12,8 @@ objects, or entry-point names to load from the installed distributions); it neve
 touches the process-wide registry the CLI uses.
 
 The pytest fixture ``slmk_registry_factory`` is available to any test session that
-has slmk installed (registered through the ``pytest11`` entry point).
+has slmk installed (``slmk.pytest_plugin``, registered through the ``pytest11`` entry point;
+kept apart so that plugin code importing these helpers never loads pytest).
 """
 
 from __future__ import annotations
@@ -33,15 +34,3 @@ def isolated_default_registry() -> Iterator[Registry]:
         yield get_registry()
     finally:
         reset_registry()
-
-
-try:  # the fixture exists only where pytest is installed
-    import pytest
-
-    @pytest.fixture
-    def slmk_registry_factory():
-        """Call with plugins (modules or entry-point names) to get a fresh Registry."""
-        return make_registry
-
-except ImportError:  # pragma: no cover
-    pass
