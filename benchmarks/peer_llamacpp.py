@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -201,11 +202,14 @@ def convert_slmk(model: Path, out: Path, precision: str, work: Path, options: di
     return measured
 
 
-def convert_gguf(model: Path, out: Path, source: Path, outtype: str, work: Path) -> dict:
-    wrapper = work / "convert_wrapper.py"
-    wrapper.write_text(CONVERT_WRAPPER)
+def convert_gguf(
+    model: Path, out: Path, source: Path, outtype: str, work: Path, wrapper: str = CONVERT_WRAPPER
+) -> dict:
+    """HF -> GGUF with convert_hf_to_gguf.py run through ``wrapper`` (patches for a model's tokenizer)."""
+    script = work / f"convert_wrapper_{hashlib.sha256(wrapper.encode()).hexdigest()[:8]}.py"
+    script.write_text(wrapper)
     tmp = out.with_name(out.name + ".tmp")
-    cmd = [sys.executable, str(wrapper), str(source), str(model), "--outtype", outtype, "--outfile", str(tmp)]
+    cmd = [sys.executable, str(script), str(source), str(model), "--outtype", outtype, "--outfile", str(tmp)]
     measured = run_measured(cmd, log=work / "convert.log")
     os.replace(tmp, out)
     return measured
@@ -363,7 +367,8 @@ def ppl_llama(binaries: Path, gguf: Path, text_file: Path, ctx: int, threads: in
     import re
 
     cmd = [str(binaries / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(ctx)]
-    cmd += ["-b", str(ctx), "-t", str(threads)]
+    # --no-escape: the file is raw text; by default llama.cpp turns its "\\n", "\\t", ... into control characters
+    cmd += ["-b", str(ctx), "-t", str(threads), "--no-escape"]
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     try:
         run_measured(cmd, log=log)
