@@ -224,25 +224,22 @@ def train(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- builds
 #: slmk builds: name -> (precision, builder options). Every matrix (lm_head included) is quantized;
 #: the embedding table stays fp32 unless Gather is quantized too (op_types_to_quantize=MatMul/Gather,
-#: "+emb"). slmk's default int4 is the builder's "default" algorithm, which is RTN at block 32.
-#: "mixed" is the builder's matmul_mixed_precision=last_matmul:int8,mixed_layers:int8: lm_head and the
-#: layers llama.cpp's _M mixes keep at higher precision go int8, as Q4_K_M gives them Q6_K.
+#: "+emb"; the builder quantizes it at 4 bits only, and not with algorithm k_quant). slmk's default
+#: int4 is the builder's "default" algorithm: RTN at block 32. "mixed" is the builder's
+#: matmul_mixed_precision=last_matmul:int8,mixed_layers:int8: lm_head and the layers llama.cpp's _M
+#: mixes keep at higher precision go int8, as Q4_K_M gives them Q6_K.
 SLMK_BUILDS: dict[str, tuple[str, dict]] = {
     "fp32": ("fp32", {}),
     "int8": ("int8", {}),
-    "int8 +emb": ("int8", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b32": ("int4", {"algorithm": "rtn", "block_size": 32}),
-    "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
-    "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
-    "int4 k_quant b128": ("int4", {"algorithm": "k_quant", "block_size": 128}),
-    "int4 k_quant mixed +emb": (
+    "int4 mixed +emb": (
         "int4",
-        {
-            "algorithm": "k_quant",
-            "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8",
-            "op_types_to_quantize": "MatMul/Gather",
-        },
+        {"matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8", "op_types_to_quantize": "MatMul/Gather"},
     ),
+    "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
+    "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
+    "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
+    "int4 k_quant b128": ("int4", {"algorithm": "k_quant", "block_size": 128}),
 }
 #: Quantized builds keep every position's logits (prune_lm_head off) so a window is scored in one call
 #: rather than one call per token; the weights, and so the file size, are the same.
