@@ -306,7 +306,7 @@ def build_gptq(model: Path, work: Path, calibration: Path) -> tuple[Path | None,
         return out, None
     slmk = Path(sys.executable).with_name("slmk")
     cmd = [str(slmk), "convert", str(model), "-p", "int4", "--algorithm", "gptq", "--calibration", str(calibration)]
-    cmd += ["-o", str(out), "--force"]
+    cmd += ["-o", str(out), "--force", "--no-verify"]
     started, load = time.perf_counter(), load_average()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
