@@ -17,11 +17,12 @@ Prints figures (not a timed test) and writes them as JSON; docs/benchmarks.md ha
      tokenizer.json, a plain chat template so ``slmk convert`` can check the build).
 
 ``score`` (after ``train``):
-  4. Builds: slmk fp32, int8, int4 RTN (block 32 and 128), int4 k_quant (the builder's
-     ``int4_algo_config``), optionally an Olive GPTQ build; llama.cpp F32, F16, Q8_0, Q5_K_M,
-     Q4_K_M, Q4_0 (convert_hf_to_gguf.py + llama-quantize of the llama-cpp-python 0.3.36
-     sdist, built by benchmarks/peer_llamacpp.py).
-  5. One protocol, llama-perplexity's: the held-out text is tokenized once; non-overlapping
+  4. Builds: slmk fp32, int8, int4 RTN and k_quant (the builder's ``algo_config``) at block 32
+     and 128, int4 with the embedding quantized, the builder's int4/int8 mix, and an Olive GPTQ
+     build unless ``--skip-gptq``; llama.cpp F32, Q8_0, Q5_K_M, Q4_K_M, Q4_0 (convert_hf_to_gguf.py
+     + llama-quantize of the llama-cpp-python 0.3.36 sdist, built by benchmarks/peer_llamacpp.py).
+  5. One protocol, llama-perplexity's: the head of the held-out text (``--heldout-bytes``, 80,000:
+     21,790 tokens with the default model) is tokenized once; non-overlapping
      windows of ``--ctx`` tokens; in each window the second half is scored (the logits at
      positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1). llama.cpp: llama-perplexity
      itself, on the same text (its tokenization is checked to be the tokenizers' one first).
@@ -424,11 +425,15 @@ def score(args: argparse.Namespace) -> None:
         add("slmk", name, model_bytes(build), slmk_perplexity(build, ids, text, args.ctx), started, load)
     for name, gguf in ggufs.items():
         started, load = time.perf_counter(), load_average()
+        measured = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads)
+        if measured["ppl"] != measured["ppl"]:  # nan: seen once for Q4_K_M, finite on the rerun
+            print(f"  llama.cpp {name}: llama-perplexity printed nan; running it again", flush=True)
+            measured = {**ppl_llama(binaries, gguf, text_file, args.ctx, args.threads), "note": "nan on the first run"}
         add(
             "llama.cpp",
             name,
             gguf.stat().st_size,
-            ppl_llama(binaries, gguf, text_file, args.ctx, args.threads),
+            measured,
             started,
             load,
         )
