@@ -76,23 +76,30 @@ ENV = {"ORT_DISABLE_TELEMETRY": "1", "OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFF
 #: Token ids used as prompts: inside every tokenizer's range here (the tiny tokenizer has 936 entries).
 TOKEN_RANGE = (3, 900)
 
+
 # Runs convert_hf_to_gguf.py of the vendored source with two patches for the shaped model's
 # tokenizer (the tiny model's Qwen2 byte-level BPE with 936 entries): the converter identifies a
 # BPE pre-tokenizer by hashing how a test string tokenizes, which no stock tokenizer's hash
 # matches for this vocabulary, though its pre-tokenizer is Qwen2's exactly (same regex); and it
 # tries sentencepiece first, which is not installed and not needed (there is no tokenizer.model).
-CONVERT_WRAPPER = """
+def convert_wrapper(module: str, model_class: str, pre_tokenizer: str) -> str:
+    """convert_hf_to_gguf.py with ``conversion.<module>.<model_class>`` taking a byte-level BPE
+    vocabulary whose pre-tokenizer is llama.cpp's ``pre_tokenizer``."""
+    return f"""
 import sys
 source = sys.argv[1]
 sys.path[:0] = [source, source + "/gguf-py"]
 import conversion.base as base
-import conversion.qwen as qwen
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-qwen.Qwen2Model.set_vocab = lambda self: self._set_vocab_gpt2()
+import conversion.{module} as arch
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "{pre_tokenizer}"
+arch.{model_class}.set_vocab = lambda self: self._set_vocab_gpt2()
 import convert_hf_to_gguf
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
 convert_hf_to_gguf.main()
 """
+
+
+CONVERT_WRAPPER = convert_wrapper("qwen", "Qwen2Model", "qwen2")
 
 
 # --------------------------------------------------------------------------- processes

@@ -257,18 +257,7 @@ GGUF_BUILDS: dict[str, str | None] = {
 #: recognises a BPE pre-tokenizer by hashing how a test string tokenizes, and no stock hash matches a
 #: freshly trained vocabulary, though its pre-tokenizer is GPT-2's regex exactly (llama.cpp's "gpt-2");
 #: and LlamaModel tries sentencepiece first, which this byte-level BPE vocabulary is not.
-LLAMA_CONVERT_WRAPPER = """
-import sys
-source = sys.argv[1]
-sys.path[:0] = [source, source + "/gguf-py"]
-import conversion.base as base
-import conversion.llama as llama
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-llama.LlamaModel.set_vocab = lambda self: self._set_vocab_gpt2()
-import convert_hf_to_gguf
-sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
-convert_hf_to_gguf.main()
-"""
+LLAMA_CONVERT_WRAPPER_ARGS = ("llama", "LlamaModel", "gpt-2")
 
 
 def slug(name: str) -> str:
@@ -318,7 +307,7 @@ def build_gptq(model: Path, work: Path, calibration: Path) -> tuple[Path | None,
 
 
 def build_gguf(model: Path, work: Path, name: str, binaries: Path, source: Path, threads: int) -> Path:
-    from peer_llamacpp import convert_gguf, quantize_gguf
+    from peer_llamacpp import convert_gguf, convert_wrapper, quantize_gguf
 
     out = work / "gguf" / f"{name}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +315,7 @@ def build_gguf(model: Path, work: Path, name: str, binaries: Path, source: Path,
         return out
     kind = GGUF_BUILDS[name]
     if kind is None:
-        convert_gguf(model, out, source, name.lower(), work, wrapper=LLAMA_CONVERT_WRAPPER)
+        convert_gguf(model, out, source, name.lower(), work, wrapper=convert_wrapper(*LLAMA_CONVERT_WRAPPER_ARGS))
     else:  # quantized from the F32 file, never from F16, so only one rounding happens
         base = build_gguf(model, work, "F32", binaries, source, threads)
         quantize_gguf(binaries, base, out, kind, threads, work, pure=False)
