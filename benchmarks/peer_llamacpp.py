@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -75,23 +76,30 @@ ENV = {"ORT_DISABLE_TELEMETRY": "1", "OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFF
 #: Token ids used as prompts: inside every tokenizer's range here (the tiny tokenizer has 936 entries).
 TOKEN_RANGE = (3, 900)
 
+
 # Runs convert_hf_to_gguf.py of the vendored source with two patches for the shaped model's
 # tokenizer (the tiny model's Qwen2 byte-level BPE with 936 entries): the converter identifies a
 # BPE pre-tokenizer by hashing how a test string tokenizes, which no stock tokenizer's hash
 # matches for this vocabulary, though its pre-tokenizer is Qwen2's exactly (same regex); and it
 # tries sentencepiece first, which is not installed and not needed (there is no tokenizer.model).
-CONVERT_WRAPPER = """
+def convert_wrapper(module: str, model_class: str, pre_tokenizer: str) -> str:
+    """convert_hf_to_gguf.py with ``conversion.<module>.<model_class>`` taking a byte-level BPE
+    vocabulary whose pre-tokenizer is llama.cpp's ``pre_tokenizer``."""
+    return f"""
 import sys
 source = sys.argv[1]
 sys.path[:0] = [source, source + "/gguf-py"]
 import conversion.base as base
-import conversion.qwen as qwen
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-qwen.Qwen2Model.set_vocab = lambda self: self._set_vocab_gpt2()
+import conversion.{module} as arch
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "{pre_tokenizer}"
+arch.{model_class}.set_vocab = lambda self: self._set_vocab_gpt2()
 import convert_hf_to_gguf
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
 convert_hf_to_gguf.main()
 """
+
+
+CONVERT_WRAPPER = convert_wrapper("qwen", "Qwen2Model", "qwen2")
 
 
 # --------------------------------------------------------------------------- processes
@@ -181,18 +189,21 @@ def llama_commit(source: Path) -> str:
 
 
 # --------------------------------------------------------------------------- conversions
-def convert_slmk(model: Path, out: Path, precision: str, work: Path, options: dict | None = None) -> dict:
-    """HF -> slmk build in a child process with an empty step cache (nothing reused)."""
+def convert_slmk(
+    model: Path, out: Path, precision: str, work: Path, options: dict | None = None, verify: bool = True
+) -> dict:
+    """HF -> slmk build in a child process with an empty step cache (nothing reused);
+    ``verify`` False skips the check against the source (``--no-verify``)."""
     cache = Path(tempfile.mkdtemp(prefix="slmk-cache-", dir=work))
     code = (
         "import json, sys\n"
         "from slmk.api.operations import convert\n"
         "convert(sys.argv[1], sys.argv[2], precision=sys.argv[3], force=True,"
-        " options=json.loads(sys.argv[4]) or {})\n"
+        " options=json.loads(sys.argv[4]) or {}, verify=sys.argv[5] == '1')\n"
     )
     try:
         measured = run_measured(
-            [sys.executable, "-c", code, str(model), str(out), precision, json.dumps(options or {})],
+            [sys.executable, "-c", code, str(model), str(out), precision, json.dumps(options or {}), str(int(verify))],
             env={"SLMK_CACHE_DIR": str(cache)},
             log=work / "convert.log",
         )
@@ -201,11 +212,14 @@ def convert_slmk(model: Path, out: Path, precision: str, work: Path, options: di
     return measured
 
 
-def convert_gguf(model: Path, out: Path, source: Path, outtype: str, work: Path) -> dict:
-    wrapper = work / "convert_wrapper.py"
-    wrapper.write_text(CONVERT_WRAPPER)
+def convert_gguf(
+    model: Path, out: Path, source: Path, outtype: str, work: Path, wrapper: str = CONVERT_WRAPPER
+) -> dict:
+    """HF -> GGUF with convert_hf_to_gguf.py run through ``wrapper`` (patches for a model's tokenizer)."""
+    script = work / f"convert_wrapper_{hashlib.sha256(wrapper.encode()).hexdigest()[:8]}.py"
+    script.write_text(wrapper)
     tmp = out.with_name(out.name + ".tmp")
-    cmd = [sys.executable, str(wrapper), str(source), str(model), "--outtype", outtype, "--outfile", str(tmp)]
+    cmd = [sys.executable, str(script), str(source), str(model), "--outtype", outtype, "--outfile", str(tmp)]
     measured = run_measured(cmd, log=work / "convert.log")
     os.replace(tmp, out)
     return measured
@@ -363,7 +377,8 @@ def ppl_llama(binaries: Path, gguf: Path, text_file: Path, ctx: int, threads: in
     import re
 
     cmd = [str(binaries / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(ctx)]
-    cmd += ["-b", str(ctx), "-t", str(threads)]
+    # --no-escape: the file is raw text; by default llama.cpp turns its "\\n", "\\t", ... into control characters
+    cmd += ["-b", str(ctx), "-t", str(threads), "--no-escape"]
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     try:
         run_measured(cmd, log=log)

@@ -1,0 +1,552 @@
+"""Quality per byte on real text: slmk's builds against llama.cpp's quantizations, one perplexity protocol.
+
+Prints figures (not a timed test) and writes them as JSON; docs/benchmarks.md has the results.
+
+``train`` (once, deterministic with ``--seed``; minutes on 2 cores):
+  1. Corpus: the Python standard library's own source (``sysconfig.get_paths()["stdlib"]``,
+     ``*.py`` outside test/, site-packages/, idlelib/, ...), available offline everywhere.
+     Split by module name: a file is held out when the first byte of the SHA-256 of its
+     relative path is below ``HELDOUT_SHARE * 256``; the held-out text is those files in path
+     order, joined by a blank line, cut at ``--heldout-bytes``.
+  2. Tokenizer: byte-level BPE (the ``tokenizers`` library; GPT-2's pre-tokenizer regex, which
+     llama.cpp's ``gpt-2`` pre-tokenizer implements too) of ``--vocab`` entries, trained on the
+     training files only; no BOS is added (``add_bos_token`` false on both sides).
+  3. Model: a Llama (LlamaForCausalLM; every matrix dimension a multiple of 256, so Q4_K/Q5_K
+     apply to every tensor) trained from scratch with AdamW on random windows of
+     ``--seq`` tokens of the training files, saved as a Hugging Face folder (safetensors,
+     tokenizer.json, a plain chat template so ``slmk convert`` can check the build).
+
+``score`` (after ``train``):
+  4. Builds: slmk fp32, int8, int4 RTN and k_quant (the builder's ``algo_config``) at block 32
+     and 128, int4 with the embedding quantized, the builder's int4/int8 mix, and an Olive GPTQ
+     build unless ``--skip-gptq``; llama.cpp F32, Q8_0, Q5_K_M, Q4_K_M, Q4_0 (convert_hf_to_gguf.py
+     + llama-quantize of the llama-cpp-python 0.3.36 sdist, built by benchmarks/peer_llamacpp.py).
+  5. One protocol, llama-perplexity's: the head of the held-out text (``--heldout-bytes``, 80,000:
+     21,790 tokens with the default model) is tokenized once; non-overlapping
+     windows of ``--ctx`` tokens; in each window the second half is scored (the logits at
+     positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1). llama.cpp: llama-perplexity
+     itself, on the same text (its tokenization is checked to be the tokenizers' one first).
+     slmk: its runtime's teacher-forced ``logits()`` (the ortgenai ScoringSession the
+     conversion check uses) on the same windows.
+  6. Table (build, file MiB, bits per weight of the quantized matrices, ppl, delta vs fp32) and a
+     size-vs-perplexity SVG.
+
+Usage:
+  nice -n 10 .venv/bin/python benchmarks/quality_per_byte.py train [--work out/qpb] [--steps N]
+  nice -n 10 .venv/bin/python benchmarks/quality_per_byte.py score [--work out/qpb] [--svg docs/x.svg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WORK = REPO / "out" / "quality-per-byte"  # /out/ is git-ignored
+HELDOUT_SHARE = 0.06
+#: Folders of the standard library that are not its source proper (tests, vendored data, the IDE,
+#: codec tables that are mostly hex literals).
+SKIPPED_PARTS = {
+    "test",
+    "tests",
+    "site-packages",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "__pycache__",
+    "ensurepip",
+    "encodings",
+}
+END_OF_TEXT = "<|endoftext|>"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --------------------------------------------------------------------------- corpus
+def stdlib_files() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(training files, held-out files) as (relative path, text), in path order."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    train, heldout = [], []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if SKIPPED_PARTS & set(relative.split("/")[:-1]) or relative.startswith("test_"):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if not text.strip():
+            continue
+        digest = hashlib.sha256(relative.encode()).digest()[0]
+        (heldout if digest < HELDOUT_SHARE * 256 else train).append((relative, text))
+    return train, heldout
+
+
+def train_tokenizer(texts: list[str], vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def model_config(vocab: int, args: argparse.Namespace):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=args.ctx_max,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        torch_dtype="float32",
+    )
+
+
+def train(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started, load_before = time.perf_counter(), load_average()
+    train_files, heldout_files = stdlib_files()
+    heldout_text = "\n\n".join(text for _, text in heldout_files)[: args.heldout_bytes]
+    (work / "heldout.txt").write_text(heldout_text, encoding="utf-8")
+    texts = [text for _, text in train_files]
+    tokenizer = train_tokenizer(texts, args.vocab)
+    end = tokenizer.token_to_id(END_OF_TEXT)
+    ids = []
+    for encoding in tokenizer.encode_batch(texts):
+        ids.extend(encoding.ids)
+        ids.append(end)
+    data = np.asarray(ids, dtype=np.int64)
+    heldout_tokens = len(tokenizer.encode(heldout_text).ids)
+    print(
+        f"corpus: {len(train_files)} training files ({len(data):,} tokens), {len(heldout_files)} held out "
+        f"({heldout_tokens:,} tokens in {len(heldout_text):,} bytes); tokenizer {tokenizer.get_vocab_size()} entries"
+    )
+
+    config = model_config(tokenizer.get_vocab_size(), args)
+    model = LlamaForCausalLM(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: Llama, {parameters / 1e6:.1f} M parameters; {args.steps} steps of {args.batch} x {args.seq} tokens")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, args.steps // 20)
+
+    def rate(step: int) -> float:  # linear warm-up, then cosine to a tenth
+        import math
+
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, args.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    rng = np.random.default_rng(args.seed)
+    model.train()
+    for step in range(args.steps):
+        starts = rng.integers(0, len(data) - args.seq - 1, size=args.batch)
+        batch = torch.from_numpy(np.stack([data[s : s + args.seq] for s in starts]))
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 20 == 0 or step == args.steps - 1:
+            seconds = time.perf_counter() - started
+            print(f"step {step:5d}  loss {loss.item():.3f}  {seconds:6.0f} s  load {load_average()}", flush=True)
+
+    model_dir = work / "model"
+    tmp = work / "model.tmp"
+    model.eval()
+    model.save_pretrained(tmp, safe_serialization=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=None
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(tmp)
+    settings = json.loads((tmp / "tokenizer_config.json").read_text())
+    settings.update(add_bos_token=False, add_eos_token=False)  # read by convert_hf_to_gguf.py too
+    (tmp / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
+    if model_dir.exists():
+        import shutil
+
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+    summary = {
+        "parameters": parameters,
+        "train_tokens": len(data),
+        "heldout_tokens": heldout_tokens,
+        "steps": args.steps,
+        "tokens_seen": args.steps * args.batch * args.seq,
+        "final_loss": loss.item(),
+        "seconds": time.perf_counter() - started,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "args": vars(args),
+    }
+    (work / "train.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+# --------------------------------------------------------------------------- builds
+#: slmk builds: name -> (precision, builder options). Every matrix (lm_head included) is quantized;
+#: the embedding table stays fp32 unless Gather is quantized too (op_types_to_quantize=MatMul/Gather,
+#: "+emb"; the builder quantizes it at 4 bits only, and not with algorithm k_quant). slmk's default
+#: int4 is the builder's "default" algorithm: RTN at block 32. "mixed" is the builder's
+#: matmul_mixed_precision=last_matmul:int8,mixed_layers:int8: lm_head and the layers llama.cpp's _M
+#: mixes keep at higher precision go int8, as Q4_K_M gives them Q6_K.
+SLMK_BUILDS: dict[str, tuple[str, dict]] = {
+    "fp32": ("fp32", {}),
+    "int8": ("int8", {}),
+    "int4 rtn b32": ("int4", {"algorithm": "rtn", "block_size": 32}),
+    "int4 mixed +emb": (
+        "int4",
+        {"matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8", "op_types_to_quantize": "MatMul/Gather"},
+    ),
+    "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
+    "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
+    "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
+    "int4 k_quant b128": ("int4", {"algorithm": "k_quant", "block_size": 128}),
+}
+#: Quantized builds keep every position's logits (prune_lm_head off) so a window is scored in one call
+#: rather than one call per token; the weights, and so the file size, are the same.
+SCORING_OPTIONS = {"prune_lm_head": False}
+#: llama.cpp files: name -> llama-quantize type (None: written by convert_hf_to_gguf.py itself).
+GGUF_BUILDS: dict[str, str | None] = {
+    "F32": None,
+    "Q8_0": "Q8_0",
+    "Q5_K_M": "Q5_K_M",
+    "Q4_K_M": "Q4_K_M",
+    "Q4_0": "Q4_0",
+}
+#: convert_hf_to_gguf.py of the vendored source, patched for this model's tokenizer: the converter
+#: recognises a BPE pre-tokenizer by hashing how a test string tokenizes, and no stock hash matches a
+#: freshly trained vocabulary, though its pre-tokenizer is GPT-2's regex exactly (llama.cpp's "gpt-2");
+#: and LlamaModel tries sentencepiece first, which this byte-level BPE vocabulary is not.
+LLAMA_CONVERT_WRAPPER_ARGS = ("llama", "LlamaModel", "gpt-2")
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "-").replace("+", "plus-")
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of the weights file(s): a GGUF file (which also holds its vocabulary), or an ONNX build's
+    model.onnx + model.onnx.data (tokenizer and configs left out)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+
+
+def build_slmk(model: Path, work: Path, name: str, log: Path) -> Path:
+    from peer_llamacpp import convert_slmk
+
+    out = work / "slmk" / slug(name)
+    if not (out / "genai_config.json").is_file():
+        precision, options = SLMK_BUILDS[name]
+        options = {**options, **SCORING_OPTIONS} if precision != "fp32" else options
+        started, load = time.perf_counter(), load_average()
+        # No check against the source: this model's perplexity is what is measured, and the check
+        # would import transformers for every build on a machine shared by six.
+        convert_slmk(model, out, precision, work, options, verify=False)
+        print(f"  built {name}: {time.perf_counter() - started:.0f} s (load {load})", flush=True)
+    return out
+
+
+def build_gptq(model: Path, work: Path, calibration: Path) -> tuple[Path | None, str | None]:
+    """Olive GPTQ (int4, calibrated on training text) through `slmk convert`; (build, why not)."""
+    import subprocess
+
+    out = work / "slmk" / "int4-gptq"
+    if (out / "genai_config.json").is_file():
+        return out, None
+    slmk = Path(sys.executable).with_name("slmk")
+    cmd = [str(slmk), "convert", str(model), "-p", "int4", "--algorithm", "gptq", "--calibration", str(calibration)]
+    cmd += ["-o", str(out), "--force", "--no-verify"]
+    started, load = time.perf_counter(), load_average()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        return None, " / ".join(lines[-3:]) or f"exit {done.returncode}"
+    print(f"  built int4 gptq: {time.perf_counter() - started:.0f} s (load {load})", flush=True)
+    return out, None
+
+
+def build_gguf(model: Path, work: Path, name: str, binaries: Path, source: Path, threads: int) -> Path:
+    from peer_llamacpp import convert_gguf, convert_wrapper, quantize_gguf
+
+    out = work / "gguf" / f"{name}.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file():
+        return out
+    kind = GGUF_BUILDS[name]
+    if kind is None:
+        convert_gguf(model, out, source, name.lower(), work, wrapper=convert_wrapper(*LLAMA_CONVERT_WRAPPER_ARGS))
+    else:  # quantized from the F32 file, never from F16, so only one rounding happens
+        base = build_gguf(model, work, "F32", binaries, source, threads)
+        quantize_gguf(binaries, base, out, kind, threads, work, pure=False)
+    return out
+
+
+# --------------------------------------------------------------------------- perplexity
+def windows(ids: list[int], ctx: int) -> list[list[int]]:
+    return [ids[start : start + ctx] for start in range(0, len(ids) - ctx + 1, ctx)]
+
+
+def slmk_perplexity(build: Path, ids: list[int], text: str, ctx: int) -> dict:
+    """llama-perplexity's protocol through slmk's runtime (the ortgenai ScoringSession's logits())."""
+    import math
+
+    import numpy as np
+
+    from slmk import api
+
+    first = ctx // 2
+    with api.open_session(build, runtime="ortgenai") as session:
+        if list(session.encode(text)) != ids:
+            raise SystemExit(f"{build}: slmk's runtime tokenizes the held-out text differently")
+        nll, count = 0.0, 0
+        for window in windows(ids, ctx):
+            # row r predicts the token after position first + r; the last row predicts past the window
+            rows = np.asarray(session.logits(window, start=first)[:-1], dtype=np.float64)
+            peak = rows.max(axis=-1, keepdims=True)
+            log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
+            targets = np.asarray(window[first + 1 :])
+            nll += float((log_norm - rows[np.arange(len(targets)), targets]).sum())
+            count += len(targets)
+    return {"ppl": math.exp(nll / count), "scored": count, "windows": len(windows(ids, ctx))}
+
+
+def llama_token_ids(binaries: Path, gguf: Path, text_file: Path) -> list[int]:
+    import subprocess
+
+    cmd = [str(binaries / "llama-tokenize"), "-m", str(gguf), "-f", str(text_file), "--ids", "--log-disable"]
+    cmd.append("--no-escape")  # as llama-perplexity is run: the file's backslashes stay text
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bits_per_weight(size: int, parameters: int) -> float:
+    return size * 8 / parameters
+
+
+def score(args: argparse.Namespace) -> None:
+    from peer_llamacpp import LLAMA_TARGETS, find_or_build_llama, machine, ppl_llama
+    from tokenizers import Tokenizer
+
+    work = Path(args.work)
+    model = work / "model"
+    if not (model / "model.safetensors").is_file():
+        raise SystemExit(f"no trained model in {model}: run `{Path(__file__).name} train` first")
+    # the scored text: the head of the held-out files (--heldout-bytes), the same file for both sides
+    text = (work / "heldout.txt").read_text(encoding="utf-8")[: args.heldout_bytes]
+    text_file = work / "heldout-scored.txt"
+    text_file.write_text(text, encoding="utf-8")
+    ids = Tokenizer.from_file(str(model / "tokenizer.json")).encode(text).ids
+    trained = json.loads((work / "train.json").read_text())
+    parameters = trained["parameters"]
+    log = work / "score.log"
+    binaries, source = find_or_build_llama(Path(args.llama_dir), log, (*LLAMA_TARGETS, "llama-tokenize"))
+    report = {"machine": machine(args.threads), "ctx": args.ctx, "heldout_tokens": len(ids), "train": trained}
+    rows: list[dict] = report.setdefault("rows", [])
+
+    def add(side: str, name: str, size: int, measured: dict, started: float, load: str) -> None:
+        seconds = time.perf_counter() - started
+        print(f"  {side} {name}: ppl {measured['ppl']:.4f} ({seconds:.0f} s, load {load})", flush=True)
+        rows.append({"side": side, "build": name, "bytes": size, "seconds": seconds, "load": load, **measured})
+        reference = next((r["ppl"] for r in rows if r["build"] == "fp32"), None)
+        for row in rows:
+            row["bits_per_weight"] = bits_per_weight(row["bytes"], parameters)
+            row["delta"] = row["ppl"] / reference - 1 if reference else None
+        if args.json:  # after every row: a run cut short keeps what it measured
+            tmp = Path(args.json + ".tmp")
+            tmp.write_text(json.dumps(report, indent=2))
+            os.replace(tmp, args.json)
+
+    ggufs = {name: build_gguf(model, work, name, binaries, source, args.threads) for name in GGUF_BUILDS}
+    llama_ids = llama_token_ids(binaries, ggufs["F32"], text_file)
+    report["same_token_ids"] = llama_ids == ids
+    print(
+        f"llama.cpp's tokenization of the scored text equals the tokenizers' one: {llama_ids == ids} "
+        f"({len(llama_ids)} vs {len(ids)} tokens)"
+    )
+    if llama_ids != ids:
+        raise SystemExit("token ids differ: the two perplexities would not be comparable")
+
+    names = [n for n in SLMK_BUILDS if not args.only or n in args.only]
+    for name in names[:1]:  # fp32 first: every delta is against it
+        build = build_slmk(model, work, name, log)
+        started, load = time.perf_counter(), load_average()
+        add("slmk", name, model_bytes(build), slmk_perplexity(build, ids, text, args.ctx), started, load)
+    for name, gguf in ggufs.items():
+        started, load = time.perf_counter(), load_average()
+        measured = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads)
+        if measured["ppl"] != measured["ppl"]:  # nan: seen once for Q4_K_M, finite on the rerun
+            print(f"  llama.cpp {name}: llama-perplexity printed nan; running it again", flush=True)
+            measured = {**ppl_llama(binaries, gguf, text_file, args.ctx, args.threads), "note": "nan on the first run"}
+        add(
+            "llama.cpp",
+            name,
+            gguf.stat().st_size,
+            measured,
+            started,
+            load,
+        )
+    for name in names[1:]:
+        build = build_slmk(model, work, name, log)
+        started, load = time.perf_counter(), load_average()
+        add("slmk", name, model_bytes(build), slmk_perplexity(build, ids, text, args.ctx), started, load)
+    if not args.skip_gptq:
+        calibration = work / "calibration.txt"
+        if not calibration.is_file():
+            train_files, _ = stdlib_files()
+            calibration.write_text("\n\n".join(t for _, t in train_files)[: args.calibration_bytes], encoding="utf-8")
+        build, why_not = build_gptq(model, work, calibration)
+        if build is None:
+            report["gptq_not_measured"] = why_not
+            print(f"  int4 gptq: not built: {why_not}")
+        else:
+            started, load = time.perf_counter(), load_average()
+            add(
+                "slmk",
+                "int4 gptq (Olive)",
+                model_bytes(build),
+                slmk_perplexity(build, ids, text, args.ctx),
+                started,
+                load,
+            )
+    print_table(report)
+    if args.svg:
+        write_svg(rows, Path(args.svg), parameters)
+
+
+def print_table(report: dict) -> None:
+    print(
+        f"\nheld-out: {report['heldout_tokens']:,} tokens, windows of {report['ctx']}, second half scored; "
+        f"load average {report['machine']['load_average']}"
+    )
+    print("| side | build | file MiB | bits/weight | ppl | vs slmk fp32 |")
+    print("|---|---|---|---|---|---|")
+    for row in sorted(report["rows"], key=lambda r: -r["bytes"]):
+        print(
+            f"| {row['side']} | {row['build']} | {row['bytes'] / 2**20:.2f} | {row['bits_per_weight']:.2f} | "
+            f"{row['ppl']:.3f} | {row['delta'] * 100:+.2f} % |"
+        )
+
+
+def write_svg(rows: list[dict], path: Path, parameters: int) -> None:
+    """Size (MiB) against perplexity, one colour per side; a plain SVG (no plotting library needed)."""
+    width, height, margin = 640, 400, 60
+    xs = [r["bytes"] / 2**20 for r in rows]
+    ys = [r["ppl"] for r in rows]
+    x0, x1 = 0.0, max(xs) * 1.05
+    y0, y1 = min(ys) - (max(ys) - min(ys)) * 0.08, max(ys) + (max(ys) - min(ys)) * 0.08
+
+    def px(x: float) -> float:
+        return margin + (x - x0) / (x1 - x0) * (width - 2 * margin)
+
+    def py(y: float) -> float:
+        return height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)
+
+    colours = {"slmk": "#1f77b4", "llama.cpp": "#d62728"}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="10">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
+        f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
+        f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">weights file, MiB '
+        f"({parameters / 1e6:.1f} M parameters)</text>",
+        f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
+        "held-out perplexity</text>",
+    ]
+    for step in range(6):
+        x = x0 + (x1 - x0) * step / 5
+        y = y0 + (y1 - y0) * step / 5
+        parts.append(f'<text x="{px(x):.0f}" y="{height - margin + 14}" text-anchor="middle">{x:.1f}</text>')
+        parts.append(f'<text x="{margin - 5}" y="{py(y) + 3:.0f}" text-anchor="end">{y:.2f}</text>')
+    for row, x, y in zip(rows, xs, ys):
+        colour = colours[row["side"]]
+        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}"/>')
+        parts.append(f'<text x="{px(x) + 5:.1f}" y="{py(y) - 4:.1f}" fill="{colour}">{row["build"]}</text>')
+    for index, (side, colour) in enumerate(colours.items()):
+        parts.append(f'<text x="{width - margin - 60}" y="{margin + 14 * index}" fill="{colour}">{side}</text>')
+    parts.append("</svg>\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- command line
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train the benchmark model (deterministic with --seed)")
+    p_train.add_argument("--work", default=str(DEFAULT_WORK))
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--threads", type=int, default=2)
+    p_train.add_argument("--vocab", type=int, default=4096)
+    p_train.add_argument("--hidden", type=int, default=256)
+    p_train.add_argument("--intermediate", type=int, default=768)
+    p_train.add_argument("--layers", type=int, default=4)
+    p_train.add_argument("--ctx-max", type=int, default=512)
+    p_train.add_argument("--seq", type=int, default=256)
+    p_train.add_argument("--batch", type=int, default=8)
+    p_train.add_argument("--steps", type=int, default=120)
+    p_train.add_argument("--lr", type=float, default=3e-3)
+    p_train.add_argument("--heldout-bytes", type=int, default=160_000)
+    p_score = sub.add_parser("score", help="build every variant and score them with one protocol")
+    p_score.add_argument("--work", default=str(DEFAULT_WORK))
+    p_score.add_argument("--llama-dir", default=str(Path.home() / ".cache" / "slmk-peer"))
+    p_score.add_argument("--threads", type=int, default=2)
+    p_score.add_argument("--ctx", type=int, default=256)
+    p_score.add_argument("--only", action="append", help="score only this slmk build (repeatable)")
+    p_score.add_argument("--skip-gptq", action="store_true")
+    p_score.add_argument("--calibration-bytes", type=int, default=200_000)
+    p_score.add_argument("--heldout-bytes", type=int, default=80_000, help="score the head of the held-out text")
+    p_score.add_argument("--json")
+    p_score.add_argument("--svg")
+    args = parser.parse_args()
+    if args.command == "train":
+        train(args)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer_llamacpp's functions
+        score(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
