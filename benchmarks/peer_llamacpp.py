@@ -181,18 +181,29 @@ def llama_commit(source: Path) -> str:
 
 
 # --------------------------------------------------------------------------- conversions
-def convert_slmk(model: Path, out: Path, precision: str, work: Path, options: dict | None = None) -> dict:
-    """HF -> slmk build in a child process with an empty step cache (nothing reused)."""
+def convert_slmk(
+    model: Path, out: Path, precision: str, work: Path, options: dict | None = None, *, verify: bool = True
+) -> dict:
+    """HF -> slmk build in a child process with an empty step cache (nothing reused); ``verify``: the source check."""
     cache = Path(tempfile.mkdtemp(prefix="slmk-cache-", dir=work))
     code = (
         "import json, sys\n"
         "from slmk import api\n"
         "api.convert(sys.argv[1], sys.argv[2], precision=sys.argv[3], force=True,"
-        " extra_options=json.loads(sys.argv[4]) or None)\n"
+        " extra_options=json.loads(sys.argv[4]) or None, verify=sys.argv[5] == 'on')\n"
     )
     try:
         measured = run_measured(
-            [sys.executable, "-c", code, str(model), str(out), precision, json.dumps(options or {})],
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(model),
+                str(out),
+                precision,
+                json.dumps(options or {}),
+                "on" if verify else "off",
+            ],
             env={"SLMK_CACHE_DIR": str(cache)},
             log=work / "convert.log",
         )
