@@ -333,10 +333,10 @@ def slmk_perplexity(build: Path, ids: list[int], text: str, ctx: int) -> dict:
 
     import numpy as np
 
-    from slmk import api
+    from slmk.api.operations import open_session
 
     first = ctx // 2
-    with api.open_session(build, runtime="ortgenai") as session:
+    with open_session(build, runtime="ortgenai") as session:
         if list(session.encode(text)) != ids:
             raise SystemExit(f"{build}: slmk's runtime tokenizes the held-out text differently")
         nll, count = 0.0, 0

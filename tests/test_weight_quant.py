@@ -355,3 +355,42 @@ def test_checkpoint_pages_are_handed_back_and_read_again_the_same(tmp_path):
     assert pages.released == 2  # a mapping with a changed page is left alone
     assert written[5] == data[5] ^ 0xFF
     del written, other
+
+
+# ------------------------------------------------------------------ half-precision checkpoints, loaded as stored
+def _as_bf16(folder: Path, out: Path) -> Path:
+    """A copy of ``folder`` whose weights are stored in bf16, as most published checkpoints are."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, out)
+    for file in out.glob("*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(file)).items()}, str(file), {"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("architecture", ["qwen2.5", "phi4-mini"])
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_a_bf16_checkpoint_loaded_as_stored_builds_what_the_fp32_load_builds(
+    architecture, precision, tmp_path, monkeypatch
+):
+    """Loaded in bf16 and cast slice by slice, the build is the builder's fp32 load's, byte for byte."""
+    model = _as_bf16(make_tiny.make_tiny_model(architecture, tmp_path / "fp32"), tmp_path / "bf16")
+    monkeypatch.setattr(builder_module.weight_quant, "SLICE_BYTES", 32 << 10)
+    log: list[str] = []
+    as_stored = _build(model, tmp_path / "as-stored", precision, {}, stream=True, log=log)
+    assert any("checkpoint loaded as stored (bfloat16)" in line for line in log), log
+    log.clear()
+    monkeypatch.setattr(builder_module, "LOAD_AS_STORED", ())  # the builder's own fp32 load
+    fp32_load = _build(model, tmp_path / "fp32-load", precision, {}, stream=True, log=log)
+    assert not any("loaded as stored" in line for line in log), log
+    a, b = _graph(as_stored), _graph(fp32_load)
+    assert a["nodes"] == b["nodes"]
+    assert a["initializers"].keys() == b["initializers"].keys()
+    assert [k for k in a["initializers"] if a["initializers"][k] != b["initializers"][k]] == []
+    assert (as_stored / "model.onnx.data").read_bytes() == (fp32_load / "model.onnx.data").read_bytes()

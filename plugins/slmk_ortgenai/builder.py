@@ -465,13 +465,13 @@ def _olmo_layer_norm(olmo_init: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
+def _builder_fixes(*, stream_weights: bool = True, load_as_stored: bool = True) -> Iterator[list[str]]:
     """Fixes for what the 0.18 builder gets wrong, applied for the duration of one build.
 
     Each is in-process and undone afterwards; none touches the user's files. Yields the
     names of the fixes applied (logged). A builder outside FIXED_BUILDER_VERSIONS is left alone.
-    ``stream_weights=False`` keeps the builder's whole-model quantization pass (the tests
-    compare the two).
+    ``stream_weights=False`` keeps the builder's whole-model quantization pass and
+    ``load_as_stored=False`` its fp32 load of the checkpoint (the tests compare the two).
     """
     applied: list[str] = []
     version = tool_versions()["onnxruntime-genai"]
@@ -491,6 +491,10 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
     smollm3 = smollm3_class.__dict__.get("make_attention") if smollm3_class else None
     module.AutoConfig = AutoConfig
     applied.append("per-layer-type rope_parameters")
+    loader = sys.modules[module.Model.__module__]  # builders/base.py: where load_weights looks the class up
+    real_auto_model = loader.AutoModelForCausalLM
+    if load_as_stored:
+        loader.AutoModelForCausalLM = _AsStored(real_auto_model, applied)
     if smollm3 is not None:
         smollm3_class.make_attention = _smollm3_nope_layers(smollm3_class)
         applied.append("SmolLM3 NoPE layers")
@@ -525,12 +529,53 @@ def _builder_fixes(*, stream_weights: bool = True) -> Iterator[list[str]]:
         yield applied
     finally:
         module.AutoConfig = real_auto_config
+        loader.AutoModelForCausalLM = real_auto_model
         if smollm3 is not None:
             smollm3_class.make_attention = smollm3
         if olmo_init is not None:
             olmo_class.__init__ = olmo_init
         for name, method in saved.items():
             setattr(base, name, method)
+
+
+class _AsStored:
+    """``AutoModelForCausalLM`` for the builder, loading the checkpoint in the dtype it is stored in.
+
+    The 0.18 builder loads without a dtype, so transformers makes every weight fp32: a bf16
+    Phi-4-mini (7.7 GB) became 15 GB of process memory before the first node was built. The
+    builder reads each weight through ``make_initializer``, which casts it to the graph's dtype
+    when it is written (lazily, weight by weight; slmk's quantization pass casts slice by slice),
+    and a bf16/fp16 -> fp32 cast is exact: the graph gets the same values. An fp32 checkpoint
+    loads as before. Weights the builder computes with (sums, scales) are not cast first, so
+    only architectures whose builds were compared byte for byte (tests/test_weight_quant.py)
+    load this way; the others, LoRA adapters and remote code load in fp32 as before.
+    """
+
+    def __init__(self, real: Any, applied: list[str]) -> None:
+        self.real, self.applied = real, applied
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs and not kwargs.get("trust_remote_code"):
+            config = kwargs.get("config")
+            if config is None:
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(
+                    *args[:1], **{k: kwargs[k] for k in ("cache_dir", "token") if k in kwargs}
+                )
+            stored = str(getattr(config, "dtype", None)).removeprefix("torch.")
+            if stored in ("bfloat16", "float16") and getattr(config, "model_type", None) in LOAD_AS_STORED:
+                kwargs["dtype"] = "auto"
+                self.applied.append(f"checkpoint loaded as stored ({stored}), cast weight by weight")
+        return self.real.from_pretrained(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+#: Architectures whose builds from a half-precision checkpoint loaded as stored were compared,
+#: byte for byte, with the builder's fp32 load (tests/test_weight_quant.py).
+LOAD_AS_STORED = ("qwen2", "phi3")
 
 
 #: Methods of the builder's base class that the fixes replace for one build.
@@ -586,7 +631,7 @@ def convert(request: StepRequest) -> None:
             # Imported inside: importing it configures the root logger and prints.
             parse_extra_options, create_model = _import_builder()
             # parse_extra_options loads the config the builder then works from: fixes cover both
-            with _builder_fixes() as fixes:
+            with _builder_fixes(load_as_stored=adapter is None) as fixes:
                 extra = parse_extra_options(
                     None, str(request.source), str(staging), request.precision, builder_ep_name, str(cache_dir), pairs
                 )

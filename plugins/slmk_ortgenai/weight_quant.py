@@ -164,7 +164,9 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
         if node.op_type == "MatMul":
             new = _matmul_nbits(ir, quantizer(bits), node, weight, bits, initializer, checkpoint)
         else:
-            array = _contiguous(_source(weight.const_value, ir), np)
+            source, dtype = _source(weight.const_value, ir)
+            array = _contiguous(source, np, dtype=dtype)
+            del source
             new = _gather_block_quantized(ir, quantizer(bits), node, weight, array, initializer)
             checkpoint.read(array.nbytes)
             del array
@@ -250,32 +252,72 @@ class CheckpointPages:
                 self.released += 1
 
 
-def _source(tensor: Any, ir: Any) -> Any:
-    """The weight's data: a torch tensor (often a transposed view of the checkpoint's) or a numpy array."""
+def _source(tensor: Any, ir: Any) -> tuple[Any, Any]:
+    """(the weight's data, the numpy dtype the builder gives it or None): a torch tensor or a numpy array.
+
+    The data is often a transposed view of the checkpoint's tensor. Where the builder casts it
+    (a bf16 checkpoint into an fp32 graph: ``make_initializer(..., to=FLOAT)``, a LazyTensor
+    whose thunk casts the whole weight), the checkpoint's tensor comes back uncast with the
+    dtype of the cast, so that ``_contiguous`` casts one slice at a time: the tied output layer
+    of a Phi-4-mini shape is 2.4 GB in fp32, 1.2 GB as stored. A cast is elementwise, so the
+    slices hold the bytes the builder's cast would.
+    """
     if isinstance(tensor, ir.LazyTensor):
+        uncast = _uncast(tensor.raw)
+        if uncast is not None:
+            return uncast
         tensor = tensor.raw()  # the thunk that makes the tensor (a cast, when the builder casts)
     raw = getattr(tensor, "raw", None)
-    if type(raw).__module__.startswith("torch") and hasattr(raw, "detach"):
-        return raw.detach()  # the builder may hold tensors that require grad
-    return tensor.numpy()
+    if _is_torch(raw):
+        return raw.detach(), None  # the builder may hold tensors that require grad
+    return tensor.numpy(), None
 
 
-def _contiguous(source: Any, np: Any, columns: slice | None = None) -> Any:
-    """The weight (or its ``columns``) as one C-contiguous array.
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _uncast(thunk: Any) -> tuple[Any, Any] | None:
+    """(tensor, numpy dtype) the builder's casting thunk would cast, or None if it is another thunk.
+
+    The 0.18 builder's ``make_initializer`` closes over ``tensor`` and ``torch_dtype``.
+    """
+    code, cells = getattr(thunk, "__code__", None), getattr(thunk, "__closure__", None) or ()
+    if code is None or len(code.co_freevars) != len(cells):
+        return None
+    free = dict(zip(code.co_freevars, cells, strict=True))
+    if "tensor" not in free or "torch_dtype" not in free:
+        return None
+    try:
+        tensor, torch_dtype = free["tensor"].cell_contents, free["torch_dtype"].cell_contents
+    except ValueError:  # an empty cell
+        return None
+    if not _is_torch(tensor):
+        return None
+    import torch
+
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point or torch_dtype == torch.bfloat16:
+        return None  # numpy has no bfloat16: the builder's own cast
+    return tensor.detach(), torch.empty(0, dtype=torch_dtype).numpy().dtype
+
+
+def _contiguous(source: Any, np: Any, columns: slice | None = None, dtype: Any = None) -> Any:
+    """The weight (or its ``columns``) as one C-contiguous array, cast to ``dtype`` when given.
 
     The builder's MatMul weights are transposed views of the checkpoint's tensors, and
     ONNX Runtime's block quantizer reads the raw buffer, not the strides. torch copies the
     view into a numpy array (its copy is several times faster than numpy's for large
-    tables; into numpy memory, freed as soon as the weight is quantized).
+    tables; into numpy memory, freed as soon as the weight is quantized), casting as it copies.
     """
     part = source if columns is None else source[:, columns]
     if isinstance(part, np.ndarray):
-        return np.ascontiguousarray(part)
-    if part.is_contiguous():
-        return part.numpy()
+        return np.ascontiguousarray(part, dtype=dtype)
     import torch
 
-    out = np.empty(tuple(part.shape), dtype=part.numpy().dtype)
+    out = np.empty((0,), dtype=dtype) if dtype is not None else part[:0].numpy()
+    if part.is_contiguous() and part.dtype == torch.from_numpy(out).dtype:
+        return part.numpy()
+    out = np.empty(tuple(part.shape), dtype=out.dtype)
     torch.from_numpy(out).copy_(part)
     return out
 
@@ -298,12 +340,12 @@ def _matmul_nbits(
     import numpy as np
 
     config = quantizer.config
-    source = _source(weight.const_value, ir)
+    source, dtype = _source(weight.const_value, ir)
     rows, cols = source.shape
     step = max(1, SLICE_BYTES // (4 * rows))
     parts = []
     for start in range(0, cols, step):
-        part = _contiguous(source, np, columns=slice(start, min(cols, start + step)))
+        part = _contiguous(source, np, columns=slice(start, min(cols, start + step)), dtype=dtype)
         parts.append(quantizer.qbits_block_quant(part))
         checkpoint.read(part.nbytes)
         del part
