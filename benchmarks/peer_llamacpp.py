@@ -47,7 +47,7 @@ one intra-op thread), and the prompt in one call.
 
 Usage: python benchmarks/peer_llamacpp.py [--work DIR] [--llama-dir DIR] [--rounds 5]
            [--lengths 64,512] [--new-tokens 64] [--threads N] [--json FILE] [--reuse]
-           [--layers N] [--skip-ppl] [--skip-variants]
+           [--layers N] [--skip-ppl] [--skip-variants] [--only TEXT] [--extra LABEL=BUILD]
 """
 
 from __future__ import annotations
@@ -482,6 +482,13 @@ def main() -> None:
         metavar="LABEL=BUILD",
         help="another slmk build to measure in the same rounds (e.g. one `slmk tune` rebuilt); repeatable",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="measure only the rows whose label contains TEXT (repeatable; conversions are still made)",
+    )
     parser.add_argument("--ppl-ctx", type=int, default=64)
     parser.add_argument(
         "--convert-rounds", type=int, default=1, help="conversions repeated, interleaved: median time, largest peak"
@@ -605,6 +612,8 @@ def main() -> None:
             raise SystemExit(f"--extra {item!r}: expected LABEL=BUILD with a genai_config.json in BUILD")
         folder = variant_folder(build, {"intra_op_num_threads": args.threads}, {}, work, f"extra-{index}")
         targets[label] = {"kind": "ort", "path": folder, "size_bytes": size_of(build)}
+    if args.only:
+        targets = {name: target for name, target in targets.items() if any(text in name for text in args.only)}
     samples: dict[str, list[dict]] = {name: [] for name in targets}
     baseline = run_measured([sys.executable, __file__, "--ort-baseline"])
     report["python_baseline_rss_bytes"] = baseline["peak_rss_bytes"]

@@ -27,7 +27,7 @@ from slmk.api import ModelInfo, SlmkError, StepFailed, StepRequest, UsageError
 from slmk.api.files import dir_size, installed_version, write_json_atomic
 from slmk.api.models import missing_search_defaults, pickled_weights, write_search
 
-from . import adapters, tokenization, weight_quant
+from . import adapters, prepack_order, tokenization, weight_quant
 from .errors import first_line
 from .providers import builder_ep
 from .session_options import SESSION_OPTIONS, default_session_options, parse_session_options, write_session_options
@@ -392,7 +392,7 @@ def _import_builder():
 
 # ------------------------------------------------------------------ builder fixes
 #: Raised whenever a fix below changes what a build holds, so cached steps of before are not reused.
-FIXES_REVISION = "5"
+FIXES_REVISION = "6"
 #: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
 FIXED_BUILDER_VERSIONS = ("0.18.",)
 
@@ -657,6 +657,9 @@ def convert(request: StepRequest) -> None:
         _separate_adapter(staging, adapter, request)  # rewrites model.onnx and its data file
     if weight_quant.gather_rows_from_file(staging):
         request.progress.log("the embedding reads the shared table's rows from the data file (one copy in memory)")
+    moved = prepack_order.output_layer_first(staging)
+    if moved:
+        request.progress.log(f"{moved} is packed first at load (a lower peak: see prepack_order)")
     for item in staging.iterdir():
         shutil.move(str(item), str(Path(request.output) / item.name))
 

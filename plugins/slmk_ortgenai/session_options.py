@@ -25,6 +25,11 @@ SESSION_OPTIONS: dict[str, str] = {
 }
 
 
+def is_config_entry(key: str) -> bool:
+    """An ONNX Runtime session config entry (``session.…``, ``mlas.…``): onnxruntime-genai passes it on as a string."""
+    return "." in key
+
+
 def logical_cores() -> int:
     """Logical cores this process may run on (the affinity mask honours containers and taskset)."""
     try:
@@ -66,8 +71,10 @@ def read_session_options(build_dir: Path) -> dict[str, Any]:
 def write_session_options(build_dir: Path, updates: Mapping[str, Any], *, remove: tuple[str, ...] = ()) -> dict:
     """Merge ``updates`` into the decoder's session_options (and drop ``remove``), atomically.
 
-    ``config_entries`` (ORT's string key/value session config) is merged key by key.
-    Returns the session_options as written.
+    ONNX Runtime session config entries (dotted keys such as ``session.intra_op.allow_spinning``)
+    are written as strings beside the other options: onnxruntime-genai 0.18 hands every
+    session_options key it does not know to ``AddConfigEntry`` and wants a string value (a
+    ``config_entries`` block is refused: "Unknown value"). Returns the session_options as written.
     """
     path = Path(build_dir) / GENAI_CONFIG
     config = read_genai_config(build_dir)
@@ -79,10 +86,6 @@ def write_session_options(build_dir: Path, updates: Mapping[str, Any], *, remove
     for key in remove:
         session.pop(key, None)
     for key, value in updates.items():
-        if key == "config_entries":
-            entries = session.setdefault("config_entries", {})
-            entries.update({k: str(v) for k, v in value.items()})
-        else:
-            session[key] = value
+        session[key] = str(value) if is_config_entry(key) else value
     write_json_atomic(path, config)
     return dict(session)
