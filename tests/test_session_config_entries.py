@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from slmk.api import read_genai_config
+from slmk.api.models import read_genai_config
 
 pytestmark = pytest.mark.slow
 
