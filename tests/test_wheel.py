@@ -42,7 +42,7 @@ def test_the_wheel_carries_the_tiny_model_the_template_and_every_plugin(dist):
         "slmk_authoring/template/kinds/family.py.tmpl",
         "slmk_authoring/template/common/pyproject.toml.tmpl",
         "slmk_families/chat_templates/qwen2.5.jinja",
-        "slmk/api.py",
+        "slmk/api/__init__.py",
     ):
         assert needed in names, f"{needed} is missing from {wheel.name}"
     plugins = sorted(p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.py").is_file())
