@@ -14,6 +14,7 @@ import pytest
 
 from slmk import app
 from slmk.errors import SlmkError
+from slmk.pipeline import verification_summary
 from slmk.plugins import get_registry
 
 
@@ -102,15 +103,37 @@ def test_not_verified_when_transformers_cannot_load_the_source(tiny_model_dir, t
 def test_not_verified_without_a_runtime_for_sources(tiny_model_dir, tiny_build):
     """Without the transformers plugin, the check says so (never skipped silently)."""
     from slmk.plugins import make_registry
-    from slmk.verify import BuildCheck
+    from slmk.records import ConvertRequest
 
-    registry = make_registry("system", "ortgenai", "families")
+    registry = make_registry("system", "ortgenai", "families", "verify")
     assert "transformers" not in registry.runtimes
     info = app.ModelInfo.load(tiny_model_dir)
-    check = BuildCheck(registry, info, "fp32", app.resolve_ep(registry, "cpu"), cache=tiny_build("fp32").parent)
+    request = ConvertRequest(tiny_model_dir, precision="fp32", cache_dir=tiny_build("fp32").parent)
+    check = registry.build_checks["source"].start(request, info, registry)
     check.before("key")
     assert check.after(tiny_build("fp32"))["reason"] == (
         "no runtime plugin loads Hugging Face folders (is the transformers plugin disabled?)"
+    )
+
+
+def test_not_verified_without_a_build_check(tiny_model_dir, tiny_build, tmp_path):
+    """Without the verify plugin, the build records that no check is installed (never silently)."""
+    from slmk.plugins import make_registry
+
+    registry = make_registry("system", "ortgenai", "families", "transformers")
+    assert registry.build_checks == {}
+    output = tmp_path / "fp32"
+    app.convert(tiny_model_dir, output, precision="fp32", registry=registry)
+    assert verification(output) == {
+        "status": "not verified",
+        "reason": "no build check installed (is the verify plugin disabled?)",
+    }
+    assert verification_summary(verification(output)).startswith("not verified: no build check installed")
+
+
+def test_a_check_that_words_its_own_verdict_is_shown_as_it_says():
+    assert verification_summary({"status": "verified", "summary": "the tokenizer is kept"}) == (
+        "verified: the tokenizer is kept"
     )
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from .errors import SlmkError, UsageError, call_plugin, contain_plugin_failure
 from .modelinfo import ModelInfo
-from .pipeline import BuildResult, run_plan
+from .pipeline import STATUS_NOT_VERIFIED, STATUS_SKIPPED, BuildResult, run_plan
 from .planner import Plan, make_plan
 from .plugins import Registry, get_registry
 from .progress import Progress
-from .records import FORMAT_HF, ChatSession, ConvertRequest, ExecutionProvider, LoadRequest, ProbeResult
+from .records import FORMAT_HF, ChatSession, ConvertRequest, ExecutionProvider, LoadRequest, ProbeResult, Runtime
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
@@ -128,10 +128,10 @@ def convert_request(request: ConvertRequest, registry: Registry | None = None) -
     ``base``, its own base when None); ``source_mode`` other than the first of the
     source's modes hands the whole request to the source (e.g. ``separate``).
 
-    ``verify``: run the source (transformers) and the build on a few chat prompts
-    (``verify_prompts``, else slmk's own) and record the verdict in slmk_build.json; an
-    fp32/fp16/bf16 build whose greedy tokens differ from the source's is refused
-    (``slmk.verify``). False records that it was skipped.
+    ``verify``: the build check a plugin contributes (``slmk_build_checks``; the built-in
+    ``slmk_verify`` runs the source and the build on ``verify_prompts``) runs around the build
+    and its verdict goes into slmk_build.json; with no check installed the build records why.
+    False records that it was skipped.
     """
     registry = registry or get_registry()
     request = _with_selected_converter(request, registry)
@@ -172,20 +172,33 @@ def convert_request(request: ConvertRequest, registry: Registry | None = None) -
     plan = make_plan(registry, info, ep, request)
     if request.plan_only:
         return plan
-    from .fsutil import cache_root
-    from .verify import BuildCheck
+    return run_plan(registry, info, plan, request, check=_start_build_check(registry, request, info))
 
-    check = BuildCheck(
-        registry,
-        info,
-        request.precision,
-        ep,
-        enabled=request.verify,
-        prompts=request.verify_prompts,
-        cache=request.cache_dir or cache_root(),
-        progress=request.progress,
-    )
-    return run_plan(registry, info, plan, request, check=check)
+
+class _FixedVerdict:
+    """Stands in for a build check that does not run: ``after`` records why."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        self.verdict = {"status": status, "reason": reason}
+
+    def before(self, final_key: str) -> None:
+        """Nothing to run ahead of the build."""
+
+    def after(self, folder: Path) -> dict[str, Any]:
+        """The verdict: skipped or not verified, with why."""
+        return dict(self.verdict)
+
+
+def _start_build_check(registry: Registry, request: ConvertRequest, info: ModelInfo) -> Any:
+    """The started check of the build check record with the highest priority; never none silently."""
+    if not request.verify:
+        return _FixedVerdict(STATUS_SKIPPED, "--no-verify: not compared with the source model")
+    name = registry.default_name("slmk_build_checks")
+    if name is None:
+        return _FixedVerdict(STATUS_NOT_VERIFIED, "no build check installed (is the verify plugin disabled?)")
+    owner = registry.owner("slmk_build_checks", name)
+    start = registry.build_checks[name].start
+    return call_plugin(owner, f"starting build check {name!r}", start, request, info, registry)
 
 
 def _with_selected_converter(request: ConvertRequest, registry: Registry) -> ConvertRequest:
@@ -271,14 +284,22 @@ def open_session(
     )
 
 
+def _source_runtime(registry: Registry) -> Runtime | None:
+    """The preferred runtime that loads Hugging Face folders (the source model), or None."""
+    found = [r for r in registry.runtimes.values() if r.input_format == FORMAT_HF]
+    return max(found, key=lambda r: (r.priority, r.name)) if found else None
+
+
 def source_unavailable(model: str | Path, registry: Registry | None = None) -> str | None:
     """Why the source model (a Hugging Face folder, run by transformers) cannot run here, or None."""
-    from .verify import source_unavailable as why_not
-
     folder = Path(model).expanduser()
     if (folder / "genai_config.json").is_file():
         return f"{folder} is already an ONNX build, not the source model"
-    return why_not(registry or get_registry(), folder)
+    runtime = _source_runtime(registry or get_registry())
+    if runtime is None:
+        return "no runtime plugin loads Hugging Face folders (is the transformers plugin disabled?)"
+    reason = runtime.can_load(folder) if runtime.can_load else None
+    return f"{runtime.name} cannot load it: {reason}" if reason else None
 
 
 def open_source_session(
@@ -286,15 +307,13 @@ def open_source_session(
 ) -> ChatSession:
     """Load the source model (a Hugging Face folder) with the runtime that runs sources (transformers):
     the reference builds are measured against. One-line UsageError when it cannot run here."""
-    from .verify import source_runtime
-
     registry = registry or get_registry()
     reason = source_unavailable(model, registry)
     if reason:
         raise UsageError(
             f"the source model cannot run here: {reason}", hint="use --reference fp32 to measure against the fp32 build"
         )
-    return source_runtime(registry).load(
+    return _source_runtime(registry).load(
         LoadRequest(
             path=Path(model).expanduser(),
             execution_provider=resolve_ep(registry, "cpu"),

@@ -324,9 +324,9 @@ def parse_key_values(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def verification_line(verification) -> str:
     """The one line a build's check against its source reads as (slmk_build.json ``verification``)."""
-    from ..verify import summary
+    from ..pipeline import verification_summary
 
-    return summary(verification)
+    return verification_summary(verification)
 
 
 def render_build(result) -> None:
