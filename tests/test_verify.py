@@ -13,6 +13,7 @@ import shutil
 import pytest
 
 from slmk import app
+from slmk.cli.build import inspect_model
 from slmk.errors import SlmkError
 from slmk.pipeline import verification_summary
 from slmk.plugins import get_registry
@@ -97,7 +98,7 @@ def test_not_verified_when_transformers_cannot_load_the_source(tiny_model_dir, t
     found = verification(result.output)
     assert found["status"] == "not verified"
     assert found["reason"].startswith("transformers cannot load it: its weights are pickles")
-    assert app.inspect_model(result.output)["verification"] == found
+    assert inspect_model(result.output)["verification"] == found
 
 
 def test_not_verified_without_a_runtime_for_sources(tiny_model_dir, tiny_build):
