@@ -132,6 +132,41 @@ def test_not_verified_without_a_build_check(tiny_model_dir, tiny_build, tmp_path
     assert verification_summary(verification(output)).startswith("not verified: no build check installed")
 
 
+@pytest.mark.parametrize(
+    ("after", "said"),
+    [
+        (lambda folder: 1 / 0, "build check 'broken' on the build: ZeroDivisionError: division by zero"),
+        (lambda folder: None, "build check 'broken' returned NoneType, not a verdict with a status"),
+    ],
+    ids=["raises", "no-verdict"],
+)
+def test_a_broken_build_check_is_one_line_naming_its_plugin_and_nothing_is_kept(tiny_model_dir, tmp_path, after, said):
+    from slmk.api import BuildCheck, hookimpl
+    from slmk.errors import PluginError
+    from slmk.plugins import make_registry
+
+    class Broken:
+        def __init__(self, request, info, registry):
+            self.after = after
+
+        def before(self, final_key):
+            pass
+
+    class BrokenCheckPlugin:
+        @hookimpl
+        def slmk_build_checks(self):
+            yield BuildCheck(name="broken", description="a check with a bug", start=Broken, priority=5)
+
+    registry = make_registry("system", "ortgenai", "families", "transformers", "verify", BrokenCheckPlugin())
+    assert registry.default_name("slmk_build_checks") == "broken"  # the highest priority runs
+    output = tmp_path / "fp32"
+    with pytest.raises(PluginError) as failed:
+        app.convert(tiny_model_dir, output, precision="fp32", registry=registry)
+    line = failed.value.one_line()
+    assert line.startswith("plugin 'BrokenCheckPlugin' ") and said in line and "\n" not in line
+    assert not output.exists()
+
+
 def test_a_check_that_words_its_own_verdict_is_shown_as_it_says():
     assert verification_summary({"status": "verified", "summary": "the tokenizer is kept"}) == (
         "verified: the tokenizer is kept"

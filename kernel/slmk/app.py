@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import SlmkError, UsageError, call_plugin, contain_plugin_failure
+from .errors import PluginError, SlmkError, UsageError, call_plugin, contain_plugin_failure
 from .modelinfo import ModelInfo
 from .pipeline import STATUS_NOT_VERIFIED, STATUS_SKIPPED, BuildResult, run_plan
 from .planner import Plan, make_plan
@@ -189,6 +189,32 @@ class _FixedVerdict:
         return dict(self.verdict)
 
 
+class _PluginCheck:
+    """The build check record ``name``, started: what the plugin raises becomes one line naming it
+    (a refusal, an SlmkError, goes through as it is), and a verdict without a status is refused."""
+
+    def __init__(self, registry: Registry, name: str, request: ConvertRequest, info: ModelInfo) -> None:
+        self.owner, self.name = registry.owner("slmk_build_checks", name), name
+        start = registry.build_checks[name].start
+        self.started = call_plugin(self.owner, f"starting build check {name!r}", start, request, info, registry)
+
+    def before(self, final_key: str) -> None:
+        """The plugin's ``before``, ahead of the first step."""
+        call_plugin(self.owner, f"build check {self.name!r} before the build", self.started.before, final_key)
+
+    def after(self, folder: Path) -> dict[str, Any]:
+        """The plugin's verdict on the finished build."""
+        verdict = call_plugin(self.owner, f"build check {self.name!r} on the build", self.started.after, folder)
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("status"), str):
+            raise PluginError(
+                self.owner,
+                "slmk_build_checks",
+                f"build check {self.name!r} returned {type(verdict).__name__}, not a verdict with a status",
+                hint="report it to the plugin's author; --no-verify builds without the check",
+            )
+        return verdict
+
+
 def _start_build_check(registry: Registry, request: ConvertRequest, info: ModelInfo) -> Any:
     """The started check of the build check record with the highest priority; never none silently."""
     if not request.verify:
@@ -196,9 +222,7 @@ def _start_build_check(registry: Registry, request: ConvertRequest, info: ModelI
     name = registry.default_name("slmk_build_checks")
     if name is None:
         return _FixedVerdict(STATUS_NOT_VERIFIED, "no build check installed (is the verify plugin disabled?)")
-    owner = registry.owner("slmk_build_checks", name)
-    start = registry.build_checks[name].start
-    return call_plugin(owner, f"starting build check {name!r}", start, request, info, registry)
+    return _PluginCheck(registry, name, request, info)
 
 
 def _with_selected_converter(request: ConvertRequest, registry: Registry) -> ConvertRequest:
