@@ -10,8 +10,8 @@ from pathlib import Path
 KERNEL = Path(__file__).resolve().parent.parent / "kernel" / "slmk"
 
 #: Lines of kernel/slmk/**/*.py outside cli/, as counted by `wc -l`.
-#: -386 in #22: verify.py became the slmk_verify plugin (behind slmk_build_checks); inspect_model moved to cli/.
-KERNEL_LINE_BUDGET = 6_533
+#: -408 in #22: verify.py became the slmk_verify plugin (behind slmk_build_checks); inspect_model, write_config to cli/.
+KERNEL_LINE_BUDGET = 6_511
 
 
 def _kernel_lines() -> dict[str, int]:

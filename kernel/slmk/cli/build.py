@@ -25,6 +25,24 @@ def validate_install_name(name: str) -> str:
     return name
 
 
+def write_config(path: Path, values: dict[str, Any], header: str = "") -> None:
+    """Write an slmk.toml of the given dotted keys atomically: each checked first, None left out."""
+    import tomli_w
+
+    from ..config import all_settings, check_values
+    from ..fsutil import write_text_atomic
+
+    nested: dict[str, Any] = {}
+    checked = check_values({k: v for k, v in values.items() if v is not None}, all_settings(), "slmk init")
+    for key, value in checked.items():
+        *tables, leaf = key.split(".")
+        target = nested
+        for table in tables:
+            target = target.setdefault(table, {})
+        target[leaf] = value
+    write_text_atomic(path, "".join(f"# {line}\n" for line in header.splitlines()) + tomli_w.dumps(nested))
+
+
 @click.group()
 def config() -> None:
     """Show the settings slmk.toml can hold and their resolved values."""
@@ -83,7 +101,6 @@ def init(
     """Write an slmk.toml for MODEL_DIR (one line per choice, e.g. execution_provider)."""
     import re
 
-    from ..config import write_config
     from ..modelinfo import ModelInfo
 
     info = ModelInfo.load(model_dir)
@@ -116,7 +133,7 @@ def init(
         f"slmk configuration for {info.path.name} ({info.architecture or info.model_type}).\n"
         "Swap hardware by changing execution_provider (cpu, cuda, ...); `slmk config keys` lists every key."
     )
-    write_config(path, values, {"header": header})
+    write_config(path, values, header)
     click.echo(f"wrote {path}")
 
 
