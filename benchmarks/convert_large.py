@@ -169,8 +169,9 @@ def write_sharded_model(folder: Path, shape: str, seed: int = 0) -> Path:
 
 def source_check(model: Path) -> str:
     """What slmk's source check would decide here (it runs the source in fp32 when memory allows)."""
+    from slmk_verify.check import memory_shortfall
+
     from slmk.modelinfo import ModelInfo
-    from slmk.verify import memory_shortfall
 
     info = ModelInfo.load(model)
     reason = memory_shortfall(info)

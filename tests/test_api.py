@@ -23,9 +23,10 @@ from slmk.testing import make_registry
 
 #: The contract at the top level. Adding a name here is a decision: it is supported for good.
 TOP_LEVEL = [
-    "BatchingSession", "ChatSession", "Command", "Converter", "ConvertRequest", "ExecutionProvider", "Executor",
-    "ExecutorOptions", "ExecutorSession", "FORMAT_HF", "FORMAT_ORTGENAI", "GenerationStats", "InstallRequest",
-    "InstalledModel", "Installer", "LoadRequest", "ModelFamily", "ModelInfo", "ModelSource", "PRECISIONS", "Probe",
+    "BatchingSession", "BuildCheck", "ChatSession", "Command", "Converter", "ConvertRequest", "ExecutionProvider",
+    "Executor", "ExecutorOptions", "ExecutorSession", "FORMAT_HF", "FORMAT_ORTGENAI", "GenerationStats",
+    "InstallRequest", "InstalledModel", "Installer", "LoadRequest", "ModelFamily", "ModelInfo", "ModelSource",
+    "PRECISIONS", "Probe",
     "ProbeResult", "Progress", "PromptTemplate", "Quantizer", "Record", "Runtime", "ScoringSession", "Setting",
     "SlmkError", "StepFailed", "StepRequest", "Task", "TaskResult", "ToolCallFormat", "Usability", "UsageError",
     "__version__", "hookimpl",
@@ -40,8 +41,8 @@ SUBMODULES = {
     ],
     "files": [
         "atomic_dir", "atomic_file", "cache_root", "clean_stale_tmp", "copy_tree", "dir_size", "file_lock",
-        "hash_json", "installed_version", "is_temp_name", "link_or_copy_tree", "package_data_dir", "remove_tree",
-        "temp_path", "temporary_environ", "tree_entries", "write_json_atomic", "write_text_atomic",
+        "fingerprint_tree", "hash_json", "installed_version", "is_temp_name", "link_or_copy_tree", "package_data_dir",
+        "remove_tree", "temp_path", "temporary_environ", "tree_entries", "write_json_atomic", "write_text_atomic",
     ],
     "models": [
         "GENAI_CONFIG", "MAX_CONTEXT_LENGTH", "MAX_SESSION_THREADS", "SEARCH_OPTIONS", "build_problems",

@@ -29,6 +29,7 @@ from architectures import make_tiny
 from slmk_ortgenai import builder as ortgenai_builder
 
 from slmk import app
+from slmk.cli.build import inspect_model
 from slmk.fsutil import dir_size
 from slmk.progress import Progress
 
@@ -328,7 +329,7 @@ def test_an_architecture_the_builder_does_not_know_is_refused_in_one_line(tmp_pa
         app.convert(model, tmp_path / "out", precision="int4")
     assert "FalconForCausalLM" in caught.value.one_line() and "\n" not in caught.value.message
     assert not (tmp_path / "out").exists()
-    blockers = app.inspect_model(model)["converter_blockers"]
+    blockers = inspect_model(model)["converter_blockers"]
     assert any("FalconForCausalLM" in b for b in blockers)
 
 
@@ -363,7 +364,7 @@ def test_a_refused_architecture_is_refused_in_one_line_before_building(architect
     line = caught.value.one_line()
     assert architecture in line and "\n" not in caught.value.message, line
     assert not (tmp_path / "out").exists()
-    assert any(architecture in b for b in app.inspect_model(model)["converter_blockers"])
+    assert any(architecture in b for b in inspect_model(model)["converter_blockers"])
 
 
 def test_olmo_with_clip_qkv_is_refused_in_one_line(tmp_path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slmk.config import load_settings, write_config
+from slmk.cli.build import write_config
+from slmk.config import load_settings
 from slmk.errors import ConfigError
 
 
@@ -47,7 +48,7 @@ def test_bad_environment_value_names_the_variable(tmp_path):
 
 def test_write_config_round_trips_and_is_atomic(tmp_path):
     path = tmp_path / "slmk.toml"
-    write_config(path, {"precision": "int8", "generation.temperature": 0.2, "name": None}, {"header": "made by a test"})
+    write_config(path, {"precision": "int8", "generation.temperature": 0.2, "name": None}, "made by a test")
     assert path.read_text().startswith("# made by a test\n")
     settings = load_settings({}, path, environ={})
     assert settings["precision"] == "int8" and settings["generation.temperature"] == 0.2

@@ -16,11 +16,13 @@ import pytest
 from click.testing import CliRunner
 from slmk_authoring import docgen
 
+from slmk.errors import SlmkError
 from slmk.modelinfo import ModelInfo
 from slmk.progress import Progress
 from slmk.records import (
     FORMAT_HF,
     RECORD_TYPES,
+    ConvertRequest,
     ExecutionProvider,
     ExecutorOptions,
     InstalledModel,
@@ -139,6 +141,18 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
 
             settings = load_settings({}, environ={}, plugin_settings=records.values())
             assert settings[record.key] == record.default
+        elif hook_name == "slmk_build_checks":
+            source, build = tmp_path / "source", tmp_path / "build"
+            source.mkdir()
+            build.mkdir()
+            (source / "tokenizer.json").write_text("{}")
+            source_info = ModelInfo(path=source, format=FORMAT_HF, config={}, model_type="example", architectures=())
+            check = record.start(ConvertRequest(source, precision="fp32"), source_info, make_registry())
+            check.before("final-key")
+            with pytest.raises(SlmkError):
+                check.after(build)  # the build lost the tokenizer: refused
+            (build / "tokenizer.json").write_text("{}")
+            assert isinstance(check.after(build)["status"], str)
         else:  # a new hook: teach this test how to use its records
             raise AssertionError(f"no check for the records of {hook_name}")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 KERNEL = Path(__file__).resolve().parent.parent / "kernel" / "slmk"
 
 #: Lines of kernel/slmk/**/*.py outside cli/, as counted by `wc -l`.
-KERNEL_LINE_BUDGET = 6_919  # +90 in #22: the api package (its submodule docstrings), Record base, ConvertRequest
+#: -408 in #22: verify.py became the slmk_verify plugin (behind slmk_build_checks); inspect_model, write_config to cli/.
+KERNEL_LINE_BUDGET = 6_511
 
 
 def _kernel_lines() -> dict[str, int]:

@@ -13,7 +13,9 @@ import shutil
 import pytest
 
 from slmk import app
+from slmk.cli.build import inspect_model
 from slmk.errors import SlmkError
+from slmk.pipeline import verification_summary
 from slmk.plugins import get_registry
 
 
@@ -96,21 +98,78 @@ def test_not_verified_when_transformers_cannot_load_the_source(tiny_model_dir, t
     found = verification(result.output)
     assert found["status"] == "not verified"
     assert found["reason"].startswith("transformers cannot load it: its weights are pickles")
-    assert app.inspect_model(result.output)["verification"] == found
+    assert inspect_model(result.output)["verification"] == found
 
 
 def test_not_verified_without_a_runtime_for_sources(tiny_model_dir, tiny_build):
     """Without the transformers plugin, the check says so (never skipped silently)."""
     from slmk.plugins import make_registry
-    from slmk.verify import BuildCheck
+    from slmk.records import ConvertRequest
 
-    registry = make_registry("system", "ortgenai", "families")
+    registry = make_registry("system", "ortgenai", "families", "verify")
     assert "transformers" not in registry.runtimes
     info = app.ModelInfo.load(tiny_model_dir)
-    check = BuildCheck(registry, info, "fp32", app.resolve_ep(registry, "cpu"), cache=tiny_build("fp32").parent)
+    request = ConvertRequest(tiny_model_dir, precision="fp32", cache_dir=tiny_build("fp32").parent)
+    check = registry.build_checks["source"].start(request, info, registry)
     check.before("key")
     assert check.after(tiny_build("fp32"))["reason"] == (
         "no runtime plugin loads Hugging Face folders (is the transformers plugin disabled?)"
+    )
+
+
+def test_not_verified_without_a_build_check(tiny_model_dir, tiny_build, tmp_path):
+    """Without the verify plugin, the build records that no check is installed (never silently)."""
+    from slmk.plugins import make_registry
+
+    registry = make_registry("system", "ortgenai", "families", "transformers")
+    assert registry.build_checks == {}
+    output = tmp_path / "fp32"
+    app.convert(tiny_model_dir, output, precision="fp32", registry=registry)
+    assert verification(output) == {
+        "status": "not verified",
+        "reason": "no build check installed (is the verify plugin disabled?)",
+    }
+    assert verification_summary(verification(output)).startswith("not verified: no build check installed")
+
+
+@pytest.mark.parametrize(
+    ("after", "said"),
+    [
+        (lambda folder: 1 / 0, "build check 'broken' on the build: ZeroDivisionError: division by zero"),
+        (lambda folder: None, "build check 'broken' returned NoneType, not a verdict with a status"),
+    ],
+    ids=["raises", "no-verdict"],
+)
+def test_a_broken_build_check_is_one_line_naming_its_plugin_and_nothing_is_kept(tiny_model_dir, tmp_path, after, said):
+    from slmk.api import BuildCheck, hookimpl
+    from slmk.errors import PluginError
+    from slmk.plugins import make_registry
+
+    class Broken:
+        def __init__(self, request, info, registry):
+            self.after = after
+
+        def before(self, final_key):
+            pass
+
+    class BrokenCheckPlugin:
+        @hookimpl
+        def slmk_build_checks(self):
+            yield BuildCheck(name="broken", description="a check with a bug", start=Broken, priority=5)
+
+    registry = make_registry("system", "ortgenai", "families", "transformers", "verify", BrokenCheckPlugin())
+    assert registry.default_name("slmk_build_checks") == "broken"  # the highest priority runs
+    output = tmp_path / "fp32"
+    with pytest.raises(PluginError) as failed:
+        app.convert(tiny_model_dir, output, precision="fp32", registry=registry)
+    line = failed.value.one_line()
+    assert line.startswith("plugin 'BrokenCheckPlugin' ") and said in line and "\n" not in line
+    assert not output.exists()
+
+
+def test_a_check_that_words_its_own_verdict_is_shown_as_it_says():
+    assert verification_summary({"status": "verified", "summary": "the tokenizer is kept"}) == (
+        "verified: the tokenizer is kept"
     )
 
 

@@ -11,13 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import SlmkError, UsageError, call_plugin, contain_plugin_failure
+from .errors import PluginError, SlmkError, UsageError, call_plugin, contain_plugin_failure
 from .modelinfo import ModelInfo
-from .pipeline import BuildResult, run_plan
+from .pipeline import STATUS_NOT_VERIFIED, STATUS_SKIPPED, BuildResult, run_plan
 from .planner import Plan, make_plan
 from .plugins import Registry, get_registry
 from .progress import Progress
-from .records import FORMAT_HF, ChatSession, ConvertRequest, ExecutionProvider, LoadRequest, ProbeResult
+from .records import FORMAT_HF, ChatSession, ConvertRequest, ExecutionProvider, LoadRequest, ProbeResult, Runtime
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
@@ -128,10 +128,10 @@ def convert_request(request: ConvertRequest, registry: Registry | None = None) -
     ``base``, its own base when None); ``source_mode`` other than the first of the
     source's modes hands the whole request to the source (e.g. ``separate``).
 
-    ``verify``: run the source (transformers) and the build on a few chat prompts
-    (``verify_prompts``, else slmk's own) and record the verdict in slmk_build.json; an
-    fp32/fp16/bf16 build whose greedy tokens differ from the source's is refused
-    (``slmk.verify``). False records that it was skipped.
+    ``verify``: the build check a plugin contributes (``slmk_build_checks``; the built-in
+    ``slmk_verify`` runs the source and the build on ``verify_prompts``) runs around the build
+    and its verdict goes into slmk_build.json; with no check installed the build records why.
+    False records that it was skipped.
     """
     registry = registry or get_registry()
     request = _with_selected_converter(request, registry)
@@ -172,20 +172,57 @@ def convert_request(request: ConvertRequest, registry: Registry | None = None) -
     plan = make_plan(registry, info, ep, request)
     if request.plan_only:
         return plan
-    from .fsutil import cache_root
-    from .verify import BuildCheck
+    return run_plan(registry, info, plan, request, check=_start_build_check(registry, request, info))
 
-    check = BuildCheck(
-        registry,
-        info,
-        request.precision,
-        ep,
-        enabled=request.verify,
-        prompts=request.verify_prompts,
-        cache=request.cache_dir or cache_root(),
-        progress=request.progress,
-    )
-    return run_plan(registry, info, plan, request, check=check)
+
+class _FixedVerdict:
+    """Stands in for a build check that does not run: ``after`` records why."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        self.verdict = {"status": status, "reason": reason}
+
+    def before(self, final_key: str) -> None:
+        """Nothing to run ahead of the build."""
+
+    def after(self, folder: Path) -> dict[str, Any]:
+        """The verdict: skipped or not verified, with why."""
+        return dict(self.verdict)
+
+
+class _PluginCheck:
+    """The build check record ``name``, started: what the plugin raises becomes one line naming it
+    (a refusal, an SlmkError, goes through as it is), and a verdict without a status is refused."""
+
+    def __init__(self, registry: Registry, name: str, request: ConvertRequest, info: ModelInfo) -> None:
+        self.owner, self.name = registry.owner("slmk_build_checks", name), name
+        start = registry.build_checks[name].start
+        self.started = call_plugin(self.owner, f"starting build check {name!r}", start, request, info, registry)
+
+    def before(self, final_key: str) -> None:
+        """The plugin's ``before``, ahead of the first step."""
+        call_plugin(self.owner, f"build check {self.name!r} before the build", self.started.before, final_key)
+
+    def after(self, folder: Path) -> dict[str, Any]:
+        """The plugin's verdict on the finished build."""
+        verdict = call_plugin(self.owner, f"build check {self.name!r} on the build", self.started.after, folder)
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("status"), str):
+            raise PluginError(
+                self.owner,
+                "slmk_build_checks",
+                f"build check {self.name!r} returned {type(verdict).__name__}, not a verdict with a status",
+                hint="report it to the plugin's author; --no-verify builds without the check",
+            )
+        return verdict
+
+
+def _start_build_check(registry: Registry, request: ConvertRequest, info: ModelInfo) -> Any:
+    """The started check of the build check record with the highest priority; never none silently."""
+    if not request.verify:
+        return _FixedVerdict(STATUS_SKIPPED, "--no-verify: not compared with the source model")
+    name = registry.default_name("slmk_build_checks")
+    if name is None:
+        return _FixedVerdict(STATUS_NOT_VERIFIED, "no build check installed (is the verify plugin disabled?)")
+    return _PluginCheck(registry, name, request, info)
 
 
 def _with_selected_converter(request: ConvertRequest, registry: Registry) -> ConvertRequest:
@@ -271,14 +308,22 @@ def open_session(
     )
 
 
+def _source_runtime(registry: Registry) -> Runtime | None:
+    """The preferred runtime that loads Hugging Face folders (the source model), or None."""
+    found = [r for r in registry.runtimes.values() if r.input_format == FORMAT_HF]
+    return max(found, key=lambda r: (r.priority, r.name)) if found else None
+
+
 def source_unavailable(model: str | Path, registry: Registry | None = None) -> str | None:
     """Why the source model (a Hugging Face folder, run by transformers) cannot run here, or None."""
-    from .verify import source_unavailable as why_not
-
     folder = Path(model).expanduser()
     if (folder / "genai_config.json").is_file():
         return f"{folder} is already an ONNX build, not the source model"
-    return why_not(registry or get_registry(), folder)
+    runtime = _source_runtime(registry or get_registry())
+    if runtime is None:
+        return "no runtime plugin loads Hugging Face folders (is the transformers plugin disabled?)"
+    reason = runtime.can_load(folder) if runtime.can_load else None
+    return f"{runtime.name} cannot load it: {reason}" if reason else None
 
 
 def open_source_session(
@@ -286,15 +331,13 @@ def open_source_session(
 ) -> ChatSession:
     """Load the source model (a Hugging Face folder) with the runtime that runs sources (transformers):
     the reference builds are measured against. One-line UsageError when it cannot run here."""
-    from .verify import source_runtime
-
     registry = registry or get_registry()
     reason = source_unavailable(model, registry)
     if reason:
         raise UsageError(
             f"the source model cannot run here: {reason}", hint="use --reference fp32 to measure against the fp32 build"
         )
-    return source_runtime(registry).load(
+    return _source_runtime(registry).load(
         LoadRequest(
             path=Path(model).expanduser(),
             execution_provider=resolve_ep(registry, "cpu"),
@@ -386,86 +429,6 @@ def install(
             chat_template=chat_template,
         )
     )
-
-
-# ------------------------------------------------------------------ inspect
-def inspect_model(
-    model: str | Path, registry: Registry | None = None, *, base: str | Path | None = None
-) -> dict[str, Any]:
-    """Everything `slmk inspect` shows, as data (for an adapter: the adapter and its base)."""
-    from .planner import check_precision
-    from .records import PRECISIONS
-
-    registry = registry or get_registry()
-    source = registry.model_source(model)
-    if source is not None:  # the adapter, then what its base can become
-        described = dict(source.describe(Path(model), Path(base) if base else None))
-        return {
-            **inspect_model(described.get("base") or base, registry),
-            "source": source.name,
-            "adapter": described,
-            "path": str(Path(model)),
-        }
-    info = ModelInfo.load(model)
-    family = None
-    template_error = None
-    try:
-        from .prompt_template import resolve_template
-
-        family = resolve_template(registry, info).family
-    except SlmkError as exc:
-        template_error = exc.one_line()
-    blockers = []
-    for name, conv in registry.converters.items():
-        reason = None
-        if conv.supports:
-            owner = registry.owner("slmk_converters", name)
-            reason = call_plugin(owner, f"converter {name!r} checking the model", conv.supports, info)
-        if reason:
-            blockers.append(f"{name}: {reason}")
-    matrix = []
-    for ep_name, ep in sorted(registry.execution_providers.items()):
-        owner = registry.owner("slmk_execution_providers", ep_name)
-        usable = call_plugin(owner, f"probing execution provider {ep_name!r}", ep.probe)
-        for precision in PRECISIONS:
-            try:
-                check_precision(ep, precision)
-                buildable = bool(
-                    info.format == FORMAT_HF
-                    and make_plan(registry, info, ep, ConvertRequest(info.path, precision=precision))
-                )
-                note = ""
-            except SlmkError as exc:
-                buildable, note = False, exc.message
-            runnable = buildable and usable.usable and precision in ep.run_precisions
-            if buildable and not usable.usable:
-                note = f"builds; runs only where {ep.name} is usable ({usable.reason})"
-            matrix.append(
-                {
-                    "execution_provider": ep_name,
-                    "precision": precision,
-                    "buildable": buildable,
-                    "runnable": runnable,
-                    "note": note,
-                }
-            )
-    return {
-        "path": str(info.path),
-        "format": info.format,
-        "architecture": info.architecture,
-        "model_type": info.model_type,
-        "family": family,
-        "parameters": info.num_parameters,
-        "dtype": info.dtype,
-        "vocab_size": info.vocab_size,
-        "context_length": info.context_length,
-        "chat_template": info.chat_template,
-        "template_error": template_error,
-        "generation_config": info.generation_config,
-        "converter_blockers": blockers,
-        "matrix": matrix,
-        **({"verification": info.build_info.get("verification")} if info.format != FORMAT_HF else {}),
-    }
 
 
 def show_template(target: str, template_file: Path | None = None, registry: Registry | None = None) -> dict[str, Any]:

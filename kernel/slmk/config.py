@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fsutil import write_text_atomic
 from .genai_format import MAX_CONTEXT_LENGTH, MAX_TOP_K, SEARCH_LIMITS
 from .records import PRECISIONS, Setting
 
@@ -353,24 +352,3 @@ def load_settings(
         values[setting.key] = _coerce(setting, value, origin, text=text)
         sources[setting.key] = origin
     return Settings(values, sources, path)
-
-
-def write_config(path: Path, values: Mapping[str, Any], comments: Mapping[str, str] | None = None) -> None:
-    """Write a slmk.toml of the given dotted keys (validated first) atomically."""
-    import tomli_w
-
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in SETTINGS_BY_KEY:
-            raise ConfigError(f"unknown key {key!r}", hint=_close_matches(key))
-        if value is None:
-            continue
-        _coerce(SETTINGS_BY_KEY[key], value, "slmk init")
-        target = nested
-        *tables, leaf = key.split(".")
-        for table in tables:
-            target = target.setdefault(table, {})
-        target[leaf] = value
-    header = "".join(f"# {line}\n" for line in (comments or {}).get("header", "").splitlines())
-    text = header + tomli_w.dumps(nested)
-    write_text_atomic(path, text)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import pluggy
 
 from .records import (
+    BuildCheck,
     Command,
     Converter,
     ExecutionProvider,
@@ -317,4 +318,40 @@ def slmk_settings() -> Iterable[Setting]:
         def slmk_settings():
             yield Setting("hello.greeting", str, "hello", "what `slmk hello` says")
             yield Setting("hello.times", int, 1, "how often", check=lambda v: v > 0, check_help="> 0")
+    """
+
+
+@hookspec
+def slmk_build_checks() -> Iterable[BuildCheck]:
+    """Checks ``slmk convert`` runs around each build: the source model is the truth.
+
+    ``start(request, info, registry)`` returns an object whose ``before(final_key)`` runs
+    ahead of the first step and whose ``after(folder)`` returns the verdict recorded in
+    slmk_build.json (``status``, ``reason`` or ``summary``), or raises SlmkError to refuse
+    the build. Only the check with the highest priority runs; ``--no-verify`` runs none.
+    Cache what is costly under the step cache (``request.cache_dir``, else ``cache_root()``).
+
+    Example::
+
+        from pathlib import Path
+        from slmk.api import BuildCheck, SlmkError, hookimpl
+
+        class TokenizerKept:
+            \"\"\"Refuses a build that lost the source's tokenizer.json.\"\"\"
+
+            def __init__(self, request, info, registry):
+                self.source = Path(info.path)
+                self.wanted = False
+
+            def before(self, final_key):
+                self.wanted = (self.source / "tokenizer.json").is_file()
+
+            def after(self, folder):
+                if self.wanted and not (Path(folder) / "tokenizer.json").is_file():
+                    raise SlmkError("the build lost the source's tokenizer.json", hint="try another converter")
+                return {"status": "verified", "summary": "the build keeps the source's tokenizer.json"}
+
+        @hookimpl
+        def slmk_build_checks():
+            yield BuildCheck(name="tokenizer-kept", description="the build keeps the tokenizer", start=TokenizerKept)
     """

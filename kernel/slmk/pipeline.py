@@ -18,6 +18,7 @@ import errno
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ BUILD_INFO = "slmk_build.json"
 STEP_FORMAT = 2
 #: How long a build waits for another process building the same step (SLMK_LOCK_TIMEOUT_S overrides).
 STEP_LOCK_TIMEOUT_S = 6 * 3600.0
+
+#: A build check's verdicts (slmk_build.json ``verification.status``), as ``verification_summary`` reads them.
+STATUS_VERIFIED = "verified"  # the source check's exact precisions: tokens equal to transformers'
+STATUS_MEASURED = "measured"  # int8/int4: agreement and cosine recorded
+STATUS_SKIPPED = "skipped"  # --no-verify
+STATUS_NOT_VERIFIED = "not verified"  # could not run here, or no check is installed; reason says why
 
 
 @dataclass
@@ -162,8 +169,9 @@ def run_plan(
     atomically. The request also gives force, progress, calibration, trust_remote_code, search
     (written to genai_config.json) and cache_dir; the plan names the execution provider.
 
-    ``check`` (a ``verify.BuildCheck``): ``check.before(final_key)`` runs ahead of the first step,
-    ``check.after(folder)`` on the finished build before it is renamed into place; what it returns
+    ``check`` (what a ``BuildCheck`` record's ``start`` returned): ``check.before(final_key)`` runs
+    ahead of the first step, ``check.after(folder)`` on the finished build before it is renamed into
+    place; what it returns
     is recorded as ``verification`` in slmk_build.json, and when it raises nothing is kept.
     """
     force, calibration, trust_remote_code = request.force, request.calibration, request.trust_remote_code
@@ -336,3 +344,25 @@ def _run_step(context: _BuildContext, step: PlannedStep, source: Path, step_dir:
         ) from exc
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def verification_summary(verification: Mapping[str, Any] | None) -> str:
+    """One line for inspect, list and convert: what the build check found, or why there was none."""
+    if not verification:
+        return "not verified: built before slmk verified builds"
+    status = verification.get("status")
+    if verification.get("summary"):  # a check that words its own verdict
+        return f"{status}: {verification['summary']}"
+    if status == STATUS_VERIFIED:
+        return (
+            f"verified: greedy tokens equal to transformers' on {verification.get('prompts')} prompts "
+            f"({verification.get('positions')} tokens), max logit difference {verification.get('max_logit_diff')}"
+        )
+    if status == STATUS_MEASURED:
+        return (
+            f"measured against transformers: token agreement {verification.get('token_agreement')}, "
+            f"logit cosine {verification.get('logit_cosine')} on {verification.get('prompts')} prompts"
+        )
+    if status == STATUS_SKIPPED:
+        return "skipped (--no-verify): not compared with the source model"
+    return f"not verified: {verification.get('reason') or status}"

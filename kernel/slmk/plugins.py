@@ -32,6 +32,7 @@ from . import PROJECT, hookspecs
 from .errors import PluginError, SlmkError, UsageError, contain_plugin_failure
 from .records import (
     RECORD_TYPES,
+    BuildCheck,
     Command,
     Converter,
     ExecutionProvider,
@@ -260,6 +261,7 @@ class Registry:
     model_sources = _Records[ModelSource]("slmk_model_sources")
     commands = _Records[Command]("slmk_commands")
     settings = _Records[Setting]("slmk_settings")
+    build_checks = _Records[BuildCheck]("slmk_build_checks")
 
     def model_source(self, path: str | Path) -> ModelSource | None:
         """The source that claims ``path`` (first by name), or None for a plain model folder."""

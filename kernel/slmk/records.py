@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .modelinfo import ModelInfo
     from .pipeline import BuildResult
     from .planner import Plan
+    from .plugins import Registry
     from .progress import Progress
 
 T = TypeVar("T")
@@ -308,6 +309,29 @@ class Quantizer(Record):
     tool_versions: Callable[[], Mapping[str, str]] = dict
     options: Mapping[str, str] = field(default_factory=dict)
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # check/complete options (UsageError)
+
+
+# ---------------------------------------------------------------------- build checks
+@dataclass(frozen=True)
+class BuildCheck(Record):
+    """Checks a build against its source model around the pipeline (``slmk convert``).
+
+    ``start(request, info, registry)`` is called once the plan is made with the ConvertRequest,
+    the source folder's ModelInfo and the registry, and returns an object with two methods:
+    ``before(final_key)``, called ahead of the first step with the key that names the whole
+    build (run the source there, while nothing else is loaded), and ``after(folder)``, called
+    on the finished build before it is renamed into place. ``after`` returns the verdict,
+    recorded as ``verification`` in slmk_build.json: ``status`` (``verified``, ``measured``,
+    ``not verified`` with a ``reason``) and, optionally, ``summary``: the line ``convert``,
+    ``inspect`` and ``list`` show after the status; it raises SlmkError to refuse the build
+    (nothing is kept). The check with the highest priority runs; with none installed a build
+    records ``not verified: no build check installed``, and ``--no-verify``
+    (``ConvertRequest.verify`` False) starts none.
+    """
+
+    name: str
+    description: str
+    start: Callable[[ConvertRequest, ModelInfo, Registry], Any]
 
 
 # ------------------------------------------------------------------------ installers
@@ -623,4 +647,5 @@ RECORD_TYPES: dict[str, type] = {
     "slmk_model_sources": ModelSource,
     "slmk_commands": Command,
     "slmk_settings": Setting,
+    "slmk_build_checks": BuildCheck,
 }

@@ -1,4 +1,4 @@
-"""Files for plugin authors: nothing half-written, locks, temporary names, the cache root, tree copies.
+"""Files for plugin authors: nothing half-written, locks, temporary names, the cache root, tree copies, fingerprints.
 
 Also the small helpers about the environment a plugin runs in: installed package
 versions, a package's data folder, environment variables set for a block.
@@ -15,6 +15,7 @@ from ..fsutil import (
     copy_tree,
     dir_size,
     file_lock,
+    fingerprint_tree,
     hash_json,
     is_temp_name,
     link_or_copy_tree,
@@ -34,6 +35,7 @@ __all__ = [
     "copy_tree",
     "dir_size",
     "file_lock",
+    "fingerprint_tree",
     "hash_json",
     "installed_version",
     "is_temp_name",

@@ -19,10 +19,10 @@ from ..app import (
     source_unavailable,
 )
 from ..config import check_values, read_toml
+from ..pipeline import verification_summary
 from ..planner import check_precision, make_plan
 from ..plugins import Registry, get_registry
 from ..progress import QUIET
-from ..verify import summary as verification_summary
 
 __all__ = [
     "QUIET",

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ..plugins import get_registry
+from ..plugins import Registry, get_registry
 from ..records import ConvertRequest
 from .options import PRECISION_CHOICES, PluginOptionsCommand, State, emit_json, human_size, pass_state
 
@@ -23,6 +23,24 @@ def validate_install_name(name: str) -> str:
             hint="use letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit",
         )
     return name
+
+
+def write_config(path: Path, values: dict[str, Any], header: str = "") -> None:
+    """Write an slmk.toml of the given dotted keys atomically: each checked first, None left out."""
+    import tomli_w
+
+    from ..config import all_settings, check_values
+    from ..fsutil import write_text_atomic
+
+    nested: dict[str, Any] = {}
+    checked = check_values({k: v for k, v in values.items() if v is not None}, all_settings(), "slmk init")
+    for key, value in checked.items():
+        *tables, leaf = key.split(".")
+        target = nested
+        for table in tables:
+            target = target.setdefault(table, {})
+        target[leaf] = value
+    write_text_atomic(path, "".join(f"# {line}\n" for line in header.splitlines()) + tomli_w.dumps(nested))
 
 
 @click.group()
@@ -83,7 +101,6 @@ def init(
     """Write an slmk.toml for MODEL_DIR (one line per choice, e.g. execution_provider)."""
     import re
 
-    from ..config import write_config
     from ..modelinfo import ModelInfo
 
     info = ModelInfo.load(model_dir)
@@ -116,8 +133,89 @@ def init(
         f"slmk configuration for {info.path.name} ({info.architecture or info.model_type}).\n"
         "Swap hardware by changing execution_provider (cpu, cuda, ...); `slmk config keys` lists every key."
     )
-    write_config(path, values, {"header": header})
+    write_config(path, values, header)
     click.echo(f"wrote {path}")
+
+
+def inspect_model(
+    model: str | Path, registry: Registry | None = None, *, base: str | Path | None = None
+) -> dict[str, Any]:
+    """Everything `slmk inspect` shows, as data (for an adapter: the adapter and its base)."""
+    from ..errors import SlmkError, call_plugin
+    from ..modelinfo import ModelInfo
+    from ..planner import check_precision, make_plan
+    from ..records import FORMAT_HF, PRECISIONS
+
+    registry = registry or get_registry()
+    source = registry.model_source(model)
+    if source is not None:  # the adapter, then what its base can become
+        described = dict(source.describe(Path(model), Path(base) if base else None))
+        return {
+            **inspect_model(described.get("base") or base, registry),
+            "source": source.name,
+            "adapter": described,
+            "path": str(Path(model)),
+        }
+    info = ModelInfo.load(model)
+    family = None
+    template_error = None
+    try:
+        from ..prompt_template import resolve_template
+
+        family = resolve_template(registry, info).family
+    except SlmkError as exc:
+        template_error = exc.one_line()
+    blockers = []
+    for name, conv in registry.converters.items():
+        reason = None
+        if conv.supports:
+            owner = registry.owner("slmk_converters", name)
+            reason = call_plugin(owner, f"converter {name!r} checking the model", conv.supports, info)
+        if reason:
+            blockers.append(f"{name}: {reason}")
+    matrix = []
+    for ep_name, ep in sorted(registry.execution_providers.items()):
+        owner = registry.owner("slmk_execution_providers", ep_name)
+        usable = call_plugin(owner, f"probing execution provider {ep_name!r}", ep.probe)
+        for precision in PRECISIONS:
+            try:
+                check_precision(ep, precision)
+                buildable = bool(
+                    info.format == FORMAT_HF
+                    and make_plan(registry, info, ep, ConvertRequest(info.path, precision=precision))
+                )
+                note = ""
+            except SlmkError as exc:
+                buildable, note = False, exc.message
+            runnable = buildable and usable.usable and precision in ep.run_precisions
+            if buildable and not usable.usable:
+                note = f"builds; runs only where {ep.name} is usable ({usable.reason})"
+            matrix.append(
+                {
+                    "execution_provider": ep_name,
+                    "precision": precision,
+                    "buildable": buildable,
+                    "runnable": runnable,
+                    "note": note,
+                }
+            )
+    return {
+        "path": str(info.path),
+        "format": info.format,
+        "architecture": info.architecture,
+        "model_type": info.model_type,
+        "family": family,
+        "parameters": info.num_parameters,
+        "dtype": info.dtype,
+        "vocab_size": info.vocab_size,
+        "context_length": info.context_length,
+        "chat_template": info.chat_template,
+        "template_error": template_error,
+        "generation_config": info.generation_config,
+        "converter_blockers": blockers,
+        "matrix": matrix,
+        **({"verification": info.build_info.get("verification")} if info.format != FORMAT_HF else {}),
+    }
 
 
 @click.command()
@@ -126,8 +224,6 @@ def init(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(model_dir: str, base: str | None, as_json: bool) -> None:
     """Describe a model or adapter: architecture, family, size, chat template, and what can be built here."""
-    from ..app import inspect_model
-
     report = inspect_model(model_dir, base=base)
     if as_json:
         emit_json(report)
@@ -324,9 +420,9 @@ def parse_key_values(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def verification_line(verification) -> str:
     """The one line a build's check against its source reads as (slmk_build.json ``verification``)."""
-    from ..verify import summary
+    from ..pipeline import verification_summary
 
-    return summary(verification)
+    return verification_summary(verification)
 
 
 def render_build(result) -> None:

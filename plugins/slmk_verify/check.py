@@ -1,4 +1,4 @@
-"""Verify a build against its source: the Hugging Face model run by transformers is the truth.
+"""Verify a build against its source: the Hugging Face model, run by the source runtime, is the truth.
 
 ``slmk convert`` runs the source on a few chat prompts (the model's own template) before it
 builds, keeps only its greedy tokens and their logits, frees it, builds, then runs the build on
@@ -11,8 +11,8 @@ the same token ids (teacher-forced on the source's answer) and compares, positio
 - int8/int4 builds are measured: token agreement and logit cosine, recorded and shown.
 
 The result goes into slmk_build.json (``verification``). Where the check cannot run (no
-torch/transformers, too little memory, a precision that does not run here) the build records
-``not verified: <why>`` and the CLI says it in one line: never skipped silently.
+runtime for the source, too little memory, a precision that does not run here) the build
+records ``not verified: <why>`` and the CLI says it in one line: never skipped silently.
 
 Both halves are cached in the step cache: the source's tokens and logits by the source's
 fingerprint (one source run serves every precision of a sweep), the verdict by the build's
@@ -26,15 +26,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import SlmkError
-from .fsutil import fingerprint_tree, hash_json
-from .genai_format import write_json_atomic
-from .modelinfo import ModelInfo
-from .plugins import Registry
-from .progress import Progress
-from .records import FORMAT_HF, ExecutionProvider, Runtime
+from slmk.api import FORMAT_HF, ConvertRequest, ExecutionProvider, ModelInfo, Progress, SlmkError
+from slmk.api.files import cache_root, fingerprint_tree, hash_json, temp_path, write_json_atomic
+
+if TYPE_CHECKING:
+    from slmk.api.operations import Registry
 
 #: Chat prompts a build is checked with when the user gives none (an eval set replaces them).
 DEFAULT_PROMPTS: tuple[tuple[Mapping[str, str], ...], ...] = (
@@ -61,23 +59,7 @@ VERIFY_FORMAT = 1
 
 STATUS_VERIFIED = "verified"  # exact precisions: tokens equal to transformers'
 STATUS_MEASURED = "measured"  # int8/int4: agreement and cosine recorded
-STATUS_SKIPPED = "skipped"  # --no-verify
 STATUS_NOT_VERIFIED = "not verified"  # could not run here; reason says why
-
-
-def source_runtime(registry: Registry) -> Runtime | None:
-    """The preferred runtime that loads Hugging Face folders (the source model), or None."""
-    found = [r for r in registry.runtimes.values() if r.input_format == FORMAT_HF]
-    return max(found, key=lambda r: (r.priority, r.name)) if found else None
-
-
-def source_unavailable(registry: Registry, folder: Path) -> str | None:
-    """Why the source model in ``folder`` cannot be run here, or None."""
-    runtime = source_runtime(registry)
-    if runtime is None:
-        return "no runtime plugin loads Hugging Face folders (is the transformers plugin disabled?)"
-    reason = runtime.can_load(Path(folder)) if runtime.can_load else None
-    return f"{runtime.name} cannot load it: {reason}" if reason else None
 
 
 def memory_shortfall(info: ModelInfo) -> str | None:
@@ -131,7 +113,7 @@ def run_source(
     """Greedy answers and their logits from the source model, which is freed before returning."""
     import numpy as np
 
-    from .app import open_source_session
+    from slmk.api.operations import open_source_session
 
     start = time.perf_counter()
     session = open_source_session(folder, registry=registry, options={"dtype": "float32"})
@@ -231,7 +213,20 @@ def compare_build(
     return figures, first
 
 
-class BuildCheck:
+def start(request: ConvertRequest, info: ModelInfo, registry: Registry) -> SourceCheck:
+    """The ``BuildCheck`` record's ``start``: the check of one conversion."""
+    return SourceCheck(
+        registry,
+        info,
+        request.precision,
+        registry.get("slmk_execution_providers", request.execution_provider),
+        prompts=request.verify_prompts,
+        cache=request.cache_dir or cache_root(),
+        progress=request.progress,
+    )
+
+
+class SourceCheck:
     """What ``run_plan`` calls around a build: ``before(final_key)`` ahead of the first step (the
     source runs there, while nothing else is loaded), ``after(folder)`` on the finished but not yet
     renamed build; ``after`` returns the ``verification`` record or raises to refuse the build."""
@@ -243,7 +238,6 @@ class BuildCheck:
         precision: str,
         ep: ExecutionProvider,
         *,
-        enabled: bool = True,
         prompts: Sequence[Sequence[Mapping[str, str]]] | None = None,
         cache: Path,
         progress: Progress | None = None,
@@ -252,18 +246,19 @@ class BuildCheck:
         self.info = info
         self.precision = precision
         self.ep = ep
-        self.enabled = enabled
         self.prompts = _prompt_list(prompts)
         self.cache = Path(cache) / "verify"
         self.progress = progress or Progress(quiet=True)
         self.reference: SourceReference | None = None
-        self.verdict: dict[str, Any] | None = None  # known before building: cached, skipped or not verified
+        self.verdict: dict[str, Any] | None = None  # known before building: cached or not verified
         self.verdict_file: Path | None = None
 
     def _unavailable(self) -> str | None:
         if self.info.format != FORMAT_HF:
             return "the input is not a Hugging Face folder"
-        reason = source_unavailable(self.registry, self.info.path)
+        from slmk.api.operations import source_unavailable
+
+        reason = source_unavailable(self.info.path, self.registry)
         if reason:
             return reason
         if self.precision not in self.ep.run_precisions:
@@ -277,9 +272,6 @@ class BuildCheck:
 
     def before(self, final_key: str) -> None:
         """Ahead of the first step: decide whether the check runs, and run the source (or find it cached)."""
-        if not self.enabled:
-            self.verdict = {"status": STATUS_SKIPPED, "reason": "--no-verify: not compared with the source model"}
-            return
         reason = self._unavailable()
         if reason:
             self.verdict = not_verified(reason)
@@ -331,7 +323,7 @@ class BuildCheck:
         return verdict
 
     def _check(self, folder: Path) -> dict[str, Any]:
-        from .app import open_session
+        from slmk.api.operations import open_session
 
         start = time.perf_counter()
         release_memory()  # what the converter freed, before the build is loaded beside it
@@ -390,8 +382,6 @@ def _read_json(path: Path | None) -> dict[str, Any]:
 def _save_reference(path: Path, reference: SourceReference) -> None:
     import numpy as np
 
-    from .fsutil import TMP_PREFIX
-
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"against": reference.against, "texts": reference.texts, "rendered": reference.rendered}
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -399,7 +389,7 @@ def _save_reference(path: Path, reference: SourceReference) -> None:
         arrays[f"prompt{number}"] = np.asarray(answer.prompt, dtype=np.int64)
         arrays[f"tokens{number}"] = np.asarray(answer.tokens, dtype=np.int64)
         arrays[f"logits{number}"] = answer.logits
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp = temp_path(path)
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     tmp.replace(path)
@@ -425,23 +415,3 @@ def _load_reference(path: Path) -> SourceReference | None:
     except (OSError, ValueError, KeyError):
         return None
     return reference
-
-
-def summary(verification: Mapping[str, Any] | None) -> str:
-    """One line for inspect, list and convert: what the check found, or why there was none."""
-    if not verification:
-        return "not verified: built before slmk verified builds"
-    status = verification.get("status")
-    if status == STATUS_VERIFIED:
-        return (
-            f"verified: greedy tokens equal to transformers' on {verification.get('prompts')} prompts "
-            f"({verification.get('positions')} tokens), max logit difference {verification.get('max_logit_diff')}"
-        )
-    if status == STATUS_MEASURED:
-        return (
-            f"measured against transformers: token agreement {verification.get('token_agreement')}, "
-            f"logit cosine {verification.get('logit_cosine')} on {verification.get('prompts')} prompts"
-        )
-    if status == STATUS_SKIPPED:
-        return "skipped (--no-verify): not compared with the source model"
-    return f"not verified: {verification.get('reason') or status}"
