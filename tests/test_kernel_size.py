@@ -10,9 +10,9 @@ from pathlib import Path
 KERNEL = Path(__file__).resolve().parent.parent / "kernel" / "slmk"
 
 #: Lines of kernel/slmk/**/*.py outside cli/, as counted by `wc -l`.
-# 6,919 -> 5,344 in #22: the template subsystem (sandbox, render worker, PromptTemplate derivation,
+# 6,919 -> 5,355 in #22: the template subsystem (sandbox, render worker, PromptTemplate derivation,
 # `template show`) is the slmk_templates plugin behind the slmk_template_engines hook
-KERNEL_LINE_BUDGET = 5_344
+KERNEL_LINE_BUDGET = 5_355
 
 
 def _kernel_lines() -> dict[str, int]:

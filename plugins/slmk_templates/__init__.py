@@ -3,7 +3,7 @@ Foundry Local's four-piece PromptTemplate derived from them and proved by a roun
 
 - template engine ``jinja`` (hook ``slmk_template_engines``): what ``slmk.api.templates`` calls
   for the kernel (``install``, ``inspect``, the check before a runtime loads a build) and for
-  every plugin (families, the Foundry installer, the transformers runtime, deploy, serve);
+  the plugins (families, the Foundry installer, the transformers runtime, deploy);
 - command ``slmk template show``: the PromptTemplate slmk writes for a model, and its source.
 
 ``sandbox.py`` renders in a metered Jinja sandbox inside the limited worker process of
