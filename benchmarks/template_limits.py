@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 CHILD = """
 import json, resource, sys, time
-from slmk import render_worker
-from slmk.sandbox import ChatTemplateError, render_chat_template
+from slmk_templates import render_worker
+from slmk.api.templates import ChatTemplateError, render_chat_template
 template = sys.stdin.read()
 render_chat_template("{{ 1 }}", [])  # the worker is up: time the hostile rendering alone
 start = time.perf_counter()
@@ -65,8 +65,8 @@ def hostile_figures() -> None:
 
 def worker_figures(repeats: int) -> None:
     """Starting a worker, and one small rendering through it against the same one in-process."""
-    from slmk import render_worker
-    from slmk.sandbox import render_in_process
+    from slmk_templates import render_worker
+    from slmk_templates.sandbox import render_in_process
 
     template, messages = (
         "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}",
@@ -107,9 +107,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def overhead_figures(repeats: int) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from slmk_templates.sandbox import _plain_messages, render_chat_template, render_in_process
     from test_templates import SPECIAL_TOKENS
-
-    from slmk.sandbox import _plain_messages, render_chat_template, render_in_process
 
     conversation = [
         {"role": "system", "content": "Be brief."},

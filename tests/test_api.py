@@ -28,7 +28,8 @@ TOP_LEVEL = [
     "InstallRequest", "InstalledModel", "Installer", "LoadRequest", "ModelFamily", "ModelInfo", "ModelSource",
     "PRECISIONS", "Probe",
     "ProbeResult", "Progress", "PromptTemplate", "Quantizer", "Record", "Runtime", "ScoringSession", "Setting",
-    "SlmkError", "StepFailed", "StepRequest", "Task", "TaskResult", "ToolCallFormat", "Usability", "UsageError",
+    "SlmkError", "StepFailed", "StepRequest", "Task", "TaskResult", "TemplateEngine", "ToolCallFormat", "Usability",
+    "UsageError",
     "__version__", "hookimpl",
 ]  # fmt: skip
 
@@ -54,9 +55,13 @@ SUBMODULES = {
         "get_registry", "install", "make_plan", "materialize", "open_session", "open_source_session", "read_toml",
         "resolve_ep", "resolve_target", "run_doctor", "source_unavailable", "verification_summary",
     ],
+    # the errors a template engine raises and callers catch, and what resolve_template returns: the
+    # kernel's, so a plugin implementing or catching them never loads the engine (slmk_templates)
     "templates": [
-        "TemplateError", "check_round_trip", "constraint_schema", "derive_prompt_template", "model_identity",
-        "render_chat_template", "resolve_family", "resolve_template", "sample_rendering", "special_tokens_for",
+        "ChatTemplateError", "ChatTemplateSyntaxError", "RenderLimitError", "ResolvedTemplate", "TemplateError",
+        "TemplateMismatch", "UnsafeTemplateError", "check_round_trip", "constraint_schema", "derive_prompt_template",
+        "model_identity", "render_chat_template", "resolve_family", "resolve_template", "sample_rendering",
+        "special_tokens_for",
     ],
     "testing": ["isolated_default_registry", "make_registry", "pause_point"],
 }  # fmt: skip

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from architectures import make_tiny
 from slmk_ortgenai import builder as ortgenai_builder
+from slmk_templates.command import show_template
 
 from slmk import app
 from slmk.cli.build import inspect_model
@@ -262,7 +263,7 @@ def test_quantized_build_loads_and_generates(name, precision, matrix):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_template_show_round_trips_the_chat_template(name, matrix):
     spec = make_tiny.spec(name)
-    shown = app.show_template(str(matrix.model(name)))
+    shown = show_template(str(matrix.model(name)))
     notes = shown["notes"]
     _record(name, family=shown["family"], template_notes=notes)
     assert shown["family"] == spec["family"], shown
@@ -272,7 +273,7 @@ def test_template_show_round_trips_the_chat_template(name, matrix):
     else:  # the notes say where the four pieces differ from the real template
         assert problems and "first difference" in problems[0], notes
     # a build carries the same template (the builder re-saves the tokenizer)
-    assert app.show_template(str(matrix.build(name, "int4")))["prompt_template"] == shown["prompt_template"]
+    assert show_template(str(matrix.build(name, "int4")))["prompt_template"] == shown["prompt_template"]
 
 
 @pytest.mark.parametrize("name", ["granite", "smollm3"])
@@ -280,7 +281,7 @@ def test_the_template_show_command_prints_the_same(name, matrix, run_slmk):
     """`slmk template show MODEL --json`: what the command prints is what the test above checked."""
     done = run_slmk("template", "show", str(matrix.model(name)), "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == json.loads(json.dumps(app.show_template(str(matrix.model(name)))))
+    assert json.loads(done.stdout) == json.loads(json.dumps(show_template(str(matrix.model(name)))))
 
 
 # ------------------------------------------------------------------ Foundry Local

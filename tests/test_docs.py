@@ -153,6 +153,13 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
                 check.after(build)  # the build lost the tokenizer: refused
             (build / "tokenizer.json").write_text("{}")
             assert isinstance(check.after(build)["status"], str)
+        elif hook_name == "slmk_template_engines":
+            messages = [{"role": "user", "content": "hi"}]
+            assert "hi" in record.render_chat_template("{{ messages[0].content }}", messages)
+            assert isinstance(record.derive_prompt_template("", {}, source="example"), PromptTemplate)
+            resolved = record.resolve_template(make_registry(), info, None)
+            assert isinstance(resolved.template, PromptTemplate) and isinstance(resolved.source, str)
+            assert isinstance(record.check_round_trip("", resolved.template, {}).notes, tuple)
         else:  # a new hook: teach this test how to use its records
             raise AssertionError(f"no check for the records of {hook_name}")
 

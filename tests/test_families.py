@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import slmk_families
 from slmk_families.families import SPECS
+from slmk_templates.prompt_template import check_round_trip, resolve_template
+from slmk_templates.sandbox import special_tokens_for
 from test_templates import CANNOT_BE_FOUR_PIECES, SPECIAL_TOKENS, chat_template, write_model
 
-from slmk.errors import SlmkError
+from slmk.api.templates import resolve_family
+from slmk.errors import SlmkError, TemplateMismatch
 from slmk.modelinfo import ModelInfo
-from slmk.prompt_template import TemplateMismatch, check_round_trip, resolve_family, resolve_template
-from slmk.sandbox import special_tokens_for
 from slmk.testing import make_registry
 
 #: template file -> (family, config.json model_type, architecture) of the models that ship it

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from slmk_templates.sandbox import RENDER_STEPS, RENDER_VALUE_CHARS, render_chat_template
 
-from slmk.sandbox import RENDER_STEPS, RENDER_VALUE_CHARS, ChatTemplateError, render_chat_template
+from slmk.errors import ChatTemplateError
 
 #: A hostile rendering gets this much address space (a bounded one needs about a tenth).
 MEMORY_LIMIT = 3 * 1024**3

@@ -11,7 +11,9 @@ KERNEL = Path(__file__).resolve().parent.parent / "kernel" / "slmk"
 
 #: Lines of kernel/slmk/**/*.py outside cli/, as counted by `wc -l`.
 #: -408 in #22: verify.py became the slmk_verify plugin (behind slmk_build_checks); inspect_model, write_config to cli/.
-KERNEL_LINE_BUDGET = 6_511
+# -1,564 in #22: the template subsystem (sandbox, render worker, PromptTemplate derivation,
+# `template show`) is the slmk_templates plugin behind the slmk_template_engines hook
+KERNEL_LINE_BUDGET = 4_946
 
 
 def _kernel_lines() -> dict[str, int]:
@@ -34,6 +36,6 @@ def test_the_kernel_without_its_cli_stays_within_its_line_budget():
 
 def test_the_count_covers_the_kernel_and_leaves_out_its_cli():
     lines = _kernel_lines()
-    assert "app.py" in lines and "sandbox.py" in lines
+    assert "app.py" in lines and "records.py" in lines and "api/templates.py" in lines
     assert not any(name.startswith("cli/") for name in lines)
     assert (KERNEL / "cli" / "__init__.py").is_file()  # the exclusion still names a real folder

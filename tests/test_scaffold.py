@@ -332,7 +332,7 @@ def test_the_granite_family_claims_granite_models_and_round_trips(site, tmp_path
     monkeypatch.syspath_prepend(str(site))  # the installed copy, not the source tree
     from slmk_granite import hooks
 
-    from slmk.prompt_template import check_round_trip
+    from slmk.api.templates import check_round_trip
 
     report = check_round_trip(hooks.CHAT_TEMPLATE, hooks.PROMPT_TEMPLATE, hooks.SPECIAL_TOKENS)
     assert set(report.checked) == {"one-turn", "with-system", "two-turn", "system-two-turn"}

@@ -1,5 +1,5 @@
-"""slmk.sandbox and slmk.prompt_template: rendering as transformers does, the generic derivation, the round-trip check,
-and resolving a model's template (no family plugin registered here: the generic path)."""
+"""slmk_templates (sandbox, prompt_template, render_worker): rendering as transformers does, the generic derivation,
+the round-trip check, and resolving a model's template (no family plugin registered here: the generic path)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from slmk.errors import SlmkError, UsageError
-from slmk.modelinfo import ModelInfo
-from slmk.prompt_template import (
-    TemplateMismatch,
+from slmk_templates.prompt_template import (
     analyse_chat_template,
     check_round_trip,
     derive_prompt_template,
     resolve_template,
 )
+from slmk_templates.sandbox import as_special_tokens, render_chat_template
+
+from slmk.errors import ChatTemplateError, SlmkError, TemplateError, TemplateMismatch, UsageError
+from slmk.modelinfo import ModelInfo
 from slmk.records import PromptTemplate
-from slmk.sandbox import ChatTemplateError, TemplateError, as_special_tokens, render_chat_template
 from slmk.testing import make_registry
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
@@ -213,9 +212,9 @@ def test_render_errors_are_one_line_slmk_errors():
         render_chat_template(chat_template("gemma-2"), CONVERSATIONS[1], special_tokens=SPECIAL_TOKENS["gemma-2"])
 
 
-def test_the_kernel_modules_import_nothing_heavy():
+def test_the_template_modules_import_nothing_heavy():
     code = (
-        "import sys, slmk.sandbox, slmk.prompt_template; "
+        "import sys, slmk_templates, slmk_templates.sandbox, slmk_templates.prompt_template; "
         "print(sorted(m for m in ('jinja2', 'transformers', 'torch', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -525,7 +524,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(UNMETERED))
 def test_work_no_meter_sees_is_stopped_by_the_worker_in_one_line(tmp_path, name):
-    from slmk.sandbox import RENDER_SECONDS, RENDER_WALL_SECONDS
+    from slmk_templates.sandbox import RENDER_SECONDS, RENDER_WALL_SECONDS
 
     model = _model_with_chat_template(tmp_path / "model", UNMETERED[name])
     proc = _run_cli("template", "show", str(model), cwd=tmp_path)
@@ -543,12 +542,12 @@ def test_a_template_growing_memory_stays_within_the_memory_budget(tmp_path, name
     """The worker's peak RSS, measured in a child process (printing the nested list makes 2 GB unbounded)."""
     import resource
 
-    from slmk.sandbox import RENDER_MEMORY_BYTES
+    from slmk_templates.sandbox import RENDER_MEMORY_BYTES
 
     code = (
         "import json, resource, sys\n"
-        "from slmk import render_worker\n"
-        "from slmk.sandbox import ChatTemplateError, render_chat_template\n"
+        "from slmk_templates import render_worker\n"
+        "from slmk.api.templates import ChatTemplateError, render_chat_template\n"
         "try:\n"
         "    render_chat_template(sys.stdin.read(), [{'role': 'user', 'content': 'hi'}])\n"
         "    outcome = 'rendered'\n"
@@ -569,7 +568,7 @@ def test_a_template_growing_memory_stays_within_the_memory_budget(tmp_path, name
 
 @pytest.mark.slow
 def test_the_worker_limits_hold_from_python_too_and_the_next_rendering_works():
-    from slmk.sandbox import RenderLimitError
+    from slmk.errors import RenderLimitError
 
     with pytest.raises(RenderLimitError, match="render limit"):
         render_chat_template(UNMETERED["nested-equal"], [{"role": "user", "content": "hi"}])
@@ -580,7 +579,7 @@ def test_the_worker_limits_hold_from_python_too_and_the_next_rendering_works():
 
 
 def _worker_pid() -> int:
-    from slmk import render_worker
+    from slmk_templates import render_worker
 
     render_chat_template("{{ 1 }}", [])
     return render_worker._worker()._proc.pid
@@ -604,7 +603,7 @@ def test_a_worker_killed_during_a_rendering_is_one_line_and_the_next_rendering_w
     import signal
     import threading
 
-    from slmk.sandbox import RenderLimitError
+    from slmk.errors import RenderLimitError
 
     pid = _worker_pid()
     started = threading.Event()
@@ -653,7 +652,7 @@ def test_ctrl_c_during_a_rendering_stops_slmk_at_once_and_ends_the_worker(tmp_pa
     import signal
     import time
 
-    from slmk.sandbox import RENDER_SECONDS
+    from slmk_templates.sandbox import RENDER_SECONDS
 
     model = _model_with_chat_template(tmp_path / "model", UNMETERED["nested-equal"])
     proc = subprocess.Popen(
@@ -669,7 +668,9 @@ def test_ctrl_c_during_a_rendering_stops_slmk_at_once_and_ends_the_worker(tmp_pa
                 fields = Path(f"/proc/{child}/stat").read_text().split()
             except OSError:
                 continue
-            if b"slmk.render_worker" in cmdline and int(fields[13]) + int(fields[14]) > 20:  # busy: > 0.2 s CPU
+            if (
+                b"slmk_templates.render_worker" in cmdline and int(fields[13]) + int(fields[14]) > 20
+            ):  # busy: > 0.2 s CPU
                 worker = int(child)
         time.sleep(0.05)
     assert worker is not None, "the render worker never started rendering"
@@ -748,3 +749,47 @@ def test_every_command_that_renders_a_template_stops_an_unmetered_one_in_one_lin
     for args in (("run", str(build), "--prompt", "hi"), ("serve", str(build), "--port", "0")):
         line = _one_error_line(_run_cli(*args, cwd=tmp_path, timeout=120))
         assert str(build) in line and "render limit" in line, (args, line)
+
+
+# ------------------------------------------------------------------ the engine is a plugin, reached through its hook
+def test_slmk_api_templates_calls_the_engine_the_registry_picks():
+    import slmk_templates
+
+    from slmk.api.templates import render_chat_template as through_the_api
+    from slmk.plugins import get_registry
+
+    assert get_registry().get("slmk_template_engines") is slmk_templates.ENGINE
+    assert slmk_templates.ENGINE.render_chat_template is render_chat_template
+    assert through_the_api("{{ messages[0].content }}!", [{"role": "user", "content": "hi"}]) == "hi!"
+
+
+def test_the_highest_priority_engine_is_the_one_everyone_gets():
+    from dataclasses import replace
+
+    import slmk_templates
+
+    from slmk.api import hookimpl
+    from slmk.api.templates import render_chat_template as through_the_api
+    from slmk.api.testing import isolated_default_registry
+
+    class Shouting:
+        @hookimpl
+        def slmk_template_engines(self):
+            yield replace(slmk_templates.ENGINE, name="shouting", priority=1, render_chat_template=lambda *a, **k: "HI")
+
+    with isolated_default_registry() as registry:
+        registry.register(Shouting())
+        assert through_the_api("{{ messages[0].content }}", [{"role": "user", "content": "hi"}]) == "HI"
+
+
+def test_without_a_template_engine_each_use_is_one_line(monkeypatch, run_slmk, tiny_model_dir):
+    from slmk.api.templates import render_chat_template as through_the_api
+    from slmk.api.testing import isolated_default_registry
+
+    monkeypatch.setenv("SLMK_DISABLE_PLUGINS", "templates")
+    with isolated_default_registry(), pytest.raises(SlmkError, match="no template engine is installed") as caught:
+        through_the_api("{{ 1 }}", [])
+    assert "\n" not in caught.value.one_line() and "SLMK_DISABLE_PLUGINS" in caught.value.hint
+    done = run_slmk("inspect", str(tiny_model_dir))  # the environment above reaches the child too
+    assert done.returncode == 0, done.stderr
+    assert "no template engine is installed" in done.stdout and "Traceback" not in done.stderr

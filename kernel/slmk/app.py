@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import PluginError, SlmkError, UsageError, call_plugin, contain_plugin_failure
+from .errors import PluginError, SlmkError, TemplateError, UsageError, call_plugin, contain_plugin_failure
 from .modelinfo import ModelInfo
 from .pipeline import STATUS_NOT_VERIFIED, STATUS_SKIPPED, BuildResult, run_plan
 from .planner import Plan, make_plan
@@ -26,11 +26,10 @@ def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
 
 
 def _check_chat_template(folder: Path) -> None:
-    """Render the build's chat template once through slmk's bounded renderer before a runtime
+    """Render the build's chat template once through slmk's bounded template engine before a runtime
     does: the runtimes' own template engines have no time or memory limit, so a template that
     loops or explodes is refused here with one line instead of hanging the runtime."""
-    from .prompt_template import _naming_model
-    from .sandbox import TemplateError, render_chat_template, special_tokens_for
+    from .api.templates import render_chat_template, special_tokens_for
 
     info = ModelInfo.load(folder)
     if info.chat_template:
@@ -39,7 +38,7 @@ def _check_chat_template(folder: Path) -> None:
                 info.chat_template, [{"role": "user", "content": "Hello"}], special_tokens=special_tokens_for(info)
             )
         except TemplateError as exc:
-            raise _naming_model(exc, folder) from None
+            raise type(exc)(f"{folder}: {exc.message}", exc.hint) from None
 
 
 def run_doctor(registry: Registry | None = None) -> list[dict[str, Any]]:
@@ -400,7 +399,7 @@ def install(
     registry: Registry | None = None,
 ):
     """Install a build with the right prompt template; returns the InstalledModel."""
-    from .prompt_template import resolve_template
+    from .api.templates import resolve_template
     from .records import InstallRequest
 
     registry = registry or get_registry()
@@ -429,45 +428,3 @@ def install(
             chat_template=chat_template,
         )
     )
-
-
-def show_template(target: str, template_file: Path | None = None, registry: Registry | None = None) -> dict[str, Any]:
-    """The PromptTemplate for a model/build folder or a family name, with its source."""
-    from .prompt_template import family_prompt_template, resolve_template
-
-    registry = registry or get_registry()
-    if not Path(target).exists() and target in registry.model_families:
-        family = registry.model_families[target]
-        if not family.chat_template:
-            raise UsageError(f"family {target!r} publishes no chat template", hint="pass a model folder instead")
-        info = ModelInfo(
-            path=Path(target),
-            format=FORMAT_HF,
-            config={},
-            model_type="",
-            architectures=(),
-            chat_template=family.chat_template,
-        )
-        tpl = family_prompt_template(registry, family, info)
-        return {
-            "source": f"family:{target}",
-            "family": target,
-            "prompt_template": tpl.to_foundry(),
-            "stop_tokens": list(family.stop_tokens),
-            "generation_defaults": dict(family.generation_defaults),
-            "notes": [],
-        }
-    if not Path(target).exists():
-        known = ", ".join(sorted(registry.model_families))
-        raise UsageError(f"{target} is neither a folder nor a known family", hint=f"families: {known}")
-    info = ModelInfo.load(target)
-    resolved = resolve_template(registry, info, template_file)
-    family = registry.model_families.get(resolved.family) if resolved.family else None
-    return {
-        "source": resolved.source,
-        "family": resolved.family,
-        "prompt_template": resolved.template.to_foundry(),
-        "stop_tokens": list(family.stop_tokens) if family else [],
-        "generation_defaults": dict(family.generation_defaults) if family else {},
-        "notes": list(getattr(resolved, "notes", []) or []),
-    }

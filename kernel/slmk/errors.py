@@ -57,6 +57,35 @@ class StepFailed(SlmkError):
     """A pipeline step (convert, quantize, install ...) failed."""
 
 
+class TemplateError(SlmkError):
+    """A chat template that cannot be rendered, or cannot be cut into a PromptTemplate."""
+
+
+class ChatTemplateError(TemplateError):
+    """The Jinja chat template failed: a syntax error, or it raised for this conversation."""
+
+
+class ChatTemplateSyntaxError(ChatTemplateError):
+    """The chat template does not parse: no conversation can render."""
+
+
+class UnsafeTemplateError(ChatTemplateError):
+    """The chat template reached for something the sandbox refuses (``__class__``, ...)."""
+
+
+class RenderLimitError(ChatTemplateError):
+    """The chat template went over a render budget: steps, sizes, seconds or memory."""
+
+
+class TemplateMismatch(TemplateError):
+    """The PromptTemplate pieces do not reproduce what the chat template renders: at ``offset``
+    of the ``conversation``, ``expected`` is what the chat template wrote, ``got`` the pieces'."""
+
+    def __init__(self, message: str, hint: str | None = None, *, conversation="", offset=-1, expected="", got=""):
+        super().__init__(message, hint)
+        self.conversation, self.offset, self.expected, self.got = conversation, offset, expected, got
+
+
 class PluginInterrupted(KeyboardInterrupt):
     """A KeyboardInterrupt that came out of a plugin's code: still an interrupt (Ctrl-C stops
     slmk, exit 130), named after the plugin it came from."""

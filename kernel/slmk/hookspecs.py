@@ -29,6 +29,7 @@ from .records import (
     Quantizer,
     Runtime,
     Setting,
+    TemplateEngine,
 )
 
 hookspec = pluggy.HookspecMarker("slmk")
@@ -354,4 +355,46 @@ def slmk_build_checks() -> Iterable[BuildCheck]:
         @hookimpl
         def slmk_build_checks():
             yield BuildCheck(name="tokenizer-kept", description="the build keeps the tokenizer", start=TokenizerKept)
+    """
+
+
+@hookspec
+def slmk_template_engines() -> Iterable[TemplateEngine]:
+    """The engine that renders chat templates and derives PromptTemplates (slmk.api.templates).
+
+    slmk uses the one with the highest ``priority`` (the built-in ``slmk_templates`` renders as
+    transformers does, in a bounded sandbox and worker process). Every rendering ends in text
+    or a one-line ``ChatTemplateError``: the kernel renders a build's template through it before
+    a runtime loads the build, so an engine without limits lets a hostile template hang slmk.
+
+    Example::
+
+        import types
+
+        from slmk.api import PromptTemplate, TemplateEngine, hookimpl
+        from slmk.api.templates import ResolvedTemplate, TemplateMismatch
+
+        CHATML = PromptTemplate(
+            system="<|im_start|>system\\n{Content}<|im_end|>\\n", user="<|im_start|>user\\n{Content}<|im_end|>\\n",
+            assistant="<|im_start|>assistant\\n{Content}<|im_end|>\\n",
+            prompt="<|im_start|>user\\n{Content}<|im_end|>\\n<|im_start|>assistant\\n", source="chatml",
+        )
+
+        def _render(chat_template, messages, *, add_generation_prompt=True, special_tokens=None, tools=None, **_):
+            return CHATML.render(messages)  # a toy: one prompt format, whatever the model's template says
+
+        def _check(chat_template, template, special_tokens=None):
+            if template.to_foundry() != CHATML.to_foundry():
+                raise TemplateMismatch("the pieces are not ChatML", hint="use the ChatML pieces")
+            return types.SimpleNamespace(checked=(), skipped=(), notes=("a toy engine renders nothing to compare",))
+
+        @hookimpl
+        def slmk_template_engines():
+            yield TemplateEngine(
+                name="chatml-only", description="Every model is ChatML", priority=-1,
+                render_chat_template=_render, special_tokens_for=lambda info: {},
+                derive_prompt_template=lambda chat_template, special_tokens=None, *, source="": CHATML,
+                check_round_trip=_check, sample_rendering=lambda info: None,
+                resolve_template=lambda registry, info, template_file=None: ResolvedTemplate(CHATML, None, "chatml"),
+            )
     """

@@ -132,6 +132,12 @@ class ModelInfo:
             value = value.get("content")
         return value if isinstance(value, str) else None
 
+    def identity(self) -> tuple[str, tuple[str, ...]]:
+        """``model_type`` and ``architectures`` of an HF folder, or of the model an slmk build came from."""
+        # a build's genai_config names a runtime model type; slmk_build.json keeps config.json's
+        model_type = self.build_info.get("model_type") or self.model_type or ""
+        return model_type, tuple(self.architectures or self.build_info.get("architectures") or ())
+
     @classmethod
     def load(cls, path: str | Path) -> ModelInfo:
         """Read a model or build folder (JSON headers only); UsageError with the reason when it is not one."""

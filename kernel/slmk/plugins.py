@@ -41,9 +41,11 @@ from .records import (
     ModelFamily,
     ModelSource,
     Probe,
+    PromptTemplate,
     Quantizer,
     Runtime,
     Setting,
+    TemplateEngine,
 )
 
 R = TypeVar("R")
@@ -262,6 +264,7 @@ class Registry:
     commands = _Records[Command]("slmk_commands")
     settings = _Records[Setting]("slmk_settings")
     build_checks = _Records[BuildCheck]("slmk_build_checks")
+    template_engines = _Records[TemplateEngine]("slmk_template_engines")
 
     def model_source(self, path: str | Path) -> ModelSource | None:
         """The source that claims ``path`` (first by name), or None for a plain model folder."""
@@ -273,6 +276,45 @@ class Registry:
                 contain_plugin_failure(exc, self.owner("slmk_model_sources", source.name), "detecting a model source")
                 continue
         return None
+
+    def model_family(self, info: Any) -> ModelFamily | None:
+        """The family that scores highest for a model (ModelInfo; ties: by name), or None."""
+        best_score, chosen = 0, None
+        for name, family in sorted(self.model_families.items()):
+            try:
+                score = int(family.match(info) or 0)
+            except BaseException as exc:  # a broken family plugin must not stop the others
+                contain_plugin_failure(exc, self._family_plugin(name), f"family {name!r} matching a model")
+                continue
+            if score > best_score:
+                best_score, chosen = score, family
+        return chosen
+
+    def family_prompt_template(self, family: ModelFamily, info: Any) -> PromptTemplate:
+        """``family.prompt_template(info)``, checked: a plugin that raises or returns something
+        else than a PromptTemplate is one line naming the family and its plugin."""
+        plugin = self._family_plugin(family.name)
+        try:
+            template = family.prompt_template(info)
+        except SlmkError:
+            raise
+        except BaseException as exc:  # a plugin bug: name the plugin, keep the one-line error
+            contain_plugin_failure(exc, plugin, f"family {family.name!r} giving a prompt template")
+            detail = f"raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        else:
+            if isinstance(template, PromptTemplate):
+                return template
+            detail = f"returned {type(template).__name__}, not a PromptTemplate"
+        raise SlmkError(
+            f"family {family.name!r} of plugin {plugin!r} failed to give a prompt template: {detail}",
+            hint=f"fix or disable the plugin (SLMK_DISABLE_PLUGINS={plugin}), or pass --template FILE",
+        )
+
+    def _family_plugin(self, name: str) -> str:
+        try:
+            return self.owner("slmk_model_families", name)
+        except KeyError:  # a family handed in directly, not through a hook
+            return "?"
 
     def get(self, hook_name: str, name: str | None = None, what: str | None = None) -> Any:
         """One record by name (an execution provider also by alias, "gpu" -> "cuda"; None: the

@@ -208,6 +208,44 @@ class ModelFamily(Record):
     tool_calls: ToolCallFormat | None = None  # None: the family's models are not known to call tools
 
 
+# ------------------------------------------------------------------ template engines
+@dataclass(frozen=True)
+class ResolvedTemplate:
+    """The PromptTemplate slmk writes for a model, the family it chose (None: none claims the
+    model), where the pieces came from (``file:PATH``, ``family:NAME``, ``chat_template``),
+    and notes on what the pieces cannot say or whether they round-trip."""
+
+    template: PromptTemplate
+    family: str | None
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TemplateEngine(Record):
+    """Renders models' chat templates and cuts them into PromptTemplates: what ``slmk.api.templates``
+    calls (the highest priority engine installed), for the kernel and every plugin.
+
+    ``render_chat_template(chat_template, messages, *, add_generation_prompt=True,
+    special_tokens=None, tools=None, **template_vars)`` renders as transformers'
+    ``apply_chat_template(tokenize=False)`` does, bounded: any failure is a one-line
+    ``ChatTemplateError``. ``special_tokens_for(info)`` gives the tokens transformers passes to
+    the template. ``derive_prompt_template(chat_template, special_tokens, *, source)``,
+    ``check_round_trip(chat_template, template, special_tokens)`` (a report with ``notes``, or
+    ``TemplateMismatch``), ``sample_rendering(info)`` and ``resolve_template(registry, info,
+    template_file)`` are the functions of the same names in ``slmk.api.templates``.
+    """
+
+    name: str
+    description: str
+    render_chat_template: Callable[..., str]
+    special_tokens_for: Callable[[ModelInfo], dict[str, str]]
+    derive_prompt_template: Callable[..., PromptTemplate]
+    check_round_trip: Callable[..., Any]
+    sample_rendering: Callable[[ModelInfo], str | None]
+    resolve_template: Callable[[Registry, ModelInfo, Path | None], ResolvedTemplate]
+
+
 # -------------------------------------------------------- converters and quantizers
 @dataclass(frozen=True)
 class StepRequest:
@@ -648,4 +686,5 @@ RECORD_TYPES: dict[str, type] = {
     "slmk_commands": Command,
     "slmk_settings": Setting,
     "slmk_build_checks": BuildCheck,
+    "slmk_template_engines": TemplateEngine,
 }

@@ -4,8 +4,8 @@ Llama 3.x, Mistral, Gemma 2/3, DeepSeek-R1 distills, Zephyr/TinyLlama.
 Each family recognises a model by the turn markers its chat template renders (trusted
 over ``model_type``: fine-tunes swap templates) and by ``model_type``/``architectures``,
 and gives its PromptTemplate, stop tokens and published generation defaults. The
-heavy lifting (rendering, deriving, the round-trip check) is the kernel's
-``slmk.prompt_template``; this module imports nothing heavy.
+heavy lifting (rendering, deriving, the round-trip check) is the template engine's
+(``slmk.api.templates``, slmk_templates); this module imports nothing heavy.
 """
 
 from __future__ import annotations

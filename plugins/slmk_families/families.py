@@ -16,7 +16,7 @@ The PromptTemplate: derived from the model's own chat template when it has one a
 derivation round-trips (fine-tunes with tweaked templates stay right); otherwise the
 family's published pieces below, each proved against the family's published chat
 template by the tests. As everywhere in slmk, a template's leading BOS is written at
-the start of the system piece (see ``slmk.prompt_template``).
+the start of the system piece (see slmk_templates' ``prompt_template.py``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Helpers for plugin authors live in named submodules, each loading only what it n
 
 - ``slmk.api.files``: atomic folders and files, locks, temporary names, the cache root, tree copies;
 - ``slmk.api.models``: model folders and the build format (genai_config.json, search options);
-- ``slmk.api.templates``: chat templates (sandboxed, bounded), PromptTemplate checks, tool calls;
+- ``slmk.api.templates``: chat templates (the template engine's: bounded), PromptTemplate checks, constraints;
 - ``slmk.api.operations``: what plugin commands call (convert, install, open a session, the registry);
 - ``slmk.api.cli``: shared click options and output helpers for ``slmk_commands`` plugins;
 - ``slmk.api.authoring``: the hookspecs and record types, for tools that document or check plugins;
@@ -56,6 +56,7 @@ from ..records import (
     StepRequest,
     Task,
     TaskResult,
+    TemplateEngine,
     ToolCallFormat,
     Usability,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "ConvertRequest",
     "Task",
     "TaskResult",
+    "TemplateEngine",
     "ToolCallFormat",
     "Usability",
 ]

@@ -5,8 +5,8 @@ slmk.toml > defaults), calls one kernel function and renders the result as text 
 with --json, as JSON on stdout. Errors become one line on stderr and a non-zero exit.
 
 The kernel's own commands are the core verbs (inspect, init, config, convert,
-install, list, remove, run, template, plugins, doctor); every other command comes
-from a plugin through the ``slmk_commands`` hook, built-in features included.
+install, list, remove, run, plugins, doctor); every other command comes from a plugin
+through the ``slmk_commands`` hook, built-in features included (``template`` among them).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import PluginInterrupted, SlmkError, contain_plugin_failure
 from ..plugins import get_registry
 from .build import config, convert, init, inspect
-from .models import install, list_, remove, run, template
+from .models import install, list_, remove, run
 from .options import State
 from .system import doctor, plugins
 
@@ -33,7 +33,7 @@ TELEMETRY_OFF = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
 
-CORE_COMMANDS = (config, convert, doctor, init, inspect, install, list_, plugins, remove, run, template)
+CORE_COMMANDS = (config, convert, doctor, init, inspect, install, list_, plugins, remove, run)
 
 
 class SlmkGroup(click.Group):

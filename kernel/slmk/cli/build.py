@@ -160,7 +160,7 @@ def inspect_model(
     family = None
     template_error = None
     try:
-        from ..prompt_template import resolve_template
+        from ..api.templates import resolve_template
 
         family = resolve_template(registry, info).family
     except SlmkError as exc:

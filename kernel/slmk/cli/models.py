@@ -1,4 +1,4 @@
-"""Model commands: `slmk run`, `slmk install`, `slmk list`, `slmk remove`, `slmk template`."""
+"""Model commands: `slmk run`, `slmk install`, `slmk list`, `slmk remove`."""
 
 from __future__ import annotations
 
@@ -272,29 +272,3 @@ def remove(state: State, ref, installer, cache_dir, as_json) -> None:
         emit_json(_installed_dict(removed))
     else:
         click.echo(f"removed {removed.ref}")
-
-
-@click.group()
-def template() -> None:
-    """Prompt templates: what slmk will write for a model, and where it came from."""
-
-
-@template.command("show")
-@click.argument("target")
-@click.option("--template", "template_file", type=click.Path(dir_okay=False), help="Use this template file instead.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def template_show(target, template_file, as_json) -> None:
-    """Print the PromptTemplate for TARGET: a model or build folder, or a family name."""
-    from .. import app
-
-    data = app.show_template(target, Path(template_file) if template_file else None)
-    if as_json:
-        emit_json(data)
-        return
-    click.echo(f"# source: {data['source']}" + (f" (family {data['family']})" if data.get("family") else ""))
-    for key in ("system", "user", "assistant", "prompt"):
-        click.echo(f"{key:<9} {json.dumps(data['prompt_template'][key])}")
-    if data.get("stop_tokens"):
-        click.echo(f"stop      {', '.join(data['stop_tokens'])}")
-    for note in data.get("notes", []):
-        click.echo(f"note: {note}")

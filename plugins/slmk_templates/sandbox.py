@@ -1,6 +1,7 @@
 """The bounded chat-template renderer: a model's Jinja chat template rendered exactly as
 transformers' ``tokenizer.apply_chat_template(..., tokenize=False)`` does, in a metered
-sandbox, inside a limited worker process (render_worker.py).
+sandbox, inside a limited worker process (render_worker.py). The error classes are the kernel's
+(``slmk.api.templates``), so callers catch them without loading this plugin.
 
 ``render_chat_template`` uses the same sandboxed Jinja environment, globals, filters and
 template variables as transformers, so what slmk checks against is what Foundry Local v2
@@ -21,10 +22,15 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .errors import SlmkError
+from slmk.api.templates import (
+    ChatTemplateError,
+    ChatTemplateSyntaxError,
+    RenderLimitError,
+    UnsafeTemplateError,
+)
 
 if TYPE_CHECKING:
-    from .modelinfo import ModelInfo
+    from slmk.api import ModelInfo
 
 #: Names transformers passes to the template from ``tokenizer.special_tokens_map``.
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -44,26 +50,6 @@ _KNOWN_EOS = (
     "<｜end▁of▁sentence｜>",
     "<|end|>",
 )
-
-
-class TemplateError(SlmkError):
-    """A chat template that cannot be rendered, or cannot be cut into a PromptTemplate."""
-
-
-class ChatTemplateError(TemplateError):
-    """The Jinja chat template failed: a syntax error, or it raised for this conversation."""
-
-
-class ChatTemplateSyntaxError(ChatTemplateError):
-    """The chat template does not parse: no conversation can render."""
-
-
-class UnsafeTemplateError(ChatTemplateError):
-    """The chat template reached for something the sandbox refuses (``__class__``, ...)."""
-
-
-class RenderLimitError(ChatTemplateError):
-    """The chat template went over a render budget: steps, sizes, seconds or memory."""
 
 
 #: The errors that say the template itself is unusable, whatever the conversation: a model

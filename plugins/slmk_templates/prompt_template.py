@@ -1,7 +1,9 @@
 """Prompt templates: cut a model's Jinja chat template into the four pieces of a
 Foundry Local ``PromptTemplate``, prove the pieces reproduce it, and resolve which pieces
 a model gets (``--template FILE``, a family plugin, or the generic derivation). Rendering
-is the bounded renderer's (``sandbox.py``).
+is the bounded renderer's (``sandbox.py``). slmk_families derives with it, slmk_foundry
+enforces the round trip, the kernel's ``install`` and ``inspect`` and slmk_measure's
+``deploy`` resolve with it: all through ``slmk.api.templates``.
 
 Two rules hold everywhere in this module (they are the contract the installer and the
 ``template`` command rely on):
@@ -35,22 +37,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SlmkError, UsageError, contain_plugin_failure
-from .records import PromptTemplate
-from .sandbox import (
-    UNUSABLE_TEMPLATE_ERRORS,
-    ChatTemplateError,
-    TemplateError,
-    _short,
-    as_special_tokens,
-    render_chat_template,
-    special_tokens_for,
-)
+from slmk.api import PromptTemplate, SlmkError, UsageError
+from slmk.api.templates import ChatTemplateError, ResolvedTemplate, TemplateError, TemplateMismatch
+
+from .sandbox import UNUSABLE_TEMPLATE_ERRORS, as_special_tokens, render_chat_template, special_tokens_for
 
 if TYPE_CHECKING:
-    from .modelinfo import ModelInfo
-    from .plugins import Registry
-    from .records import ModelFamily
+    from slmk.api import ModelInfo
+    from slmk.api.operations import Registry
 
 CONTENT = "{Content}"
 PIECES = ("system", "user", "assistant", "prompt")
@@ -76,23 +70,6 @@ _CHECKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ),
     ),
 )
-
-
-class TemplateMismatch(TemplateError):
-    """The PromptTemplate pieces do not reproduce what the chat template renders."""
-
-    def __init__(
-        self,
-        message: str,
-        hint: str | None = None,
-        *,
-        conversation: str = "",
-        offset: int = -1,
-        expected: str = "",
-        got: str = "",
-    ):
-        super().__init__(message, hint)
-        self.conversation, self.offset, self.expected, self.got = conversation, offset, expected, got
 
 
 # --------------------------------------------------------------------------- analysis
@@ -453,25 +430,6 @@ def _mismatch(name: str, messages: list[dict[str, str]], expected: str, got: str
 
 
 # --------------------------------------------------------------------------- resolving
-@dataclass(frozen=True)
-class ResolvedTemplate:
-    """The PromptTemplate slmk will write for a model, and where it came from."""
-
-    template: PromptTemplate
-    family: str | None
-    source: str  # "file:PATH", "family:NAME", "chat_template"
-    notes: tuple[str, ...] = ()
-
-
-def model_identity(info: ModelInfo) -> tuple[str, tuple[str, ...]]:
-    """``model_type`` and ``architectures`` of an HF folder, or of the model an slmk build came from."""
-    build = info.build_info or {}
-    # a build's genai_config names a runtime model type; slmk_build.json keeps config.json's
-    model_type = build.get("model_type") or info.model_type or ""
-    architectures = info.architectures or tuple(build.get("architectures") or ())
-    return model_type, tuple(architectures)
-
-
 @lru_cache(maxsize=128)
 def _sample(chat_template: str, tokens: tuple[tuple[str, str], ...]) -> str | None:
     specials = dict(tokens)
@@ -497,48 +455,6 @@ def sample_rendering(info: ModelInfo) -> str | None:
     if not info.chat_template:
         return None
     return _sample(info.chat_template, tuple(sorted(special_tokens_for(info).items())))
-
-
-def resolve_family(registry: Registry, info: ModelInfo) -> ModelFamily | None:
-    """The family that scores highest for this model (ties: by name), or None."""
-    best_score, chosen = 0, None
-    for name, family in sorted(registry.model_families.items()):
-        try:
-            score = int(family.match(info) or 0)
-        except BaseException as exc:  # a broken family plugin must not stop the others
-            contain_plugin_failure(exc, _family_plugin(registry, name), f"family {name!r} matching a model")
-            continue
-        if score > best_score:
-            best_score, chosen = score, family
-    return chosen
-
-
-def _family_plugin(registry: Registry, name: str) -> str:
-    try:
-        return registry.owner("slmk_model_families", name)
-    except KeyError:  # a family handed in directly, not through a hook
-        return "?"
-
-
-def family_prompt_template(registry: Registry, family: ModelFamily, info: ModelInfo) -> PromptTemplate:
-    """``family.prompt_template(info)``, checked: a plugin that raises or returns something
-    else than a PromptTemplate is one line naming the family and its plugin."""
-    plugin = _family_plugin(registry, family.name)
-    try:
-        template = family.prompt_template(info)
-    except SlmkError:
-        raise
-    except BaseException as exc:  # a plugin bug: name the plugin, keep the one-line error
-        contain_plugin_failure(exc, plugin, f"family {family.name!r} giving a prompt template")
-        detail = f"raised {type(exc).__name__}: {_short(exc)}"
-    else:
-        if isinstance(template, PromptTemplate):
-            return template
-        detail = f"returned {type(template).__name__}, not a PromptTemplate"
-    raise SlmkError(
-        f"family {family.name!r} of plugin {plugin!r} failed to give a prompt template: {detail}",
-        hint=f"fix or disable the plugin (SLMK_DISABLE_PLUGINS={plugin}), or pass --template FILE",
-    )
 
 
 def _read_template_file(path: Path) -> tuple[PromptTemplate | None, str | None]:
@@ -617,20 +533,20 @@ def _resolve_template(registry: Registry, info: ModelInfo, template_file: Path |
             # the install replaces the model's chat template with this one: it decides the family too
             info = replace(info, chat_template=jinja_text)
             template = derive_prompt_template(jinja_text, tokens, source=f"file:{path}")
-    family = resolve_family(registry, info)
+    family = registry.model_family(info)
     family_name = family.name if family else None
     chat_template = info.chat_template
     notes: list[str] = []
     if template is not None:
         source = template.source
     elif family is not None:
-        template = family_prompt_template(registry, family, info)
+        template = registry.family_prompt_template(family, info)
         source = template.source or f"family:{family.name}"
     elif chat_template:
         template = derive_prompt_template(chat_template, tokens)
         source = "chat_template"
     else:
-        model_type, _ = model_identity(info)
+        model_type, _ = info.identity()
         raise SlmkError(
             f"no family plugin claims model_type {model_type or '(none)'!r} and the model has no chat template",
             hint="install a family plugin for it, pass --template FILE (JSON with system/user/assistant/prompt, "

@@ -4,8 +4,8 @@ Metering Jinja (sandbox.py) stops the usual ways a template loops or builds a bi
 with a precise message. It cannot see work done in C: ``==`` on two lists that share their
 halves 40 levels deep compares 2**40 pairs, ``str.format`` allocates its result before any
 hook runs, a codec can be quadratic. A budget that holds for any template has to bound the
-process, so renderings run in one long-lived worker (``python -m slmk.render_worker``: the
-kernel's sandbox module and jinja2, no model, no plugins) and:
+process, so renderings run in one long-lived worker (``python -m slmk_templates.render_worker``:
+this plugin's sandbox module and jinja2, no model, no other plugin) and:
 
 * before each rendering the worker sets its CPU-time limit (``RLIMIT_CPU``) to what it has
   used plus ``RENDER_SECONDS`` (rounded up to the next second): the kernel ends it with
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import SlmkError
+from slmk.api import SlmkError
 
 _HEADER = struct.Struct(">Q")
 #: An answer bigger than this is not one the worker can have made under its limits.
@@ -69,16 +69,14 @@ class RenderWorker:
     def _start(self) -> Any:
         import subprocess
 
-        import slmk
-
-        package_parent = Path(slmk.__file__).resolve().parent.parent
+        package_parent = Path(__file__).resolve().parent.parent
         proc = subprocess.Popen(
-            [sys.executable, "-m", "slmk.render_worker"],
+            [sys.executable, "-m", "slmk_templates.render_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            # `-m` puts the working directory first on sys.path: start where slmk itself lives,
-            # so a folder named slmk in the user's working directory is never imported
+            # `-m` puts the working directory first on sys.path: start where this package lives,
+            # so a folder of the same name in the user's working directory is never imported
             cwd=package_parent,
             close_fds=True,
         )
@@ -104,9 +102,10 @@ class RenderWorker:
                     self._proc = self._start()
                 except (_WorkerGone, OSError) as exc:
                     raise ChatTemplateError(
-                        f"could not start slmk's chat template renderer ({sys.executable} -m slmk.render_worker): "
+                        "could not start slmk's chat template renderer "
+                        f"({sys.executable} -m slmk_templates.render_worker): "
                         f"{exc}",
-                        hint="check that this Python can import slmk and jinja2 (`slmk doctor`)",
+                        hint="check that this Python can import slmk_templates and jinja2 (`slmk doctor`)",
                     ) from None
             try:
                 self._proc.stdin.write(frame)
