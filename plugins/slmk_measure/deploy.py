@@ -2,13 +2,13 @@
 validate -> install -> a first answer from the installed model, in one command.
 
 With a quality gate, deploy installs the smallest build that passes it: every candidate
-build is made first (each precision the execution provider runs, and at int4/int8 the
-variants in GATE_VARIANTS: block size 128, an int4 model's own embedding table quantized),
+build is made first (each precision the execution provider runs, and the variants in
+GATE_VARIANTS: int4 at block 128 and with its own embedding table quantized, int8 at block 32),
 then they are measured and checked against the gate smallest file first, and the first
 that passes is installed. Relative terms (``ppl<=+5%``)
 and agreement are measured against the reference: the source model run by
 transformers (what the user trained), or with ``reference="fp32"`` the most precise
-precision the provider runs (fp32 on CPU), built too. When no precision passes,
+precision the provider runs (fp32 on CPU), built too. When no build passes,
 nothing is installed and the command fails with the table of what was tried.
 """
 
@@ -38,17 +38,17 @@ DEFAULT_PRECISION = "int4"
 #: embedding already reads the output layer's quantized table).
 EMBEDDING_OPTION = {"op_types_to_quantize": "MatMul/Gather"}
 #: With a quality gate, the builds tried at a precision besides its default one, as (label,
-#: quantization settings, converter options). Block 128 stores a quarter of the scales (a smaller
-#: file, coarser steps); quantizing an int4 model's own embedding table saves the most where the
-#: vocabulary is a large share of the parameters (docs/benchmarks.md, "Quality per byte"). int8
-#: builds quantize their embedding table by default.
+#: quantization settings, converter options). Block 128 stores a quarter of the scales of block 32
+#: (a smaller file, coarser steps; int8's default); quantizing an int4 model's own embedding table
+#: saves the most where the vocabulary is a large share of the parameters (docs/benchmarks.md,
+#: "Quality per byte"). int8 builds quantize their embedding table by default.
 GATE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]] = {
     "int4": (
         ("b128 +emb", {"block_size": 128}, EMBEDDING_OPTION),
         ("+emb", {}, EMBEDDING_OPTION),
         ("b128", {"block_size": 128}, {}),
     ),
-    "int8": (("b128", {"block_size": 128}, {}),),
+    "int8": (("b32", {"block_size": 32}, {}),),  # int8's default block is 128 (larger: finer steps)
 }
 
 

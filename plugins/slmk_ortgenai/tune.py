@@ -43,6 +43,7 @@ from slmk.api.files import dir_size, link_or_copy_tree, temp_path
 from slmk.api.models import build_problems
 from slmk.api.operations import QUIET, build_info, get_registry, resolve_ep
 
+from .builder import INT8_BLOCK_SIZE
 from .session_options import logical_cores, write_session_options
 
 #: A candidate this close to the fastest (relative request time) counts as a tie.
@@ -438,18 +439,19 @@ def _build_and_load(source, out, precision, ep, quantization, extra) -> str | No
 
 
 _QUANTIZATION_KEYS = ("block_size", "accuracy_level", "is_symmetric", "algorithm")
-#: What the 0.18 builder uses on cpu when a build names nothing (slmk_build.json records only what was asked).
+#: What a build gets on cpu when it names nothing (slmk_build.json records only what was asked).
 BUILDER_DEFAULTS: dict[str, Any] = {"block_size": 32, "accuracy_level": 4}
 
 
 def _built_options(info: Mapping[str, Any]) -> dict[str, Any]:
     """The model builder's options of a build, from slmk_build.json's plan (session options left out)."""
+    defaults = {**BUILDER_DEFAULTS, **({"block_size": INT8_BLOCK_SIZE} if info.get("precision") == "int8" else {})}
     for step in reversed((info.get("plan") or {}).get("steps") or []):
         if step.get("tool") == "ortgenai-builder":
-            options = {**BUILDER_DEFAULTS, **(step.get("options") or {})}
+            options = {**defaults, **(step.get("options") or {})}
             options.pop("intra_op_num_threads", None)
             return options
-    return dict(BUILDER_DEFAULTS)
+    return defaults
 
 
 def _replace_model_files(build: Path, rebuilt: Path) -> None:

@@ -429,14 +429,7 @@ def _gather_block_quantized_8bits(
             initializer(f"{weight.name}_zero_points", ir.Tensor(zero_points, name=f"{weight.name}_zero_points"))
         )
     attributes = {"bits": 8, "block_size": config.block_size, "gather_axis": 0, "quantize_axis": 1}
-    return ir.node(
-        "GatherBlockQuantized",
-        inputs,
-        attributes,
-        domain="com.microsoft",
-        name=f"{node.name}_Q8" if node.name else "",
-        num_outputs=1,
-    )
+    return _gather_node(ir, node, inputs, attributes, "_Q8")
 
 
 def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, initializer: Any) -> Any:
@@ -455,14 +448,13 @@ def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, arr
         zp = ir.PackedTensor(zero_points, dtype, shape=scales.shape, name=f"{weight.name}_zero_points")
         inputs.append(initializer(f"{weight.name}_zero_points", zp))
     attributes = {"block_size": config.block_size, "gather_axis": _gather_axis(node), "quantize_axis": axis}
-    return ir.node(
-        "GatherBlockQuantized",
-        inputs,
-        attributes,
-        domain="com.microsoft",
-        name=f"{node.name}_Q4" if node.name else "",
-        num_outputs=1,
-    )
+    return _gather_node(ir, node, inputs, attributes, "_Q4")
+
+
+def _gather_node(ir: Any, node: Any, inputs: list, attributes: dict[str, int], suffix: str) -> Any:
+    """The GatherBlockQuantized node that replaces ``node`` (named after it, as the quantizer names it)."""
+    name = f"{node.name}{suffix}" if node.name else ""
+    return ir.node("GatherBlockQuantized", inputs, attributes, domain="com.microsoft", name=name, num_outputs=1)
 
 
 # ------------------------------------------------------------------ int8 shared embedding
