@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from slmk.api import ExecutionProvider, ModelInfo, Progress, UsageError
-from slmk.api.files import dir_size, link_or_copy_tree, temp_path
+from slmk.api.files import link_or_copy_tree, temp_path
 from slmk.api.models import build_problems
 from slmk.api.operations import QUIET, build_info, get_registry, resolve_ep
 
@@ -83,7 +83,7 @@ class Trial:
     first_token_s: list[float] = field(default_factory=list)
     quality: str = "not checked"  # "pass", "not checked", or "fail: why"
     chosen: bool = False
-    size_bytes: int = 0  # the candidate build's folder: among equally fast candidates the smallest wins
+    size_bytes: int = 0  # the candidate's model files: among equally fast candidates the smallest wins
 
     @property
     def label(self) -> str:
@@ -240,6 +240,11 @@ def _measure(trials: Sequence[Trial], folders: Sequence[Path], run: _Tuning) -> 
             _measure_once(folder, run.ep, run.content, run.prompt_tokens, run.options.new_tokens, trial)
 
 
+def _model_bytes(folder: Path) -> int:
+    """model.onnx and its data: what differs between builds (slmk_build.json differs in paths and times)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+
+
 def _best(trials: Sequence[Trial]) -> Trial:
     eligible = [t for t in trials if t.eligible]
     if not eligible:
@@ -310,7 +315,7 @@ def tune(build_dir: str | Path, options: TuneOptions | None = None, progress: Pr
     run = _Tuning(build, options, resolve_ep(get_registry(), options.execution_provider), progress)
     try:
         # ---- stage 1: threads on the build as it is
-        size = dir_size(build)
+        size = _model_bytes(build)
         stage = [Trial(settings={"intra_op_num_threads": n}, quality="as built", size_bytes=size) for n in counts]
         folders = [_candidate_folder(build, t.settings, build.parent) for t in stage]
         run.scratch += folders
@@ -390,7 +395,7 @@ def _rebuild_stages(
                 trial.quality = "pass" if reason is None else f"fail: {reason}"
             else:
                 trial.quality = "not checked"
-            trial.size_bytes = dir_size(out) if out.is_dir() else 0
+            trial.size_bytes = _model_bytes(out) if out.is_dir() else 0
             stage.append(trial)
             folders.append(out)
         if not stage:
