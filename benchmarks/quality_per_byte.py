@@ -224,14 +224,18 @@ def train(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- builds
 #: slmk builds: name -> (precision, builder options). Every matrix (lm_head included) is quantized;
-#: the embedding table stays fp32 unless Gather is quantized too (op_types_to_quantize=MatMul/Gather,
-#: "+emb"; the builder quantizes it at 4 bits only, and not with algorithm k_quant). slmk's default
+#: at int4 the embedding table stays fp32 unless Gather is quantized too (op_types_to_quantize=MatMul/Gather,
+#: "+emb"; not with algorithm k_quant). slmk's int8 quantizes it at 8 bits by default, at block 128
+#: ("float emb b32": the int8 build as it was, op_types_to_quantize=MatMul at block 32). slmk's default
 #: int4 is the builder's "default" algorithm: RTN at block 32. "mixed" is the builder's
 #: matmul_mixed_precision=last_matmul:int8,mixed_layers:int8: lm_head and the layers llama.cpp's _M
 #: mixes keep at higher precision go int8, as Q4_K_M gives them Q6_K.
 SLMK_BUILDS: dict[str, tuple[str, dict]] = {
     "fp32": ("fp32", {}),
-    "int8": ("int8", {}),
+    "int8": ("int8", {}),  # block 128 by default
+    "int8 b32": ("int8", {"block_size": 32}),
+    "int8 b64": ("int8", {"block_size": 64}),
+    "int8 float emb b32": ("int8", {"op_types_to_quantize": "MatMul", "block_size": 32}),
     "int4 rtn b32": ("int4", {"algorithm": "rtn", "block_size": 32}),
     "int4 mixed +emb": (
         "int4",
@@ -240,6 +244,7 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
     "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
     "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
+    "int4 default b128 +emb": ("int4", {"block_size": 128, "op_types_to_quantize": "MatMul/Gather"}),
     "int4 k_quant b128": ("int4", {"algorithm": "k_quant", "block_size": 128}),
 }
 #: Quantized builds keep every position's logits (prune_lm_head off) so a window is scored in one call

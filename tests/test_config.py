@@ -14,7 +14,9 @@ def test_precedence_command_line_over_environment_over_file_over_default(tmp_pat
     path.write_text('precision = "int8"\nexecution_provider = "cuda"\n[generation]\ntemperature = 0.5\n')
     settings = load_settings({}, path, environ={})
     assert settings["precision"] == "int8" and settings.source("precision") == str(path)
-    assert settings["quantization.block_size"] == 32 and settings.source("quantization.block_size") == "default"
+    # unset by default: each converter's default for the precision applies (not in the build's options)
+    assert settings["quantization.block_size"] is None and settings.source("quantization.block_size") == "default"
+    assert "block_size" not in settings.quantization()
     settings = load_settings({}, path, environ={"SLMK_PRECISION": "fp32", "SLMK_GENERATION__TEMPERATURE": "0.9"})
     assert settings["precision"] == "fp32" and settings.source("precision") == "$SLMK_PRECISION"
     assert settings.generation() == {"temperature": 0.9}

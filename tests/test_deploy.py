@@ -34,16 +34,53 @@ def table(tiny_model_dir, tiny_build, tiny_eval):
     return {row["precision"]: row for row in report["precisions"]}
 
 
+@pytest.fixture(scope="module")
+def candidates(tiny_model_dir, tmp_path_factory):
+    """Every build deploy's gate search makes, measured, smallest first: a gate nothing passes measures them all."""
+    import os
+    import subprocess
+    import sys
+
+    from _signals import default_signals
+
+    cache = tmp_path_factory.mktemp("all-candidates") / "foundry"
+    result = subprocess.run(
+        [sys.executable, "-m", "slmk", "deploy", str(tiny_model_dir), "--name", "x", "--cache-dir", str(cache)]
+        + ["--quality-gate", "ppl<=1,accuracy>=0,agreement>=0", *SHORT, "--json"],
+        cwd=cache.parent,
+        env=dict(os.environ),
+        preexec_fn=default_signals,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    rows = data["tried"]
+    assert [r["build"] for r in rows] == [c["build"] for c in data["candidates"]]  # each measured, in size order
+    sizes = [c["model_bytes"] for c in data["candidates"]]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), data["candidates"]
+    return rows
+
+
 def separating_gate(rows) -> str:
-    """A gate term int4 misses and int8 meets, from what was really measured."""
-    int4, int8 = rows["int4"], rows["int8"]
-    if int4["agreement"] < int8["agreement"]:
-        return f"agreement>={(int4['agreement'] + int8['agreement']) / 2:.4f}"
-    if int4["ppl"] > int8["ppl"]:
-        return f"ppl<={(int4['ppl'] + int8['ppl']) / 2:.6g}"
-    if int4["accuracy"] < int8["accuracy"]:
-        return f"accuracy>={(int4['accuracy'] + int8['accuracy']) / 2:.4f}"
-    pytest.fail(f"no gate term separates int4 from int8 on the tiny model: {rows}")
+    """A gate term the smallest build misses and a larger one meets, from what was really measured."""
+    first, rest = rows[0], rows[1:]
+    for metric in ("agreement", "accuracy"):
+        best = max(r[metric] for r in rest)
+        if first[metric] < best:
+            return f"{metric}>={(first[metric] + best) / 2:.4f}"
+    best = min(r["ppl"] for r in rest)
+    if first["ppl"] > best:
+        return f"ppl<={(first['ppl'] + best) / 2:.6g}"
+    pytest.fail(f"no gate term separates the smallest build from a larger one on the tiny model: {rows}")
+
+
+def smallest_passing(rows, gate: str) -> dict:
+    from slmk_measure.gate import parse_gate
+
+    term = parse_gate(gate).terms[0]
+    return next(r for r in rows if term.check(r[term.metric])[0])
 
 
 def _installed(run_slmk, cache) -> list[dict]:
@@ -53,8 +90,11 @@ def _installed(run_slmk, cache) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_path):
-    gate = separating_gate(table)
+def test_the_gate_installs_the_smallest_build_that_passes(tiny_model_dir, candidates, run_slmk, tmp_path):
+    """Not the smallest precision: the smallest file among every candidate (block sizes, embedding quantized)."""
+    assert len({r["build"] for r in candidates}) == 7, candidates  # int4 x 4, int8 x 2, fp32
+    gate = separating_gate(candidates)
+    expected = smallest_passing(candidates, gate)
     cache = tmp_path / "foundry"
     result = run_slmk(
         "deploy",
@@ -70,14 +110,17 @@ def test_a_gate_int4_misses_installs_int8(tiny_model_dir, table, run_slmk, tmp_p
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["ok"] and data["chosen"] == "int8", (gate, data["tried"])
-    assert data["reference"] == "source"  # what the user trained, not slmk's fp32 build
-    assert data["verification"]["status"] == "measured"  # the int8 build, checked against the source
-    assert [(t["precision"], t["ok"]) for t in data["tried"]] == [("int4", False), ("int8", True)]
+    assert data["ok"] and data["chosen_build"] == expected["build"], (gate, data["tried"])
+    assert data["chosen"] == expected["precision"]
+    # every build smaller than the chosen one was measured and failed; none larger was measured
+    smaller = [r["build"] for r in candidates[: candidates.index(expected)]]
+    assert [(t["build"], t["ok"]) for t in data["tried"]] == [(b, False) for b in smaller] + [(expected["build"], True)]
     assert any(r.startswith("FAIL") for r in data["tried"][0]["reasons"])
+    assert data["reference"] == "source"  # what the user trained, not slmk's fp32 build
+    assert data["verification"]["status"] in ("measured", "verified")  # the chosen build, checked against the source
     assert data["validation"]["ok"] and data["first_answer"]["correct"] is True
     installed = _installed(run_slmk, cache)
-    assert [(m["name"], m["version"], m["precision"]) for m in installed] == [("tiny-chat", "1", "int8")]
+    assert [(m["name"], m["version"], m["precision"]) for m in installed] == [("tiny-chat", "1", expected["precision"])]
     assert data["installed"]["ref"] == "tiny-chat:1"
 
 
@@ -101,14 +144,16 @@ def test_the_gate_judges_builds_against_the_source_model(tiny_model_dir, table, 
     assert data["source"]["precision"] == "source" and data["source"]["agreement"] == 1.0
     for tried in data["tried"]:  # the same figures compare measured against the source
         assert tried["reference"] is False
-        assert tried["agreement"] == table[tried["precision"]]["agreement"]
+        if tried["build"] == tried["precision"]:  # a precision's default build: the one compare measured
+            assert tried["agreement"] == table[tried["precision"]]["agreement"]
         assert tried["ok"] == (tried["agreement"] >= 0.99), tried
     assert result.returncode == (0 if data["tried"][-1]["ok"] else 1), result.stderr
 
 
 @pytest.mark.slow
-def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tmp_path):
-    gate = separating_gate(table)
+def test_the_text_output_explains_the_choice(tiny_model_dir, candidates, run_slmk, tmp_path):
+    gate = separating_gate(candidates)
+    expected = smallest_passing(candidates, gate)
     result = run_slmk(
         "deploy",
         str(tiny_model_dir),
@@ -123,9 +168,11 @@ def test_the_text_output_explains_the_choice(tiny_model_dir, table, run_slmk, tm
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("quality gate ")
-    assert lines[2].startswith("int4") and "FAIL" in lines[2]
-    assert lines[3].startswith("int8") and " pass " in lines[3]
-    assert any(line.startswith("installed tiny-chat:1 (int8, cpu") for line in lines)
+    assert lines[1].startswith("build ")
+    assert lines[2].startswith(candidates[0]["build"] + " ") and "FAIL" in lines[2]
+    chosen = next(i for i, line in enumerate(lines) if " pass " in line)
+    assert lines[chosen].startswith(expected["build"] + " ") and f"chose {expected['build']}:" in result.stdout
+    assert any(line.startswith(f"installed tiny-chat:1 ({expected['precision']}, cpu") for line in lines)
     # one progress display on stderr: numbered steps, the builds indented under them
     assert "[1/" in result.stderr and "doctor: required checks" in result.stderr
     assert re.search(r"\n    \[1/\d\] convert", result.stderr)  # 2 steps, +1 or 2 when the source check runs
@@ -148,9 +195,9 @@ def test_an_impossible_gate_installs_nothing(tiny_model_dir, table, run_slmk, tm
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(
-        "error: no precision passes the quality gate ppl<=1, nothing was installed: int4: ppl "
+        "error: no build passes the quality gate ppl<=1, nothing was installed: int4 b128 +emb: ppl "
     )
-    assert "int8: ppl" in result.stderr and "fp32: ppl" in result.stderr
+    assert "; int4: ppl" in result.stderr and "; int8: ppl" in result.stderr and "; fp32: ppl" in result.stderr
     assert _installed(run_slmk, cache) == []
 
 

@@ -194,3 +194,27 @@ def test_the_embedding_stage_is_for_tied_models_only(build_copy, tiny_model_dir,
     result = tuning.tune(build_copy, _rebuild_once(tiny_model_dir))
     assert tuning.REBUILD_STAGES[0][0] == "embedding"
     assert [t.label for t in result.trials] == ["threads=1"]
+
+
+def test_of_equally_fast_candidates_the_smallest_build_wins():
+    """Within TIE_MARGIN of the fastest: the smallest folder, then the one tried first; a failed gate never wins."""
+    as_built = tuning.Trial(settings={}, request_s=[1.00], quality="as built", size_bytes=1_300)
+    smaller = tuning.Trial(settings={}, build_options={"block_size": 128}, request_s=[1.02], size_bytes=1_200)
+    smallest_failed = tuning.Trial(settings={}, request_s=[0.9], quality="fail: accuracy 0.5 < 0.9", size_bytes=800)
+    slower = tuning.Trial(settings={}, build_options={"x": 1}, request_s=[1.2], size_bytes=900)
+    assert tuning._best([as_built, smaller, smallest_failed, slower]) is smaller
+    same_size = tuning.Trial(settings={}, request_s=[0.99], size_bytes=1_300)
+    assert tuning._best([as_built, same_size]) is as_built  # a tie of equal size: the one tried first
+    assert tuning._best([as_built, slower]) is as_built  # 20% slower is no tie, however small
+
+
+@pytest.mark.slow
+def test_an_untied_int4_build_tries_its_embedding_quantized(build_copy, tiny_model_dir, monkeypatch):
+    """The tiny model keeps its own embedding table: the stage rebuilds it quantized, a smaller build."""
+    stage = next(s for s in tuning.REBUILD_STAGES if s[0] == "own_embedding")
+    monkeypatch.setattr(tuning, "REBUILD_STAGES", (stage,))
+    result = tuning.tune(build_copy, _rebuild_once(tiny_model_dir))
+    labels = [t.label for t in result.trials]
+    assert labels == ["threads=1", "threads=1", "op_types_to_quantize=MatMul/Gather, threads=1"]
+    as_built, quantized = result.trials[1], result.trials[2]
+    assert 0 < quantized.size_bytes < as_built.size_bytes - 200_000  # the 936 x 128 fp32 table (479 kB) went int4

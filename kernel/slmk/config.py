@@ -42,7 +42,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("install.cache_dir", str, None, "the installer's cache folder [default: the installer's own]"),
     # the algorithms come from the converters' and quantizers' records: the planner checks the name
     Setting("quantization.algorithm", str, "default", "weight quantization algorithm (`slmk plugins` lists them)"),
-    Setting("quantization.block_size", int, 32, "int4 block size", choices=(16, 32, 64, 128, 256)),
+    # unset: the converter's default for the precision (the model builder: 32 at int4, 128 at int8)
+    Setting(
+        "quantization.block_size",
+        int,
+        None,
+        "int4/int8 block size [default: the converter's; the model builder's: 32 at int4, 128 at int8]",
+        choices=(16, 32, 64, 128, 256),
+    ),
     Setting("quantization.accuracy_level", int, 4, "int4 MatMul accuracy level", choices=(0, 1, 2, 3, 4)),
     Setting("quantization.is_symmetric", bool, True, "symmetric int4 quantization"),
     Setting("quantization.calibration", str, None, "JSONL or text file for calibrated quantization"),

@@ -547,13 +547,13 @@ def compare(
 # --------------------------------------------------------------------------- deploy
 def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"{'precision':<9} {'result':<6} {'size':>9} {'ppl':>9} {'accuracy':>8} {'agreement':>9} "
-        f"{'decode tok/s':>12}  why"
+        f"{'build':<15} {'result':<6} {'size':>9} {'ppl':>9} {'accuracy':>8} {'agreement':>9} {'decode tok/s':>12}  why"
     ]
     for row in tried:
         reasons = "; ".join(r.removeprefix("ok: ").removeprefix("FAIL: ") for r in row["reasons"])
+        label = row.get("build") or row["precision"]
         lines.append(
-            f"{row['precision'] + (' (ref)' if row['reference'] else ''):<9} {'pass' if row['ok'] else 'FAIL':<6} "
+            f"{label + (' (ref)' if row['reference'] else ''):<15} {'pass' if row['ok'] else 'FAIL':<6} "
             f"{human_size(row['size_bytes']):>9} {_num(row['ppl'], '{:.3f}'):>9} {_num(row['accuracy']):>8} "
             f"{_num(row['agreement'], '{:.3f}'):>9} {_num(row['decode_tps'], '{:.1f}'):>12}  {reasons}"
         )
@@ -564,7 +564,10 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
 @click.argument("model_dir", required=False, type=click.Path())
 @click.option("--name", help="Name to install under [default: slmk.toml name].")
 @click.option(
-    "--quality-gate", "gate", help='e.g. "ppl<=+5%,accuracy>=0.9": install the smallest precision that meets it.'
+    "--quality-gate",
+    "gate",
+    help='e.g. "ppl<=+5%,accuracy>=0.9": install the smallest build that meets it (the precisions; int4 also at '
+    "block 128 and with its own embedding quantized; int8 also at block 32).",
 )
 @click.option(
     "-p",
@@ -643,10 +646,11 @@ def deploy(
 ) -> None:
     """Doctor, convert, quantize, template, validate and install MODEL_DIR in one command.
 
-    With --quality-gate, tries the smallest precision the execution provider runs
-    first (int4, int8, then full precision), measures it, and installs the first that
+    With --quality-gate, builds every candidate (each precision the execution provider
+    runs; int4 also at block 128 and with the model's own embedding table quantized,
+    int8 also at block 32), measures them smallest file first, and installs the first that
     passes; without one, deploys --precision (int4). Exits non-zero, installing
-    nothing, when no precision passes or validation fails.
+    nothing, when no build passes or validation fails.
 
     \b
     Gate terms (comma-separated): ppl<=12.5, ppl<=+5% (relative to the reference),
@@ -716,7 +720,7 @@ def deploy(
     validation = data["validation"]
     counts = ", ".join(f"{n} {s}" for s, n in validation["counts"].items() if n)
     installed = data["installed"]
-    click.echo(f"chose {data['chosen']}: validation passed ({counts})")
+    click.echo(f"chose {data['chosen_build'] or data['chosen']}: validation passed ({counts})")
     click.echo(f"source check: {verification_summary(data['verification'])}")
     click.echo(
         f"installed {installed['ref']} ({installed['precision']}, {installed['execution_provider']}, "

@@ -63,11 +63,17 @@ def build(
     progress: Progress | None = None,
     verify: bool = True,
     verify_prompts: list[list[dict[str, str]]] | None = None,
+    name: str | None = None,
+    quantization: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
-    """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links)."""
+    """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links).
+
+    ``quantization`` and ``options`` go to the build as ``slmk convert``'s; ``name`` is the
+    build's folder under builds_root (default: the precision)."""
     from slmk.api import operations as app
 
-    out = builds_root(model, ep_name, cache_dir) / precision
+    out = builds_root(model, ep_name, cache_dir) / (name or precision)
     # convert numbers its own steps: a fresh Progress on the same stream for each build
     steps = Progress(quiet=progress.quiet, stream=progress.stream) if progress else Progress(quiet=True)
     app.convert(
@@ -80,6 +86,8 @@ def build(
         cache_dir=cache_dir,
         verify=verify,
         verify_prompts=verify_prompts,
+        **({"quantization": quantization} if quantization else {}),
+        **({"options": options} if options else {}),
     )
     return out
 

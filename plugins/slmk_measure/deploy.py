@@ -1,12 +1,14 @@
 """`slmk deploy`: doctor -> template -> convert (and quantize) -> quality gate ->
 validate -> install -> a first answer from the installed model, in one command.
 
-With a quality gate, the smallest precision the execution provider runs is tried
-first (int4, then int8, then the full precision); each is built, measured and checked
-against the gate, and the first that passes is installed. Relative terms (``ppl<=+5%``)
+With a quality gate, deploy installs the smallest build that passes it: every candidate
+build is made first (each precision the execution provider runs, and the variants in
+GATE_VARIANTS: int4 at block 128 and with its own embedding table quantized, int8 at block 32),
+then they are measured and checked against the gate smallest file first, and the first
+that passes is installed. Relative terms (``ppl<=+5%``)
 and agreement are measured against the reference: the source model run by
 transformers (what the user trained), or with ``reference="fp32"`` the most precise
-precision the provider runs (fp32 on CPU), built too. When no precision passes,
+precision the provider runs (fp32 on CPU), built too. When no build passes,
 nothing is installed and the command fails with the table of what was tried.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from slmk.api import FORMAT_HF, PRECISIONS, ExecutionProvider, ModelInfo, Progress, SlmkError, UsageError
 from slmk.api import operations as app
+from slmk.api.files import dir_size
 from slmk.api.operations import Registry, get_registry
 
 from .compare import build, builds_root, eval_prompts, measure_build
@@ -31,6 +34,57 @@ from .validate import ValidationLimits, ValidationRequest, run_validate
 
 #: The precision deployed when no quality gate is given.
 DEFAULT_PRECISION = "int4"
+#: Option that quantizes a model's own embedding table (an untied one: a tied model's int4/int8
+#: embedding already reads the output layer's quantized table).
+EMBEDDING_OPTION = {"op_types_to_quantize": "MatMul/Gather"}
+#: With a quality gate, the builds tried at a precision besides its default one, as (label,
+#: quantization settings, converter options). Block 128 stores a quarter of the scales of block 32
+#: (a smaller file, coarser steps; int8's default); quantizing an int4 model's own embedding table
+#: saves the most where the vocabulary is a large share of the parameters (docs/benchmarks.md,
+#: "Quality per byte"). int8 builds quantize their embedding table by default.
+GATE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]] = {
+    "int4": (
+        ("b128 +emb", {"block_size": 128}, EMBEDDING_OPTION),
+        ("+emb", {}, EMBEDDING_OPTION),
+        ("b128", {"block_size": 128}, {}),
+    ),
+    "int8": (("b32", {"block_size": 32}, {}),),  # int8's default block is 128 (larger: finer steps)
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A build deploy may install: a precision, and the settings of a variant (none: its default build)."""
+
+    precision: str
+    variant: str = ""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision} {self.variant}" if self.variant else self.precision
+
+    @property
+    def folder_name(self) -> str:
+        return self.label.replace(" +", "-").replace(" ", "-")
+
+
+def weights_bytes(folder: Path) -> int:
+    """What orders the candidates: their model files (the rest of a folder, configs and tokenizer, is the same)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+
+
+def candidate_builds(precisions: list[str], *, tied: bool) -> list[Candidate]:
+    """The default build of each precision and its GATE_VARIANTS (no embedding variant for a tied model)."""
+    found: list[Candidate] = []
+    for precision in precisions:
+        for variant, quantization, options in GATE_VARIANTS.get(precision, ()):
+            if tied and options == EMBEDDING_OPTION:
+                continue
+            found.append(Candidate(precision, variant, dict(quantization), dict(options)))
+        found.append(Candidate(precision))
+    return found
 
 
 @dataclass
@@ -40,10 +94,16 @@ class Attempt:
     reasons: list[str]
     measurement: Measurement
     reference: bool = False
+    build: str = ""  # the candidate's label: the precision, and its variant if any
+    quantization: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "precision": self.precision,
+            "build": self.build or self.precision,
+            "quantization": self.quantization,
+            "options": self.options,
             "ok": self.ok,
             "reasons": self.reasons,
             "reference": self.reference,
@@ -61,7 +121,9 @@ class DeployResult:
     reference_note: str | None = None  # why the default source reference was not used
     source: dict[str, Any] | None = None  # the source model's measurement, when it is the reference
     tried: list[Attempt] = field(default_factory=list)
-    chosen: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every build made: label, size (smallest first)
+    chosen: str | None = None  # the chosen build's precision
+    chosen_build: str | None = None  # ... and its label (precision and variant)
     build: str | None = None
     template: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None  # the chosen build's check against its source
@@ -80,7 +142,9 @@ class DeployResult:
             "reference_note": self.reference_note,
             "source": self.source,
             "tried": [a.as_dict() for a in self.tried],
+            "candidates": self.candidates,
             "chosen": self.chosen,
+            "chosen_build": self.chosen_build,
             "build": self.build,
             "template": self.template,
             "verification": self.verification,
@@ -174,23 +238,27 @@ def deploy(
 
     # the data beside the folder the user named (an adapter's ../data, not its merged copy's)
     items, heldout = _data(Path(model).resolve(), request.eval_file, request.heldout_file, parsed)
-    candidates = candidate_precisions(ep)
+    precisions = candidate_precisions(ep)
     if parsed is None:
         wanted = precision or DEFAULT_PRECISION
-        if wanted not in candidates:
+        if wanted not in precisions:
             raise UsageError(
-                f"{wanted} does not build and run on {ep.name}", hint=f"{ep.name}: {', '.join(candidates)}"
+                f"{wanted} does not build and run on {ep.name}", hint=f"{ep.name}: {', '.join(precisions)}"
             )
-        candidates = [wanted]
+        precisions = [wanted]
+    tied = info.config.get("tie_word_embeddings") is True
+    candidates = candidate_builds(precisions, tied=tied) if parsed else [Candidate(precisions[0])]
     reference_name = None
     if parsed and parsed.needs_reference:
         reference_name, result.reference_note = choose_reference(request.reference, model_dir)
         if reference_name != SOURCE:
-            reference_name = max(candidates, key=PRECISIONS.index)
+            reference_name = max(precisions, key=PRECISIONS.index)  # its default build's label
         if result.reference_note:
             progress.log(result.reference_note)
     result.reference = reference_name
-    progress.total_steps = 2 + (reference_name not in (None, candidates[0])) + len(candidates) + 3 + (tune is not None)
+    # doctor, template, [the candidates' builds], [the reference], a step per candidate, validate, install, answer
+    steps = 2 + (parsed is not None) + (reference_name is not None) + len(candidates) + 3 + (tune is not None)
+    progress.total_steps = steps
 
     def open_build(folder: Path):
         return app.open_session(folder, runtime=runtime, execution_provider=ep.name, registry=registry)
@@ -217,22 +285,29 @@ def deploy(
 
     need = (parsed.metrics | {"answers"} if "agreement" in parsed.metrics else parsed.metrics) if parsed else set()
     measured: dict[str, Measurement] = {}
+    folders: dict[str, Path] = {}
 
-    def build_and_measure(candidate: str, is_reference: bool = False) -> Measurement:
-        folder = build(
+    def make(candidate: Candidate) -> Path:
+        return build(
             model_dir,
-            candidate,
+            candidate.precision,
             ep.name,
             cache_dir=request.steps_cache,
             progress=inner,
             verify=request.verify,
             verify_prompts=eval_prompts(items),
+            name=candidate.folder_name,
+            quantization=candidate.quantization,
+            options=candidate.options,
         )
+
+    def measure_candidate(candidate: Candidate, is_reference: bool = False) -> Measurement:
+        folder = folders[candidate.label]
         if not need:
-            return Measurement(precision=candidate, path=str(folder))
+            return Measurement(precision=candidate.precision, path=str(folder), size_bytes=dir_size(folder))
         found = measure_build(
             folder,
-            candidate,
+            candidate.precision,
             open_build,
             need=need,
             items=items,
@@ -247,44 +322,76 @@ def deploy(
             )
         return found
 
+    if parsed:
+        # every candidate is built first: which is smallest shows only once it is on disk
+        with progress.step(f"build {len(candidates)} candidates"):
+            for candidate in candidates:
+                try:
+                    folders[candidate.label] = make(candidate)
+                except SlmkError as exc:
+                    if not candidate.variant:
+                        raise
+                    inner.log(f"{candidate.label}: not built, left out ({exc.message})")
+            built = [c for c in candidates if c.label in folders]
+            progress.total_steps -= len(candidates) - len(built)
+            candidates = sorted(built, key=lambda c: weights_bytes(folders[c.label]))
+            result.candidates = [{"build": c.label, "model_bytes": weights_bytes(folders[c.label])} for c in candidates]
+            inner.log("smallest first: " + ", ".join(c.label for c in candidates))
     if reference_name == SOURCE:
         with progress.step("reference: measure the source model (transformers)"):
             measured[SOURCE] = measure_build(
                 model_dir, SOURCE, app.open_source_session, need=need, items=items, heldout=heldout, progress=inner
             )
             result.source = measured[SOURCE].as_dict()
-    elif reference_name and reference_name != candidates[0]:
-        with progress.step(f"reference {reference_name}: build and measure"):
-            measured[reference_name] = build_and_measure(reference_name, is_reference=True)
+    elif reference_name and reference_name == candidates[0].label:
+        progress.total_steps -= 1  # measured as the first candidate
+    elif reference_name:
+        with progress.step(f"reference {reference_name}: measure"):
+            reference_build = next(c for c in candidates if c.label == reference_name)
+            measured[reference_name] = measure_candidate(reference_build, is_reference=True)
     chosen = None
     for index, candidate in enumerate(candidates):
-        with progress.step(f"try {candidate}: build" + (" and measure" if need else "")):
-            if candidate not in measured:
-                measured[candidate] = build_and_measure(candidate, is_reference=candidate == reference_name)
-            row = measured[candidate]
+        label = candidate.label
+        with progress.step(f"try {label}: " + ("measure" if parsed else "build")):
+            if label not in folders:
+                folders[label] = make(candidate)
+            if label not in measured:
+                measured[label] = measure_candidate(candidate, is_reference=label == reference_name)
+            row = measured[label]
             ok, reasons = parsed.check(row, measured.get(reference_name)) if parsed else (True, ["no quality gate"])
-            result.tried.append(Attempt(candidate, ok, reasons, row, reference=candidate == reference_name))
-            inner.log(f"{candidate}: {'passes' if ok else 'fails'} ({'; '.join(reasons)})")
+            result.tried.append(
+                Attempt(
+                    candidate.precision,
+                    ok,
+                    reasons,
+                    row,
+                    reference=label == reference_name,
+                    build=label,
+                    quantization=dict(candidate.quantization),
+                    options=dict(candidate.options),
+                )
+            )
+            inner.log(f"{label}: {'passes' if ok else 'fails'} ({'; '.join(reasons)})")
         if ok:
             chosen = candidate
             progress.total_steps = progress.total_steps - (len(candidates) - index - 1)
             break
     if chosen is None:
         failed = "; ".join(
-            f"{a.precision}: {', '.join(r.removeprefix('FAIL: ') for r in a.reasons if r.startswith('FAIL'))}"
+            f"{a.build}: {', '.join(r.removeprefix('FAIL: ') for r in a.reasons if r.startswith('FAIL'))}"
             for a in result.tried
         )
         raise NoPrecisionPasses(
-            f"no precision passes the quality gate {parsed}, nothing was installed: {failed}",
+            f"no build passes the quality gate {parsed}, nothing was installed: {failed}",
             hint="relax the gate, or improve the model",
             result=result,
         )
-    result.chosen = chosen
-    folder = Path(measured[chosen].path)
+    result.chosen, result.chosen_build = chosen.precision, chosen.label
+    folder = Path(measured[chosen.label].path)
     result.build = str(folder)
     result.verification = app.build_info(folder).get("verification")
 
-    with progress.step(f"validate the {chosen} build"):
+    with progress.step(f"validate the {chosen.label} build"):
         validation = ValidationRequest(
             folder,
             items,
@@ -297,12 +404,12 @@ def deploy(
             failed = [c for c in report["checks"] if c["status"] == "fail"]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise SlmkError(
-                f"validation of the {chosen} build failed, nothing was installed: "
+                f"validation of the {chosen.label} build failed, nothing was installed: "
                 f"{failed[0]['title']}: {failed[0]['evidence']}{more}",
                 hint=f"`slmk validate {folder}` shows every check",
             )
     if tune is not None:
-        with progress.step(f"tune the {chosen} build for this machine"):
+        with progress.step(f"tune the {chosen.label} build for this machine"):
             tune(folder)
     with progress.step(f"install {name}"):
         installed = app.install(

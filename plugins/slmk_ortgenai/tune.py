@@ -7,18 +7,20 @@ What is tried, in order (a coordinate search: each stage starts from the best so
 2. with ``rebuild_options``, options that need the model builder again (from the source
    folder recorded in slmk_build.json): the int4/int8 ``block_size`` (32, 64, 128),
    ``accuracy_level`` (4: int8 compute, 1: fp32 compute), the output layer at int8
-   (``matmul_mixed_precision=last_matmul:int8``), for a model that ties its embedding to its
-   output layer the embedding as its own float table (``shared_embeddings=false``; by default
-   it reads the output layer's int4/int8 table). A rebuild is kept only if it passes the
-   quality gate the caller gives (``slmk compare``'s checks).
+   (``matmul_mixed_precision=last_matmul:int8``), for an int4 build of a model with its own
+   embedding table that table quantized too (``op_types_to_quantize=MatMul/Gather``), for a model
+   that ties its embedding to its output layer the embedding as its own float table
+   (``shared_embeddings=false``; by default it reads the output layer's int4/int8 table). A
+   rebuild is kept only if it passes the quality gate the caller gives (``slmk compare``'s checks).
 
 Each candidate is measured the same way, interleaved over ``rounds`` (every round loads
 and times every candidate once, so the shared machine's drift spreads over all of them):
 one greedy request of ``prompt_tokens`` prompt tokens (the model's chat template around
 filler text) and exactly ``new_tokens`` new tokens, through ``OrtGenAISession``. The
-figure that decides is the median wall time of that request. A candidate within
-``TIE_MARGIN`` of the fastest loses to one tried before it (fewer threads, the build's own
-options), so noise does not flip the choice and cores are left free where they buy little.
+figure that decides is the median wall time of that request. Candidates within
+``TIE_MARGIN`` of the fastest tie: the smallest build wins a tie, then the one tried first
+(fewer threads, the build's own options), so noise does not flip the choice, cores are left
+free where they buy little, and of equally fast builds within the gate the smallest is kept.
 
 The chosen session options are written into genai_config.json atomically; a chosen
 rebuild replaces the build folder's files atomically (the old folder is renamed away only
@@ -41,6 +43,7 @@ from slmk.api.files import link_or_copy_tree, temp_path
 from slmk.api.models import build_problems
 from slmk.api.operations import QUIET, build_info, get_registry, resolve_ep
 
+from .builder import INT8_BLOCK_SIZE
 from .session_options import logical_cores, write_session_options
 
 #: A candidate this close to the fastest (relative request time) counts as a tie.
@@ -50,12 +53,17 @@ REBUILD_STAGES: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (
     ("block_size", ({"block_size": 32}, {"block_size": 64}, {"block_size": 128})),
     ("accuracy_level", ({"accuracy_level": 4}, {"accuracy_level": 1})),
     ("lm_head", ({}, {"matmul_mixed_precision": "last_matmul:int8"})),
+    # Untied int4 models only: the embedding table quantized too (int8 builds quantize it already);
+    # a smaller file, and for a small model with a large vocabulary much smaller.
+    ("own_embedding", ({}, {"op_types_to_quantize": "MatMul/Gather"})),
     # Tied models only: the embedding is read from the output layer's int4/int8 table; the
     # alternative keeps it as its own float table (bigger, exact lookups).
-    ("embedding", ({}, {"shared_embeddings": "false"})),
+    ("embedding", ({}, {"shared_embeddings": "false", "op_types_to_quantize": "MatMul"})),
 )
 #: Stages that change something only when the source model ties its embedding to its output layer.
 TIED_ONLY_STAGES = ("embedding",)
+#: Stages that change something only for an int4 build of a model with its own embedding table.
+UNTIED_INT4_ONLY_STAGES = ("own_embedding",)
 
 FILLER = "The morning was cool and the market opened early, and traders set out bread, fruit and fish. "
 
@@ -75,6 +83,7 @@ class Trial:
     first_token_s: list[float] = field(default_factory=list)
     quality: str = "not checked"  # "pass", "not checked", or "fail: why"
     chosen: bool = False
+    size_bytes: int = 0  # the candidate's model files: among equally fast candidates the smallest wins
 
     @property
     def label(self) -> str:
@@ -231,12 +240,18 @@ def _measure(trials: Sequence[Trial], folders: Sequence[Path], run: _Tuning) -> 
             _measure_once(folder, run.ep, run.content, run.prompt_tokens, run.options.new_tokens, trial)
 
 
+def _model_bytes(folder: Path) -> int:
+    """model.onnx and its data: what differs between builds (slmk_build.json differs in paths and times)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+
+
 def _best(trials: Sequence[Trial]) -> Trial:
     eligible = [t for t in trials if t.eligible]
     if not eligible:
         raise UsageError("no candidate passed the quality gate", hint="check the build with `slmk compare`")
     fastest = min(t.median_request_s for t in eligible)
-    return next(t for t in eligible if t.median_request_s <= fastest * (1 + TIE_MARGIN))
+    # as fast as the fastest (within the margin): the smallest build, then the one tried first
+    return min((t for t in eligible if t.median_request_s <= fastest * (1 + TIE_MARGIN)), key=lambda t: t.size_bytes)
 
 
 # ------------------------------------------------------------------ tune
@@ -300,7 +315,8 @@ def tune(build_dir: str | Path, options: TuneOptions | None = None, progress: Pr
     run = _Tuning(build, options, resolve_ep(get_registry(), options.execution_provider), progress)
     try:
         # ---- stage 1: threads on the build as it is
-        stage = [Trial(settings={"intra_op_num_threads": n}, quality="as built") for n in counts]
+        size = _model_bytes(build)
+        stage = [Trial(settings={"intra_op_num_threads": n}, quality="as built", size_bytes=size) for n in counts]
         folders = [_candidate_folder(build, t.settings, build.parent) for t in stage]
         run.scratch += folders
         from .runtime import OrtGenAISession
@@ -342,8 +358,13 @@ def _rebuild_stages(
     """Each rebuild stage in turn: its candidates built, gated and measured against the best so far."""
     build, progress, quality_gate = run.build, run.progress, run.options.quality_gate
     tied = ModelInfo.load(source).config.get("tie_word_embeddings") is True
-    stages = [stage for stage in REBUILD_STAGES if tied or stage[0] not in TIED_ONLY_STAGES]
     precision = info.get("precision") or "int4"
+    stages = [
+        stage
+        for stage in REBUILD_STAGES
+        if (tied or stage[0] not in TIED_ONLY_STAGES)
+        and ((not tied and precision == "int4") or stage[0] not in UNTIED_INT4_ONLY_STAGES)
+    ]
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
     # and a candidate's label names only what differs from them.
     built = _built_options(info)
@@ -374,12 +395,18 @@ def _rebuild_stages(
                 trial.quality = "pass" if reason is None else f"fail: {reason}"
             else:
                 trial.quality = "not checked"
+            trial.size_bytes = _model_bytes(out) if out.is_dir() else 0
             stage.append(trial)
             folders.append(out)
         if not stage:
             continue
         # the best so far is measured again in the same rounds: like against like
-        rerun = Trial(settings=dict(best.settings), build_options=dict(best.build_options), quality=best.quality)
+        rerun = Trial(
+            settings=dict(best.settings),
+            build_options=dict(best.build_options),
+            quality=best.quality,
+            size_bytes=best.size_bytes,
+        )
         stage.insert(0, rerun)
         folders.insert(0, best_folder)
         # a candidate that failed the gate is not worth timing: it cannot be chosen
@@ -417,18 +444,19 @@ def _build_and_load(source, out, precision, ep, quantization, extra) -> str | No
 
 
 _QUANTIZATION_KEYS = ("block_size", "accuracy_level", "is_symmetric", "algorithm")
-#: What the 0.18 builder uses on cpu when a build names nothing (slmk_build.json records only what was asked).
+#: What a build gets on cpu when it names nothing (slmk_build.json records only what was asked).
 BUILDER_DEFAULTS: dict[str, Any] = {"block_size": 32, "accuracy_level": 4}
 
 
 def _built_options(info: Mapping[str, Any]) -> dict[str, Any]:
     """The model builder's options of a build, from slmk_build.json's plan (session options left out)."""
+    defaults = {**BUILDER_DEFAULTS, **({"block_size": INT8_BLOCK_SIZE} if info.get("precision") == "int8" else {})}
     for step in reversed((info.get("plan") or {}).get("steps") or []):
         if step.get("tool") == "ortgenai-builder":
-            options = {**BUILDER_DEFAULTS, **(step.get("options") or {})}
+            options = {**defaults, **(step.get("options") or {})}
             options.pop("intra_op_num_threads", None)
             return options
-    return dict(BUILDER_DEFAULTS)
+    return defaults
 
 
 def _replace_model_files(build: Path, rebuilt: Path) -> None:

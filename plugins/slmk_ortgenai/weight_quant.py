@@ -34,6 +34,10 @@ WHOLE_MODEL_ATTR = "_slmk_whole_model_reason"
 
 #: ONNX names of the weight types the quantizer takes as they are (bf16 goes through fp32 there).
 _FLOAT_DTYPES = ("FLOAT", "FLOAT16")
+#: Bit widths at which this pass quantizes a Gather (an embedding table). ONNX Runtime's quantizer
+#: does 4 only and leaves an 8-bit Gather in float; GatherBlockQuantized reads 8-bit blocks in
+#: MatMulNBits' layout, which is how this pass writes them (``_gather_block_quantized_8bits``).
+GATHER_BITS = (4, 8)
 
 
 # ------------------------------------------------------------------ eligibility
@@ -65,8 +69,8 @@ def _plan(builder: Any) -> tuple[str | None, dict[str, int]]:
         if weight is None:
             continue  # not a constant: the quantizer keeps such a node as it is
         bits = upgrades.get(node.name, qa["bits"])
-        if node.op_type == "Gather" and bits != 4:
-            continue  # ONNX Runtime's quantizer quantizes a Gather at 4 bits only
+        if node.op_type == "Gather" and bits not in GATHER_BITS:
+            continue
         if node.graph is not graph:
             return "a weight inside a subgraph", {}
         tensor = weight.const_value
@@ -74,8 +78,20 @@ def _plan(builder: Any) -> tuple[str | None, dict[str, int]]:
             return f"{tensor.dtype.name} weights", {}
         if node.op_type == "MatMul" and len(tensor.shape) != 2:
             return f"a {len(tensor.shape)}-D MatMul weight", {}
+        if node.op_type == "Gather" and bits == 8 and not _is_token_embedding(node, tensor):
+            continue  # 8 bits for the token embedding only (a cos/sin cache looked up by position stays float)
         plan[node.name] = bits
     return None, plan
+
+
+def _is_token_embedding(node: Any, tensor: Any) -> bool:
+    """A 2-D table whose rows are looked up by a graph input (the token ids)."""
+    ids = node.inputs[1] if len(node.inputs) > 1 else None
+    return len(tensor.shape) == 2 and _gather_axis(node) == 0 and ids is not None and ids.is_graph_input()
+
+
+def _gather_axis(node: Any) -> int:
+    return node.attributes["axis"].as_int() if "axis" in node.attributes else 0
 
 
 def _weight(node: Any) -> Any:
@@ -163,6 +179,8 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
         weight = _weight(node)
         if node.op_type == "MatMul":
             new = _matmul_nbits(ir, quantizer(bits), node, weight, bits, initializer, checkpoint)
+        elif bits == 8:
+            new = _gather_block_quantized_8bits(ir, quantizer(bits), node, weight, initializer, checkpoint)
         else:
             source, dtype = _source(weight.const_value, ir)
             array = _contiguous(source, np, dtype=dtype)
@@ -337,24 +355,11 @@ def _matmul_nbits(
     checkpoint's pages read) to SLICE_BYTES instead of the whole weight (the tied output
     layer of Qwen2.5-0.5B: 519 MiB).
     """
-    import numpy as np
-
     config = quantizer.config
     source, dtype = _source(weight.const_value, ir)
     rows, cols = source.shape
-    step = max(1, SLICE_BYTES // (4 * rows))
-    parts = []
-    for start in range(0, cols, step):
-        part = _contiguous(source, np, columns=slice(start, min(cols, start + step)), dtype=dtype)
-        parts.append(quantizer.qbits_block_quant(part))
-        checkpoint.read(part.nbytes)
-        del part
+    packed, scales, zero_points = _block_quant_by_columns(quantizer, source, dtype, checkpoint)
     del source
-    if len(parts) == 1:
-        packed, scales, zero_points = parts[0]
-    else:
-        packed, scales, zero_points = (np.concatenate(pieces, axis=0) for pieces in zip(*parts, strict=True))
-    del parts
     inputs = [
         node.inputs[0],
         initializer(f"{weight.name}_Q{bits}", ir.Tensor(packed, name=f"{weight.name}_Q{bits}")),
@@ -376,6 +381,57 @@ def _matmul_nbits(
     )
 
 
+def _block_quant_by_columns(quantizer: Any, source: Any, dtype: Any, checkpoint: CheckpointPages) -> tuple:
+    """``quantizer.qbits_block_quant`` of a ``[K, N]`` weight, SLICE_BYTES of columns at a time: same bytes."""
+    import numpy as np
+
+    rows, cols = source.shape
+    step = max(1, SLICE_BYTES // (4 * rows))
+    parts = []
+    for start in range(0, cols, step):
+        part = _contiguous(source, np, columns=slice(start, min(cols, start + step)), dtype=dtype)
+        parts.append(quantizer.qbits_block_quant(part))
+        checkpoint.read(part.nbytes)
+        del part
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(pieces, axis=0) for pieces in zip(*parts, strict=True))
+
+
+def _gather_block_quantized_8bits(
+    ir: Any, quantizer: Any, node: Any, weight: Any, initializer: Any, checkpoint: CheckpointPages
+) -> Any:
+    """Gather -> GatherBlockQuantized at 8 bits, its table laid out as an int8 MatMulNBits weight's.
+
+    An embedding table ``[vocab, hidden]`` is the transpose of a MatMul weight ``[K=hidden,
+    N=vocab]``: quantized as one (the same ONNX Runtime function, block by block along hidden), each
+    row becomes ``hidden`` uint8 codes (the int8 value + 128 when symmetric: GatherBlockQuantized's
+    default zero point at 8 bits) and one scale per block, which is what GatherBlockQuantized reads
+    with ``quantize_axis`` 1. This is the layout of the tied int8 table the embedding shares with the
+    output layer (``share_int8_embedding``); the block padding of a row is cut off.
+    """
+    import numpy as np
+
+    config = quantizer.config
+    source, dtype = _source(weight.const_value, ir)
+    vocab, hidden = source.shape
+    packed, scales, zero_points = _block_quant_by_columns(quantizer, source.T, dtype, checkpoint)
+    del source
+    codes = np.ascontiguousarray(packed.reshape(vocab, -1)[:, :hidden])
+    del packed
+    inputs = [
+        initializer(f"{weight.name}_Q8", ir.Tensor(codes, name=f"{weight.name}_Q8")),
+        node.inputs[1],
+        initializer(f"{weight.name}_scales", ir.Tensor(scales, name=f"{weight.name}_scales")),
+    ]
+    if not config.is_symmetric:
+        inputs.append(
+            initializer(f"{weight.name}_zero_points", ir.Tensor(zero_points, name=f"{weight.name}_zero_points"))
+        )
+    attributes = {"bits": 8, "block_size": config.block_size, "gather_axis": 0, "quantize_axis": 1}
+    return _gather_node(ir, node, inputs, attributes, "_Q8")
+
+
 def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, array: Any, initializer: Any) -> Any:
     """Gather -> GatherBlockQuantized as ``DefaultWeightOnlyQuantizer.quantize_gather`` writes it."""
     config = quantizer.config
@@ -391,16 +447,14 @@ def _gather_block_quantized(ir: Any, quantizer: Any, node: Any, weight: Any, arr
     if not config.is_symmetric:
         zp = ir.PackedTensor(zero_points, dtype, shape=scales.shape, name=f"{weight.name}_zero_points")
         inputs.append(initializer(f"{weight.name}_zero_points", zp))
-    gather_axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
-    attributes = {"block_size": config.block_size, "gather_axis": gather_axis, "quantize_axis": axis}
-    return ir.node(
-        "GatherBlockQuantized",
-        inputs,
-        attributes,
-        domain="com.microsoft",
-        name=f"{node.name}_Q4" if node.name else "",
-        num_outputs=1,
-    )
+    attributes = {"block_size": config.block_size, "gather_axis": _gather_axis(node), "quantize_axis": axis}
+    return _gather_node(ir, node, inputs, attributes, "_Q4")
+
+
+def _gather_node(ir: Any, node: Any, inputs: list, attributes: dict[str, int], suffix: str) -> Any:
+    """The GatherBlockQuantized node that replaces ``node`` (named after it, as the quantizer names it)."""
+    name = f"{node.name}{suffix}" if node.name else ""
+    return ir.node("GatherBlockQuantized", inputs, attributes, domain="com.microsoft", name=name, num_outputs=1)
 
 
 # ------------------------------------------------------------------ int8 shared embedding

@@ -273,7 +273,9 @@ def quantization_options(f):
         help="Weight quantization algorithm, as the installed plugins declare them: e.g. rtn/k_quant (builder), "
         "gptq (Olive, CPU), hqq (ONNX); `slmk plugins` lists them.",
     )(f)
-    f = click.option("--block-size", type=int, help="int4 block size (16, 32, 64, 128, 256).")(f)
+    f = click.option(
+        "--block-size", type=int, help="int4/int8 block size (16, 32, 64, 128, 256) [default: 32 at int4, 128 at int8]."
+    )(f)
     f = click.option("--accuracy-level", type=int, help="int4 MatMul accuracy level 0-4 (4: int8 compute).")(f)
     f = click.option("--symmetric/--asymmetric", default=None, help="Symmetric int4 quantization.")(f)
     f = click.option(
