@@ -33,6 +33,7 @@ from .errors import PluginError, SlmkError, UsageError, contain_plugin_failure
 from .records import (
     RECORD_TYPES,
     BuildCheck,
+    BuildPipeline,
     Command,
     Converter,
     ExecutionProvider,
@@ -262,6 +263,7 @@ class Registry:
     commands = _Records[Command]("slmk_commands")
     settings = _Records[Setting]("slmk_settings")
     build_checks = _Records[BuildCheck]("slmk_build_checks")
+    build_pipelines = _Records[BuildPipeline]("slmk_build_pipelines")
 
     def model_source(self, path: str | Path) -> ModelSource | None:
         """The source that claims ``path`` (first by name), or None for a plain model folder."""
