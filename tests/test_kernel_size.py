@@ -11,9 +11,9 @@ KERNEL = Path(__file__).resolve().parent.parent / "kernel" / "slmk"
 
 #: Lines of kernel/slmk/**/*.py outside cli/, as counted by `wc -l`.
 #: -408 in #22: verify.py became the slmk_verify plugin (behind slmk_build_checks); inspect_model, write_config to cli/.
-#: -483 in #22: planner.py and pipeline.py (and the step cache's manifests from fsutil.py) became the slmk_build
+#: -482 in #22: planner.py and pipeline.py (and the step cache's manifests from fsutil.py) became the slmk_build
 #: plugin behind slmk_build_pipelines; Plan, BuildResult and the verdict line stay in the kernel (builds.py).
-KERNEL_LINE_BUDGET = 6_028
+KERNEL_LINE_BUDGET = 6_029
 
 
 def _kernel_lines() -> dict[str, int]:
