@@ -95,11 +95,11 @@ def main() -> None:
     os.environ.setdefault("SLMK_CACHE_DIR", str(work / "slmk-cache"))
 
     from precision_sweep import make_shaped_model
+    from slmk_build.pipeline import cached_step_problems, tree_manifest
     from slmk_foundry.installer import onnx_problems
 
     from slmk import app
-    from slmk.fsutil import copy_tree, link_or_copy_tree, tree_manifest
-    from slmk.pipeline import cached_step_problems
+    from slmk.fsutil import copy_tree, link_or_copy_tree
 
     model = make_shaped_model(work / f"shaped-{args.layers or 24}", layers=args.layers)
     steps = work / "steps-cache"

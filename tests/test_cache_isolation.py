@@ -14,9 +14,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from slmk_build.pipeline import STEP_MARKER, cached_step_problems, step_key
 
 from slmk import app
-from slmk.pipeline import STEP_MARKER, cached_step_problems, step_key
 from slmk.progress import Progress
 
 GREEDY = {"do_sample": False, "max_new_tokens": 8}

@@ -160,6 +160,25 @@ def _check_records(hook_name: str, records: dict, tmp_path: Path) -> None:
             resolved = record.resolve_template(make_registry(), info, None)
             assert isinstance(resolved.template, PromptTemplate) and isinstance(resolved.source, str)
             assert isinstance(record.check_round_trip("", resolved.template, {}).notes, tuple)
+        elif hook_name == "slmk_build_pipelines":
+            source = tmp_path / "source"
+            source.mkdir()
+            (source / "config.json").write_text("{}")
+            source_info = ModelInfo(path=source, format=FORMAT_HF, config={}, model_type="example", architectures=())
+            request = ConvertRequest(source, tmp_path / "build", precision="fp32")
+            plan = record.plan(make_registry(), source_info, CPU, request)
+            assert plan.precision == "fp32" and plan.steps
+
+            class Verdict:
+                def before(self, final_key):
+                    self.key = final_key
+
+                def after(self, folder):
+                    return {"status": "verified", "summary": f"checked {self.key}"}
+
+            result = record.run(make_registry(), source_info, plan, request, Verdict())
+            assert (result.output / "config.json").is_file()
+            assert result.verification == {"status": "verified", "summary": "checked copy-fp32"}
         else:  # a new hook: teach this test how to use its records
             raise AssertionError(f"no check for the records of {hook_name}")
 

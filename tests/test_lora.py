@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import slmk_build
 import slmk_foundry
 import slmk_ortgenai
 import slmk_system
@@ -43,7 +44,7 @@ KESSA_EVAL = read_jsonl(LORA / "data" / "eval.jsonl")
 
 @pytest.fixture(scope="module")
 def registry():
-    return make_registry(slmk_system, slmk_ortgenai, slmk_foundry)
+    return make_registry(slmk_system, slmk_ortgenai, slmk_foundry, slmk_build)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import slmk_ortgenai
 import slmk_system
+from slmk_build.planner import make_plan
 from slmk_ortgenai import builder, runtime
 from slmk_system.providers import CPU
 
@@ -18,7 +19,6 @@ from slmk.api.models import read_search, search_defaults
 from slmk.app import open_session
 from slmk.errors import SlmkError, StepFailed, UsageError
 from slmk.modelinfo import ModelInfo
-from slmk.planner import make_plan
 from slmk.progress import Progress
 from slmk.records import FORMAT_HF, ConvertRequest, LoadRequest, StepRequest
 from slmk.testing import make_registry

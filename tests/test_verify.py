@@ -13,9 +13,9 @@ import shutil
 import pytest
 
 from slmk import app
+from slmk.api.operations import verification_summary
 from slmk.cli.build import inspect_model
 from slmk.errors import SlmkError
-from slmk.pipeline import verification_summary
 from slmk.plugins import get_registry
 
 
@@ -121,7 +121,7 @@ def test_not_verified_without_a_build_check(tiny_model_dir, tiny_build, tmp_path
     """Without the verify plugin, the build records that no check is installed (never silently)."""
     from slmk.plugins import make_registry
 
-    registry = make_registry("system", "ortgenai", "families", "transformers")
+    registry = make_registry("system", "ortgenai", "families", "transformers", "build")
     assert registry.build_checks == {}
     output = tmp_path / "fp32"
     app.convert(tiny_model_dir, output, precision="fp32", registry=registry)
@@ -157,7 +157,7 @@ def test_a_broken_build_check_is_one_line_naming_its_plugin_and_nothing_is_kept(
         def slmk_build_checks(self):
             yield BuildCheck(name="broken", description="a check with a bug", start=Broken, priority=5)
 
-    registry = make_registry("system", "ortgenai", "families", "transformers", "verify", BrokenCheckPlugin())
+    registry = make_registry("system", "ortgenai", "families", "transformers", "verify", "build", BrokenCheckPlugin())
     assert registry.default_name("slmk_build_checks") == "broken"  # the highest priority runs
     output = tmp_path / "fp32"
     with pytest.raises(PluginError) as failed:

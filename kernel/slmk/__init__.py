@@ -1,7 +1,8 @@
 """slmk: a small-language-model deployment kit built as a pluggy microkernel.
 
 The kernel (this package) holds the contract (hookspecs and records), the plugin
-manager, configuration, the planner and the CLI. It never imports a plugin package
+manager, configuration and the CLI; the planner and the step runner are the built-in
+plugin slmk_build. It never imports a plugin package
 nor torch, transformers, onnx, onnxruntime or olive: plugins do the heavy work.
 """
 

@@ -11,13 +11,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .builds import STATUS_NOT_VERIFIED, STATUS_SKIPPED, BuildResult, Plan
 from .errors import PluginError, SlmkError, TemplateError, UsageError, call_plugin, contain_plugin_failure
 from .modelinfo import ModelInfo
-from .pipeline import STATUS_NOT_VERIFIED, STATUS_SKIPPED, BuildResult, run_plan
-from .planner import Plan, make_plan
 from .plugins import Registry, get_registry
 from .progress import Progress
-from .records import FORMAT_HF, ChatSession, ConvertRequest, ExecutionProvider, LoadRequest, ProbeResult, Runtime
+from .records import (
+    FORMAT_HF,
+    BuildPipeline,
+    ChatSession,
+    ConvertRequest,
+    ExecutionProvider,
+    LoadRequest,
+    ProbeResult,
+    Runtime,
+)
 
 
 def resolve_ep(registry: Registry, name: str) -> ExecutionProvider:
@@ -168,10 +176,28 @@ def convert_request(request: ConvertRequest, registry: Registry | None = None) -
     if calibration and not calibration.is_file():
         raise UsageError(f"calibration file {calibration} not found", hint="pass a .jsonl or .txt file")
     request = replace(request, calibration=calibration)
-    plan = make_plan(registry, info, ep, request)
+    pipeline = _build_pipeline(registry)
+    plan = pipeline.plan(registry, info, ep, request)
     if request.plan_only:
         return plan
-    return run_plan(registry, info, plan, request, check=_start_build_check(registry, request, info))
+    return pipeline.run(registry, info, plan, request, _start_build_check(registry, request, info))
+
+
+def make_plan(registry: Registry, info: ModelInfo, ep: ExecutionProvider, request: ConvertRequest) -> Plan:
+    """The plan for ``request`` from the build pipeline with the highest priority (``slmk_build_pipelines``)."""
+    return _build_pipeline(registry).plan(registry, info, ep, request)
+
+
+def _build_pipeline(registry: Registry) -> BuildPipeline:
+    """The build pipeline with the highest priority, or one line saying none is installed."""
+    name = registry.default_name("slmk_build_pipelines")
+    if name is None:
+        raise SlmkError(
+            "no build pipeline is installed: slmk cannot plan or build a conversion",
+            hint="reinstall slmk (its built-in plugin slmk_build plans and runs builds), "
+            "or take build out of SLMK_DISABLE_PLUGINS",
+        )
+    return registry.build_pipelines[name]
 
 
 class _FixedVerdict:

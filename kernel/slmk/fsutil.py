@@ -424,56 +424,6 @@ def _copy_entries(entries: list[tuple[Path, Path | None]], dst: Path, *, link: b
         clone_or_copy_file(source, target)
 
 
-# ------------------------------------------------------------------ manifests of read-only cache entries
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, read in 1 MiB blocks (hashlib.file_digest is 3.11+)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tree_manifest(folder: Path) -> dict[str, dict[str, object]]:
-    """Size and sha256 of every file under ``folder``, by relative path."""
-    folder = Path(folder)
-    return {
-        rel.as_posix(): {"size": source.stat().st_size, "sha256": file_sha256(source)}
-        for rel, source in tree_entries(folder)
-        if source is not None
-    }
-
-
-def manifest_problems(folder: Path, manifest: dict[str, dict[str, object]]) -> list[str]:
-    """How ``folder`` differs from ``manifest`` (empty when every file is whole and unchanged).
-
-    Sizes first (cheap, catches truncation), then every file's sha256 (catches edits in place).
-    """
-    folder = Path(folder)
-    try:
-        present = {rel.as_posix(): source for rel, source in tree_entries(folder) if source is not None}
-    except (OSError, UsageError) as exc:
-        return [str(exc)]
-    problems = [f"{name} is missing" for name in sorted(set(manifest) - set(present))]
-    problems += [f"{name} was added" for name in sorted(set(present) - set(manifest))]
-    for name in sorted(set(manifest) & set(present)):
-        expected = manifest[name]
-        size = present[name].stat().st_size
-        if size != expected.get("size"):
-            problems.append(f"{name} is {size} bytes, not {expected.get('size')}")
-        elif file_sha256(present[name]) != expected.get("sha256"):
-            problems.append(f"{name} was changed")
-    return problems
-
-
-def protect_tree(folder: Path) -> None:
-    """Make every file under ``folder`` read-only (folders stay writable, so it can be deleted)."""
-    for rel, source in tree_entries(folder):
-        if source is not None and not os.path.islink(Path(folder) / rel):
-            mode = stat.S_IMODE(os.stat(source).st_mode)
-            os.chmod(source, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 # ------------------------------------------------------------------ locks
 #: Environment variable: seconds to wait for a lock another slmk process holds.
 LOCK_TIMEOUT_ENV = "SLMK_LOCK_TIMEOUT_S"

@@ -18,6 +18,7 @@ import pluggy
 
 from .records import (
     BuildCheck,
+    BuildPipeline,
     Command,
     Converter,
     ExecutionProvider,
@@ -397,4 +398,39 @@ def slmk_template_engines() -> Iterable[TemplateEngine]:
                 check_round_trip=_check, sample_rendering=lambda info: None,
                 resolve_template=lambda registry, info, template_file=None: ResolvedTemplate(CHATML, None, "chatml"),
             )
+    """
+
+
+@hookspec
+def slmk_build_pipelines() -> Iterable[BuildPipeline]:
+    """How ``slmk convert`` plans and runs a build; the pipeline with the highest priority is used.
+
+    ``plan(registry, info, ep, request)`` returns a Plan (or raises a one-line SlmkError);
+    ``run(registry, info, plan, request, check)`` builds it into ``request.output`` around the
+    started build check and returns a BuildResult. The built-in ``slmk_build`` plans from the
+    converters' and quantizers' records and caches each step by its inputs.
+
+    Example::
+
+        import json
+        import shutil
+        from pathlib import Path
+        from slmk.api import BuildPipeline, BuildResult, Plan, PlannedStep, hookimpl
+        from slmk.api.models import BUILD_INFO
+
+        def plan_copy(registry, info, ep, request):
+            step = PlannedStep("convert", "copy", "example", request.precision, "hf", "hf")
+            return Plan(request.precision, ep.name, "direct", (step,), "copies the folder as it is")
+
+        def run_copy(registry, info, plan, request, check):
+            output = Path(request.output)
+            check.before("copy-" + plan.precision)
+            shutil.copytree(info.path, output)
+            verdict = check.after(output)
+            (output / BUILD_INFO).write_text(json.dumps({"plan": plan.as_dict(), "verification": verdict}))
+            return BuildResult(output=output, plan=plan)
+
+        @hookimpl
+        def slmk_build_pipelines():
+            yield BuildPipeline(name="copy", description="copies the model folder", plan=plan_copy, run=run_copy)
     """

@@ -33,6 +33,7 @@ from .errors import PluginError, SlmkError, UsageError, contain_plugin_failure
 from .records import (
     RECORD_TYPES,
     BuildCheck,
+    BuildPipeline,
     Command,
     Converter,
     ExecutionProvider,
@@ -265,6 +266,7 @@ class Registry:
     settings = _Records[Setting]("slmk_settings")
     build_checks = _Records[BuildCheck]("slmk_build_checks")
     template_engines = _Records[TemplateEngine]("slmk_template_engines")
+    build_pipelines = _Records[BuildPipeline]("slmk_build_pipelines")
 
     def model_source(self, path: str | Path) -> ModelSource | None:
         """The source that claims ``path`` (first by name), or None for a plain model folder."""

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
+    from .builds import BuildResult, Plan
     from .modelinfo import ModelInfo
-    from .pipeline import BuildResult
-    from .planner import Plan
     from .plugins import Registry
     from .progress import Progress
 
@@ -372,6 +371,24 @@ class BuildCheck(Record):
     start: Callable[[ConvertRequest, ModelInfo, Registry], Any]
 
 
+@dataclass(frozen=True)
+class BuildPipeline(Record):
+    """Plans and runs a conversion (``slmk convert``); the one with the highest priority is used.
+
+    ``plan(registry, info, ep, request)`` returns the Plan for the ConvertRequest (its precision,
+    ``via``, quantization, calibration and ``-O`` options), or raises a one-line SlmkError saying
+    why nothing fits; ``slmk convert --plan`` stops there. ``run(registry, info, plan, request,
+    check)`` builds it into ``request.output`` and returns a BuildResult; ``check`` is the started
+    build check (``before(final_key)`` ahead of the first step, ``after(folder)`` on the finished
+    build, its verdict recorded as ``verification`` in slmk_build.json).
+    """
+
+    name: str
+    description: str
+    plan: Callable[[Registry, ModelInfo, ExecutionProvider, ConvertRequest], Plan]
+    run: Callable[[Registry, ModelInfo, Plan, ConvertRequest, Any], BuildResult]
+
+
 # ------------------------------------------------------------------------ installers
 @dataclass(frozen=True)
 class InstalledModel:
@@ -687,4 +704,5 @@ RECORD_TYPES: dict[str, type] = {
     "slmk_settings": Setting,
     "slmk_build_checks": BuildCheck,
     "slmk_template_engines": TemplateEngine,
+    "slmk_build_pipelines": BuildPipeline,
 }

@@ -4,7 +4,7 @@ Built-in plugins (``plugins/slmk_*``) and third-party ones import the kernel onl
 ``slmk.api`` and its submodules; the kernel's modules behind them may move, these names
 stay. ``tests/test_api.py`` holds the exact list of names below, so adding one is a
 decision, and checks that importing this module stays cheap (no click, no Jinja, no
-planner or pipeline): a plugin that only yields a ModelFamily pays for nothing else.
+build pipeline): a plugin that only yields a ModelFamily pays for nothing else.
 
 Helpers for plugin authors live in named submodules, each loading only what it needs:
 
@@ -20,6 +20,7 @@ Helpers for plugin authors live in named submodules, each loading only what it n
 from __future__ import annotations
 
 from .. import __version__
+from ..builds import BuildResult, Plan, PlannedStep, StepRun
 from ..errors import SlmkError, StepFailed, UsageError
 from ..hookspecs import hookimpl
 from ..modelinfo import ModelInfo
@@ -30,6 +31,7 @@ from ..records import (
     PRECISIONS,
     BatchingSession,
     BuildCheck,
+    BuildPipeline,
     ChatSession,
     Command,
     Converter,
@@ -75,6 +77,8 @@ __all__ = [
     "Record",
     "BatchingSession",
     "BuildCheck",
+    "BuildPipeline",
+    "BuildResult",
     "ChatSession",
     "Command",
     "Converter",
@@ -90,6 +94,8 @@ __all__ = [
     "ModelFamily",
     "ModelInfo",
     "ModelSource",
+    "Plan",
+    "PlannedStep",
     "Probe",
     "ProbeResult",
     "Progress",
@@ -99,6 +105,7 @@ __all__ = [
     "ScoringSession",
     "Setting",
     "StepRequest",
+    "StepRun",
     "ConvertRequest",
     "Task",
     "TaskResult",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..builds import BUILD_INFO
 from ..genai_format import (
     GENAI_CONFIG,
     MAX_CONTEXT_LENGTH,
@@ -19,6 +20,7 @@ from ..messages import check_messages
 from ..modelinfo import pickled_weights
 
 __all__ = [
+    "BUILD_INFO",
     "GENAI_CONFIG",
     "MAX_CONTEXT_LENGTH",
     "MAX_SESSION_THREADS",

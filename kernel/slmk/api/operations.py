@@ -1,6 +1,6 @@
-"""What commands contributed by plugins call: convert, install, open a session, plan, the registry.
+"""What commands contributed by plugins call: convert, install, open a session, the registry.
 
-These run the kernel's pipeline and planner; importing this module loads them.
+These are the kernel's operations (``slmk.app``); importing this module loads them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from ..app import (
     convert,
     convert_request,
     install,
+    make_plan,
     materialize,
     open_session,
     open_source_session,
@@ -18,9 +19,9 @@ from ..app import (
     run_doctor,
     source_unavailable,
 )
+from ..builds import check_precision, verification_summary
 from ..config import check_values, read_toml
-from ..pipeline import verification_summary
-from ..planner import check_precision, make_plan
+from ..errors import call_plugin
 from ..plugins import Registry, get_registry
 from ..progress import QUIET
 
@@ -28,6 +29,7 @@ __all__ = [
     "QUIET",
     "Registry",
     "build_info",
+    "call_plugin",
     "check_precision",
     "check_values",
     "convert",

@@ -141,9 +141,10 @@ def inspect_model(
     model: str | Path, registry: Registry | None = None, *, base: str | Path | None = None
 ) -> dict[str, Any]:
     """Everything `slmk inspect` shows, as data (for an adapter: the adapter and its base)."""
+    from ..app import make_plan
+    from ..builds import check_precision
     from ..errors import SlmkError, call_plugin
     from ..modelinfo import ModelInfo
-    from ..planner import check_precision, make_plan
     from ..records import FORMAT_HF, PRECISIONS
 
     registry = registry or get_registry()
@@ -180,10 +181,8 @@ def inspect_model(
         for precision in PRECISIONS:
             try:
                 check_precision(ep, precision)
-                buildable = bool(
-                    info.format == FORMAT_HF
-                    and make_plan(registry, info, ep, ConvertRequest(info.path, precision=precision))
-                )
+                request = ConvertRequest(info.path, precision=precision)
+                buildable = bool(info.format == FORMAT_HF and make_plan(registry, info, ep, request))
                 note = ""
             except SlmkError as exc:
                 buildable, note = False, exc.message
@@ -422,7 +421,7 @@ def parse_key_values(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def verification_line(verification) -> str:
     """The one line a build's check against its source reads as (slmk_build.json ``verification``)."""
-    from ..pipeline import verification_summary
+    from ..builds import verification_summary
 
     return verification_summary(verification)
 

@@ -8,67 +8,26 @@ Three shapes of plan, from what the installed plugins declare:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from .errors import SlmkError, UsageError, call_plugin
-from .modelinfo import ModelInfo
-from .plugins import Registry
-from .records import FORMAT_HF, FORMAT_ORTGENAI, PRECISIONS, Converter, ConvertRequest, ExecutionProvider, Quantizer
+from slmk.api import (
+    FORMAT_HF,
+    FORMAT_ORTGENAI,
+    Converter,
+    ConvertRequest,
+    ExecutionProvider,
+    ModelInfo,
+    Plan,
+    PlannedStep,
+    Quantizer,
+    SlmkError,
+    UsageError,
+)
+from slmk.api.operations import call_plugin, check_precision
 
-
-@dataclass(frozen=True)
-class PlannedStep:
-    """One step of a plan: convert or quantize, with which tool, to which precision and format."""
-
-    kind: str  # "convert" or "quantize"
-    tool: str  # the converter or quantizer name
-    plugin: str  # the plugin that provides it
-    precision: str  # the precision this step produces
-    input_format: str
-    output_format: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        """The step as one line for progress and `--plan`."""
-        return f"{self.kind} with {self.tool} ({self.plugin}) -> {self.precision} {self.output_format}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The steps that take a model to a precision on an EP, and why they were chosen."""
-
-    precision: str
-    execution_provider: str
-    shape: str
-    steps: tuple[PlannedStep, ...]
-    why: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The plan as JSON-ready data (`slmk convert --plan --json`)."""
-        return {
-            "precision": self.precision,
-            "execution_provider": self.execution_provider,
-            "shape": self.shape,
-            "why": self.why,
-            "steps": [asdict(step) for step in self.steps],
-        }
-
-
-def check_precision(ep: ExecutionProvider, precision: str) -> None:
-    """Refuse a precision the EP cannot build or cannot run, naming the alternatives."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
-    runnable = ", ".join(p for p in ep.run_precisions)
-    if precision not in ep.build_precisions:
-        raise UsageError(
-            f"{precision} cannot be built for the {ep.name} execution provider", hint=f"{ep.name} runs {runnable}"
-        )
-    if precision not in ep.run_precisions:
-        raise UsageError(
-            f"{precision} builds for {ep.name} but does not load there",
-            hint=f"use one of {runnable} on {ep.name}, or another execution provider",
-        )
+if TYPE_CHECKING:
+    from slmk.api.operations import Registry
 
 
 def _without_quantization(converter: Converter, options: dict[str, Any]) -> dict[str, Any]:

@@ -15,17 +15,32 @@ genai_config.json or damaging its weights changes neither the cache nor an insta
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import os
 import shutil
+import stat
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import SlmkError, StepFailed, UsageError
-from .fsutil import (
+from slmk.api import (
+    BuildResult,
+    ConvertRequest,
+    ExecutionProvider,
+    ModelInfo,
+    Plan,
+    PlannedStep,
+    Progress,
+    SlmkError,
+    StepFailed,
+    StepRequest,
+    StepRun,
+    UsageError,
+    __version__,
+)
+from slmk.api.files import (
     atomic_dir,
     cache_root,
     check_cache_folder,
@@ -34,80 +49,20 @@ from .fsutil import (
     file_lock,
     fingerprint_tree,
     hash_json,
-    manifest_problems,
-    protect_tree,
-    tree_manifest,
+    tree_entries,
     write_json_atomic,
 )
-from .genai_format import write_search
-from .modelinfo import ModelInfo
-from .planner import Plan, PlannedStep
-from .plugins import Registry
-from .progress import Progress
-from .records import ConvertRequest, ExecutionProvider, StepRequest
-from .testpoints import pause_point
+from slmk.api.models import BUILD_INFO, write_search
+from slmk.api.testing import pause_point
+
+if TYPE_CHECKING:
+    from slmk.api.operations import Registry
 
 STEP_MARKER = "step.json"
-BUILD_INFO = "slmk_build.json"
 #: A step's format: entries written by an older slmk carry no manifest and are rebuilt.
 STEP_FORMAT = 2
 #: How long a build waits for another process building the same step (SLMK_LOCK_TIMEOUT_S overrides).
 STEP_LOCK_TIMEOUT_S = 6 * 3600.0
-
-#: A build check's verdicts (slmk_build.json ``verification.status``), as ``verification_summary`` reads them.
-STATUS_VERIFIED = "verified"  # the source check's exact precisions: tokens equal to transformers'
-STATUS_MEASURED = "measured"  # int8/int4: agreement and cosine recorded
-STATUS_SKIPPED = "skipped"  # --no-verify
-STATUS_NOT_VERIFIED = "not verified"  # could not run here, or no check is installed; reason says why
-
-
-@dataclass
-class StepRun:
-    """One step of a build as it happened: ran or cached, how long, where."""
-
-    kind: str
-    tool: str
-    precision: str
-    status: str  # "ran" or "cached"
-    seconds: float
-    key: str
-    path: str
-
-
-@dataclass
-class BuildResult:
-    """A finished build: its folder, plan, steps and files."""
-
-    output: Path
-    plan: Plan
-    steps: list[StepRun] = field(default_factory=list)
-    files: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def verification(self) -> dict[str, Any] | None:
-        """The build's check against its source model (slmk_build.json ``verification``)."""
-        try:
-            return json.loads((self.output / BUILD_INFO).read_text(encoding="utf-8")).get("verification")
-        except (OSError, ValueError):
-            return None
-
-    @property
-    def size_bytes(self) -> int:
-        """Bytes of every file in the build."""
-        return sum(self.files.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        """The result as JSON-ready data (`slmk convert --json`)."""
-        return {
-            "output": str(self.output),
-            "plan": self.plan.as_dict(),
-            "steps": [asdict(step) for step in self.steps],
-            "files": self.files,
-            "size_bytes": self.size_bytes,
-            "seconds": round(self.seconds, 3),
-            "verification": self.verification,
-        }
 
 
 def _tool_versions(registry: Registry, step: PlannedStep) -> dict[str, str]:
@@ -346,23 +301,51 @@ def _run_step(context: _BuildContext, step: PlannedStep, source: Path, step_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def verification_summary(verification: Mapping[str, Any] | None) -> str:
-    """One line for inspect, list and convert: what the build check found, or why there was none."""
-    if not verification:
-        return "not verified: built before slmk verified builds"
-    status = verification.get("status")
-    if verification.get("summary"):  # a check that words its own verdict
-        return f"{status}: {verification['summary']}"
-    if status == STATUS_VERIFIED:
-        return (
-            f"verified: greedy tokens equal to transformers' on {verification.get('prompts')} prompts "
-            f"({verification.get('positions')} tokens), max logit difference {verification.get('max_logit_diff')}"
-        )
-    if status == STATUS_MEASURED:
-        return (
-            f"measured against transformers: token agreement {verification.get('token_agreement')}, "
-            f"logit cosine {verification.get('logit_cosine')} on {verification.get('prompts')} prompts"
-        )
-    if status == STATUS_SKIPPED:
-        return "skipped (--no-verify): not compared with the source model"
-    return f"not verified: {verification.get('reason') or status}"
+# ------------------------------------------------------------------ manifests of read-only cache entries
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, read in 1 MiB blocks (hashlib.file_digest is 3.11+)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    """Size and sha256 of every file under ``folder``, by relative path."""
+    folder = Path(folder)
+    return {
+        rel.as_posix(): {"size": source.stat().st_size, "sha256": file_sha256(source)}
+        for rel, source in tree_entries(folder)
+        if source is not None
+    }
+
+
+def manifest_problems(folder: Path, manifest: dict[str, dict[str, object]]) -> list[str]:
+    """How ``folder`` differs from ``manifest`` (empty when every file is whole and unchanged).
+
+    Sizes first (cheap, catches truncation), then every file's sha256 (catches edits in place).
+    """
+    folder = Path(folder)
+    try:
+        present = {rel.as_posix(): source for rel, source in tree_entries(folder) if source is not None}
+    except (OSError, UsageError) as exc:
+        return [str(exc)]
+    problems = [f"{name} is missing" for name in sorted(set(manifest) - set(present))]
+    problems += [f"{name} was added" for name in sorted(set(present) - set(manifest))]
+    for name in sorted(set(manifest) & set(present)):
+        expected = manifest[name]
+        size = present[name].stat().st_size
+        if size != expected.get("size"):
+            problems.append(f"{name} is {size} bytes, not {expected.get('size')}")
+        elif file_sha256(present[name]) != expected.get("sha256"):
+            problems.append(f"{name} was changed")
+    return problems
+
+
+def protect_tree(folder: Path) -> None:
+    """Make every file under ``folder`` read-only (folders stay writable, so it can be deleted)."""
+    for rel, source in tree_entries(folder):
+        if source is not None and not os.path.islink(Path(folder) / rel):
+            mode = stat.S_IMODE(os.stat(source).st_mode)
+            os.chmod(source, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
