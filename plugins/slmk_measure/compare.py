@@ -8,11 +8,11 @@ The reference is the source model run by transformers (what the user trained) un
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slmk.api import PRECISIONS, ExecutionProvider, Progress, UsageError
+from slmk.api import PRECISIONS, ConvertRequest, ExecutionProvider, Progress, UsageError
 from slmk.api.operations import build_info, open_source_session
 
 from .driver import Driver
@@ -54,41 +54,17 @@ def builds_root(model: Path, ep_name: str, cache_dir: Path | None = None) -> Pat
     return root / "measure-builds" / f"{Path(model).resolve().name}-{key}-{ep_name}"
 
 
-def build(
-    model: Path,
-    precision: str,
-    ep_name: str,
-    *,
-    cache_dir: Path | None = None,
-    progress: Progress | None = None,
-    verify: bool = True,
-    verify_prompts: list[list[dict[str, str]]] | None = None,
-    name: str | None = None,
-    quantization: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
-) -> Path:
-    """Build ``model`` at ``precision`` (the step cache makes a rebuild a copy of links).
-
-    ``quantization`` and ``options`` go to the build as ``slmk convert``'s; ``name`` is the
-    build's folder under builds_root (default: the precision)."""
+def build(request: ConvertRequest, name: str | None = None) -> Path:
+    """Build ``request.model`` at its precision (the step cache makes a rebuild a copy of links)
+    into its folder under builds_root, ``name`` (default: the precision); the request's
+    output and force are set here."""
     from slmk.api import operations as app
 
-    out = builds_root(model, ep_name, cache_dir) / (name or precision)
+    out = builds_root(request.model, request.execution_provider, request.cache_dir) / (name or request.precision)
+    progress = request.progress
     # convert numbers its own steps: a fresh Progress on the same stream for each build
     steps = Progress(quiet=progress.quiet, stream=progress.stream) if progress else Progress(quiet=True)
-    app.convert(
-        model,
-        out,
-        precision=precision,
-        execution_provider=ep_name,
-        force=True,
-        progress=steps,
-        cache_dir=cache_dir,
-        verify=verify,
-        verify_prompts=verify_prompts,
-        **({"quantization": quantization} if quantization else {}),
-        **({"options": options} if options else {}),
-    )
+    app.convert_request(replace(request, output=out, force=True, progress=steps))
     return out
 
 
@@ -199,13 +175,15 @@ def run_compare(
     for precision in order:
         with progress.step(f"build {precision}"):
             folder = build(
-                model,
-                precision,
-                ep.name,
-                cache_dir=cache_dir,
-                progress=sub_progress,
-                verify=request.verify,
-                verify_prompts=eval_prompts(items),
+                ConvertRequest(
+                    Path(model),
+                    precision=precision,
+                    execution_provider=ep.name,
+                    cache_dir=cache_dir,
+                    progress=sub_progress,
+                    verify=request.verify,
+                    verify_prompts=eval_prompts(items),
+                )
             )
             verifications[precision] = build_info(folder).get("verification")
         with progress.step(f"measure {precision}"):

@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmk.api import FORMAT_HF, PRECISIONS, ExecutionProvider, ModelInfo, Progress, SlmkError, UsageError
+from slmk.api import (
+    FORMAT_HF,
+    PRECISIONS,
+    ConvertRequest,
+    ExecutionProvider,
+    ModelInfo,
+    Progress,
+    SlmkError,
+    UsageError,
+)
 from slmk.api import operations as app
 from slmk.api.files import dir_size
 from slmk.api.operations import Registry, get_registry
@@ -288,18 +297,18 @@ def deploy(
     folders: dict[str, Path] = {}
 
     def make(candidate: Candidate) -> Path:
-        return build(
-            model_dir,
-            candidate.precision,
-            ep.name,
+        convert = ConvertRequest(
+            Path(model_dir),
+            precision=candidate.precision,
+            execution_provider=ep.name,
             cache_dir=request.steps_cache,
             progress=inner,
             verify=request.verify,
             verify_prompts=eval_prompts(items),
-            name=candidate.folder_name,
-            quantization=candidate.quantization,
-            options=candidate.options,
+            quantization=candidate.quantization or {},
+            options=candidate.options or {},
         )
+        return build(convert, name=candidate.folder_name)
 
     def measure_candidate(candidate: Candidate, is_reference: bool = False) -> Measurement:
         folder = folders[candidate.label]
