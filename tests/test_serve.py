@@ -592,7 +592,7 @@ def test_the_openai_endpoint_runtime_measures_a_served_model(server, build, refe
 
 # --------------------------------------------------------------------------- the command
 def test_slmk_serve_listens_on_loopback_and_stops_on_ctrl_c(build, reference):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "slmk", "serve", f"tiny={build}", "--port", "0"],
         preexec_fn=default_signals,  # Ctrl-C works even when the suite runs with SIGINT ignored
@@ -612,7 +612,9 @@ def test_slmk_serve_listens_on_loopback_and_stops_on_ctrl_c(build, reference):
             )
             assert reply.choices[0].message.content == reference[question].text
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        returncode = process.wait(timeout=60)
+        # a crash on the way out (a native library torn down in the wrong order) shows its stacks here
+        assert returncode == 0, f"exit {returncode}:\n{process.stderr.read()[-4000:]}"
     finally:
         if process.poll() is None:
             process.kill()
