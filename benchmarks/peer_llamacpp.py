@@ -11,7 +11,10 @@ Prints figures and ratios (not a timed test), and writes them as JSON:
    model maker) is converted by slmk to int4 and int8 and by llama.cpp to GGUF f16
    (convert_hf_to_gguf.py of the vendored source, with its own gguf-py), then quantized
    to Q8_0, Q4_0, Q4_0 --pure and Q4_K_M. Each conversion runs in its own process:
-   wall time and peak RSS (the child's ru_maxrss from wait4, i.e. its VmHWM).
+   wall time and peak RSS (the child's ru_maxrss from wait4, i.e. its VmHWM). slmk converts
+   with ``--no-verify`` unless ``--verify`` is given: llama.cpp checks nothing against the
+   source, and slmk's check runs the source model in fp32 (for this model 2.3 GiB of peak
+   RSS, docs/benchmarks.md "What checking each build against its source costs").
 3. Interleaved rounds: every round measures every build once, each in a fresh process
    (the order rotates from round to round, so drift of the shared machine spreads over
    all builds); medians over the rounds are reported.
@@ -47,7 +50,7 @@ one intra-op thread), and the prompt in one call.
 
 Usage: python benchmarks/peer_llamacpp.py [--work DIR] [--llama-dir DIR] [--rounds 5]
            [--lengths 64,512] [--new-tokens 64] [--threads N] [--json FILE] [--reuse]
-           [--layers N] [--skip-ppl] [--skip-variants] [--only TEXT] [--extra LABEL=BUILD]
+           [--layers N] [--skip-ppl] [--skip-variants] [--only TEXT] [--extra LABEL=BUILD] [--verify]
 """
 
 from __future__ import annotations
@@ -491,6 +494,9 @@ def main() -> None:
     )
     parser.add_argument("--ppl-ctx", type=int, default=64)
     parser.add_argument(
+        "--verify", action="store_true", help="slmk conversions check the build against the source (its default)"
+    )
+    parser.add_argument(
         "--convert-rounds", type=int, default=1, help="conversions repeated, interleaved: median time, largest peak"
     )
     parser.add_argument(
@@ -550,7 +556,7 @@ def main() -> None:
                 continue
             print(f"converting: {name} (round {round_index + 1}/{args.convert_rounds})")
             if kind == "slmk":
-                measured = convert_slmk(model, out, what, work, slmk_options.get(name))
+                measured = convert_slmk(model, out, what, work, slmk_options.get(name), verify=args.verify)
             elif kind == "gguf":
                 measured = convert_gguf(model, out, source, what, work)
             else:

@@ -21,8 +21,9 @@ Prints figures (not a timed test) and writes them as JSON; docs/benchmarks.md ha
      and 128, int4 with the embedding quantized, the builder's int4/int8 mix, and an Olive GPTQ
      build unless ``--skip-gptq``; llama.cpp F32, Q8_0, Q5_K_M, Q4_K_M, Q4_0 (convert_hf_to_gguf.py
      + llama-quantize of the llama-cpp-python 0.3.36 sdist, built by benchmarks/peer_llamacpp.py).
-  5. One protocol, llama-perplexity's: the head of the held-out text (``--heldout-bytes``, 80,000:
-     21,790 tokens with the default model) is tokenized once; non-overlapping
+  5. One protocol, llama-perplexity's: the head of the held-out text (``--heldout-bytes``, 160,000:
+     45,554 tokens with the default tokenizer, 22,479 of them scored at ``--ctx`` 256) is tokenized
+     once; non-overlapping
      windows of ``--ctx`` tokens; in each window the second half is scored (the logits at
      positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1). llama.cpp: llama-perplexity
      itself, on the same text (its tokenization is checked to be the tokenizers' one first).
@@ -244,6 +245,7 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
     "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
     "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
+    "int4 default b64 +emb": ("int4", {"block_size": 64, "op_types_to_quantize": "MatMul/Gather"}),
     "int4 default b128 +emb": ("int4", {"block_size": 128, "op_types_to_quantize": "MatMul/Gather"}),
     "int4 k_quant b128": ("int4", {"algorithm": "k_quant", "block_size": 128}),
 }
@@ -525,14 +527,14 @@ def main() -> None:
     p_train.add_argument("--seed", type=int, default=0)
     p_train.add_argument("--threads", type=int, default=2)
     p_train.add_argument("--vocab", type=int, default=4096)
-    p_train.add_argument("--hidden", type=int, default=256)
-    p_train.add_argument("--intermediate", type=int, default=768)
+    p_train.add_argument("--hidden", type=int, default=512)
+    p_train.add_argument("--intermediate", type=int, default=1536)
     p_train.add_argument("--layers", type=int, default=4)
     p_train.add_argument("--ctx-max", type=int, default=512)
     p_train.add_argument("--seq", type=int, default=256)
     p_train.add_argument("--batch", type=int, default=8)
-    p_train.add_argument("--steps", type=int, default=120)
-    p_train.add_argument("--lr", type=float, default=3e-3)
+    p_train.add_argument("--steps", type=int, default=1400)
+    p_train.add_argument("--lr", type=float, default=2e-3)
     p_train.add_argument("--heldout-bytes", type=int, default=160_000)
     p_score = sub.add_parser("score", help="build every variant and score them with one protocol")
     p_score.add_argument("--work", default=str(DEFAULT_WORK))
@@ -542,7 +544,9 @@ def main() -> None:
     p_score.add_argument("--only", action="append", help="score only this slmk build (repeatable)")
     p_score.add_argument("--skip-gptq", action="store_true")
     p_score.add_argument("--calibration-bytes", type=int, default=200_000)
-    p_score.add_argument("--heldout-bytes", type=int, default=80_000, help="score the head of the held-out text")
+    p_score.add_argument(
+        "--heldout-bytes", type=int, default=160_000, help="score the head of the held-out text (>= 20,000 scored)"
+    )
     p_score.add_argument("--json")
     p_score.add_argument("--svg")
     args = parser.parse_args()
