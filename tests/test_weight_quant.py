@@ -92,7 +92,8 @@ def _graph(build: Path) -> dict:
 
 CONFIGURATIONS = {
     # name: (model, precision, options)
-    "untied int4": ("tiny", "int4", {}),
+    "untied int4 (embedding quantized by default)": ("tiny", "int4", {}),
+    "untied int4, embedding kept float": ("tiny", "int4", {"op_types_to_quantize": "MatMul"}),
     # the builder's own pass keeps an int8 embedding in float; slmk's quantizes it (test below)
     "untied int8, embedding kept float": ("tiny", "int8", {"op_types_to_quantize": "MatMul"}),
     "untied int4 asymmetric, block 64": ("tiny", "int4", {"is_symmetric": "false", "block_size": "64"}),
@@ -325,12 +326,88 @@ def test_an_int8_embedding_with_padded_rows_reads_the_right_values(padded_tied_m
     assert cosine.min() > 0.999 and (logits.argmax(-1) == reference.argmax(-1)).all(), cosine
 
 
-def test_an_int8_embedding_the_builder_would_leave_in_float_is_refused(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("algorithm", ["rtn", "k_quant"])
+def test_an_embedding_the_builder_would_leave_in_float_is_refused(precision, algorithm, tiny_model_dir, tmp_path):
+    """ONNX Runtime's rtn and k_quant passes quantize MatMuls only: an own table asked for with Gather stays float."""
     from slmk.errors import UsageError
 
+    options = {"op_types_to_quantize": "MatMul/Gather", "algorithm": algorithm}
+    with pytest.raises(UsageError, match=f"at {precision} needs the default algorithm, not {algorithm}"):
+        _build(tiny_model_dir, tmp_path / algorithm, precision, options, stream=True)
+
+
+def test_a_tied_int4_embedding_with_rtn_reads_the_output_layers_table(tied_model, tmp_path):
+    """Not refused for a tied model: its int4 embedding reads the output layer's table, which rtn quantizes."""
     options = {"op_types_to_quantize": "MatMul/Gather", "algorithm": "rtn"}
-    with pytest.raises(UsageError, match="needs the default algorithm"):
-        _build(tiny_model_dir, tmp_path / "rtn", "int8", options, stream=True)
+    build = _build(tied_model, tmp_path / "rtn", "int4", options, stream=True)
+    assert "GatherBlockQuantized" in {v[0] for v in _graph(build)["nodes"].values()}
+
+
+# ------------------------------------------------------------------ an untied int4 embedding
+def _dequantized_int4_embedding(build: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The int4 embedding table as GatherBlockQuantized reads it (signed codes x their block's scale), and its steps."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(build / "model.onnx"))
+    gather = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gather.attribute}
+    assert attributes.get("bits", 4) == 4 and (attributes["quantize_axis"], attributes["gather_axis"]) == (1, 0)
+    assert len(gather.input) == 3  # symmetric: no zero points
+    tensors = {t.name: t for t in model.graph.initializer}
+    assert tensors[gather.input[0]].data_type == onnx.TensorProto.INT4
+    codes = numpy_helper.to_array(tensors[gather.input[0]]).astype(np.float64)
+    scales = numpy_helper.to_array(tensors[gather.input[2]]).astype(np.float64)
+    block = attributes["block_size"]
+    assert codes.min() >= -8 and codes.max() <= 7 and scales.shape == (codes.shape[0], -(-codes.shape[1] // block))
+    steps = np.repeat(scales, block, axis=1)[:, : codes.shape[1]]
+    return codes * steps, np.abs(steps)
+
+
+@pytest.mark.parametrize("block_size", ["32", "128"])
+def test_an_int4_build_quantizes_its_own_embedding_table_at_4_bits(block_size, tiny_model_dir, tmp_path):
+    """The untied tiny chat model: its table goes int4 by default, within half a step of each weight, and answers."""
+    import onnxruntime_genai as og
+    from safetensors.numpy import load_file
+
+    options = {"block_size": block_size}
+    log: list[str] = []
+    int4 = _build(tiny_model_dir, tmp_path / "int4", "int4", options, stream=True, log=log)
+    assert any("op_types_to_quantize=MatMul/Gather" in line for line in log), log
+    kept = _build(
+        tiny_model_dir, tmp_path / "float", "int4", {**options, "op_types_to_quantize": "MatMul"}, stream=True
+    )
+    fp32 = _build(tiny_model_dir, tmp_path / "fp32", "fp32", {}, stream=True)
+    kept_ops = {v[0] for v in _graph(kept)["nodes"].values()}
+    assert "GatherBlockQuantized" not in kept_ops and "Gather" in kept_ops
+
+    table = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"].astype(np.float64)
+    dequantized, steps = _dequantized_int4_embedding(int4)
+    assert dequantized.shape == table.shape
+    # a step is a block's largest magnitude / 8 (symmetric 4 bits, codes -8..7): a weight is rounded to the
+    # nearest step, except that codes stop at +7 steps for a weight as large as the largest, of the other sign
+    largest = np.repeat(np.abs(table).reshape(table.shape[0], -1, int(block_size)).max(-1), int(block_size), 1)
+    assert np.allclose(steps, largest / 8, rtol=1e-5, atol=1e-12)
+    error = np.abs(dequantized - table)
+    assert (error <= steps + 1e-7).all() and np.mean(error <= steps / 2 + 1e-7) > 0.99
+    assert dir_size(kept) - dir_size(int4) >= 0.7 * table.size * 3.5  # 4 bytes a weight -> half a byte and scales
+
+    prompts = [[5, 17, 33, 90, 120], [7, 8, 9], list(range(40, 80))]
+    reference = _first_logits(fp32, prompts)
+    logits = _first_logits(int4, prompts)
+    cosine = (logits * reference).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(reference, axis=-1)
+    assert cosine.min() > 0.99, cosine
+    # the real runtime generates real tokens from the quantized table
+    model = og.Model(str(int4))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=24, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompts[0])
+    while not generator.is_done():
+        generator.generate_next_token()
+    new_tokens = list(generator.get_sequence(0))[len(prompts[0]) :]
+    assert len(new_tokens) >= 1 and all(0 <= t < table.shape[0] for t in new_tokens), new_tokens
 
 
 # ------------------------------------------------------------------ one copy of the shared table at run time
