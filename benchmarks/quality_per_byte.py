@@ -225,10 +225,10 @@ def train(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- builds
 #: slmk builds: name -> (precision, builder options). Every matrix (lm_head included) is quantized;
-#: at int4 the embedding table stays fp32 unless Gather is quantized too (op_types_to_quantize=MatMul/Gather,
-#: "+emb"; not with algorithm k_quant). slmk's int8 quantizes it at 8 bits by default, at block 128
-#: ("float emb b32": the int8 build as it was, op_types_to_quantize=MatMul at block 32). slmk's default
-#: int4 is the builder's "default" algorithm: RTN at block 32. "mixed" is the builder's
+#: "+emb" quantizes the embedding table too (op_types_to_quantize=MatMul/Gather, given explicitly: slmk's int4
+#: and int8 do it by default on CPU with the default algorithm; rtn and k_quant keep the table fp32). int8 is
+#: at block 128 by default ("float emb b32": the int8 build as it was, op_types_to_quantize=MatMul at block 32).
+#: slmk's default int4 is the builder's "default" algorithm: RTN at block 32. "mixed" is the builder's
 #: matmul_mixed_precision=last_matmul:int8,mixed_layers:int8: lm_head and the layers llama.cpp's _M
 #: mixes keep at higher precision go int8, as Q4_K_M gives them Q6_K.
 SLMK_BUILDS: dict[str, tuple[str, dict]] = {

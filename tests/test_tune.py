@@ -209,12 +209,12 @@ def test_of_equally_fast_candidates_the_smallest_build_wins():
 
 
 @pytest.mark.slow
-def test_an_untied_int4_build_tries_its_embedding_quantized(build_copy, tiny_model_dir, monkeypatch):
-    """The tiny model keeps its own embedding table: the stage rebuilds it quantized, a smaller build."""
-    stage = next(s for s in tuning.REBUILD_STAGES if s[0] == "own_embedding")
+def test_an_untied_int4_build_tries_its_embedding_table_in_float(build_copy, tiny_model_dir, monkeypatch):
+    """The tiny model keeps its own embedding table, int4 by default: the stage rebuilds it float, a larger build."""
+    stage = next(s for s in tuning.REBUILD_STAGES if s[0] == "float_embedding")
     monkeypatch.setattr(tuning, "REBUILD_STAGES", (stage,))
     result = tuning.tune(build_copy, _rebuild_once(tiny_model_dir))
     labels = [t.label for t in result.trials]
-    assert labels == ["threads=1", "threads=1", "op_types_to_quantize=MatMul/Gather, threads=1"]
-    as_built, quantized = result.trials[1], result.trials[2]
-    assert 0 < quantized.size_bytes < as_built.size_bytes - 200_000  # the 936 x 128 fp32 table (479 kB) went int4
+    assert labels == ["threads=1", "threads=1", "op_types_to_quantize=MatMul, threads=1"]
+    as_built, kept_float = result.trials[1], result.trials[2]
+    assert kept_float.size_bytes > as_built.size_bytes + 200_000  # the 936 x 128 fp32 table (479 kB) instead of int4

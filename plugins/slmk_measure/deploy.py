@@ -43,19 +43,20 @@ from .validate import ValidationLimits, ValidationRequest, run_validate
 
 #: The precision deployed when no quality gate is given.
 DEFAULT_PRECISION = "int4"
-#: Option that quantizes a model's own embedding table (an untied one: a tied model's int4/int8
-#: embedding already reads the output layer's quantized table).
-EMBEDDING_OPTION = {"op_types_to_quantize": "MatMul/Gather"}
+#: Option that keeps a model's own embedding table in float (an untied one: a tied model's int4/int8
+#: embedding reads the output layer's quantized table whatever this says). int4/int8 builds on cpu
+#: quantize that table by default.
+FLOAT_EMBEDDING_OPTION = {"op_types_to_quantize": "MatMul"}
 #: With a quality gate, the builds tried at a precision besides its default one, as (label,
 #: quantization settings, converter options). Block 128 stores a quarter of the scales of block 32
-#: (a smaller file, coarser steps; int8's default); quantizing an int4 model's own embedding table
-#: saves the most where the vocabulary is a large share of the parameters (docs/benchmarks.md,
-#: "Quality per byte"). int8 builds quantize their embedding table by default.
+#: (a smaller file, coarser steps; int8's default); an int4 model's own embedding table kept in
+#: float costs the most bytes where the vocabulary is a large share of the parameters, for exact
+#: lookups (docs/benchmarks.md, "Quality per byte": no measurable perplexity gain on real text).
 GATE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]] = {
     "int4": (
-        ("b128 +emb", {"block_size": 128}, EMBEDDING_OPTION),
-        ("+emb", {}, EMBEDDING_OPTION),
         ("b128", {"block_size": 128}, {}),
+        ("b128 float emb", {"block_size": 128}, FLOAT_EMBEDDING_OPTION),
+        ("float emb", {}, FLOAT_EMBEDDING_OPTION),
     ),
     "int8": (("b32", {"block_size": 32}, {}),),  # int8's default block is 128 (larger: finer steps)
 }
@@ -76,7 +77,7 @@ class Candidate:
 
     @property
     def folder_name(self) -> str:
-        return self.label.replace(" +", "-").replace(" ", "-")
+        return self.label.replace(" ", "-")
 
 
 def weights_bytes(folder: Path) -> int:
@@ -85,11 +86,11 @@ def weights_bytes(folder: Path) -> int:
 
 
 def candidate_builds(precisions: list[str], *, tied: bool) -> list[Candidate]:
-    """The default build of each precision and its GATE_VARIANTS (no embedding variant for a tied model)."""
+    """The default build of each precision and its GATE_VARIANTS (no float-embedding variant for a tied model)."""
     found: list[Candidate] = []
     for precision in precisions:
         for variant, quantization, options in GATE_VARIANTS.get(precision, ()):
-            if tied and options == EMBEDDING_OPTION:
+            if tied and options == FLOAT_EMBEDDING_OPTION:
                 continue
             found.append(Candidate(precision, variant, dict(quantization), dict(options)))
         found.append(Candidate(precision))

@@ -94,7 +94,10 @@ OPTIONS: dict[str, str] = {
     "algorithm": "int4/int8 method: default, rtn or k_quant (gptq, awq, hqq come from a quantizer step)",
     "matmul_mixed_precision": "MatMul groups kept at another type, e.g. last_matmul:int8,mixed_layers:int8",
     "shared_embeddings": "share the embedding and lm_head weights (only for models that tie them)",
-    "op_types_to_quantize": "op types to quantize, '/'-separated: MatMul or MatMul/Gather",
+    "op_types_to_quantize": (
+        "op types to quantize, '/'-separated: MatMul/Gather (default at int4/int8 on cpu: the embedding table too)"
+        " or MatMul (the embedding table kept in float)"
+    ),
     "nodes_to_exclude": "comma-separated node names kept in float, e.g. /lm_head/MatMul",
     "enable_cuda_graph": "capture a CUDA graph at inference (cuda only)",
     "prune_lm_head": "logits of the last prompt position only: faster prompts, less memory (default true at int4/int8)",
@@ -317,33 +320,41 @@ def builder_options(options: Mapping[str, Any], *, trust_remote_code: bool) -> t
 #: file 487 against 531 MiB (Q8_0: 504), it is no slower, and on real text its perplexity equals
 #: block 32's and Q8_0's (docs/benchmarks.md, "int8: block 128 by default").
 INT8_BLOCK_SIZE = 128
-#: The op types an int8 build quantizes unless told otherwise: the embedding table too, at 8 bits
-#: (slmk's weight-by-weight pass; the 0.18 builder keeps it in float at int8), as llama.cpp's Q8_0
-#: does. ``-O op_types_to_quantize=MatMul`` keeps it in float.
-INT8_OP_TYPES = "MatMul/Gather"
+#: The op types an int4/int8 build quantizes unless told otherwise: a model's own embedding table
+#: too, as llama.cpp's Q4_0/Q4_K_M/Q8_0 do. At int4 the quantizer writes a 4-bit GatherBlockQuantized;
+#: at int8 slmk's weight-by-weight pass writes an 8-bit one (the 0.18 builder keeps it in float).
+#: On real text the int4 file halves with no measurable perplexity cost (docs/benchmarks.md,
+#: "Quality per byte"). ``-O op_types_to_quantize=MatMul`` keeps the table in float.
+QUANTIZED_OP_TYPES = "MatMul/Gather"
+#: The precisions whose builds quantize the embedding table by default.
+EMBEDDING_QUANTIZED_PRECISIONS = ("int4", "int8")
 
 
-def int8_embedding_pairs(precision: str, builder_ep_name: str, options: Mapping[str, Any]) -> list[str]:
-    """The builder pairs that make an int8 cpu build quantize its embedding table, or refuse what cannot.
+def embedding_quantization_pairs(
+    precision: str, builder_ep_name: str, options: Mapping[str, Any], *, shared_int4_table: bool = False
+) -> list[str]:
+    """The builder pairs that make an int4/int8 cpu build quantize its embedding table, or refuse what cannot.
 
-    Only slmk's weight-by-weight pass writes an 8-bit GatherBlockQuantized, and only for the
-    builder's default method: an explicit ``op_types_to_quantize`` with Gather and another
-    algorithm at int8 would leave the table in float without a word, so it is refused.
+    Only the builder's default method quantizes a Gather (ONNX Runtime's rtn and k_quant
+    passes quantize MatMuls only): an explicit ``op_types_to_quantize`` with Gather and
+    another algorithm would leave the table in float without a word, so it is refused;
+    except for an int4 embedding that reads the output layer's table (``shared_int4_table``,
+    a tied model), which that table's method quantizes.
     """
-    if precision != "int8":
+    if precision not in EMBEDDING_QUANTIZED_PRECISIONS or (shared_int4_table and precision == "int4"):
         return []
     algorithm = str(options.get("algorithm") or "default").lower()
     asked = options.get("op_types_to_quantize")
     if asked is not None:
         if "Gather" in str(asked).split("/") and algorithm in BUILDER_ALGORITHMS and algorithm != "default":
             raise UsageError(
-                f"op_types_to_quantize={asked} at int8 needs the default algorithm, not {algorithm}",
-                hint="the builder's rtn/k_quant keep an int8 embedding in float: drop the algorithm or Gather",
+                f"op_types_to_quantize={asked} at {precision} needs the default algorithm, not {algorithm}",
+                hint=f"the builder's rtn/k_quant keep an {precision} embedding in float: drop the algorithm or Gather",
             )
         return []
     if builder_ep_name != "cpu" or algorithm != "default":
         return []
-    return [f"op_types_to_quantize={INT8_OP_TYPES}"]
+    return [f"op_types_to_quantize={QUANTIZED_OP_TYPES}"]
 
 
 def _boolean(key: str, value: Any) -> str:
@@ -426,7 +437,7 @@ def _import_builder():
 
 # ------------------------------------------------------------------ builder fixes
 #: Raised whenever a fix below changes what a build holds, so cached steps of before are not reused.
-FIXES_REVISION = "8"
+FIXES_REVISION = "9"
 #: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
 FIXED_BUILDER_VERSIONS = ("0.18.",)
 
@@ -624,10 +635,16 @@ def convert(request: StepRequest) -> None:
     pairs, notes = builder_options(request.options, trust_remote_code=request.trust_remote_code)
     if request.precision in PRUNED_BY_DEFAULT and request.options.get("prune_lm_head") is None:
         pairs.append("prune_lm_head=true")
-    pairs += int8_embedding_pairs(request.precision, builder_ep_name, request.options)
     if request.precision == "int8" and request.options.get("block_size") is None:
         pairs.append(f"block_size={INT8_BLOCK_SIZE}")
     info = ModelInfo.load(request.source)
+    shared = request.options.get("shared_embeddings")  # the builder shares a tied table unless told not to
+    shares_table = info.config.get("tie_word_embeddings") is True and (
+        shared is None or _boolean("shared_embeddings", shared) == "true"
+    )
+    pairs += embedding_quantization_pairs(
+        request.precision, builder_ep_name, request.options, shared_int4_table=shares_table
+    )
     check_weights(info, allow_pickle=_boolean("allow_pickle", request.options.get("allow_pickle") or False) == "true")
     reason = supports(info)
     if reason:

@@ -7,9 +7,9 @@ What is tried, in order (a coordinate search: each stage starts from the best so
 2. with ``rebuild_options``, options that need the model builder again (from the source
    folder recorded in slmk_build.json): the int4/int8 ``block_size`` (32, 64, 128),
    ``accuracy_level`` (4: int8 compute, 1: fp32 compute), the output layer at int8
-   (``matmul_mixed_precision=last_matmul:int8``), for an int4 build of a model with its own
-   embedding table that table quantized too (``op_types_to_quantize=MatMul/Gather``), for a model
-   that ties its embedding to its output layer the embedding as its own float table
+   (``matmul_mixed_precision=last_matmul:int8``), for an int4/int8 build of a model with its own
+   embedding table (quantized by default) that table kept in float (``op_types_to_quantize=MatMul``),
+   for a model that ties its embedding to its output layer the embedding as its own float table
    (``shared_embeddings=false``; by default it reads the output layer's int4/int8 table). A
    rebuild is kept only if it passes the quality gate the caller gives (``slmk compare``'s checks).
 
@@ -43,7 +43,7 @@ from slmk.api.files import link_or_copy_tree, temp_path
 from slmk.api.models import build_problems
 from slmk.api.operations import QUIET, build_info, get_registry, resolve_ep
 
-from .builder import INT8_BLOCK_SIZE
+from .builder import EMBEDDING_QUANTIZED_PRECISIONS, INT8_BLOCK_SIZE
 from .session_options import logical_cores, write_session_options
 
 #: A candidate this close to the fastest (relative request time) counts as a tie.
@@ -53,17 +53,17 @@ REBUILD_STAGES: tuple[tuple[str, tuple[dict[str, Any], ...]], ...] = (
     ("block_size", ({"block_size": 32}, {"block_size": 64}, {"block_size": 128})),
     ("accuracy_level", ({"accuracy_level": 4}, {"accuracy_level": 1})),
     ("lm_head", ({}, {"matmul_mixed_precision": "last_matmul:int8"})),
-    # Untied int4 models only: the embedding table quantized too (int8 builds quantize it already);
-    # a smaller file, and for a small model with a large vocabulary much smaller.
-    ("own_embedding", ({}, {"op_types_to_quantize": "MatMul/Gather"})),
+    # Untied int4/int8 models only: the embedding table, quantized by default, kept in float (a larger
+    # file, much larger for a small model with a large vocabulary; exact lookups).
+    ("float_embedding", ({}, {"op_types_to_quantize": "MatMul"})),
     # Tied models only: the embedding is read from the output layer's int4/int8 table; the
     # alternative keeps it as its own float table (bigger, exact lookups).
     ("embedding", ({}, {"shared_embeddings": "false", "op_types_to_quantize": "MatMul"})),
 )
 #: Stages that change something only when the source model ties its embedding to its output layer.
 TIED_ONLY_STAGES = ("embedding",)
-#: Stages that change something only for an int4 build of a model with its own embedding table.
-UNTIED_INT4_ONLY_STAGES = ("own_embedding",)
+#: Stages that change something only for an int4/int8 build of a model with its own embedding table.
+UNTIED_QUANTIZED_ONLY_STAGES = ("float_embedding",)
 
 FILLER = "The morning was cool and the market opened early, and traders set out bread, fruit and fish. "
 
@@ -363,7 +363,7 @@ def _rebuild_stages(
         stage
         for stage in REBUILD_STAGES
         if (tied or stage[0] not in TIED_ONLY_STAGES)
-        and ((not tied and precision == "int4") or stage[0] not in UNTIED_INT4_ONLY_STAGES)
+        and ((not tied and precision in EMBEDDING_QUANTIZED_PRECISIONS) or stage[0] not in UNTIED_QUANTIZED_ONLY_STAGES)
     ]
     # The build's own builder options (slmk_build.json): every rebuild keeps them except what a stage varies,
     # and a candidate's label names only what differs from them.

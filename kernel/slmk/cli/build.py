@@ -352,6 +352,9 @@ def convert(
     Every build is checked against the source model run by transformers on a few chat
     prompts (docs/build.md): an fp32/fp16/bf16 build that does not give transformers'
     greedy tokens is refused; int8/int4 builds record token agreement and logit cosine.
+
+    int4/int8 builds on cpu quantize a model's own (untied) embedding table too;
+    -O op_types_to_quantize=MatMul keeps it in float (docs/build.md).
     """
     from .. import app
 
