@@ -242,6 +242,12 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
         "int4",
         {"matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8", "op_types_to_quantize": "MatMul/Gather"},
     ),
+    # the output layer at int8, the rest at int4: what Q4_0 does with its output layer (Q6_K)
+    "int4 lm_head int8 +emb": (
+        "int4",
+        {"matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
+    ),
+    "int4 asym +emb": ("int4", {"is_symmetric": False, "op_types_to_quantize": "MatMul/Gather"}),
     "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
     "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
