@@ -51,7 +51,7 @@ FLOAT_EMBEDDING_OPTION = {"op_types_to_quantize": "MatMul"}
 #: quantization settings, converter options). Block 128 stores a quarter of the scales of block 32
 #: (a smaller file, coarser steps; int8's default); an int4 model's own embedding table kept in
 #: float costs the most bytes where the vocabulary is a large share of the parameters, for exact
-#: lookups (docs/benchmarks.md, "Quality per byte": no measurable perplexity gain on real text).
+#: lookups (docs/benchmarks.md, "Quality per byte": 0.2 % lower perplexity for 1.6x the int4 file).
 GATE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]] = {
     "int4": (
         ("b128", {"block_size": 128}, {}),
