@@ -248,6 +248,10 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
         {"matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
     ),
     "int4 asym +emb": ("int4", {"is_symmetric": False, "op_types_to_quantize": "MatMul/Gather"}),
+    "int4 asym lm_head int8 +emb": (
+        "int4",
+        {"is_symmetric": False, "matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
+    ),
     "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
     "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
