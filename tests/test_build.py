@@ -70,3 +70,27 @@ def test_the_pipeline_with_the_highest_priority_plans_and_runs(tiny_model_dir, t
     assert json.loads(json.dumps(plan.as_dict()))["shape"] == "remote"
     with pytest.raises(SlmkError, match="the build server is not reachable"):
         app.convert(tiny_model_dir, tmp_path / "out", precision="int8", verify=False, registry=registry)
+
+
+@pytest.mark.parametrize(
+    ("error", "full"),
+    [
+        (OSError(28, "No space left on device"), True),
+        (OSError("32768 requested and 29952 written"), True),  # numpy's tofile: a short write, no errno
+        (OSError("32768 requested and 32768 written"), False),
+        (OSError(13, "Permission denied"), False),
+        (ValueError("32768 requested and 29952 written"), False),
+    ],
+)
+def test_a_full_disk_is_recognised_through_the_error_chain(error, full):
+    """The step runner names a full disk in one line; the model builder's tensor writer reports it
+    as a short write (tests/test_hardening_install.py fills a real tmpfs)."""
+    from slmk_build.pipeline import _out_of_space
+
+    try:
+        try:
+            raise error
+        except Exception as inner:
+            raise RuntimeError("the model builder failed") from inner
+    except RuntimeError as wrapped:
+        assert _out_of_space(wrapped) is full

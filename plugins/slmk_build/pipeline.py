@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -235,12 +236,21 @@ def cached_step_problems(step_dir: Path) -> list[str]:
     return manifest_problems(step_dir / "model", data["files"])
 
 
+#: numpy's ``ndarray.tofile`` (which the model builder's tensor writer uses) reports a short write
+#: as a bare OSError without an errno; on a regular file, a write cut short is a full disk.
+SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
 def _out_of_space(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return True
+        if isinstance(exc, OSError) and exc.errno is None:
+            short = SHORT_WRITE.fullmatch(str(exc))
+            if short and int(short[2]) < int(short[1]):
+                return True
         exc = exc.__cause__ or exc.__context__
     return False
 
