@@ -567,7 +567,8 @@ def _tried_table(tried: list[dict[str, Any]]) -> list[str]:
     "--quality-gate",
     "gate",
     help='e.g. "ppl<=+5%,accuracy>=0.9": install the smallest build that meets it (the precisions; int4 also at '
-    "block 128 and with its own embedding quantized; int8 also at block 32).",
+    "block 128, at block 64 with the output layer at int8, and with the model's own embedding table in float; "
+    "int8 also at block 32).",
 )
 @click.option(
     "-p",
@@ -647,8 +648,9 @@ def deploy(
     """Doctor, convert, quantize, template, validate and install MODEL_DIR in one command.
 
     With --quality-gate, builds every candidate (each precision the execution provider
-    runs; int4 also at block 128 and with the model's own embedding table quantized,
-    int8 also at block 32), measures them smallest file first, and installs the first that
+    runs; int4 also at block 128, at block 64 with the output layer at int8, and with the
+    model's own embedding table in float; int8 also at block 32), measures them smallest
+    file first, and installs the first that
     passes; without one, deploys --precision (int4). Exits non-zero, installing
     nothing, when no build passes or validation fails.
 
