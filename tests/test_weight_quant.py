@@ -97,7 +97,6 @@ CONFIGURATIONS = {
     # the builder's own pass keeps an int8 embedding in float; slmk's quantizes it (test below)
     "untied int8, embedding kept float": ("tiny", "int8", {"op_types_to_quantize": "MatMul"}),
     "untied int4 asymmetric, block 64": ("tiny", "int4", {"is_symmetric": "false", "block_size": "64"}),
-    "untied int4, output layer int8": ("tiny", "int4", {"matmul_mixed_precision": "last_matmul:int8"}),
     "untied int4, output layer kept float": ("tiny", "int4", {"nodes_to_exclude": "/lm_head/MatMul"}),
     "untied int4, accuracy level 0": ("tiny", "int4", {"accuracy_level": "0"}),
     "tied int4 (shared table)": ("tied", "int4", {}),
@@ -141,6 +140,34 @@ def test_weight_by_weight_writes_what_the_builder_writes(name, tiny_model_dir, t
     quantized = [n for n, v in a["nodes"].items() if v[0] in ("MatMulNBits", "GatherBlockQuantized")]
     assert quantized, "nothing was quantized"
     assert np.isfinite(_first_logits(streamed, [[5, 6, 7, 8]])).all()  # and it loads and runs
+
+
+def test_an_int8_output_layer_in_an_int4_build_takes_int8s_block_size(tiny_model_dir, tmp_path):
+    """The one place slmk's pass writes other bytes than the builder's: an int4 build's MatMuls
+    upgraded to 8 bits (``matmul_mixed_precision``) at int8's block 128, not the build's 32.
+    Everything else is the builder's; the output layer is what an int8 build writes for it."""
+    options = {"matmul_mixed_precision": "last_matmul:int8"}
+    streamed = _graph(_build(tiny_model_dir, tmp_path / "streamed", "int4", options, stream=True))
+    whole = _graph(_build(tiny_model_dir, tmp_path / "whole", "int4", options, stream=False))
+    int8 = _graph(_build(tiny_model_dir, tmp_path / "int8", "int8", {}, stream=True))
+    head = "/lm_head/MatMul_Q8"
+    table = ("lm_head.MatMul.weight_Q8", "lm_head.MatMul.weight_scales")
+
+    assert streamed["nodes"].keys() == whole["nodes"].keys()
+    assert [k for k in streamed["nodes"] if streamed["nodes"][k] != whole["nodes"][k]] == [head]
+    assert streamed["initializers"].keys() == whole["initializers"].keys()
+    differ = [k for k in streamed["initializers"] if streamed["initializers"][k] != whole["initializers"][k]]
+    assert sorted(differ) == sorted(table)
+
+    attributes = dict(streamed["nodes"][head][4])
+    assert (attributes["bits"], attributes["block_size"]) == ("8", "128")
+    assert dict(whole["nodes"][head][4])["block_size"] == "32"  # the builder's: the int4 build's block
+    assert streamed["nodes"][head] == int8["nodes"][head]
+    for name in table:
+        assert streamed["initializers"][name] == int8["initializers"][name], name
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert len(streamed["initializers"][table[1]][2]) == 4 * config["vocab_size"] * config["hidden_size"] // 128
+    assert np.isfinite(_first_logits(tmp_path / "streamed", [[5, 6, 7, 8]])).all()
 
 
 def test_what_it_cannot_do_is_left_to_the_builder(tiny_model_dir, tmp_path):

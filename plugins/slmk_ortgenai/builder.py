@@ -437,7 +437,7 @@ def _import_builder():
 
 # ------------------------------------------------------------------ builder fixes
 #: Raised whenever a fix below changes what a build holds, so cached steps of before are not reused.
-FIXES_REVISION = "9"
+FIXES_REVISION = "10"
 #: The builder versions the fixes below were written for and proved on (tests/test_architectures.py).
 FIXED_BUILDER_VERSIONS = ("0.18.",)
 

@@ -31,6 +31,8 @@ STREAMED_ATTR = "_slmk_streamed_weights"
 #: How many times the pass handed the checkpoint's memory-mapped pages back (0: none were mapped read-only).
 RELEASED_ATTR = "_slmk_checkpoint_pages_released"
 WHOLE_MODEL_ATTR = "_slmk_whole_model_reason"
+#: The builder's name for the output layer's MatMul.
+LM_HEAD_NODE = "/lm_head/MatMul"
 
 #: ONNX names of the weight types the quantizer takes as they are (bf16 goes through fp32 there).
 _FLOAT_DTYPES = ("FLOAT", "FLOAT16")
@@ -120,20 +122,20 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
 
     qa = builder.quant_attrs
     op_types = tuple(qa.get("op_types_to_quantize") or ()) or ("MatMul",)
-    quantizers: dict[int, Any] = {}
+    quantizers: dict[tuple[int, int], Any] = {}
 
-    def quantizer(bits: int) -> Any:
-        if bits not in quantizers:
+    def quantizer(bits: int, block_size: int = qa["matmul_block_size"]) -> Any:
+        if (bits, block_size) not in quantizers:
             config = DefaultWeightOnlyQuantConfig(
-                block_size=qa["matmul_block_size"],
+                block_size=block_size,
                 is_symmetric=qa["is_symmetric"],
                 accuracy_level=qa["accuracy_level"],
                 quant_format=QuantFormat.QOperator,
                 op_types_to_quantize=op_types,
                 bits=bits,
             )
-            quantizers[bits] = DefaultWeightOnlyQuantizer(config)
-        return quantizers[bits]
+            quantizers[(bits, block_size)] = DefaultWeightOnlyQuantizer(config)
+        return quantizers[(bits, block_size)]
 
     model, graph = builder.model, builder.model.graph
     values: dict[str, Any] = builder.values
@@ -178,7 +180,8 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
         bits = plan[node.name]
         weight = _weight(node)
         if node.op_type == "MatMul":
-            new = _matmul_nbits(ir, quantizer(bits), node, weight, bits, initializer, checkpoint)
+            matmul_quantizer = quantizer(bits, _matmul_block_size(builder, node, bits))
+            new = _matmul_nbits(ir, matmul_quantizer, node, weight, bits, initializer, checkpoint)
         elif bits == 8:
             new = _gather_block_quantized_8bits(ir, quantizer(bits), node, weight, initializer, checkpoint)
         else:
@@ -205,6 +208,25 @@ def stream_to_nbits(builder: Any, original: Any) -> Any:
     setattr(builder, RELEASED_ATTR, checkpoint.released)
     print("slmk: quantized weight by weight: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return model
+
+
+def _matmul_block_size(builder: Any, node: Any, bits: int) -> int:
+    """The build's block size, or int8's own for a MatMul upgraded to 8 bits in a 4-bit build.
+
+    ``matmul_mixed_precision`` upgrades (the output layer, the mixed layers) would otherwise
+    take the int4 build's block (32 by default): at 8 bits block 128 holds a quarter of the
+    scales and scores the same perplexity (slmk's int8 default, builder.INT8_BLOCK_SIZE). A
+    tied output layer keeps the build's block: the builder made the embedding's lookup of
+    that shared table with it.
+    """
+    from .builder import INT8_BLOCK_SIZE
+
+    block_size = builder.quant_attrs["matmul_block_size"]
+    if bits != 8 or bits == builder.quant_attrs["bits"]:
+        return block_size
+    if node.name == LM_HEAD_NODE and getattr(builder, "tied_quantized_embeddings", False):
+        return block_size
+    return max(block_size, INT8_BLOCK_SIZE)
 
 
 class CheckpointPages:
