@@ -376,7 +376,9 @@ def ppl_ort(build: Path, text: str, ctx: int) -> dict:
     return {"tokens": len(tokens), "chunks": chunks, "ppl": math.exp(nll / count) if count else float("nan")}
 
 
-def ppl_llama(binaries: Path, gguf: Path, text_file: Path, ctx: int, threads: int) -> dict:
+def ppl_llama(binaries: Path, gguf: Path, text_file: Path, ctx: int, threads: int, running: bool = False) -> dict:
+    """llama-perplexity's final estimate; ``running`` adds the estimate it prints after each chunk
+    (``[i]ppl``: the perplexity of chunks 1..i, 4 decimals), from which each chunk's loss follows."""
     import re
 
     cmd = [str(binaries / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(ctx)]
@@ -384,16 +386,19 @@ def ppl_llama(binaries: Path, gguf: Path, text_file: Path, ctx: int, threads: in
     cmd += ["-b", str(ctx), "-t", str(threads), "--no-escape"]
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     try:
-        run_measured(cmd, log=log)
+        printed = run_measured(cmd, log=log)["stdout"]  # the running estimates go to stdout
         output = log.read_text(errors="replace")
     finally:
         log.unlink(missing_ok=True)
     final = re.search(r"Final estimate: PPL = ([0-9.]+)", output)
     chunks = re.search(r"calculating perplexity over (\d+) chunks", output)
-    return {
+    measured = {
         "ppl": float(final.group(1)) if final else float("nan"),
         "chunks": int(chunks.group(1)) if chunks else None,
     }
+    if running:
+        measured["running"] = [float(v) for v in re.findall(r"\[\d+\]([0-9.]+|nan)", printed)]
+    return measured
 
 
 def perplexity_side_by_side(work: Path, binaries: Path, source: Path, threads: int, ctx: int) -> dict:

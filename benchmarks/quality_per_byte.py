@@ -18,19 +18,24 @@ Prints figures (not a timed test) and writes them as JSON; docs/benchmarks.md ha
 
 ``score`` (after ``train``):
   4. Builds: slmk fp32, int8, int4 RTN and k_quant (the builder's ``algo_config``) at block 32
-     and 128, int4 with the embedding quantized, the builder's int4/int8 mix, and an Olive GPTQ
+     and 128, int4 with the embedding quantized, with the output layer at int8 (block 32 and 64,
+     symmetric and not), the builder's int4/int8 mix, and an Olive GPTQ
      build unless ``--skip-gptq``; llama.cpp F32, Q8_0, Q5_K_M, Q4_K_M, Q4_0 (convert_hf_to_gguf.py
      + llama-quantize of the llama-cpp-python 0.3.36 sdist, built by benchmarks/peer_llamacpp.py).
-  5. One protocol, llama-perplexity's: the head of the held-out text (``--heldout-bytes``, 160,000:
-     45,554 tokens with the default tokenizer, 22,479 of them scored at ``--ctx`` 256) is tokenized
+  5. One protocol, llama-perplexity's: the head of the held-out text (``--heldout-bytes``, 640,000:
+     173,667 tokens with the default tokenizer, 86,106 of them scored at ``--ctx`` 256; a work
+     folder whose training run wrote less is extended from the same split) is tokenized
      once; non-overlapping
      windows of ``--ctx`` tokens; in each window the second half is scored (the logits at
      positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1). llama.cpp: llama-perplexity
      itself, on the same text (its tokenization is checked to be the tokenizers' one first).
      slmk: its runtime's teacher-forced ``logits()`` (the ortgenai ScoringSession the
      conversion check uses) on the same windows.
-  6. Table (build, file MiB, bits per weight of the quantized matrices, ppl, delta vs fp32) and a
-     size-vs-perplexity SVG.
+  6. Table (build, file MiB, bits per weight of the quantized matrices, ppl, change vs fp32 and vs
+     Q4_K_M) and a size-vs-perplexity SVG. Each change is paired window by window (llama.cpp's
+     per-chunk losses follow from the running estimates llama-perplexity prints), with its standard
+     error: the text's difficulty, shared by both builds, cancels, so a difference of 0.1 % can be
+     told from noise where the two perplexities' own error bars (about 2 %) could not.
 
 Usage:
   nice -n 10 .venv/bin/python benchmarks/quality_per_byte.py train [--work out/qpb] [--steps N]
@@ -252,6 +257,16 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
         "int4",
         {"is_symmetric": False, "matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
     ),
+    # the closest slmk build to Q4_K_M's bytes: block 64 (4.5 bits a weight with its fp32 scales, as
+    # Q4_K's) and the output layer at int8, the one mix that paid on this model
+    "int4 b64 lm_head int8 +emb": (
+        "int4",
+        {"block_size": 64, "matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
+    ),
+    "int4 b128 lm_head int8 +emb": (
+        "int4",
+        {"block_size": 128, "matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
+    ),
     "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
     "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
@@ -259,6 +274,8 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
     "int4 default b128 +emb": ("int4", {"block_size": 128, "op_types_to_quantize": "MatMul/Gather"}),
     "int4 k_quant b128": ("int4", {"algorithm": "k_quant", "block_size": 128}),
 }
+#: The llama.cpp build every row is also compared with, window by window: the issue's int4 target.
+PAIRED_PEER = "Q4_K_M"
 #: Quantized builds keep every position's logits (prune_lm_head off) so a window is scored in one call
 #: rather than one call per token; the weights, and so the file size, are the same.
 SCORING_OPTIONS = {"prune_lm_head": False}
@@ -356,16 +373,40 @@ def slmk_perplexity(build: Path, ids: list[int], text: str, ctx: int) -> dict:
     with open_session(build, runtime="ortgenai") as session:
         if list(session.encode(text)) != ids:
             raise SystemExit(f"{build}: slmk's runtime tokenizes the held-out text differently")
-        nll, count = 0.0, 0
+        window_nll: list[float] = []
+        count = 0
         for window in windows(ids, ctx):
             # row r predicts the token after position first + r; the last row predicts past the window
             rows = np.asarray(session.logits(window, start=first)[:-1], dtype=np.float64)
             peak = rows.max(axis=-1, keepdims=True)
             log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
             targets = np.asarray(window[first + 1 :])
-            nll += float((log_norm - rows[np.arange(len(targets)), targets]).sum())
+            window_nll.append(float((log_norm - rows[np.arange(len(targets)), targets]).sum()))
             count += len(targets)
-    return {"ppl": math.exp(nll / count), "scored": count, "windows": len(windows(ids, ctx))}
+    ppl = math.exp(sum(window_nll) / count)
+    return {"ppl": ppl, "scored": count, "windows": len(window_nll), "window_nll": window_nll}
+
+
+def chunk_losses(running: list[float], scored_per_chunk: int) -> list[float]:
+    """Each chunk's summed loss from llama-perplexity's running estimates (``[i]`` = exp(loss of
+    chunks 1..i / tokens scored in them)). Printed to 4 decimals: at chunk 177 of a ppl near 52 that
+    is about 2e-4 nats a token, against a spread of about 1e-2 between builds' windows."""
+    import math
+
+    totals = [i * scored_per_chunk * math.log(p) for i, p in enumerate(running, 1)]
+    return [b - a for a, b in zip([0.0, *totals], totals)]
+
+
+def paired(reference: list[float], other: list[float], scored_per_window: int) -> tuple[float, float]:
+    """(perplexity change, its standard error), both relative, of ``other`` against ``reference``
+    on the same windows: each window's mean loss difference is one sample, so the text's own
+    difficulty, which both builds share, cancels out."""
+    import math
+    import statistics
+
+    diffs = [(b - a) / scored_per_window for a, b in zip(reference, other, strict=True)]
+    mean = statistics.fmean(diffs)
+    return math.expm1(mean), statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 def llama_token_ids(binaries: Path, gguf: Path, text_file: Path) -> list[int]:
@@ -390,7 +431,14 @@ def score(args: argparse.Namespace) -> None:
     if not (model / "model.safetensors").is_file():
         raise SystemExit(f"no trained model in {model}: run `{Path(__file__).name} train` first")
     # the scored text: the head of the held-out files (--heldout-bytes), the same file for both sides
-    text = (work / "heldout.txt").read_text(encoding="utf-8")[: args.heldout_bytes]
+    text = (work / "heldout.txt").read_text(encoding="utf-8")
+    if len(text) < args.heldout_bytes:  # train wrote less: the same split gives more, if it is the same split
+        _, heldout_files = stdlib_files()
+        longer = "\n\n".join(t for _, t in heldout_files)
+        if not longer.startswith(text):
+            raise SystemExit("this Python's standard library splits differently from the training run's")
+        text = longer
+    text = text[: args.heldout_bytes]
     text_file = work / "heldout-scored.txt"
     text_file.write_text(text, encoding="utf-8")
     ids = Tokenizer.from_file(str(model / "tokenizer.json")).encode(text).ids
@@ -401,14 +449,21 @@ def score(args: argparse.Namespace) -> None:
     report = {"machine": machine(args.threads), "ctx": args.ctx, "heldout_tokens": len(ids), "train": trained}
     rows: list[dict] = report.setdefault("rows", [])
 
+    scored = args.ctx - args.ctx // 2 - 1  # tokens scored in each window
+
     def add(side: str, name: str, size: int, measured: dict, started: float, load: str) -> None:
         seconds = time.perf_counter() - started
         print(f"  {side} {name}: ppl {measured['ppl']:.4f} ({seconds:.0f} s, load {load})", flush=True)
         rows.append({"side": side, "build": name, "bytes": size, "seconds": seconds, "load": load, **measured})
-        reference = next((r["ppl"] for r in rows if r["build"] == "fp32"), None)
+        reference = next((r for r in rows if r["build"] == "fp32"), None)
+        peer = next((r for r in rows if r["build"] == PAIRED_PEER), None)
         for row in rows:
             row["bits_per_weight"] = bits_per_weight(row["bytes"], parameters)
-            row["delta"] = row["ppl"] / reference - 1 if reference else None
+            row["delta"] = row["ppl"] / reference["ppl"] - 1 if reference else None
+            for key, other in (("", reference), (f"_vs_{PAIRED_PEER}", peer)):
+                if other is not None and len(row.get("window_nll", ())) == len(other.get("window_nll", ())) > 1:
+                    change, error = paired(other["window_nll"], row["window_nll"], scored)
+                    row[f"paired_delta{key}"], row[f"paired_se{key}"] = change, error
         if args.json:  # after every row: a run cut short keeps what it measured
             tmp = Path(args.json + ".tmp")
             tmp.write_text(json.dumps(report, indent=2))
@@ -431,10 +486,14 @@ def score(args: argparse.Namespace) -> None:
         add("slmk", name, model_bytes(build), slmk_perplexity(build, ids, text, args.ctx), started, load)
     for name, gguf in ggufs.items():
         started, load = time.perf_counter(), load_average()
-        measured = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads)
+        measured = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads, running=True)
         if measured["ppl"] != measured["ppl"]:  # nan: seen once for Q4_K_M, finite on the rerun
             print(f"  llama.cpp {name}: llama-perplexity printed nan; running it again", flush=True)
-            measured = {**ppl_llama(binaries, gguf, text_file, args.ctx, args.threads), "note": "nan on the first run"}
+            again = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads, running=True)
+            measured = {**again, "note": "nan on the first run"}
+        running = measured.pop("running")
+        if len(running) == measured["chunks"] and all(p == p for p in running):
+            measured["window_nll"] = chunk_losses(running, scored)
         add(
             "llama.cpp",
             name,
@@ -476,12 +535,34 @@ def print_table(report: dict) -> None:
         f"\nheld-out: {report['heldout_tokens']:,} tokens, windows of {report['ctx']}, second half scored; "
         f"load average {report['machine']['load_average']}"
     )
-    print("| side | build | file MiB | bits/weight | ppl | vs slmk fp32 |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "(+- : the standard error of the change, paired window by window over the same "
+        f"{report['heldout_tokens']:,} tokens; two builds differ measurably beyond about 2 of them)"
+    )
+
+    def change(row: dict, key: str) -> str:
+        if f"paired_delta{key}" not in row:
+            return "-"
+        return f"{row[f'paired_delta{key}'] * 100:+.3f} +- {row[f'paired_se{key}'] * 100:.3f} %"
+
+    reference = next((r for r in report["rows"] if r["build"] == "fp32"), {})
+    scored = report["ctx"] - report["ctx"] // 2 - 1
+
+    def by_quarter(row: dict) -> str:
+        """The change against fp32 in each quarter of the text: whether it holds across the text."""
+        ours, theirs = row.get("window_nll", []), reference.get("window_nll", [])
+        if row is reference or len(ours) != len(theirs) or len(ours) < 8:
+            return "-"
+        size = len(ours) // 4
+        quarters = [slice(i * size, (i + 1) * size) for i in range(4)]
+        return " / ".join(f"{paired(theirs[q], ours[q], scored)[0] * 100:+.2f}" for q in quarters)
+
+    print(f"| side | build | file MiB | bits/weight | ppl | vs slmk fp32 | vs {PAIRED_PEER} | vs fp32 by quarter, % |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in sorted(report["rows"], key=lambda r: -r["bytes"]):
         print(
             f"| {row['side']} | {row['build']} | {row['bytes'] / 2**20:.2f} | {row['bits_per_weight']:.2f} | "
-            f"{row['ppl']:.3f} | {row['delta'] * 100:+.2f} % |"
+            f"{row['ppl']:.3f} | {change(row, '')} | {change(row, f'_vs_{PAIRED_PEER}')} | {by_quarter(row)} |"
         )
 
 
@@ -545,7 +626,7 @@ def main() -> None:
     p_train.add_argument("--batch", type=int, default=8)
     p_train.add_argument("--steps", type=int, default=1400)
     p_train.add_argument("--lr", type=float, default=2e-3)
-    p_train.add_argument("--heldout-bytes", type=int, default=160_000)
+    p_train.add_argument("--heldout-bytes", type=int, default=640_000)
     p_score = sub.add_parser("score", help="build every variant and score them with one protocol")
     p_score.add_argument("--work", default=str(DEFAULT_WORK))
     p_score.add_argument("--llama-dir", default=str(Path.home() / ".cache" / "slmk-peer"))
@@ -555,13 +636,20 @@ def main() -> None:
     p_score.add_argument("--skip-gptq", action="store_true")
     p_score.add_argument("--calibration-bytes", type=int, default=200_000)
     p_score.add_argument(
-        "--heldout-bytes", type=int, default=160_000, help="score the head of the held-out text (>= 20,000 scored)"
+        "--heldout-bytes",
+        type=int,
+        default=640_000,
+        help="score the head of the held-out text (>= 20,000 tokens scored; more narrows the error)",
     )
     p_score.add_argument("--json")
     p_score.add_argument("--svg")
+    p_table = sub.add_parser("table", help="print the table of a report score wrote (--json)")
+    p_table.add_argument("report", type=Path)
     args = parser.parse_args()
     if args.command == "train":
         train(args)
+    elif args.command == "table":
+        print_table(json.loads(args.report.read_text()))
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer_llamacpp's functions
         score(args)
