@@ -54,8 +54,9 @@ FLOAT_EMBEDDING_OPTION = {"op_types_to_quantize": "MatMul"}
 #: float costs the most bytes where the vocabulary is a large share of the parameters, for exact
 #: lookups (docs/benchmarks.md, "Quality per byte": 0.2 % lower perplexity for 1.6x the int4 file).
 #: Block 64 with the output layer at int8 spends the bytes block 64 saves on the layer whose
-#: rounding costs the most: on real text it is both smaller than the default int4 build and a
-#: quarter of its perplexity loss (+0.14 % against +0.53 %), at the cost of decode speed.
+#: rounding costs the most: on real text it is both smaller than the default int4 build and
+#: under half its perplexity loss (+0.09 % against +0.21 % of fp32, docs/benchmarks.md), for
+#: twice the output layer's bytes read per generated token.
 GATE_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]] = {
     "int4": (
         ("b128", {"block_size": 128}, {}),
