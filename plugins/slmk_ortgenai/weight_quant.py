@@ -8,7 +8,9 @@ does the same quantization on the builder's graph in place, one weight at a time
 float weight is read, quantized by the same ONNX Runtime functions
 (``DefaultWeightOnlyQuantizer.qbits_block_quant`` / ``quantize_ndarray``), replaced, and
 released, so the float weights are never copied as a whole. The output is the builder's:
-same nodes, names, attributes and bytes (tests/test_weight_quant.py compares them).
+same nodes, names, attributes and bytes (tests/test_weight_quant.py compares them), but for
+one deliberate difference: a MatMul raised to 8 bits in a 4-bit build takes int8's block size
+(``_matmul_block_size``).
 
 Only the builder's default method in the QOperator format is done this way; anything
 else (rtn, k_quant, QDQ, CUDA prepacking, exact per-node overrides, several upgrade
