@@ -376,14 +376,26 @@ def ppl_ort(build: Path, text: str, ctx: int) -> dict:
     return {"tokens": len(tokens), "chunks": chunks, "ppl": math.exp(nll / count) if count else float("nan")}
 
 
-def ppl_llama(binaries: Path, gguf: Path, text_file: Path, ctx: int, threads: int, running: bool = False) -> dict:
+def ppl_llama(
+    binaries: Path,
+    gguf: Path,
+    text_file: Path,
+    ctx: int,
+    threads: int,
+    running: bool = False,
+    logits_file: Path | None = None,
+) -> dict:
     """llama-perplexity's final estimate; ``running`` adds the estimate it prints after each chunk
-    (``[i]ppl``: the perplexity of chunks 1..i, 4 decimals), from which each chunk's loss follows."""
+    (``[i]ppl``: the perplexity of chunks 1..i, 4 decimals), from which each chunk's loss follows.
+    ``logits_file``: llama-perplexity also writes every scored position's log-probabilities there
+    (its ``--kl-divergence-base`` file, 16 bits a word; quality_per_byte.py reads it)."""
     import re
 
     cmd = [str(binaries / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(ctx)]
     # --no-escape: the file is raw text; by default llama.cpp turns its "\\n", "\\t", ... into control characters
     cmd += ["-b", str(ctx), "-t", str(threads), "--no-escape"]
+    if logits_file is not None:  # without --kl-divergence this option names the file to write
+        cmd += ["--kl-divergence-base", str(logits_file)]
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     try:
         printed = run_measured(cmd, log=log)["stdout"]  # the running estimates go to stdout

@@ -37,10 +37,16 @@ Prints figures (not a timed test) and writes them as JSON; docs/benchmarks.md ha
      error: the text's difficulty, shared by both builds, cancels. Windows of one module are not
      independent samples, so that error understates the real one; the change in each quarter of
      the text shows whether it holds (on the 17.8 M model it often does not below about 0.3 %).
+  7. The KL divergence of each build's next-token distribution from fp32's, at every scored
+     position (it cannot go below zero, so it ranks builds perplexity cannot): fp32's log-
+     probabilities kept in WORK/fp32-logprobs.npy, llama.cpp's read from llama-perplexity's
+     ``--kl-divergence-base`` file (both sides rounded to its 16 bits), checked against
+     ``llama-perplexity --kl-divergence``'s own mean for Q4_K_M; a second table and ``--kl-svg``.
 
 Usage:
   nice -n 10 .venv/bin/python benchmarks/quality_per_byte.py train [--work out/qpb] [--steps N]
   nice -n 10 .venv/bin/python benchmarks/quality_per_byte.py score [--work out/qpb] [--svg docs/x.svg]
+      [--kl-svg docs/y.svg]
 """
 
 from __future__ import annotations
@@ -269,6 +275,17 @@ SLMK_BUILDS: dict[str, tuple[str, dict]] = {
         {"block_size": 128, "matmul_mixed_precision": "last_matmul:int8", "op_types_to_quantize": "MatMul/Gather"},
     ),
     "int4 k_quant b32": ("int4", {"algorithm": "k_quant", "block_size": 32}),
+    # the builder's k_quant (asymmetric, scales and minimums searched) with the output layer at int8, as
+    # llama.cpp keeps it at 6 bits: by KL the two levers that paid most on this model (k_quant keeps the
+    # embedding table in float: the builder quantizes a Gather with its default method only)
+    "int4 k_quant b32 lm_head int8": (
+        "int4",
+        {"algorithm": "k_quant", "block_size": 32, "matmul_mixed_precision": "last_matmul:int8"},
+    ),
+    "int4 k_quant b64 lm_head int8": (
+        "int4",
+        {"algorithm": "k_quant", "block_size": 64, "matmul_mixed_precision": "last_matmul:int8"},
+    ),
     "int4 default b32 +emb": ("int4", {"op_types_to_quantize": "MatMul/Gather"}),
     "int4 rtn b128": ("int4", {"algorithm": "rtn", "block_size": 128}),
     "int4 default b64 +emb": ("int4", {"block_size": 64, "op_types_to_quantize": "MatMul/Gather"}),
@@ -362,8 +379,81 @@ def windows(ids: list[int], ctx: int) -> list[list[int]]:
     return [ids[start : start + ctx] for start in range(0, len(ids) - ctx + 1, ctx)]
 
 
-def slmk_perplexity(build: Path, ids: list[int], text: str, ctx: int) -> dict:
-    """llama-perplexity's protocol through slmk's runtime (the ortgenai ScoringSession's logits())."""
+def log_softmax(rows):
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.float64)
+    peak = rows.max(axis=-1, keepdims=True)
+    return rows - (np.log(np.exp(rows - peak).sum(axis=-1, keepdims=True)) + peak)
+
+
+class Divergence:
+    """KL(fp32 || build) at every scored position, gathered window by window.
+
+    Perplexity only looks at the probability of the token that came; on text where the model is
+    over-confident, rounding noise can lower it (docs/benchmarks.md). The KL divergence from fp32's
+    whole next-token distribution cannot go below zero, so it ranks builds whose perplexities differ
+    by less than the text's own noise. The same quantity as llama-perplexity's ``--kl-divergence``,
+    here measured from one reference, slmk's fp32 build, for both sides, each build's
+    log-probabilities stored at 16 bits as llama-perplexity stores them (stored_as_llama)."""
+
+    def __init__(self) -> None:
+        self.window_kl: list[float] = []  # each window's summed KL (nats): paired like window_nll
+        self.per_token: list = []
+        self.same_top = 0
+
+    def add(self, reference, logprobs) -> None:
+        import numpy as np
+
+        reference = np.asarray(reference, dtype=np.float64)
+        kl = (np.exp(reference) * (reference - logprobs)).sum(axis=-1)
+        self.window_kl.append(float(kl.sum()))
+        self.per_token.append(kl.astype(np.float32))
+        self.same_top += int((reference.argmax(axis=-1) == logprobs.argmax(axis=-1)).sum())
+
+    def result(self) -> dict:
+        import numpy as np
+
+        tokens = np.concatenate(self.per_token)
+        return {
+            "kl": float(tokens.mean()),
+            "kl_p99": float(np.percentile(tokens, 99)),
+            "kl_max": float(tokens.max()),
+            "same_top": self.same_top / len(tokens),
+            "window_kl": self.window_kl,
+        }
+
+
+def stored_as_llama(logprobs):
+    """``logprobs`` as llama-perplexity stores them (16 bits over the 16 nats below the top, each row
+    renormalised as llama_divergence reads them): slmk's builds are scored through the same rounding
+    as llama.cpp's, whose floor, fp32 against itself, is about 1e-5 nats a token."""
+    import numpy as np
+
+    top = logprobs.max(axis=-1, keepdims=True)
+    low = np.maximum(logprobs.min(axis=-1, keepdims=True), top - 16)
+    scale = (top - low) / 65535
+    steps = np.where(logprobs > low, np.rint((logprobs - low) / scale), 0)
+    return log_softmax(steps * scale + low)
+
+
+def open_reference(path: Path, shape: tuple[int, ...], write: bool):
+    """fp32's log-probabilities at every scored position (float32, windows x positions x words: 1.4 GB
+    for the default protocol), written when fp32 is scored and read for every other build."""
+    import numpy as np
+
+    if write:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    reference = np.load(path, mmap_mode="r")
+    if reference.shape != shape:
+        raise SystemExit(f"{path} holds {reference.shape}, this protocol needs {shape}: score fp32 again")
+    return reference
+
+
+def slmk_perplexity(build: Path, ids: list[int], text: str, ctx: int, reference=None, write: bool = False) -> dict:
+    """llama-perplexity's protocol through slmk's runtime (the ortgenai ScoringSession's logits());
+    with ``reference``, also the divergence from it (or, with ``write``, this build's log-probabilities
+    written into it)."""
     import math
 
     import numpy as np
@@ -371,21 +461,56 @@ def slmk_perplexity(build: Path, ids: list[int], text: str, ctx: int) -> dict:
     from slmk.api.operations import open_session
 
     first = ctx // 2
+    divergence = Divergence()
     with open_session(build, runtime="ortgenai") as session:
         if list(session.encode(text)) != ids:
             raise SystemExit(f"{build}: slmk's runtime tokenizes the held-out text differently")
         window_nll: list[float] = []
         count = 0
-        for window in windows(ids, ctx):
+        for index, window in enumerate(windows(ids, ctx)):
             # row r predicts the token after position first + r; the last row predicts past the window
-            rows = np.asarray(session.logits(window, start=first)[:-1], dtype=np.float64)
-            peak = rows.max(axis=-1, keepdims=True)
-            log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
+            logprobs = log_softmax(session.logits(window, start=first)[:-1])
             targets = np.asarray(window[first + 1 :])
-            window_nll.append(float((log_norm - rows[np.arange(len(targets)), targets]).sum()))
+            window_nll.append(float(-logprobs[np.arange(len(targets)), targets].sum()))
             count += len(targets)
+            if reference is not None and write:
+                reference[index] = logprobs
+                divergence.add(logprobs, stored_as_llama(logprobs))  # the floor
+            elif reference is not None:
+                divergence.add(reference[index], stored_as_llama(logprobs))
     ppl = math.exp(sum(window_nll) / count)
-    return {"ppl": ppl, "scored": count, "windows": len(window_nll), "window_nll": window_nll}
+    measured = {"ppl": ppl, "scored": count, "windows": len(window_nll), "window_nll": window_nll}
+    if reference is not None and write:
+        reference.flush()
+    if reference is not None:
+        measured.update(divergence.result())
+    return measured
+
+
+def llama_divergence(logits_file: Path, ids: list[int], ctx: int, reference) -> dict:
+    """The divergence from ``reference`` of a GGUF build, read from the log-probabilities
+    llama-perplexity wrote (``--kl-divergence-base``; tools/perplexity/perplexity.cpp): "_logits_",
+    int32 n_ctx, n_vocab, n_chunk, the n_chunk * n_ctx token ids, then for each chunk and scored
+    position (scale, min) as two float32 and n_vocab (rounded up to even) uint16 q, the log-probability
+    being scale * q + min; words more than 16 nats below the top are stored as min. 16 bits over
+    16 nats: 2.4e-4 nats a step; the rows are renormalised, so the clamped tail adds no mass."""
+    import numpy as np
+
+    with logits_file.open("rb") as stream:
+        if stream.read(8) != b"_logits_":
+            raise SystemExit(f"{logits_file}: not a llama-perplexity log-probability file")
+        n_ctx, n_vocab, n_chunk = np.frombuffer(stream.read(12), dtype="<i4")
+        tokens = np.frombuffer(stream.read(4 * n_chunk * n_ctx), dtype="<i4")
+        if n_ctx != ctx or tokens.tolist() != ids[: n_chunk * ctx]:
+            raise SystemExit(f"{logits_file}: other windows than slmk's (n_ctx {n_ctx}, tokens differ)")
+        scored, width = scored_per_window(ctx), 2 * ((n_vocab + 1) // 2) + 4
+        divergence = Divergence()
+        for index in range(n_chunk):
+            block = np.frombuffer(stream.read(2 * scored * width), dtype="<u2").reshape(scored, width)
+            scale_min = block[:, :4].copy().view("<f4")
+            logprobs = block[:, 4 : 4 + n_vocab] * scale_min[:, :1].astype(np.float64) + scale_min[:, 1:2]
+            divergence.add(reference[index], log_softmax(logprobs))
+    return divergence.result()
 
 
 def scored_per_window(ctx: int) -> int:
@@ -413,6 +538,30 @@ def paired(reference: list[float], other: list[float], scored_per_window: int) -
     diffs = [(b - a) / scored_per_window for a, b in zip(reference, other, strict=True)]
     mean = statistics.fmean(diffs)
     return math.expm1(mean), statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def kl_difference(reference: list[float], other: list[float], scored_per_window: int) -> tuple[float, float]:
+    """(mean KL difference in nats a token, its standard error) of ``other`` against ``reference``,
+    window by window."""
+    import math
+    import statistics
+
+    diffs = [(b - a) / scored_per_window for a, b in zip(reference, other, strict=True)]
+    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def llama_own_kl(binaries: Path, gguf: Path, base: Path, text_file: Path, args: argparse.Namespace) -> float:
+    """llama-perplexity --kl-divergence: its mean KL of ``gguf`` from the file ``base`` holds."""
+    import re
+
+    from peer_llamacpp import run_measured
+
+    cmd = [str(binaries / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(args.ctx)]
+    cmd += ["-b", str(args.ctx), "-t", str(args.threads), "--no-escape", "--kl-divergence-base", str(base)]
+    cmd.append("--kl-divergence")
+    log = Path(args.work) / "score.log"
+    printed = run_measured(cmd, log=log)["stdout"] + log.read_text(errors="replace")
+    return float(re.findall(r"Mean\s+KLD:\s+([0-9.]+)", printed)[-1])
 
 
 def llama_token_ids(binaries: Path, gguf: Path, text_file: Path) -> list[int]:
@@ -456,6 +605,9 @@ def score(args: argparse.Namespace) -> None:
     rows: list[dict] = report.setdefault("rows", [])
 
     scored = scored_per_window(args.ctx)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    reference_file = work / "fp32-logprobs.npy"
+    reference_shape = (len(windows(ids, args.ctx)), scored, vocab)
 
     def add(side: str, name: str, size: int, measured: dict, started: float, load: str) -> None:
         seconds = time.perf_counter() - started
@@ -470,6 +622,10 @@ def score(args: argparse.Namespace) -> None:
                 if other is not None and len(row.get("window_nll", ())) == len(other.get("window_nll", ())) > 1:
                     change, error = paired(other["window_nll"], row["window_nll"], scored)
                     row[f"paired_delta{key}"], row[f"paired_se{key}"] = change, error
+            if peer is not None and len(row.get("window_kl", ())) == len(peer.get("window_kl", ())) > 1:
+                row[f"kl_vs_{PAIRED_PEER}"], row[f"kl_se_vs_{PAIRED_PEER}"] = kl_difference(
+                    peer["window_kl"], row["window_kl"], scored
+                )
         if args.json:  # after every row: a run cut short keeps what it measured
             tmp = Path(args.json + ".tmp")
             tmp.write_text(json.dumps(report, indent=2))
@@ -486,20 +642,28 @@ def score(args: argparse.Namespace) -> None:
         raise SystemExit("token ids differ: the two perplexities would not be comparable")
 
     names = [n for n in SLMK_BUILDS if not args.only or n in args.only]
-    for name in names[:1]:  # fp32 first: every delta is against it
+    for name in names[:1]:  # fp32 first: every delta and every divergence is against it
         build = build_slmk(model, work, name, log)
         started, load = time.perf_counter(), load_average()
-        add("slmk", name, model_bytes(build), slmk_perplexity(build, ids, text, args.ctx), started, load)
+        written = open_reference(reference_file, reference_shape, write=True)
+        measured = slmk_perplexity(build, ids, text, args.ctx, written, write=True)
+        del written
+        add("slmk", name, model_bytes(build), measured, started, load)
+    reference = open_reference(reference_file, reference_shape, write=False)
     for name, gguf in ggufs.items():
         started, load = time.perf_counter(), load_average()
-        measured = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads, running=True)
+        logits_file = gguf.with_suffix(".logprobs")
+        measured = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads, running=True, logits_file=logits_file)
         if measured["ppl"] != measured["ppl"]:  # nan: seen once for Q4_K_M, finite on the rerun
             print(f"  llama.cpp {name}: llama-perplexity printed nan; running it again", flush=True)
-            again = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads, running=True)
+            again = ppl_llama(binaries, gguf, text_file, args.ctx, args.threads, running=True, logits_file=logits_file)
             measured = {**again, "note": "nan on the first run"}
         running = measured.pop("running")
         if len(running) == measured["chunks"] and all(p == p for p in running):
             measured["window_nll"] = chunk_losses(running, scored)
+        measured.update(llama_divergence(logits_file, ids, args.ctx, reference))
+        if name != "F32":  # 0.7 GB each; F32's is kept for llama.cpp's own reading below
+            logits_file.unlink()
         add(
             "llama.cpp",
             name,
@@ -508,10 +672,18 @@ def score(args: argparse.Namespace) -> None:
             started,
             load,
         )
+    # The reader above, checked against llama.cpp's own: its KL divergence of PAIRED_PEER from F32
+    # (the same windows; F32 and slmk's fp32 differ by -0.000 +- 0.001 % in perplexity).
+    base = ggufs["F32"].with_suffix(".logprobs")
+    own = llama_own_kl(binaries, ggufs[PAIRED_PEER], base, text_file, args)
+    report["llama_own_kl"] = {"build": PAIRED_PEER, "kl": own}
+    base.unlink()
+    print(f"  llama.cpp's own KL of {PAIRED_PEER} from its F32: {report['llama_own_kl']['kl']:.6f}", flush=True)
     for name in names[1:]:
         build = build_slmk(model, work, name, log)
         started, load = time.perf_counter(), load_average()
-        add("slmk", name, model_bytes(build), slmk_perplexity(build, ids, text, args.ctx), started, load)
+        measured = slmk_perplexity(build, ids, text, args.ctx, reference)
+        add("slmk", name, model_bytes(build), measured, started, load)
     if not args.skip_gptq:
         calibration = work / "calibration.txt"
         if not calibration.is_file():
@@ -527,13 +699,15 @@ def score(args: argparse.Namespace) -> None:
                 "slmk",
                 "int4 gptq (Olive)",
                 model_bytes(build),
-                slmk_perplexity(build, ids, text, args.ctx),
+                slmk_perplexity(build, ids, text, args.ctx, reference),
                 started,
                 load,
             )
     print_table(report)
     if args.svg:
         write_svg(rows, Path(args.svg), parameters)
+    if args.kl_svg:
+        write_svg(rows, Path(args.kl_svg), parameters, key="kl")
 
 
 def print_table(report: dict) -> None:
@@ -571,13 +745,59 @@ def print_table(report: dict) -> None:
             f"| {row['side']} | {row['build']} | {row['bytes'] / 2**20:.2f} | {row['bits_per_weight']:.2f} | "
             f"{row['ppl']:.3f} | {change(row, '')} | {change(row, f'_vs_{PAIRED_PEER}')} | {by_quarter(row)} |"
         )
+    if any("kl" in row for row in report["rows"]):
+        print_divergence_table(report)
 
 
-def write_svg(rows: list[dict], path: Path, parameters: int) -> None:
-    """Size (MiB) against perplexity, one colour per side; a plain SVG (no plotting library needed)."""
+def print_divergence_table(report: dict) -> None:
+    import math
+    import statistics
+
+    scored = scored_per_window(report["ctx"])
+    own = report.get("llama_own_kl")
+    print(
+        "\nKL divergence from slmk's fp32 next-token distribution, 10^-3 nats a token (+- : the standard "
+        "error over windows; the difference to "
+        f"{PAIRED_PEER} is paired window by window). same top: the share of positions whose most likely "
+        "token is fp32's."
+    )
+    if own:
+        peer = next((r for r in report["rows"] if r["build"] == own["build"]), {})
+        print(
+            f"check: llama-perplexity --kl-divergence reads {own['kl'] * 1e3:.4f} for {own['build']} from its F32, "
+            f"this script {peer.get('kl', float('nan')) * 1e3:.4f} from slmk's fp32"
+        )
+
+    def quarters(row: dict) -> str:
+        values = row["window_kl"]
+        size = len(values) // 4
+        return " / ".join(f"{sum(values[i * size : (i + 1) * size]) / (size * scored) * 1e3:.3f}" for i in range(4))
+
+    print(f"| side | build | file MiB | KL | 99th pct | same top | by quarter | vs {PAIRED_PEER} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in sorted((r for r in report["rows"] if "kl" in r), key=lambda r: -r["bytes"]):
+        per_window = [v / scored for v in row["window_kl"]]
+        error = statistics.stdev(per_window) / math.sqrt(len(per_window))
+        versus = "-"
+        if f"kl_vs_{PAIRED_PEER}" in row and row["build"] != PAIRED_PEER:
+            versus = f"{row[f'kl_vs_{PAIRED_PEER}'] * 1e3:+.3f} +- {row[f'kl_se_vs_{PAIRED_PEER}'] * 1e3:.3f}"
+        print(
+            f"| {row['side']} | {row['build']} | {row['bytes'] / 2**20:.2f} | {row['kl'] * 1e3:.3f} +- "
+            f"{error * 1e3:.3f} | {row['kl_p99'] * 1e3:.2f} | {row['same_top'] * 100:.2f} % | {quarters(row)} | "
+            f"{versus} |"
+        )
+
+
+def write_svg(rows: list[dict], path: Path, parameters: int, key: str = "ppl") -> None:
+    """Size (MiB) against perplexity (``key`` "ppl") or the KL divergence from fp32 ("kl", 10^-3 nats a
+    token; fp32 itself, at zero, left out), one colour per side; a plain SVG (no plotting library)."""
+    import math
+
     width, height, margin = 640, 400, 60
+    rows = [r for r in rows if key in r and (key != "kl" or r["build"] not in ("fp32", "F32"))]
     xs = [r["bytes"] / 2**20 for r in rows]
-    ys = [r["ppl"] for r in rows]
+    # KL spans orders of magnitude between 8 and 4 bits: its axis is logarithmic
+    ys = [math.log10(r[key] * 1e3) if key == "kl" else r[key] for r in rows]
     x0, x1 = 0.0, max(xs) * 1.05
     y0, y1 = min(ys) - (max(ys) - min(ys)) * 0.08, max(ys) + (max(ys) - min(ys)) * 0.08
 
@@ -597,13 +817,14 @@ def write_svg(rows: list[dict], path: Path, parameters: int) -> None:
         f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">weights file, MiB '
         f"({parameters / 1e6:.1f} M parameters)</text>",
         f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
-        "held-out perplexity</text>",
+        f"{'KL divergence from fp32, 10^-3 nats a token' if key == 'kl' else 'held-out perplexity'}</text>",
     ]
     for step in range(6):
         x = x0 + (x1 - x0) * step / 5
         y = y0 + (y1 - y0) * step / 5
         parts.append(f'<text x="{px(x):.0f}" y="{height - margin + 14}" text-anchor="middle">{x:.1f}</text>')
-        parts.append(f'<text x="{margin - 5}" y="{py(y) + 3:.0f}" text-anchor="end">{y:.2f}</text>')
+        tick = f"{10**y:.3g}" if key == "kl" else f"{y:.2f}"
+        parts.append(f'<text x="{margin - 5}" y="{py(y) + 3:.0f}" text-anchor="end">{tick}</text>')
     for row, x, y in zip(rows, xs, ys):
         colour = colours[row["side"]]
         parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}"/>')
@@ -649,7 +870,8 @@ def main() -> None:
         help="score the head of the held-out text (>= 20,000 tokens scored; more narrows the error)",
     )
     p_score.add_argument("--json")
-    p_score.add_argument("--svg")
+    p_score.add_argument("--svg", help="size against perplexity")
+    p_score.add_argument("--kl-svg", help="size against the KL divergence from fp32")
     p_table = sub.add_parser("table", help="print the table of a report score wrote (--json)")
     p_table.add_argument("report", type=Path)
     args = parser.parse_args()
