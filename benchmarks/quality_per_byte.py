@@ -528,26 +528,24 @@ def chunk_losses(running: list[float], scored_per_chunk: int) -> list[float]:
     return [b - a for a, b in zip([0.0, *totals], totals)]
 
 
-def paired(reference: list[float], other: list[float], scored_per_window: int) -> tuple[float, float]:
-    """(perplexity change, its standard error), both relative, of ``other`` against ``reference``
-    on the same windows: each window's mean loss difference is one sample, so the text's own
+def mean_difference(reference: list[float], other: list[float], scored_per_window: int) -> tuple[float, float]:
+    """(mean difference a token, its standard error) of ``other`` against ``reference``, from each
+    window's summed figure (loss or KL): each window's difference is one sample, so the text's own
     difficulty, which both builds share, cancels out."""
     import math
     import statistics
 
     diffs = [(b - a) / scored_per_window for a, b in zip(reference, other, strict=True)]
-    mean = statistics.fmean(diffs)
-    return math.expm1(mean), statistics.stdev(diffs) / math.sqrt(len(diffs))
-
-
-def kl_difference(reference: list[float], other: list[float], scored_per_window: int) -> tuple[float, float]:
-    """(mean KL difference in nats a token, its standard error) of ``other`` against ``reference``,
-    window by window."""
-    import math
-    import statistics
-
-    diffs = [(b - a) / scored_per_window for a, b in zip(reference, other, strict=True)]
     return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def paired(reference: list[float], other: list[float], scored_per_window: int) -> tuple[float, float]:
+    """(perplexity change, its standard error), both relative, of ``other`` against ``reference``
+    on the same windows (mean_difference of their losses)."""
+    import math
+
+    mean, error = mean_difference(reference, other, scored_per_window)
+    return math.expm1(mean), error
 
 
 def llama_own_kl(binaries: Path, gguf: Path, base: Path, text_file: Path, args: argparse.Namespace) -> float:
@@ -623,7 +621,7 @@ def score(args: argparse.Namespace) -> None:
                     change, error = paired(other["window_nll"], row["window_nll"], scored)
                     row[f"paired_delta{key}"], row[f"paired_se{key}"] = change, error
             if peer is not None and len(row.get("window_kl", ())) == len(peer.get("window_kl", ())) > 1:
-                row[f"kl_vs_{PAIRED_PEER}"], row[f"kl_se_vs_{PAIRED_PEER}"] = kl_difference(
+                row[f"kl_vs_{PAIRED_PEER}"], row[f"kl_se_vs_{PAIRED_PEER}"] = mean_difference(
                     peer["window_kl"], row["window_kl"], scored
                 )
         if args.json:  # after every row: a run cut short keeps what it measured
